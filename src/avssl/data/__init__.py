@@ -1,0 +1,5 @@
+"""Shard reading, decoding, clip sampling, transforms, the DataModule and the synthetic data."""
+
+from avssl.data.batch import AVBatch
+
+__all__ = ["AVBatch"]

@@ -1,0 +1,49 @@
+"""The in-memory batch contract shared by loaders, objectives and evaluators (DESIGN section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+
+@dataclass
+class AVBatch:
+    """A batch of audio-visual clips.
+
+    Attributes:
+        video: float ``[B, C, T, H, W]`` (``[B, K, C, T, H, W]`` with K clips per sample),
+            normalised RGB; zeros where ``video_mask`` is False.
+        audio: float ``[B, 1, Ta, F]`` (``[B, K, 1, Ta, F]`` with K clips) normalised log-mel
+            fbank, time frames x mel bins; zeros where ``audio_mask`` is False.
+        key: sample keys, length B.
+        label: long ``[B]`` class ids (-1 when unknown), or float ``[B, C]`` multi-hot, or None.
+        video_mask: bool ``[B]``, False where the sample has no video.
+        audio_mask: bool ``[B]``, False where the sample has no audio.
+        audio_mismatched: bool ``[B]``, True where the audio comes from another sample
+            (``audio_mode="mismatched"``); None in other modes.
+        clip_start: float ``[B]`` or ``[B, K]`` start time (s) of each video clip, or None.
+        audio_start: float ``[B]`` or ``[B, K]`` start time (s) of each audio window, or None.
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    key: list[str]
+    label: torch.Tensor | None = None
+    video_mask: torch.Tensor | None = None
+    audio_mask: torch.Tensor | None = None
+    audio_mismatched: torch.Tensor | None = None
+    clip_start: torch.Tensor | None = None
+    audio_start: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> AVBatch:
+        """Moves every tensor field to ``device``; other fields are kept as they are."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+        return AVBatch(**out)

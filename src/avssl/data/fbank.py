@@ -1,0 +1,110 @@
+"""Log-mel filterbank features in the AudioMAE / CAV-MAE convention (DESIGN section 3).
+
+Features are ``torchaudio.compliance.kaldi.fbank(..., htk_compat=True, use_energy=False,
+window_type="hanning", dither=0.0, frame_shift=10)``, padded or cropped to a fixed number of
+frames, then normalised with dataset statistics. AudioMAE divides by ``2 * std``
+(https://arxiv.org/abs/2207.06405); CAV-MAE divides by ``std`` (https://arxiv.org/abs/2210.07839).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchaudio
+
+NORM_MODES = ("audiomae", "cavmae", "none")
+
+
+@dataclass
+class FbankConfig:
+    """Settings of the audio front end; stored in exported bundles so features can be rebuilt.
+
+    Attributes:
+        sample_rate: waveform rate in Hz (shards store 16 kHz mono FLAC).
+        num_mel_bins: F, mel bins per frame.
+        frame_shift_ms: hop in milliseconds (10 ms -> 100 frames per second).
+        frame_length_ms: window length in milliseconds.
+        target_frames: Ta, frames after padding/cropping (1024 = 10.24 s at 10 ms hop).
+        mean: dataset mean of the raw log-mel values (AudioSet: -4.2677).
+        std: dataset std of the raw log-mel values (AudioSet: 4.5690).
+        norm: "audiomae" -> (x - mean) / (2 std); "cavmae" -> (x - mean) / std; "none".
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_shift_ms: float = 10.0
+    frame_length_ms: float = 25.0
+    target_frames: int = 1024
+    mean: float = -4.2677
+    std: float = 4.5690
+    norm: str = "audiomae"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORM_MODES:
+            raise ValueError(f"fbank norm must be one of {NORM_MODES}, got {self.norm!r}")
+        if self.std <= 0:
+            raise ValueError(f"fbank std must be positive, got {self.std}")
+
+    @property
+    def frames_per_second(self) -> float:
+        return 1000.0 / self.frame_shift_ms
+
+    def samples_for_frames(self, frames: int) -> int:
+        """Waveform samples that yield exactly ``frames`` kaldi frames (snip_edges=True)."""
+        shift = int(round(self.sample_rate * self.frame_shift_ms / 1000.0))
+        length = int(round(self.sample_rate * self.frame_length_ms / 1000.0))
+        return length + (frames - 1) * shift
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_mel(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """Raw (un-normalised) log-mel fbank of a mono waveform.
+
+    Args:
+        wave: float ``[S]`` or ``[1, S]`` waveform at ``cfg.sample_rate``.
+        cfg: front-end settings.
+
+    Returns:
+        ``[T_frames, F]`` log-mel energies; at least one frame (short input is zero-padded).
+    """
+    wave = wave.reshape(1, -1).float()  # [1, S]
+    min_len = cfg.samples_for_frames(1)
+    if wave.shape[1] < min_len:
+        wave = torch.nn.functional.pad(wave, (0, min_len - wave.shape[1]))
+    wave = wave - wave.mean()
+    return torchaudio.compliance.kaldi.fbank(
+        wave,
+        htk_compat=True,
+        sample_frequency=cfg.sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=cfg.num_mel_bins,
+        dither=0.0,
+        frame_shift=cfg.frame_shift_ms,
+        frame_length=cfg.frame_length_ms,
+    )  # [T_frames, F]
+
+
+def pad_or_crop(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:
+    """Zero-pads at the end or crops the end so that ``fbank`` has ``target_frames`` rows."""
+    n = fbank.shape[0]
+    if n < target_frames:
+        return torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - n))
+    return fbank[:target_frames]
+
+
+def normalize(fbank: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """Applies the configured dataset normalisation to raw log-mel values."""
+    if cfg.norm == "audiomae":
+        return (fbank - cfg.mean) / (2.0 * cfg.std)
+    if cfg.norm == "cavmae":
+        return (fbank - cfg.mean) / cfg.std
+    return fbank
+
+
+def compute_fbank(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """Waveform -> normalised ``[Ta, F]`` fbank padded/cropped to ``cfg.target_frames``."""
+    return normalize(pad_or_crop(log_mel(wave, cfg), cfg.target_frames), cfg)

@@ -1,0 +1,1 @@
+"""avssl.objectives."""
