@@ -1,0 +1,248 @@
+"""``prepare_dataset``: source adapter -> plan -> shards, splits, stats and manifest (format v1).
+
+The output folder layout and json fields are documented in ``data_prep/README.md`` and DESIGN
+section 3. A video is stored once; splits are key lists written after conversion, holding only
+the keys that were converted (files that failed or were missing are in ``failures``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from avssl.cli import UserError
+from avssl.data.writer import EncodeSettings, FbankStats, write_json
+from data_prep.common import Context, Item, Plan
+from data_prep.shards import run_shards
+
+DATASETS = (
+    "ucf101",
+    "hmdb51",
+    "esc50",
+    "vggsound",
+    "audioset",
+    "kinetics_sounds",
+    "folder",
+    "synthetic",
+)
+FORMAT, VERSION = "avssl-shards", 1
+# AudioSet statistics (AudioMAE), used only when a dataset has no audio at all.
+DEFAULT_FBANK = (-4.2677, 4.5690)
+
+
+def _log(msg: str) -> None:
+    print(f"data_prep: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_out(out: Path, dataset: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".data_prep_write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to OUT {out} ({err.strerror or err})") from None
+    old = out / "manifest.json"
+    if old.is_file():
+        try:
+            previous = json.loads(old.read_text()).get("dataset")
+        except ValueError:
+            previous = None
+        if previous not in (None, dataset):
+            raise UserError(f"OUT {out} already holds dataset {previous!r}; choose another OUT")
+
+
+def _stats_keys(items: list[Item], limit: int) -> set[str]:
+    """Up to ``limit`` keys chosen by a hash of the key: random-looking, deterministic."""
+    order = sorted(items, key=lambda it: hashlib.sha1(it.key.encode()).hexdigest())
+    return {it.key for it in order[: max(0, limit)]}
+
+
+def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> dict:
+    converted = {k for s in sidecars for k in s["keys"]}
+    failures = plan.failures + [f for s in sidecars for f in s["failures"]]
+    split_dir = out / "splits"
+    split_dir.mkdir(exist_ok=True)
+    for stale in split_dir.glob("*.txt"):
+        if stale.stem not in plan.splits:
+            stale.unlink()
+    counts = {}
+    for name, keys in plan.splits.items():
+        kept = [k for k in keys if k in converted]
+        (split_dir / f"{name}.txt").write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        counts[name] = len(kept)
+    stats = FbankStats()
+    for side in sidecars:
+        stats.merge(side["stats"])
+    mean, std = stats.mean_std() if stats.count else DEFAULT_FBANK
+    write_json(
+        out / "stats.json",
+        {
+            "fbank_mean": mean,
+            "fbank_std": std,
+            "num_clips": stats.clips,
+            "num_mel_bins": 128,
+            "sample_rate": prep["sample_rate"],
+            "frame_shift_ms": 10.0,
+            **({} if stats.count else {"note": "no audio: AudioSet statistics as placeholder"}),
+        },
+    )
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dataset": plan.dataset,
+        "num_samples": len(converted),
+        "num_failed": len(failures),
+        "shards": [
+            {"file": s["file"], "num_samples": s["num_samples"]}
+            for s in sidecars
+            if s["num_samples"] > 0
+        ],
+        "classes": plan.classes,
+        "multilabel": plan.multilabel,
+        "splits": counts,
+        "prep": prep,
+        "failures": failures,
+        "notes": plan.notes,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _load_adapter(dataset: str) -> Any:
+    if dataset not in DATASETS:
+        raise UserError(f"unknown DATASET {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return importlib.import_module(f"data_prep.{dataset}")
+
+
+def _check_options(adapter: Any, dataset: str, options: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in options.items() if v is not None and v != ""}
+    for key in given:
+        if key not in adapter.OPTIONS:
+            raise UserError(f"option --{key.replace('_', '-')} does not apply to dataset {dataset}")
+    return given
+
+
+def prepare_dataset(
+    dataset: str,
+    root: str | os.PathLike | None = None,
+    splits: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    workers: int = 1,
+    max_failures: float = 0.05,
+    *,
+    shard_size: int = 256,
+    short_side: int = 256,
+    max_fps: float = 30.0,
+    sample_rate: int = 16000,
+    crf: int = 23,
+    preset: str = "veryfast",
+    stats_clips: int = 2000,
+    progress: bool = True,
+    log: Callable[[str], None] = _log,
+    **options: Any,
+) -> dict:
+    """Converts a dataset into shard format v1 under ``out`` and returns the manifest.
+
+    Args:
+        dataset: one of :data:`DATASETS`.
+        root: the dataset's clip folder (for ``synthetic``: where to generate; default out/raw).
+        splits: folder (or file) of official index/split files; found next to ROOT if None.
+        out: output folder (created); a rerun skips finished shards.
+        workers: conversion processes.
+        max_failures: only recorded in ``manifest["prep"]``; the CLI turns it into the exit code.
+        shard_size: samples per shard. short_side, max_fps, sample_rate, crf, preset: encoding.
+        stats_clips: clips (with audio) used for the fbank mean/std.
+        progress: show progress bars. log: one-line messages.
+        **options: dataset-specific options (pattern, csv, labels, layout, num_classes, ...).
+
+    Raises:
+        UserError: unknown dataset, missing ROOT/split files, unwritable ``out``, bad option.
+    """
+    adapter = _load_adapter(dataset)
+    _check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures)
+    if out is None or str(out) == "":
+        raise UserError("OUT (--out) is required")
+    out = Path(out)
+    given = _check_options(adapter, dataset, options)
+    root_p = Path(root) if root not in (None, "") else None
+    splits_p = Path(splits) if splits not in (None, "") else None
+    if splits_p is not None and not splits_p.exists():
+        raise UserError(f"SPLITS {splits_p} does not exist")
+    _check_out(out, dataset)
+    plan = adapter.collect(Context(dataset, root_p, splits_p, out, int(workers), given, progress))
+    for note in plan.notes:
+        log(note)
+    settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
+    settings.threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers > 1 else 0
+    check = {
+        **settings.to_dict(),
+        "dataset": dataset,
+        "want_video": plan.want_video,
+        "stats_clips": int(stats_clips),
+    }
+    sidecars = _convert(plan, out, settings, check, int(workers), int(shard_size), progress, log)
+    prep = {
+        **check,
+        "video_codec": "h264",
+        "audio_codec": "flac",
+        "shard_size": shard_size,
+        "max_failures": max_failures,
+        "root": str(root_p) if root_p else None,
+        "splits": str(splits_p) if splits_p else None,
+        "options": given,
+    }
+    return _write_outputs(out, plan, sidecars, prep)
+
+
+def _check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures) -> None:
+    for name, value, low in (
+        ("workers", workers, 1),
+        ("shard-size", shard_size, 1),
+        ("short-side", short_side, 2),
+        ("sample-rate", sample_rate, 1000),
+    ):
+        if int(value) < low:
+            raise UserError(f"--{name} must be >= {low}, got {value}")
+    if float(max_fps) <= 0:
+        raise UserError(f"--max-fps must be > 0, got {max_fps}")
+    if not 0 <= float(max_failures) <= 1:
+        raise UserError(f"--max-failures must be a fraction within [0, 1], got {max_failures}")
+
+
+def _convert(
+    plan: Plan,
+    out: Path,
+    settings: EncodeSettings,
+    check: dict,
+    workers: int,
+    shard_size: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Groups the plan's items into shards and converts the unfinished ones."""
+    items = plan.items
+    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    stats_keys = _stats_keys(items, check["stats_clips"])
+    base = {
+        "settings": {**settings.to_dict(), "threads": settings.threads},
+        "dataset": plan.dataset,
+        "want_video": plan.want_video,
+        "require_video": plan.require_video,
+    }
+    log(f"{len(items)} clips in {len(shards)} shards of up to {shard_size} -> {out}")
+
+    def make_task(item: Item) -> dict:
+        return {**base, "item": item, "stats": item.key in stats_keys}
+
+    return run_shards(shards, out / "shards", check, workers, make_task, progress, log)

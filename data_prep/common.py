@@ -1,0 +1,197 @@
+"""What every source adapter shares: the plan of items, keys, split lists and file look-ups.
+
+An adapter turns a dataset's official index/split files into a :class:`Plan`: one
+:class:`Item` per source video (stored once in the shards), split memberships as key lists,
+and failures for files that are listed but missing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avssl.cli import UserError
+
+VIDEO_EXTS = (
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
+)
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
+MEDIA_EXTS = VIDEO_EXTS + AUDIO_EXTS
+
+
+@dataclass
+class Context:
+    """What the user asked for: paths, workers and dataset-specific options (None = not given)."""
+
+    dataset: str
+    root: Path | None
+    splits: Path | None
+    out: Path
+    workers: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def need_root(self) -> Path:
+        if self.root is None:
+            raise UserError(f"dataset {self.dataset} needs ROOT (--root), the folder of its clips")
+        if not self.root.is_dir():
+            raise UserError(f"ROOT {self.root} does not exist or is not a folder")
+        return self.root
+
+
+@dataclass
+class Item:
+    """One source file to convert. ``label`` is -1 when unknown, a list when multilabel."""
+
+    key: str
+    path: Path
+    label: int | list[int] = -1
+    label_name: str | list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """An adapter's output: items in a stable order, splits as key lists, early failures."""
+
+    dataset: str
+    classes: list[str]
+    multilabel: bool = False
+    items: list[Item] = field(default_factory=list)
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    want_video: bool = True
+    require_video: bool = True
+    notes: list[str] = field(default_factory=list)
+    _by_key: dict[str, Item] = field(default_factory=dict, repr=False)
+    _missing: set[str] = field(default_factory=set, repr=False)
+    _members: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def add(
+        self,
+        rel: str,
+        path: Path | None,
+        split_names: list[str] | tuple = (),
+        listed_in: str = "",
+        **fields: Any,
+    ) -> str | None:
+        """Adds (or re-uses) the item for ``rel`` and appends its key to ``split_names``.
+
+        A ``path`` of None (or a file that does not exist) is recorded once in ``failures``
+        with ``listed_in`` in the reason and left out of the splits. Returns the key or None.
+        """
+        key = make_key(self.dataset, rel)
+        for name in split_names:
+            self.splits.setdefault(name, [])
+        if key in self._missing:
+            return None
+        item = self._by_key.get(key)
+        if item is None:
+            if path is None or not path.is_file():
+                self._missing.add(key)
+                where = f" (listed in {listed_in})" if listed_in else ""
+                shown = str(path) if path is not None else rel
+                self.failures.append(
+                    {"key": key, "path": shown, "reason": f"missing on disk{where}"}
+                )
+                return None
+            item = Item(key=key, path=path, **fields)
+            self._by_key[key] = item
+            self.items.append(item)
+        elif path is not None and path != item.path:
+            reason = f"same key as {item.path} (keys drop the extension and map '.' to '_')"
+            self.failures.append({"key": key, "path": str(path), "reason": reason})
+            return None
+        for name in split_names:
+            if (name, key) not in self._members:  # a duplicate line adds nothing
+                self._members.add((name, key))
+                self.splits[name].append(key)
+        return key
+
+
+def make_key(dataset: str, rel: str) -> str:
+    """``<dataset>/<relative path without extension>`` with "." -> "_" (WebDataset keys)."""
+    rel = rel.replace("\\", "/").strip("/")
+    stem, ext = os.path.splitext(rel)
+    if ext.lower() not in MEDIA_EXTS:
+        stem = rel
+    return f"{dataset}/{stem}".replace(".", "_")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines; tolerates CRLF endings and a UTF-8 byte-order mark."""
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def need_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+def find_dir(candidates: list[Path | None], what: str, hint: str) -> Path:
+    """The first existing folder among ``candidates``, else a UserError with ``hint``."""
+    for cand in candidates:
+        if cand is not None and cand.is_dir():
+            return cand
+    shown = ", ".join(str(c) for c in candidates if c is not None)
+    raise UserError(f"{what} not found (looked in {shown}); {hint}")
+
+
+def resolve(base: Path, rel: str) -> Path:
+    """``base/rel``; when absent, a case-insensitive match or the same stem with a media ext."""
+    path = base / rel
+    if path.is_file():
+        return path
+    parent = path.parent
+    if not parent.is_dir() and parent.parent.is_dir():
+        low = parent.name.lower()
+        parent = next((d for d in parent.parent.iterdir() if d.name.lower() == low), parent)
+    if not parent.is_dir():
+        return path
+    want = path.name.lower()
+    stem = os.path.splitext(want)[0]
+    names = sorted(parent.iterdir())
+    for cand in names:
+        if cand.name.lower() == want:
+            return cand
+    for cand in names:
+        low = cand.name.lower()
+        if os.path.splitext(low)[0] == stem and low.endswith(MEDIA_EXTS):
+            return cand
+    return path
+
+
+def index_media(root: Path) -> dict[str, Path]:
+    """Maps file stem (and full name) -> path for every media file below ``root``."""
+    index: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(MEDIA_EXTS):
+                path = Path(dirpath) / name
+                index.setdefault(name, path)
+                index.setdefault(os.path.splitext(name)[0], path)
+    return index
+
+
+def rel_to(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name

@@ -1,0 +1,63 @@
+"""ESC-50 (https://doi.org/10.1145/2733373.2806390): 2,000 five-second clips, audio only.
+
+``meta/esc50.csv`` columns ``filename,fold,target,category,esc10,src_file,take``; clips in
+``audio/<filename>``. Splits ``fold1`` .. ``fold5``; label id = ``target``. No video member is
+written (``has_video`` false).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from avssl.cli import UserError
+from data_prep.common import Context, Plan, need_file, resolve
+
+OPTIONS: tuple[str, ...] = ()
+COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+
+
+def collect(ctx: Context) -> Plan:
+    root = ctx.need_root()
+    if ctx.splits is not None and ctx.splits.is_file():
+        meta = ctx.splits
+    else:
+        meta = (ctx.splits or root / "meta") / "esc50.csv"
+    need_file(meta, "ESC-50 metadata (meta/esc50.csv)")
+    rows = list(csv.DictReader(io.StringIO(meta.read_text(encoding="utf-8-sig"))))
+    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    if not rows or missing:
+        raise UserError(f"{meta}: expected columns {','.join(COLUMNS)} (missing {missing})")
+    names: dict[int, str] = {}
+    for n, row in enumerate(rows, 2):
+        try:
+            target, fold = int(row["target"]), int(row["fold"])
+        except ValueError:
+            raise UserError(f"{meta}:{n}: target and fold must be integers") from None
+        if names.setdefault(target, row["category"]) != row["category"]:
+            raise UserError(f"{meta}:{n}: target {target} has two categories")
+        row["_target"], row["_fold"] = target, fold
+    if sorted(names) != list(range(len(names))):
+        raise UserError(f"{meta}: targets must be 0..{len(names) - 1} without gaps")
+    classes = [names[i] for i in range(len(names))]
+    plan = Plan(dataset=ctx.dataset, classes=classes, want_video=False, require_video=False)
+    for k in range(1, 6):
+        plan.splits[f"fold{k}"] = []
+    for row in rows:
+        rel = f"audio/{row['filename']}"
+        extra = {
+            "fold": row["_fold"],
+            "esc10": row["esc10"].strip().lower() == "true",
+            "src_file": row["src_file"],
+            "take": row["take"],
+        }
+        plan.add(
+            rel,
+            resolve(root, rel),
+            [f"fold{row['_fold']}"],
+            listed_in=meta.name,
+            label=row["_target"],
+            label_name=row["category"],
+            extra=extra,
+        )
+    return plan

@@ -1,0 +1,165 @@
+"""Kinetics-Sounds (https://arxiv.org/abs/1705.08168): the 32 Kinetics classes with sound used by
+XKD (https://arxiv.org/abs/2211.13929; class list from its repository's Kinetics-Sounds split
+files), 22,713 train / 1,593 val clips.
+
+The class list is fixed below; label id = index in the sorted list. Clips are found in one of:
+
+1. split lists ``SPLITS/train.txt`` and ``SPLITS/val.txt`` (one ``<class_folder>/<file>`` per
+   line or a JSON list, as in the XKD repository), files under ``ROOT/<split>/`` or ``ROOT/``;
+2. Kinetics annotation CSVs ``SPLITS/{train,validate|val}.csv``
+   (``label,youtube_id,time_start,time_end,split[,is_cc]``), files named
+   ``<ytid>_<start:06d>_<end:06d>.*`` anywhere below ROOT (other classes ignored);
+3. folders ``ROOT/train/<class>/*`` and ``ROOT/{val,validate,validation}/<class>/*``.
+
+Class folders may spell names with spaces or underscores.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from avssl.cli import UserError
+from data_prep.common import MEDIA_EXTS, Context, Plan, index_media, read_lines, rel_to, resolve
+
+OPTIONS: tuple[str, ...] = ()
+CLASSES = sorted(
+    [
+        "blowing nose",
+        "blowing out candles",
+        "bowling",
+        "chopping wood",
+        "dribbling basketball",
+        "laughing",
+        "mowing lawn",
+        "playing accordion",
+        "playing bagpipes",
+        "playing bass guitar",
+        "playing clarinet",
+        "playing drums",
+        "playing guitar",
+        "playing harmonica",
+        "playing keyboard",
+        "playing organ",
+        "playing piano",
+        "playing saxophone",
+        "playing trombone",
+        "playing trumpet",
+        "playing violin",
+        "playing xylophone",
+        "ripping paper",
+        "shoveling snow",
+        "shuffling cards",
+        "singing",
+        "stomping grapes",
+        "strumming guitar",
+        "tap dancing",
+        "tapping guitar",
+        "tapping pen",
+        "tickling",
+    ]
+)
+VAL_NAMES = ("val", "validate", "validation")
+
+
+def norm(name: str) -> str:
+    return name.strip().strip('"').replace("_", " ").lower()
+
+
+IDS = {norm(c): i for i, c in enumerate(CLASSES)}
+
+
+def _from_lists(ctx: Context, plan: Plan, root: Path, lists: dict[str, Path]) -> None:
+    for split, path in lists.items():
+        text = path.read_text(encoding="utf-8-sig").strip()
+        entries = json.loads(text) if text.startswith("[") else read_lines(path)
+        for entry in entries:
+            rel = str(entry).split()[0]
+            cls = norm(rel.split("/")[0])
+            if cls not in IDS:
+                raise UserError(f"{path}: {rel!r} is not in a Kinetics-Sounds class folder")
+            dirs = [split, *VAL_NAMES] if split == "val" else [split]
+            cands = [resolve(root / d, rel) for d in dirs] + [resolve(root, rel)]
+            found = next((c for c in cands if c.is_file()), None)
+            plan.add(
+                rel_to(found, root) if found else f"{split}/{rel}",
+                found or root / split / rel,
+                [split],
+                listed_in=path.name,
+                label=IDS[cls],
+                label_name=CLASSES[IDS[cls]],
+            )
+
+
+def _from_csvs(ctx: Context, plan: Plan, root: Path, tables: dict[str, Path]) -> None:
+    index = index_media(root)
+    for split, path in tables.items():
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+        if rows and not {"label", "youtube_id", "time_start", "time_end"} <= set(rows[0]):
+            raise UserError(f"{path}: expected columns label,youtube_id,time_start,time_end")
+        for row in rows:
+            cls = norm(row["label"])
+            if cls not in IDS:
+                continue
+            name = (
+                f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_"
+                f"{int(float(row['time_end'])):06d}"
+            )
+            found = index.get(name)
+            plan.add(
+                rel_to(found, root) if found else f"{split}/{name}",
+                found or root / split / name,
+                [split],
+                listed_in=path.name,
+                label=IDS[cls],
+                label_name=CLASSES[IDS[cls]],
+                extra={"ytid": row["youtube_id"]},
+            )
+
+
+def _from_folders(plan: Plan, root: Path) -> None:
+    split_dirs = {"train": root / "train"}
+    split_dirs["val"] = next((root / v for v in VAL_NAMES if (root / v).is_dir()), root / "val")
+    for split, folder in split_dirs.items():
+        if not folder.is_dir():
+            raise UserError(
+                f"Kinetics-Sounds: {folder} not found (expected ROOT/train and "
+                "ROOT/val class folders, or split lists/CSVs in SPLITS)"
+            )
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            cls = norm(class_dir.name)
+            if cls not in IDS:
+                continue
+            for path in sorted(class_dir.rglob("*")):
+                if path.suffix.lower() in MEDIA_EXTS:
+                    plan.add(
+                        rel_to(path, root),
+                        path,
+                        [split],
+                        label=IDS[cls],
+                        label_name=CLASSES[IDS[cls]],
+                    )
+
+
+def collect(ctx: Context) -> Plan:
+    root = ctx.need_root()
+    plan = Plan(dataset=ctx.dataset, classes=list(CLASSES), splits={"train": [], "val": []})
+    sdir = ctx.splits
+    if sdir is not None and (sdir / "train.txt").is_file():
+        val = next((sdir / f"{v}.txt" for v in VAL_NAMES if (sdir / f"{v}.txt").is_file()), None)
+        if val is None:
+            raise UserError(f"Kinetics-Sounds split list not found: {sdir / 'val.txt'}")
+        _from_lists(ctx, plan, root, {"train": sdir / "train.txt", "val": val})
+    elif sdir is not None and (sdir / "train.csv").is_file():
+        val = next((sdir / f"{v}.csv" for v in VAL_NAMES if (sdir / f"{v}.csv").is_file()), None)
+        if val is None:
+            raise UserError(f"Kinetics annotation CSV not found: {sdir / 'validate.csv'}")
+        _from_csvs(ctx, plan, root, {"train": sdir / "train.csv", "val": val})
+    elif sdir is not None:
+        raise UserError(f"SPLITS {sdir} holds neither train.txt/val.txt nor train.csv/validate.csv")
+    else:
+        _from_folders(plan, root)
+        plan.notes.append("splits taken from the ROOT/train and ROOT/val folders")
+    return plan

@@ -1,0 +1,203 @@
+"""Parallel conversion of planned items into finished shards (shard format v1).
+
+Items are converted in worker processes (one task per item, results consumed in plan order);
+the parent writes each shard to ``shard-NNNNNN.tar.tmp``, renames it, then writes the sidecar
+``shard-NNNNNN.json``. A sidecar whose planned keys and settings match marks a finished shard,
+which a rerun skips.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from avssl.data.writer import (
+    EncodeSettings,
+    FbankStats,
+    MediaError,
+    ShardWriter,
+    convert,
+    write_json,
+)
+from data_prep.common import Item
+
+SHARD_NAME = "shard-{:06d}"
+
+
+def convert_item(task: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one item -> {"key", "members" | None, "failure" | None, "stats" | None}."""
+    item: Item = task["item"]
+    result: dict[str, Any] = {"key": item.key, "members": None, "failure": None, "stats": None}
+    try:
+        settings = EncodeSettings(**task["settings"])
+        conv = convert(item.path, settings, task["want_video"], task["require_video"])
+    except MediaError as err:
+        result["failure"] = {"key": item.key, "path": str(item.path), "reason": str(err)}
+        return result
+    except Exception as err:  # a decoder bug must not stop the run; it is reported
+        reason = f"unexpected {err.__class__.__name__}: {err}"
+        result["failure"] = {"key": item.key, "path": str(item.path), "reason": reason}
+        return result
+    meta = {
+        "id": item.key,
+        "source": task["dataset"],
+        "label": item.label,
+        "label_name": item.label_name,
+        **conv.meta,
+        "orig_path": str(item.path),
+        **item.extra,
+    }
+    members = {}
+    if conv.mp4 is not None:
+        members["mp4"] = conv.mp4
+    if conv.flac is not None:
+        members["flac"] = conv.flac
+    members["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    result["members"] = members
+    if task["stats"] and conv.wave is not None:
+        from avssl.data.fbank import FbankConfig
+
+        acc = FbankStats()
+        acc.add_wave(conv.wave, FbankConfig(sample_rate=settings.sample_rate))
+        result["stats"] = acc.to_dict()
+    return result
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def ordered_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
+    """``map(fn, tasks)`` in order; ``workers`` > 1 uses spawned processes, a bounded window."""
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        window: deque = deque()
+        try:
+            for task in tasks:
+                window.append(pool.submit(fn, task))
+                if len(window) >= 4 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        except BrokenProcessPool:
+            raise RuntimeError(
+                "a worker process died (crash in a decoder or out of memory); rerun the same "
+                "command to resume, or use fewer WORKERS"
+            ) from None
+        finally:
+            for fut in window:
+                fut.cancel()
+
+
+def read_sidecar(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_shard(
+    index: int, items: list[Item], results: Iterator, shard_dir: Path, prep: dict, bar: Any
+) -> dict:
+    name = SHARD_NAME.format(index)
+    writer = ShardWriter(shard_dir / f"{name}.tar")
+    keys, failures, stats = [], [], FbankStats()
+    try:
+        for _ in items:
+            res = next(results)
+            if res["members"] is not None:
+                writer.add(res["key"], res["members"])
+                keys.append(res["key"])
+            else:
+                failures.append(res["failure"])
+            if res["stats"] is not None:
+                stats.merge(res["stats"])
+            bar.update(1)
+    except BaseException:
+        writer.abort()
+        raise
+    if keys:
+        writer.close()
+    else:  # nothing converted: no tar, only the sidecar
+        writer.abort()
+        (shard_dir / f"{name}.tar").unlink(missing_ok=True)
+    side = {
+        "file": f"shards/{name}.tar",
+        "num_samples": len(keys),
+        "keys": keys,
+        "failures": failures,
+        "planned": [it.key for it in items],
+        "prep": prep,
+        "stats": stats.to_dict(),
+    }
+    write_json(shard_dir / f"{name}.json", side)
+    return side
+
+
+def _clean_stale(shard_dir: Path, num_shards: int) -> None:
+    """Removes temp files and shards beyond the current plan (from an earlier, larger run)."""
+    for path in shard_dir.glob("shard-*"):
+        stem = path.name.split(".")[0]
+        index = stem.removeprefix("shard-")
+        if path.name.endswith(".tmp") or (index.isdigit() and int(index) >= num_shards):
+            path.unlink(missing_ok=True)
+
+
+def run_shards(
+    shards: list[list[Item]],
+    shard_dir: Path,
+    prep: dict,
+    workers: int,
+    make_task: Callable[[Item], dict],
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Converts every unfinished shard; returns the sidecars of all shards in order."""
+    from tqdm import tqdm
+
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale(shard_dir, len(shards))
+    sidecars: list[dict | None] = []
+    pending = []
+    for i, items in enumerate(shards):
+        side = read_sidecar(shard_dir / f"{SHARD_NAME.format(i)}.json")
+        done = side is not None and side.get("prep") == prep
+        done = done and side.get("planned") == [it.key for it in items]
+        done = done and (
+            side.get("num_samples") == 0 or (shard_dir.parent / side["file"]).is_file()
+        )
+        sidecars.append(side if done else None)
+        if not done:
+            pending.append(i)
+    skipped = len(shards) - len(pending)
+    if skipped:
+        log(f"skipping {skipped} of {len(shards)} shards finished by an earlier run")
+    total = sum(len(shards[i]) for i in pending)
+    tasks = (make_task(item) for i in pending for item in shards[i])
+    results = ordered_map(convert_item, tasks, workers)
+    bar = tqdm(
+        total=total,
+        unit="clip",
+        desc="converting",
+        disable=not progress or total == 0,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
+    try:
+        for i in pending:
+            sidecars[i] = _write_shard(i, shards[i], results, shard_dir, prep, bar)
+    finally:
+        bar.close()
+        results.close()  # type: ignore[attr-defined]
+    return [s for s in sidecars if s is not None]

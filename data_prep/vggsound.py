@@ -1,0 +1,85 @@
+"""VGGSound (https://arxiv.org/abs/2004.14368): 10-second YouTube clips, 309 classes.
+
+``vggsound.csv`` has no header; rows ``youtube_id,start_seconds,label,split`` where labels may
+contain commas (quoted), so it is read with a CSV reader. Clips are ``<ytid>_<start:06d>.mp4``
+anywhere below ROOT (``--pattern`` changes the name). Classes are the labels present in the
+CSV, sorted. Splits ``train`` and ``test``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from avssl.cli import UserError
+from data_prep.common import Context, Plan, index_media, need_file, rel_to
+
+OPTIONS = ("pattern", "csv")
+DEFAULT_PATTERN = "{ytid}_{start:06d}"
+
+
+def find_csv(ctx: Context, root: Path, name: str) -> Path:
+    """``--csv``, else SPLITS (a file, or a folder holding ``name``), else ROOT or its parent."""
+    if ctx.options.get("csv"):
+        return need_file(Path(ctx.options["csv"]), f"{ctx.dataset} CSV (--csv)")
+    if ctx.splits is not None:
+        path = ctx.splits if ctx.splits.is_file() else ctx.splits / name
+        return need_file(path, f"{ctx.dataset} CSV")
+    for cand in (root / name, root.parent / name):
+        if cand.is_file():
+            return cand
+    raise UserError(f"{name} not found in {root} or {root.parent}; pass SPLITS=<path to {name}>")
+
+
+def format_name(pattern: str, path: Path, n: int, **fields: object) -> str:
+    try:
+        return pattern.format(**fields)
+    except (KeyError, ValueError, IndexError) as err:
+        raise UserError(f"--pattern {pattern!r} does not fit {path}:{n} ({err})") from None
+
+
+def parse_rows(path: Path) -> list[tuple[str, int, str, str]]:
+    rows = []
+    text = path.read_text(encoding="utf-8-sig")
+    for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
+        if not row or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 4:
+            raise UserError(f"{path}:{n}: expected 4 fields ytid,start,label,split, got {row}")
+        ytid, start, label, split = (x.strip() for x in row)
+        if not start.lstrip("-").isdigit():
+            if n == 1:
+                continue  # a header line
+            raise UserError(f"{path}:{n}: start_seconds {start!r} is not an integer")
+        if split not in ("train", "test"):
+            raise UserError(f"{path}:{n}: split must be train or test, got {split!r}")
+        rows.append((ytid, int(start), label, split))
+    return rows
+
+
+def collect(ctx: Context) -> Plan:
+    root = ctx.need_root()
+    path = find_csv(ctx, root, "vggsound.csv")
+    pattern = ctx.options.get("pattern") or DEFAULT_PATTERN
+    rows = parse_rows(path)
+    classes = sorted({label for _, _, label, _ in rows})
+    class_ids = {name: i for i, name in enumerate(classes)}
+    plan = Plan(dataset=ctx.dataset, classes=classes, splits={"train": [], "test": []})
+    if len(classes) != 309:
+        plan.notes.append(f"{path.name} lists {len(classes)} classes (full VGGSound: 309)")
+    index = index_media(root)
+    for n, (ytid, start, label, split) in enumerate(rows, 1):
+        name = format_name(pattern, path, n, ytid=ytid, start=start)
+        found = index.get(name)
+        rel = rel_to(found, root) if found else name
+        plan.add(
+            rel,
+            found or root / name,
+            [split],
+            listed_in=path.name,
+            label=class_ids[label],
+            label_name=label,
+            extra={"ytid": ytid, "start": start},
+        )
+    return plan

@@ -1,0 +1,380 @@
+"""Media transcoding and shard writing for data_prep (shard format v1, DESIGN section 3).
+
+Video is re-encoded with PyAV/libx264 to a constant-frame-rate H.264 MP4 without audio: short
+side scaled down to ``short_side`` (never up; even dimensions), frame rate capped at ``max_fps``
+(frames dropped uniformly by timestamp), a keyframe at least every ``gop_seconds``. Audio is
+downmixed to mono, resampled to ``sample_rate`` and stored as 16-bit FLAC, aligned to the first
+video frame. Short GOPs keep random clip access cheap for the loader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tarfile
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+# A stream may lose this fraction of its packets to decode errors before the file is rejected.
+MAX_BAD_PACKETS = 0.05
+# Fewer decoded frames than this fraction of the count in the header means a truncated file.
+MIN_FRAME_FRACTION = 0.9
+# Gaps in the frame timestamps up to this long are filled by repeating the last frame.
+MAX_GAP_SECONDS = 2
+
+
+class MediaError(Exception):
+    """A media file that cannot be converted; the message is the reason stored in the manifest."""
+
+
+@dataclass
+class EncodeSettings:
+    """Transcoding settings recorded in ``manifest.json["prep"]``."""
+
+    short_side: int = 256
+    max_fps: float = 30.0
+    sample_rate: int = 16000
+    crf: int = 23
+    preset: str = "veryfast"
+    gop_seconds: float = 1.0
+    threads: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("threads")
+        return d
+
+
+@dataclass
+class Converted:
+    """Result of :func:`convert`: member bytes, metadata and the mono float waveform."""
+
+    mp4: bytes | None
+    flac: bytes | None
+    meta: dict[str, Any]
+    wave: np.ndarray | None
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Scales so the short side is at most ``short_side`` (never up); both sides even."""
+    scale = min(1.0, short_side / min(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    if scale == 1.0:  # no resize: only drop an odd last row/column
+        w, h = max(2, width // 2 * 2), max(2, height // 2 * 2)
+    return w, h
+
+
+def _stream_rate(stream: Any) -> Fraction | None:
+    """FFmpeg's frame-rate guess first, so that timestamp gaps do not lower the rate."""
+    for rate in (stream.guessed_rate, stream.average_rate, stream.base_rate):
+        if rate and float(rate) > 0:
+            return Fraction(rate).limit_denominator(1001)
+    return None
+
+
+class _VideoEncoder:
+    """Streams decoded frames into a constant-frame-rate H.264 MP4 in memory."""
+
+    def __init__(self, stream: Any, settings: EncodeSettings) -> None:
+        self.settings = settings
+        src = _stream_rate(stream) or Fraction(25)
+        cap = Fraction(settings.max_fps).limit_denominator(1001)
+        self.rate = min(src, cap)
+        self.declared = int(stream.frames or 0)
+        self.decoded = 0
+        self.emitted = 0
+        self.t0: Fraction | None = None
+        self.buf = io.BytesIO()
+        self.out: Any = None
+        self.ostream: Any = None
+        self.last: Any = None
+
+    def _open(self, frame: Any) -> None:
+        self.size = output_size(frame.width, frame.height, self.settings.short_side)
+        self.out = av.open(self.buf, mode="w", format="mp4")
+        s = self.out.add_stream("libx264", rate=self.rate)
+        s.width, s.height = self.size
+        s.pix_fmt = "yuv420p"
+        # floor keeps the keyframe interval <= gop_seconds even at 29.97 fps
+        s.codec_context.gop_size = max(1, math.floor(self.rate * self.settings.gop_seconds))
+        s.options = {"crf": str(self.settings.crf), "preset": self.settings.preset}
+        if self.settings.threads:
+            s.codec_context.thread_count = self.settings.threads
+        self.ostream = s
+
+    def _emit(self, frame: Any) -> None:
+        frame.pts = self.emitted
+        frame.time_base = 1 / self.rate
+        for packet in self.ostream.encode(frame):
+            self.out.mux(packet)
+        self.emitted += 1
+
+    def push(self, frame: Any) -> None:
+        """Maps the frame to output index round(t * rate); drops early ones, fills gaps."""
+        self.decoded += 1
+        if self.out is None:
+            self._open(frame)
+        if frame.pts is None:
+            t = Fraction(self.decoded - 1) / self.rate
+        else:
+            t = Fraction(frame.pts) * Fraction(frame.time_base)
+        if self.t0 is None:
+            self.t0 = t
+        target = math.ceil((t - self.t0) * self.rate - Fraction(1, 2))  # ties round down
+        if target > self.emitted + MAX_GAP_SECONDS * self.rate:  # a timestamp jump: close it
+            self.t0 += Fraction(target - self.emitted) / self.rate
+            target = self.emitted
+        if target < self.emitted:
+            return
+        w, h = self.size
+        img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+        while self.last is not None and self.emitted < target:  # duplicate over a gap
+            self._emit(self.last)
+        self._emit(img)
+        self.last = img
+
+    def finish(self) -> tuple[bytes, dict[str, Any]]:
+        if self.out is None or self.emitted == 0:
+            raise MediaError("video stream has no decodable frames")
+        if self.declared > 10 and self.decoded < MIN_FRAME_FRACTION * self.declared:
+            raise MediaError(f"truncated: decoded {self.decoded} of {self.declared} frames")
+        for packet in self.ostream.encode():
+            self.out.mux(packet)
+        self.out.close()
+        w, h = self.size
+        info = {"fps": float(self.rate), "width": w, "height": h, "num_frames": self.emitted}
+        info["duration"] = round(self.emitted / float(self.rate), 4)
+        return self.buf.getvalue(), info
+
+
+class _AudioCollector:
+    """Decoded audio -> mono int16 at the target rate, with the first sample's time."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        self.chunks: list[np.ndarray] = []
+        self.t0: float | None = None
+
+    def push(self, frame: Any) -> None:
+        if self.t0 is None and frame.pts is not None:
+            self.t0 = float(frame.pts * frame.time_base)
+        for out in self.resampler.resample(frame):
+            self.chunks.append(out.to_ndarray().reshape(-1))
+
+    def finish(self) -> np.ndarray:
+        for out in self.resampler.resample(None):
+            self.chunks.append(out.to_ndarray().reshape(-1))
+        if not self.chunks:
+            return np.zeros(0, np.int16)
+        return np.concatenate(self.chunks).astype(np.int16)
+
+
+def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono int16 samples ``[S]`` -> FLAC file bytes."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=sample_rate, layout="mono")
+        stream.format = "s16"
+        for start in range(0, len(samples), 4608):
+            chunk = np.ascontiguousarray(samples[None, start : start + 4608])  # [1, n]
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            frame.time_base = Fraction(1, sample_rate)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def _open(path: Path) -> Any:
+    if not path.is_file():
+        raise MediaError("file not found")
+    if path.stat().st_size == 0:
+        raise MediaError("zero-byte file")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise MediaError(f"not a readable media file ({err.__class__.__name__}: {err})") from err
+
+
+def _decodable(stream: Any) -> bool:
+    ctx = getattr(stream, "codec_context", None)
+    return ctx is not None and getattr(ctx, "name", None) not in (None, "", "none")
+
+
+def _pick_streams(container: Any, want_video: bool) -> tuple[Any, Any]:
+    video = next((s for s in container.streams.video if _decodable(s)), None)
+    audio = next((s for s in container.streams.audio if _decodable(s)), None)
+    if container.streams.video and video is None and want_video:
+        raise MediaError("video stream without a usable codec")
+    if container.streams.audio and audio is None and video is None:
+        raise MediaError("audio stream without a usable codec")
+    return (video if want_video else None), audio
+
+
+def _demux(container: Any, video: Any, audio: Any, venc: Any, acol: Any) -> dict[str, Any]:
+    """Decodes both streams in one pass; counts packets and decode errors per stream."""
+    counts: dict[str, Any] = {
+        "v_packets": 0,
+        "v_errors": 0,
+        "a_packets": 0,
+        "a_errors": 0,
+        "a_error": "",
+    }
+    streams = [s for s in (video, audio) if s is not None]
+    for packet in container.demux(streams):
+        kind = "v" if packet.stream is video else "a"
+        counts[f"{kind}_packets"] += packet.size > 0  # the empty last packet flushes
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as err:
+            counts[f"{kind}_errors"] += 1
+            if kind == "a":
+                counts["a_error"] = str(err)
+            continue
+        for frame in frames:
+            (venc if kind == "v" else acol).push(frame)
+    return counts
+
+
+def _align(samples: np.ndarray, offset_s: float, sample_rate: int) -> np.ndarray:
+    """Shifts audio so that sample 0 is at the first video frame (pad or trim the start)."""
+    shift = int(round(offset_s * sample_rate))
+    if shift > 0:
+        return np.concatenate([np.zeros(shift, np.int16), samples])
+    return samples[-shift:] if shift < 0 else samples
+
+
+def _finish_video(venc: _VideoEncoder, counts: dict[str, Any]) -> tuple[bytes, dict]:
+    if counts["v_errors"] > MAX_BAD_PACKETS * max(counts["v_packets"], 1):
+        raise MediaError(f"video decode errors in {counts['v_errors']} packets")
+    return venc.finish()
+
+
+def _finish_audio(acol: _AudioCollector, counts: dict[str, Any]) -> np.ndarray:
+    samples = acol.finish()
+    bad = counts["a_errors"] > MAX_BAD_PACKETS * max(counts["a_packets"], 1)
+    if bad or samples.size == 0:
+        raise MediaError(f"audio undecodable ({counts['a_error'] or 'no samples decoded'})")
+    return samples
+
+
+def convert(
+    path: str | Path, settings: EncodeSettings, want_video: bool = True, require_video: bool = True
+) -> Converted:
+    """Transcodes one media file to shard members (H.264 mp4 without audio, mono FLAC).
+
+    Raises:
+        MediaError: unreadable, zero-byte, truncated or codec-less file, no video stream when
+            ``require_video``, or an audio stream that cannot be decoded ("audio undecodable").
+    """
+    path = Path(path)
+    with _open(path) as container:
+        video, audio = _pick_streams(container, want_video)
+        if video is None and require_video:
+            raise MediaError("no video stream")
+        if video is None and audio is None:
+            raise MediaError("no audio or video stream")
+        venc = _VideoEncoder(video, settings) if video is not None else None
+        acol = _AudioCollector(settings.sample_rate) if audio is not None else None
+        try:
+            counts = _demux(container, video, audio, venc, acol)
+        except av.FFmpegError as err:
+            raise MediaError(f"demux error ({err})") from err
+    mp4, info = _finish_video(venc, counts) if venc is not None else (None, {})
+    samples = None
+    if acol is not None:
+        samples = _finish_audio(acol, counts)
+        if venc is not None and venc.t0 is not None and acol.t0 is not None:
+            samples = _align(samples, acol.t0 - float(venc.t0), settings.sample_rate)
+    n = int(samples.size) if samples is not None else 0
+    meta: dict[str, Any] = {"fps": None, "width": None, "height": None, "num_frames": 0}
+    meta.update(info, has_video=mp4 is not None, has_audio=samples is not None)
+    meta["audio_sample_rate"] = settings.sample_rate if samples is not None else None
+    meta["audio_num_samples"] = n
+    if mp4 is None:
+        meta["duration"] = round(n / settings.sample_rate, 4)
+    flac = encode_flac(samples, settings.sample_rate) if samples is not None else None
+    wave = samples.astype(np.float32) / 32768.0 if samples is not None else None
+    return Converted(mp4=mp4, flac=flac, meta=meta, wave=wave)
+
+
+class ShardWriter:
+    """Writes one WebDataset tar to ``<path>.tmp`` and renames it into place on close."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tar = tarfile.open(self.tmp, "w")
+        self.count = 0
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """Adds ``<key>.<ext>`` members of one sample, consecutively."""
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self.tar.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class FbankStats:
+    """Accumulates sum, sum of squares and count of raw log-mel values (avssl.data.fbank)."""
+
+    def __init__(self, total: float = 0.0, total_sq: float = 0.0, count: int = 0, clips: int = 0):
+        self.total, self.total_sq, self.count, self.clips = total, total_sq, count, clips
+
+    def add_wave(self, wave: np.ndarray, cfg: Any) -> None:
+        import torch
+
+        from avssl.data.fbank import log_mel
+
+        mel = log_mel(torch.from_numpy(wave), cfg).double()  # [T_frames, F]
+        self.total += float(mel.sum())
+        self.total_sq += float((mel * mel).sum())
+        self.count += mel.numel()
+        self.clips += 1
+
+    def merge(self, other: dict) -> None:
+        self.total += other["total"]
+        self.total_sq += other["total_sq"]
+        self.count += other["count"]
+        self.clips += other["clips"]
+
+    def to_dict(self) -> dict:
+        return {
+            "total": self.total,
+            "total_sq": self.total_sq,
+            "count": self.count,
+            "clips": self.clips,
+        }
+
+    def mean_std(self) -> tuple[float, float]:
+        mean = self.total / self.count
+        var = max(self.total_sq / self.count - mean * mean, 0.0)
+        return mean, math.sqrt(var)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Writes JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

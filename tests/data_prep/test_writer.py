@@ -1,0 +1,163 @@
+"""avssl.data.writer: transcoding rules (size, fps, keyframes, audio) and bad-media reasons."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from avssl.data.fbank import FbankConfig, log_mel
+from avssl.data.writer import (
+    EncodeSettings,
+    FbankStats,
+    MediaError,
+    ShardWriter,
+    convert,
+    encode_flac,
+    output_size,
+)
+
+
+def keyframe_times(mp4: bytes) -> tuple[list[float], float]:
+    with av.open(io.BytesIO(mp4)) as c:
+        v = c.streams.video[0]
+        times = [
+            float(p.pts * p.time_base) for p in c.demux(v) if p.pts is not None and p.is_keyframe
+        ]
+        return sorted(times), float(v.frames / v.average_rate)
+
+
+def decode_audio(flac: bytes) -> tuple[np.ndarray, int, int]:
+    with av.open(io.BytesIO(flac)) as c:
+        s = c.streams.audio[0]
+        data = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(s)])
+        return data, s.codec_context.sample_rate, s.codec_context.channels
+
+
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((320, 240), (320, 240)),
+        ((640, 480), (342, 256)),
+        ((1920, 1080), (456, 256)),
+        ((256, 144), (256, 144)),
+        ((341, 255), (340, 254)),
+        ((480, 640), (256, 342)),
+    ],
+)
+def test_output_size_downscales_only_and_even(size, expected):
+    assert output_size(*size, 256) == expected
+
+
+def test_downscale_fps_keyframes_and_no_audio_stream(media):
+    conv = convert(media["big"], EncodeSettings())
+    assert (conv.meta["width"], conv.meta["height"]) == (342, 256)
+    assert conv.meta["fps"] == 10.0 and conv.meta["num_frames"] == 25
+    with av.open(io.BytesIO(conv.mp4)) as c:
+        assert len(c.streams.audio) == 0
+        v = c.streams.video[0]
+        assert v.codec_context.name == "h264" and v.codec_context.pix_fmt == "yuv420p"
+    times, duration = keyframe_times(conv.mp4)
+    gaps = np.diff([*times, duration])
+    assert times[0] == 0.0 and gaps.max() <= 1.0 + 1e-6
+
+
+def test_fps_capped_by_dropping_frames_uniformly(media):
+    conv = convert(media["fast"], EncodeSettings(max_fps=30))
+    assert conv.meta["fps"] == 30.0
+    assert conv.meta["num_frames"] == 30 and conv.meta["duration"] == pytest.approx(1.0)
+    times, duration = keyframe_times(conv.mp4)
+    assert np.diff([*times, duration]).max() <= 1.0 + 1e-6
+
+
+def test_audio_is_mono_16k_flac_aligned(media):
+    conv = convert(media["av"], EncodeSettings())
+    assert conv.meta["has_audio"] and conv.meta["audio_sample_rate"] == 16000
+    data, rate, channels = decode_audio(conv.flac)
+    assert rate == 16000 and channels == 1
+    assert len(data) == conv.meta["audio_num_samples"]
+    assert abs(len(data) / 16000 - 1.2) < 0.1  # 1.2 s tone
+    # the 440 Hz tone survives downmix + resampling
+    spec = np.abs(np.fft.rfft(data[2000:10000].astype(np.float64)))
+    assert np.argmax(spec) * 16000 / 8000 == pytest.approx(440, abs=4)
+
+
+def test_audio_only_file_has_no_video(media):
+    conv = convert(media["wav"], EncodeSettings(), want_video=False, require_video=False)
+    assert conv.mp4 is None and conv.meta["has_video"] is False
+    assert conv.meta["duration"] == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(MediaError, match="no video stream"):
+        convert(media["wav"], EncodeSettings())
+
+
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("zero", "zero-byte"),
+        ("text", "not a readable media file"),
+        ("truncated", "truncated"),
+        ("cut_header", "not a readable media file"),
+        ("badaudio", "audio undecodable"),
+        ("nocodec", "video stream without a usable codec"),
+    ],
+)
+def test_bad_media_reasons(media, name, reason):
+    with pytest.raises(MediaError, match=reason):
+        convert(media[name], EncodeSettings())
+
+
+def test_flac_roundtrip_exact():
+    samples = (np.sin(np.arange(20000) / 7) * 12000).astype(np.int16)
+    data, rate, channels = decode_audio(encode_flac(samples, 16000))
+    assert rate == 16000 and channels == 1
+    np.testing.assert_array_equal(data, samples)
+
+
+def test_shard_writer_renames_on_close_only(tmp_path):
+    writer = ShardWriter(tmp_path / "s.tar")
+    writer.add("ds/a/b", {"mp4": b"123", "json": b"{}"})
+    assert not (tmp_path / "s.tar").exists() and (tmp_path / "s.tar.tmp").exists()
+    writer.close()
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        assert tar.getnames() == ["ds/a/b.mp4", "ds/a/b.json"]
+    aborted = ShardWriter(tmp_path / "t.tar")
+    aborted.abort()
+    assert not list(tmp_path.glob("t.tar*"))
+
+
+def test_fbank_stats_match_direct_computation():
+    cfg = FbankConfig()
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(8000 + 1000 * i).astype(np.float32) * 0.1 for i in range(3)]
+    acc = FbankStats()
+    for w in waves[:2]:
+        acc.add_wave(w, cfg)
+    other = FbankStats()
+    other.add_wave(waves[2], cfg)
+    acc.merge(other.to_dict())
+    allv = torch.cat([log_mel(torch.from_numpy(w), cfg).reshape(-1) for w in waves]).double()
+    mean, std = acc.mean_std()
+    assert acc.clips == 3 and acc.count == allv.numel()
+    assert mean == pytest.approx(allv.mean().item(), rel=1e-6)
+    assert std == pytest.approx(allv.std(unbiased=False).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("jump,expected", [(5, 15), (50, 10)])
+def test_timestamp_gaps_filled_short_closed_long(tmp_path, jump, expected):
+    path = tmp_path / "gap.mp4"
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        for i, pts in enumerate([0, 1, 2, 3, 4] + [jump + 5 + k for k in range(5)]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), "rgb24")
+            frame.pts = pts
+            for packet in v.encode(frame):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+    conv = convert(path, EncodeSettings())
+    assert conv.meta["fps"] == 10.0 and conv.meta["num_frames"] == expected
