@@ -1,0 +1,297 @@
+"""Frozen encoder bundles: ``avssl export`` (checkpoint -> bundle) and ``avssl.load_encoder``.
+
+A bundle is a folder (DESIGN section 3) holding ``audio_encoder.safetensors``,
+``video_encoder.safetensors`` (either may be absent) and ``config.json``::
+
+    {"format": "avssl-encoder-bundle", "format_version": 1,
+     "audio": encoder config | null, "video": encoder config | null,
+     "preprocessing": AVDataModule.preprocessing() layout: frames, fps/stride, crop, video
+                      mean/std, "fbank": settings + stats (see avssl.export_preproc),
+     "provenance": {"objective", "recipe", "step", "epoch", "avssl_version",
+                    "encoder": {"which", "note"}, ...}}
+
+Nothing in a bundle or a checkpoint is unpickled: checkpoints are read with
+``torch.load(weights_only=True)`` and weights with safetensors. Loading a bundle imports torch,
+safetensors and ``avssl.models`` only (no Lightning); loading a *training checkpoint* rebuilds the
+objective, so it needs Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from avssl.cli import UserError
+
+FORMAT = "avssl-encoder-bundle"
+FORMAT_VERSION = 1
+MODALITIES = ("audio", "video")
+CONFIG_FILE = "config.json"
+
+__all__ = ["EncoderBundle", "load_encoder", "embed", "export_checkpoint", "main"]
+
+
+def weights_file(modality: str) -> str:
+    """File name of one modality's weights inside a bundle."""
+    return f"{modality}_encoder.safetensors"
+
+
+def _embed_dim(enc: Any) -> int | None:
+    return None if enc is None else int(enc.embed_dim)
+
+
+@dataclass
+class EncoderBundle:
+    """Frozen encoders with the settings needed to feed them.
+
+    Attributes:
+        audio: audio encoder (eval mode, no gradients) or None when the bundle has none.
+        video: video encoder (eval mode, no gradients) or None.
+        config: the bundle's ``config.json`` content.
+        path: where it was loaded from (a bundle folder or a checkpoint), or None.
+    """
+
+    audio: nn.Module | None
+    video: nn.Module | None
+    config: dict
+    path: str | None = None
+
+    @property
+    def preprocessing(self) -> dict:
+        """Frames, fps/stride, crop, video mean/std and ``"fbank"`` (``AVDataModule`` layout)."""
+        return self.config["preprocessing"]
+
+    @property
+    def provenance(self) -> dict:
+        """Objective, recipe, step, epoch, versions and which encoder (student/teacher)."""
+        return self.config.get("provenance", {})
+
+    @property
+    def embed_dim(self) -> dict[str, int | None]:
+        """Embedding size D per modality (None where the bundle has no such encoder)."""
+        return {m: _embed_dim(e) for m, e in self.encoders().items()}
+
+    def encoders(self) -> dict[str, nn.Module | None]:
+        """``{"audio": encoder | None, "video": encoder | None}``."""
+        return {"audio": self.audio, "video": self.video}
+
+    def to(self, device: torch.device | str) -> EncoderBundle:
+        """Moves the encoders to ``device`` in place and returns the bundle."""
+        for enc in self.encoders().values():
+            if enc is not None:
+                enc.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        prov = self.provenance
+        parts = [f"{m}=D{d}" for m, d in self.embed_dim.items() if d is not None]
+        which = prov.get("encoder", {}).get("which", "?")
+        return (
+            f"EncoderBundle({', '.join(parts)}, objective={prov.get('objective')}, "
+            f"which={which}, step={prov.get('step')}, path={self.path})"
+        )
+
+
+def assemble(config: dict, state_dicts: dict[str, dict[str, torch.Tensor]], path: Any = None):
+    """Rebuilds encoders from their configs and weights (torch + avssl.models only).
+
+    Args:
+        config: bundle config (``config.json`` content).
+        state_dicts: modality -> weights for each modality whose config is not None.
+        path: source, for messages and ``EncoderBundle.path``.
+
+    Returns:
+        An ``EncoderBundle`` with frozen encoders in eval mode.
+    """
+    from avssl.models import build_encoder
+
+    encoders: dict[str, nn.Module | None] = {}
+    for modality in MODALITIES:
+        enc_cfg = config.get(modality)
+        if enc_cfg is None:
+            encoders[modality] = None
+            continue
+        try:
+            enc = build_encoder(dict(enc_cfg))
+            enc.load_state_dict(state_dicts[modality], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"{path}: cannot rebuild the {modality} encoder: {first}") from err
+        enc.eval().requires_grad_(False)
+        encoders[modality] = enc
+    path_str = None if path is None else str(path)
+    return EncoderBundle(encoders["audio"], encoders["video"], config, path_str)
+
+
+def check_config(config: Any, path: Path) -> dict:
+    """Validates a bundle config: right format, a version this avssl can read, encoders."""
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{path}: not an avssl encoder bundle (config.json format != {FORMAT!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"{path}: invalid bundle format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: bundle format_version {version} is newer than this avssl reads "
+            f"({FORMAT_VERSION}); upgrade avssl to load it"
+        )
+    if all(config.get(m) is None for m in MODALITIES):
+        raise UserError(f"{path}: bundle has neither an audio nor a video encoder")
+    if not isinstance(config.get("preprocessing"), dict):
+        raise UserError(f"{path}: bundle config.json has no 'preprocessing' section")
+    return config
+
+
+def _load_bundle_dir(folder: Path) -> EncoderBundle:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise UserError(f"{folder}: not an encoder bundle (no {CONFIG_FILE})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{cfg_path}: not valid JSON ({err})") from err
+    check_config(config, folder)
+    state_dicts = {}
+    for modality in MODALITIES:
+        if config.get(modality) is None:
+            continue
+        wpath = folder / weights_file(modality)
+        if not wpath.is_file():
+            raise UserError(f"{wpath}: missing (config.json lists a {modality} encoder)")
+        try:
+            state_dicts[modality] = load_file(str(wpath), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise UserError(f"{wpath}: not a readable safetensors file ({err})") from err
+    return assemble(config, state_dicts, folder)
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> EncoderBundle:
+    """Loads frozen encoders from a bundle folder (or its config.json) or a training checkpoint.
+
+    A bundle needs only torch and safetensors; a checkpoint (read with ``weights_only=True``)
+    rebuilds its objective to pick the encoder the paper evaluates, which imports Lightning.
+
+    Args:
+        path: bundle folder, its ``config.json``, or a ``.ckpt`` written by ``avssl fit``.
+        device: where to put the encoders.
+
+    Returns:
+        ``EncoderBundle`` with ``.audio``/``.video`` in eval mode, ``.config``,
+        ``.preprocessing`` and ``.embed_dim``.
+
+    Raises:
+        UserError: missing path, not a bundle/avssl checkpoint, newer format, or a file that
+            would need pickle to load.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{p}: no such encoder bundle or checkpoint")
+    if p.is_file() and p.name == CONFIG_FILE:
+        p = p.parent
+    if p.is_dir():
+        bundle = _load_bundle_dir(p)
+    else:
+        from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint
+
+        config, state_dicts = bundle_from_checkpoint(read_checkpoint(p), p)
+        bundle = assemble(config, state_dicts, p)
+    return bundle.to(device)
+
+
+def embed(path_or_bundle: Any, media_file: str | Path, num_clips: int = 1) -> dict:
+    """Embeds a raw video or audio file with a bundle's own preprocessing.
+
+    See ``avssl.export_preproc.embed`` (this wrapper keeps ``avssl.embed`` importable lazily).
+    """
+    from avssl.export_preproc import embed as _embed
+
+    bundle = path_or_bundle
+    if not isinstance(bundle, EncoderBundle):
+        bundle = load_encoder(path_or_bundle)
+    return _embed(bundle, media_file, num_clips=num_clips)
+
+
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, onnx: bool = False) -> list[Path]:
+    """Exports the encoders of an avssl training checkpoint to a bundle folder.
+
+    Args:
+        ckpt_path: Lightning checkpoint written by ``avssl fit`` / ``avssl pretrain``.
+        out: bundle folder to create (files in it are overwritten).
+        onnx: also write ``<modality>_encoder.onnx`` (dynamic batch), checked with onnxruntime.
+
+    Returns:
+        Paths written.
+    """
+    return _export(Path(ckpt_path).expanduser(), Path(out).expanduser(), onnx)[0]
+
+
+def _export(ckpt_path: Path, out: Path, onnx: bool) -> tuple[list[Path], EncoderBundle]:
+    from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint, write_bundle
+
+    config, state_dicts = bundle_from_checkpoint(read_checkpoint(ckpt_path), ckpt_path)
+    written = write_bundle(out, config, state_dicts)
+    bundle = load_encoder(out)  # round trip: proves build_encoder(config) + weights reload
+    for modality, enc in bundle.encoders().items():
+        if enc is None:
+            continue
+        reloaded = enc.state_dict()
+        for key, value in state_dicts[modality].items():
+            if not torch.equal(reloaded[key], value):
+                raise RuntimeError(f"{out}: {modality} weight {key} changed on reload")
+    if onnx:
+        from avssl.export_onnx import export_onnx
+
+        written += export_onnx(bundle, out)
+    return written, bundle
+
+
+def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
+    n = path.stat().st_size
+    size = f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
+    if bundle is None or not path.name.endswith("_encoder.safetensors"):
+        return f"{path} ({size})"
+    modality = path.name.split("_")[0]
+    cfg = bundle.config[modality]
+    arch = f"{cfg.get('modality')} ViT-{cfg.get('size', '?')} depth {cfg.get('depth', '?')}"
+    return f"{path} ({modality} encoder: {arch}, D={bundle.embed_dim[modality]}, {size})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``avssl export --ckpt C --out O [--onnx]``: writes a frozen encoder bundle."""
+    parser = argparse.ArgumentParser(
+        prog="avssl export", description="Export the frozen encoders of an avssl checkpoint."
+    )
+    parser.add_argument("--ckpt", default="", help="training checkpoint (e.g. runs/x/last.ckpt)")
+    parser.add_argument("--out", default="", help="bundle folder to write (e.g. encoders/mavil)")
+    parser.add_argument("--onnx", action="store_true", help="also export ONNX (dynamic batch)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.ckpt:
+        raise UserError("--ckpt is required (make export CKPT=runs/<run>/last.ckpt OUT=...)")
+    if not args.out:
+        raise UserError("--out is required (make export CKPT=... OUT=encoders/<name>)")
+    written, bundle = _export(Path(args.ckpt).expanduser(), Path(args.out).expanduser(), args.onnx)
+    prov = bundle.provenance
+    enc = prov.get("encoder", {})
+    print(
+        f"[export] {prov.get('objective')} (recipe {prov.get('recipe')}, step {prov.get('step')}, "
+        f"epoch {prov.get('epoch')}) from {args.ckpt}: exported the {enc.get('which')} encoders"
+        + (f": {enc.get('note')}" if enc.get("note") else "")
+    )
+    for path in written:
+        print(f"[export] wrote {_describe(path, bundle)}")
+    print(
+        "[export] use it: import avssl; enc = avssl.load_encoder("
+        f"{str(args.out)!r}); emb = avssl.embed(enc, 'my_clip.mp4')"
+    )
+    print(f"[export] evaluate: make eval EVAL=ucf101_linear ENCODER={args.out} DATA=shards/ucf101")
+    return 0

@@ -1,0 +1,233 @@
+"""Reads an avssl training checkpoint safely, turns it into bundle config + encoder weights,
+and writes the bundle folder.
+
+The checkpoint is read with ``torch.load(weights_only=True)`` only: a file that would need
+pickle to load is refused, never executed. The objective named in ``checkpoint["avssl"]`` must be
+a class under ``avssl.objectives``; it is rebuilt from the checkpoint's ``hyper_parameters``, its
+weights are loaded and its ``export_encoders()`` says which encoders (student/teacher) to export.
+Rebuilding the objective imports Lightning; loading a finished bundle does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import pickle
+import re
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from avssl.cli import UserError
+from avssl.export import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODALITIES, weights_file
+from avssl.export_preproc import preprocessing_from_data
+
+_OBJECTIVE_NAME = re.compile(r"avssl\.objectives(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Loads an avssl Lightning checkpoint with ``weights_only=True``.
+
+    Raises:
+        UserError: missing file, folder, unreadable file, a file that needs pickle
+            ("refusing to unpickle ..."), or a checkpoint that avssl did not write.
+    """
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a checkpoint file (e.g. runs/x/last.ckpt)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise UserError(f"{path}: not a torch checkpoint ({_first_line(err)})") from None
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        raise UserError(
+            f"refusing to unpickle {path}: it needs {what}; only tensors and plain containers "
+            "are loaded (weights_only=True)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - garbage input fails in many ways inside torch.load
+        raise UserError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    meta = ckpt.get("avssl")
+    if not isinstance(meta, dict) or not isinstance(meta.get("objective"), str):
+        raise UserError(
+            f"{path}: not an avssl checkpoint (no 'avssl' entry naming the objective; "
+            "was it written by avssl fit/pretrain?)"
+        )
+    return ckpt
+
+
+def objective_class(name: str, src: Path) -> type:
+    """Resolves ``avssl.objectives.<module>.<Class>``; anything else is refused."""
+    if not _OBJECTIVE_NAME.fullmatch(name) or name.count(".") < 3:
+        raise UserError(f"{src}: objective {name!r} is not a class under avssl.objectives; refused")
+    module_name, _, cls_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"{src}: objective module {module_name} not found ({err})") from None
+    from avssl.objectives.base import AVObjective
+
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, AVObjective)):
+        raise UserError(f"{src}: {name} is not an avssl objective class")
+    return cls
+
+
+def _init_kwargs(cls: Any, hparams: dict, src: Path) -> dict:
+    """Keeps the hyper-parameters the objective's ``__init__`` accepts (drops CLI bookkeeping)."""
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    if not takes_any:
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            print(f"[export] {src}: ignoring hyper-parameters unknown to {cls.__name__}: {unknown}")
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return kwargs
+
+
+def rebuild_objective(ckpt: dict, src: Path) -> tuple[Any, set[str]]:
+    """Builds the checkpoint's objective from its hyper-parameters and loads its weights.
+
+    Returns:
+        The objective (eval mode) and the names of its weights the checkpoint lacked.
+    """
+    name = ckpt["avssl"]["objective"]
+    cls = objective_class(name, src)
+    kwargs = _init_kwargs(cls, dict(ckpt.get("hyper_parameters") or {}), src)
+    try:
+        objective = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{src}: cannot rebuild {name} from its hyper_parameters ({err})") from None
+    missing, unexpected = objective.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected:
+        print(f"[export] {src}: {len(unexpected)} checkpoint entries unused, e.g. {unexpected[0]}")
+    return objective.eval(), set(missing)
+
+
+def _check_loaded(objective: nn.Module, modules: dict, missing: set[str], src: Path) -> None:
+    """Fails if any weight of an exported encoder was absent from the checkpoint."""
+    for prefix, mod in objective.named_modules(remove_duplicate=False):
+        if not prefix or not any(mod is m for m in modules.values()):
+            continue
+        lost = [f"{prefix}.{k}" for k in mod.state_dict() if f"{prefix}.{k}" in missing]
+        if lost:
+            raise UserError(f"{src}: checkpoint lacks weights of the exported encoder: {lost[:3]}")
+
+
+def _encoder_config(enc: Any, modality: str, src: Path) -> dict:
+    if not hasattr(enc, "config"):
+        raise UserError(f"{src}: the {modality} encoder {type(enc).__name__} has no config()")
+    cfg = dict(enc.config())
+    try:
+        json.dumps(cfg)
+    except TypeError as err:
+        raise UserError(f"{src}: {modality} encoder config is not JSON ({err})") from None
+    return cfg
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
+    import avssl
+
+    meta = ckpt["avssl"]
+    hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k[:1] != "_"}
+    try:
+        json.dumps(hparams)
+    except TypeError:
+        hparams = {k: repr(v) for k, v in hparams.items()}
+    return {
+        "objective": meta["objective"],
+        "recipe": meta.get("recipe"),
+        "step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+        "avssl_version": meta.get("version"),
+        "exported_with": avssl.__version__,
+        "format_version": FORMAT_VERSION,
+        "encoder": {"which": exported.get("which"), "note": exported.get("note", "")},
+        "shared_backbone": shared,
+        "checkpoint": src.name,
+        "checkpoint_sha256": _sha256(src),
+        "lightning_version": ckpt.get("pytorch-lightning_version"),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hyper_parameters": hparams,
+    }
+
+
+def bundle_from_checkpoint(ckpt: dict, src: Path) -> tuple[dict, dict[str, dict]]:
+    """Checkpoint -> (bundle config, modality -> encoder state_dict).
+
+    Uses only the objective's ``export_encoders()``: ``{"audio", "video", "which", "note"}``.
+    A backbone shared by both modalities is written for both (``shared_backbone: true``).
+    """
+    objective, missing = rebuild_objective(ckpt, src)
+    with torch.no_grad():
+        exported = objective.export_encoders()
+    modules = {m: exported.get(m) for m in MODALITIES if exported.get(m) is not None}
+    if not modules:
+        raise UserError(f"{src}: the objective exports no encoder")
+    _check_loaded(objective, modules, missing, src)
+    shared = len(modules) == 2 and modules["audio"] is modules["video"]
+    config: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    for modality in MODALITIES:
+        enc = modules.get(modality)
+        config[modality] = None if enc is None else _encoder_config(enc, modality, src)
+    config["preprocessing"] = preprocessing_from_data(ckpt["avssl"].get("data") or {}, modules, src)
+    config["provenance"] = _provenance(ckpt, exported, shared, src)
+    state_dicts = {
+        m: {k: v.detach().cpu() for k, v in e.state_dict().items()} for m, e in modules.items()
+    }
+    return config, state_dicts
+
+
+def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[Path]:
+    """Writes ``config.json`` and one safetensors file per encoder; removes stale files."""
+    from safetensors.torch import save_file
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for modality in MODALITIES:
+        (out / f"{modality}_encoder.onnx").unlink(missing_ok=True)  # rewritten only by --onnx
+        target = out / weights_file(modality)
+        if config.get(modality) is None:
+            target.unlink(missing_ok=True)
+            continue
+        # clone: safetensors refuses tensors sharing memory (tied weights)
+        tensors = {
+            k: v.detach().cpu().contiguous().clone() for k, v in state_dicts[modality].items()
+        }
+        tmp = target.with_suffix(".tmp")
+        meta = {"format": "pt", "avssl_format": FORMAT, "modality": modality}
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(target)
+        written.append(target)
+    cfg_path = out / CONFIG_FILE
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    written.append(cfg_path)
+    return written

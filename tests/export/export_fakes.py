@@ -1,0 +1,124 @@
+"""Tiny objectives and Lightning-style checkpoints for the export tests (built at test time).
+
+The fake objectives live in a module registered as ``avssl.objectives._export_fakes`` so that
+``avssl export`` (which only builds classes under ``avssl.objectives``) accepts them. They cover
+the shapes of ``export_encoders()`` the real objectives return: two towers with an EMA teacher
+(exported), audio only, and one backbone shared by both modalities.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+
+import torch
+
+from avssl.models.vit import AudioViT, VideoViT
+from avssl.objectives.base import AVObjective
+
+FAKE_MODULE = "avssl.objectives._export_fakes"
+AUDIO_FRAMES, MEL_BINS, NUM_FRAMES, CROP = 64, 32, 4, 32
+
+DATA = {
+    "num_frames": NUM_FRAMES,
+    "frame_stride": 2,
+    "target_fps": None,
+    "crop_size": CROP,
+    "video_mean": [0.45, 0.45, 0.45],
+    "video_std": [0.225, 0.225, 0.225],
+    "fbank": {
+        "sample_rate": 16000,
+        "num_mel_bins": MEL_BINS,
+        "frame_shift_ms": 10.0,
+        "frame_length_ms": 25.0,
+        "target_frames": AUDIO_FRAMES,
+        "mean": -5.0,
+        "std": 4.0,
+        "norm": "audiomae",
+    },
+}
+
+
+def tiny_audio(depth: int = 1) -> AudioViT:
+    return AudioViT(size="tiny", depth=depth, input_size=(AUDIO_FRAMES, MEL_BINS))
+
+
+def tiny_video(depth: int = 1) -> VideoViT:
+    return VideoViT(size="tiny", depth=depth, num_frames=NUM_FRAMES, img_size=CROP)
+
+
+class TwoTower(AVObjective):
+    """Student encoders + EMA teacher copies; exports the teacher (as MAViL stage 2 would)."""
+
+    def __init__(self, depth: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.audio_encoder, self.video_encoder = tiny_audio(depth), tiny_video(depth)
+        self.teacher_audio = copy.deepcopy(self.audio_encoder)
+        self.teacher_video = copy.deepcopy(self.video_encoder)
+        self.register_buffer("queue", torch.zeros(3, 4))  # objective state, not exported
+
+    def export_encoders(self) -> dict:
+        note = "EMA teacher, as the paper evaluates"
+        return {"audio": self.teacher_audio, "video": self.teacher_video, "which": "teacher",
+                "note": note}  # fmt: skip
+
+
+class AudioOnly(AVObjective):
+    """An audio-only objective: the bundle has no video encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio_encoder = tiny_audio()
+
+    def export_encoders(self) -> dict:
+        return {"audio": self.audio_encoder, "video": None, "which": "student", "note": ""}
+
+
+class Shared(AVObjective):
+    """One backbone for both modalities (both inputs go through ``self.encoder``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = tiny_video()
+
+    def export_encoders(self) -> dict:
+        return {"audio": self.encoder, "video": self.encoder, "which": "student", "note": "shared"}
+
+
+def register() -> types.ModuleType:
+    mod = sys.modules.get(FAKE_MODULE)
+    if mod is None:
+        mod = types.ModuleType(FAKE_MODULE)
+        for cls in (TwoTower, AudioOnly, Shared):
+            cls.__module__ = FAKE_MODULE
+            setattr(mod, cls.__name__, cls)
+        sys.modules[FAKE_MODULE] = mod
+    return mod
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Replaces every weight with seeded noise so that student and teacher differ."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def fake_checkpoint(objective: AVObjective, name: str, data: dict | None = None) -> dict:
+    """A checkpoint dict shaped like the ones Lightning + AVObjective write."""
+    return {
+        "epoch": 2,
+        "global_step": 17,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": objective.state_dict(),
+        "hyper_parameters": {**dict(objective.hparams), "_instantiator": "cli.instantiate"},
+        "avssl": {
+            "objective": f"{FAKE_MODULE}.{name}",
+            "recipe": "fake",
+            "version": "0.1.0",
+            "data": DATA if data is None else data,
+        },  # fmt: skip
+        "loops": {},
+        "optimizer_states": [],
+    }

@@ -1,0 +1,77 @@
+"""Every recipe's objective exports through ``export_encoders()`` alone (no per-objective code).
+
+Parametrised over ``recipes/*.yaml``: the objective is built with the recipe's arguments and
+``debug.yaml`` sizes, given random weights, saved as a checkpoint with its own ``avssl`` block,
+exported, and the bundle's features must equal ``export_encoders()`` of the objective exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from avssl import export
+from tests.export.export_fakes import randomize
+
+pytestmark = pytest.mark.slow
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in ("_base", "debug"))
+DATA = {  # debug.yaml data sizes, in AVDataModule.preprocessing() layout
+    "num_frames": 4,
+    "frame_stride": None,
+    "target_fps": None,
+    "crop_size": 64,
+    "video_mean": [0.485, 0.456, 0.406],
+    "video_std": [0.229, 0.224, 0.225],
+    "fbank": {
+        "sample_rate": 16000,
+        "num_mel_bins": 128,
+        "frame_shift_ms": 10.0,
+        "frame_length_ms": 25.0,
+        "target_frames": 128,
+        "mean": -6.0,
+        "std": 4.0,
+        "norm": "audiomae",
+    },  # fmt: skip
+}
+
+
+def build_objective(recipe: str, tmp_path: Path):
+    model = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())["model"]
+    debug = yaml.safe_load((RECIPES / "debug.yaml").read_text())["model"]["init_args"]
+    init = {**(model.get("init_args") or {}), **debug}
+    if "teacher_ckpt" in init and not init["teacher_ckpt"]:
+        init["teacher_ckpt"] = str(tmp_path / "absent-teacher.ckpt")  # export must not need it
+    module, _, name = model["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**init)
+
+
+@pytest.mark.parametrize("recipe", NAMES)
+def test_recipe_objective_exports_exactly(recipe, tmp_path):
+    obj = build_objective(recipe, tmp_path)
+    randomize(obj, 3)  # teacher and student copies now differ
+    obj.recipe_name = recipe
+    ckpt = {"state_dict": obj.state_dict(), "hyper_parameters": dict(obj.hparams),
+            "global_step": 5, "epoch": 0}  # fmt: skip
+    obj.on_save_checkpoint(ckpt)
+    ckpt["avssl"]["data"] = DATA
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    export.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "bundle")
+    bundle = export.load_encoder(tmp_path / "bundle")
+    expected = obj.eval().export_encoders()
+    assert bundle.provenance["encoder"]["which"] == expected["which"]
+    assert bundle.provenance["recipe"] == recipe and bundle.preprocessing["assumed"] == []
+    gen = torch.Generator().manual_seed(0)
+    x = {"audio": torch.randn(2, 1, 128, 128, generator=gen),
+         "video": torch.randn(2, 3, 4, 64, 64, generator=gen)}  # fmt: skip
+    for modality in ("audio", "video"):
+        if expected[modality] is None:
+            assert getattr(bundle, modality) is None
+            continue
+        with torch.no_grad():
+            diff = (getattr(bundle, modality)(x[modality]) - expected[modality](x[modality])).abs()
+        assert float(diff.max()) == 0.0
