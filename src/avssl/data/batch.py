@@ -40,6 +40,14 @@ class AVBatch:
     def __len__(self) -> int:
         return len(self.key)
 
+    def pin_memory(self) -> AVBatch:
+        """Pins every tensor field (called by DataLoader when ``pin_memory=True``)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.pin_memory() if torch.is_tensor(v) else v
+        return AVBatch(**out)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AVBatch:
         """Moves every tensor field to ``device``; other fields are kept as they are."""
         out = {}

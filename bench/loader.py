@@ -1,0 +1,130 @@
+"""Loader benchmark: clips per second per worker, the avssl loader vs a naive decoder (issue 3).
+
+One clip = 16 frames (every 4th frame, VideoMAE's 16x4) random-resized-cropped to 224 px with
+the "train" preset, plus a 10 s log-mel fbank (1000 x 128) of the aligned audio window. Both
+paths run in this process with a DataLoader worker's settings (``tune_worker_process``: one
+torch thread, malloc keeping freed memory) and one codec thread, i.e. what one worker does:
+
+- ``avssl``: the loader's SampleProcessor on shard samples read from the tars (seek to the
+  keyframe before the clip, decode forward, convert only the kept frames to RGB).
+- ``naive``: open the mp4 with PyAV, decode every frame to RGB, then pick the clip; the same
+  transforms and the same fbank afterwards.
+
+Synthetic shards are built with ``data_prep`` (340x256 px, 30 fps, 10 s clips, like a
+prepared Kinetics/VGGSound clip) into ``--out`` (default: a temporary folder) unless
+``--data`` names prepared shards. ``--quick`` is a seconds-long smoke run on tiny clips.
+Targets (DESIGN section 7): avssl >= 3x naive and >= 25 clips/s per worker. Printed per
+wall-clock second and per CPU second of this process (on a shared machine the CPU-time rate is
+what a dedicated core would give).
+
+Run: ``python bench/loader.py [--data DIR] [--clips 60] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from avssl.data.datamodule import build_processor, tune_worker_process
+from avssl.data.decode import load_audio
+from avssl.data.fbank import FbankConfig
+from avssl.data.sampling import SampleProcessor
+from avssl.data.shards import ShardReader, resolve, split_table
+
+
+def build_shards(out: Path, quick: bool) -> Path:
+    """Synthetic shards for the benchmark (reused when ``out`` already holds them)."""
+    from avssl.data.synthetic import generate
+
+    if (out / "manifest.json").is_file():
+        return out
+    raw = out / "raw"
+    size, secs, n = ((128, 96), 3.0, 2) if quick else ((340, 256), 10.0, 4)
+    print(f"[bench] generating {2 * n} synthetic clips {size[0]}x{size[1]}, {secs:.0f} s in {raw}")
+    generate(raw, num_classes=2, clips_per_class=n, fps=30, size=size, min_duration=secs,
+             max_duration=secs, no_audio_fraction=0.0, alt_fps_fraction=0.0,
+             alt_size_fraction=0.0, workers=1 if quick else 2)  # fmt: skip
+    cmd = [sys.executable, "-m", "data_prep", "--dataset", "synthetic", "--root", str(raw),
+           "--out", str(out), "--workers", "2", "--no-progress"]  # fmt: skip
+    subprocess.run(
+        cmd, cwd=Path(__file__).resolve().parents[1], check=True, stdout=subprocess.DEVNULL
+    )
+    return out
+
+
+def load_samples(data: Path, limit: int) -> list[dict]:
+    reader = ShardReader()
+    items = split_table(resolve(data), None).ordered()[:limit]
+    return [reader.read(shard, key) for shard, key in items]
+
+
+def naive_clip(proc: SampleProcessor, sample: dict, gen: torch.Generator) -> None:
+    """The naive path: decode every frame to RGB, then pick the clip, then the same work."""
+    with av.open(io.BytesIO(sample["mp4"])) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps = float(stream.average_rate)
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+    spec = proc.spec
+    start = spec.random_starts(len(frames) / fps, fps, 1, gen)[0]
+    idx = [min(len(frames) - 1, round(t * fps)) for t in spec.frame_times(start, fps)]
+    proc.video_tf(torch.from_numpy(np.stack([frames[i] for i in idx])), gen)
+    wave, _ = load_audio(sample["flac"], proc.fbank.sample_rate)
+    proc._audio(wave, [start + spec.span_s(fps) / 2], gen)
+
+
+def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
+    """Clips per second of ``fn(sample)`` over ``clips`` calls cycling through ``samples``:
+    (per wall-clock second, per second of this process's CPU time). On a busy machine the
+    CPU-time rate is what one dedicated core would do."""
+    fn(samples[0])  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(clips):
+        fn(samples[i % len(samples)])
+    return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="", help="prepared shards to read (default: build)")
+    ap.add_argument("--out", default="", help="where to build the synthetic shards")
+    ap.add_argument("--clips", type=int, default=60, help="clips timed per path")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--audio-seconds", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    args = ap.parse_args(argv)
+    tune_worker_process()  # this process does what one DataLoader worker does
+    if args.quick:
+        args.clips, args.frames, args.crop = 3, 4, 64
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(args.data) if args.data else build_shards(Path(args.out or tmp), args.quick)
+        samples = [s for s in load_samples(data, 16) if "mp4" in s and "flac" in s]
+        fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
+        prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
+                "video_mean": [0.485, 0.456, 0.406], "video_std": [0.229, 0.224, 0.225],
+                "fbank": fb.to_dict()}  # fmt: skip
+        proc = build_processor(prep, "train", 1, "aligned", train=True, threads=1)
+        gen = torch.Generator().manual_seed(0)
+        ours = rate(lambda s: proc(s, gen), samples, args.clips)
+        naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
+    what = f"{args.frames} frames (stride {args.stride}) at {args.crop} px"
+    print(f"[bench loader] {what} + {args.audio_seconds:g} s fbank; {len(samples)} clips of {data}")
+    for name, o, n in (("wall", ours[0], naive[0]), ("cpu", ours[1], naive[1])):
+        print(f"[bench loader] {name:4s}: avssl {o:.1f} clips/s per worker (target >= 25), "
+              f"naive {n:.1f} clips/s, ratio {o / n:.2f}x (target >= 3x)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

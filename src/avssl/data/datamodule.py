@@ -1,0 +1,343 @@
+"""The streaming audio-visual DataModule, its train/eval streams and the evaluators' loader.
+
+Reads shard format v1 (DESIGN section 3) and yields :class:`~avssl.data.batch.AVBatch`.
+Batches are built inside each DataLoader worker (``batch_size=None`` on the DataLoader):
+training yields exactly ``batches_per_epoch`` batches on every rank, split over the workers,
+from resampled shards, so DDP never waits on a rank that ran out (DESIGN section 8);
+evaluation yields every sample of a split exactly once across ranks and workers, in
+(shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.sampling`).
+Corrupt samples are skipped and counted in ``AVBatch.extra["skipped"]`` (per batch) and
+``extra["skipped_total"]`` (per rank, set by the DataModule after transfer) for the objective
+to log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from avssl.data.batch import AVBatch
+from avssl.data.decode import ClipSpec
+from avssl.data.fbank import FbankConfig
+from avssl.data.sampling import AUDIO_MODES, EvalStream, SampleProcessor, TrainStream, collate
+from avssl.data.shards import SplitTable, dist_info, resolve, split_table
+from avssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    build_audio_transforms,
+    build_video_transform,
+)
+
+__all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
+# Each worker of our streams yields its own share (see sampling.TrainStream), so Lightning's
+# generic caution about ``__len__`` on an IterableDataset does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def tune_worker_process() -> None:
+    """Settings for one DataLoader worker: one torch thread (decoding already uses one codec
+    thread per worker, see ``avssl.data.decode.default_threads``), and glibc malloc told to keep
+    freed memory (mmap threshold 128 MB, trim threshold 1 GB) so that the ~10 MB clip buffers
+    allocated for every sample do not page-fault afresh each time (~30 % of a worker's time)."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 128 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
+def _worker_init(_: int) -> None:
+    tune_worker_process()
+
+
+class EpochLoader(DataLoader):
+    """DataLoader that tells its stream the epoch (from ``epoch_fn`` or its own count)."""
+
+    def __init__(self, dataset, epoch_fn: Callable[[], int] | None = None, **kwargs):
+        super().__init__(dataset, batch_size=None, worker_init_fn=_worker_init, **kwargs)
+        self.epoch_fn, self._count = epoch_fn, 0
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        self.dataset.set_epoch(self._count if epoch is None else epoch)
+        self._count += 1
+        return super().__iter__()
+
+
+def build_processor(
+    prep: dict,
+    preset: str,
+    num_clips: int,
+    audio_mode: str,
+    train: bool,
+    augment: dict | None = None,
+    threads: int | None = None,
+) -> SampleProcessor:
+    """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
+    spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
+    fbank = FbankConfig(**prep["fbank"])
+    mean, std = prep.get("video_mean") or IMAGENET_MEAN, prep.get("video_std") or IMAGENET_STD
+    video_tf = build_video_transform(preset, prep["crop_size"], mean, std, augment)
+    wave_tf, spec_tf = build_audio_transforms(preset, augment)
+    return SampleProcessor(
+        spec,
+        fbank,
+        video_tf,
+        wave_tf,
+        spec_tf,
+        prep["crop_size"],
+        num_clips,
+        audio_mode,
+        train,
+        threads,
+    )
+
+
+def make_eval_loader(
+    data: str,
+    split: str | None,
+    preprocessing: dict,
+    num_clips: int = 1,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    preset: str = "eval",
+) -> EpochLoader:
+    """Loader over every sample of ``split`` exactly once, in (shard, position) order, with
+    ``num_clips`` uniformly spaced, centre-cropped clips per sample (``[B, K, ...]`` when
+    ``num_clips > 1``), labels and keys. ``preprocessing`` is the bundle's dict (see
+    ``AVDataModule.preprocessing``); rank/world default to torch.distributed or env."""
+    source = resolve(data)
+    rank, world_size = dist_info(rank, world_size)
+    proc = build_processor(preprocessing, preset, num_clips, "aligned", train=False)
+    stream = EvalStream(
+        split_table(source, split),
+        proc,
+        batch_size,
+        rank,
+        world_size,
+        len(source.classes),
+        source.multilabel,
+        0.0,
+        0,
+    )
+    return EpochLoader(stream, num_workers=num_workers)
+
+
+def default_batches_per_epoch(num_samples: int, batch_size: int, world: int) -> int:
+    return max(1, math.ceil(num_samples / (batch_size * world)))
+
+
+class AVDataModule(pl.LightningDataModule):
+    """Audio-visual shards -> AVBatch for training and validation (LightningCLI friendly).
+
+    Args:
+        data: prepared folder (with ``manifest.json``), tar path, or brace/glob pattern.
+        train_split / val_split: split names (``splits/<name>.txt``); None = all samples
+            (train) / no validation.
+        batch_size: per-rank batch size. num_workers: DataLoader workers per rank.
+        num_frames / frame_stride / target_fps / crop_size: video clip spec (T frames,
+            every ``frame_stride``-th frame or resampled at ``target_fps``; H = W = crop).
+        video_mean / video_std: normalisation (ImageNet by default).
+        audio_frames / audio_seconds: fbank length Ta (``audio_seconds`` wins if given).
+        num_mel_bins / fbank_norm / fbank_mean / fbank_std: fbank settings; mean/std default
+            to the folder's ``stats.json``.
+        clips_per_video: K clips per sample in training (adds a K axis when > 1);
+            val_clips: K in validation.
+        audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
+        train_preset / eval_preset: transform presets ("train", "eval", "none");
+            augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
+        batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
+            (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker).
+    """
+
+    def __init__(
+        self,
+        data: str,
+        train_split: str | None = "train1",
+        val_split: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        num_frames: int = 8,
+        frame_stride: int | None = None,
+        target_fps: float | None = None,
+        crop_size: int = 112,
+        video_mean: list[float] | None = None,
+        video_std: list[float] | None = None,
+        audio_frames: int = 1024,
+        audio_seconds: float | None = None,
+        num_mel_bins: int = 128,
+        fbank_norm: str = "audiomae",
+        fbank_mean: float | None = None,
+        fbank_std: float | None = None,
+        clips_per_video: int = 1,
+        val_clips: int = 1,
+        audio_mode: str = "aligned",
+        mismatch_prob: float = 0.5,
+        train_preset: str = "train",
+        eval_preset: str = "eval",
+        augment: dict | None = None,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for name, preset in (("train_preset", train_preset), ("eval_preset", eval_preset)):
+            if preset not in PRESETS:
+                raise ValueError(f"{name} must be one of {list(PRESETS)}, got {preset!r}")
+        if audio_mode not in AUDIO_MODES:
+            raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
+        self.source = resolve(data)  # missing paths fail here, at start
+        self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
+        self.fbank = self._fbank_config()
+        self.skipped_total = 0
+        self._tables: dict[str | None, SplitTable] = {}
+
+    def _fbank_config(self) -> FbankConfig:
+        stats = self.source.stats() or {}
+        if not stats and (self.hp.fbank_mean is None or self.hp.fbank_std is None):
+            warnings.warn(f"no stats.json for {self.hp.data}: AudioSet fbank stats", stacklevel=3)
+        if stats.get("num_mel_bins", self.hp.num_mel_bins) != self.hp.num_mel_bins:
+            warnings.warn(
+                f"stats.json has {stats['num_mel_bins']} mel bins, the loader uses "
+                f"{self.hp.num_mel_bins}: normalisation stats may be off",
+                stacklevel=3,
+            )
+        defaults = FbankConfig()
+        shift_ms = float(stats.get("frame_shift_ms", defaults.frame_shift_ms))
+        if self.hp.audio_seconds is not None:
+            self.hp.audio_frames = max(1, round(self.hp.audio_seconds * 1000.0 / shift_ms))
+        mean = self.hp.fbank_mean if self.hp.fbank_mean is not None else stats.get("fbank_mean")
+        std = self.hp.fbank_std if self.hp.fbank_std is not None else stats.get("fbank_std")
+        return FbankConfig(
+            sample_rate=int(stats.get("sample_rate", defaults.sample_rate)),
+            num_mel_bins=self.hp.num_mel_bins,
+            frame_shift_ms=shift_ms,
+            target_frames=self.hp.audio_frames,
+            mean=defaults.mean if mean is None else float(mean),
+            std=defaults.std if std is None else float(std),
+            norm=self.hp.fbank_norm,
+        )
+
+    def preprocessing(self) -> dict:
+        """The json-serialisable preprocessing dict stored in checkpoints and bundles."""
+        return {
+            "num_frames": self.hp.num_frames,
+            "frame_stride": self.hp.frame_stride,
+            "target_fps": self.hp.target_fps,
+            "crop_size": self.hp.crop_size,
+            "video_mean": list(self.hp.video_mean or IMAGENET_MEAN),
+            "video_std": list(self.hp.video_std or IMAGENET_STD),
+            "fbank": self.fbank.to_dict(),
+        }
+
+    def table(self, split: str | None) -> SplitTable:
+        """The samples of ``split`` per shard (cached)."""
+        if split not in self._tables:
+            self._tables[split] = split_table(self.source, split)
+        return self._tables[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.table(self.hp.train_split)
+        if self.hp.val_split is not None and stage in (None, "fit", "validate"):
+            self.table(self.hp.val_split)
+
+    def _epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else None
+
+    def _stream_args(self, split: str | None, rank: int, world: int) -> tuple:
+        src = self.source
+        return (
+            self.table(split),
+            self.hp.batch_size,
+            rank,
+            world,
+            len(src.classes),
+            src.multilabel,
+            self.hp.mismatch_prob,
+            self.hp.seed,
+        )
+
+    def _loader(self, stream: IterableDataset, epoch_fn=None) -> EpochLoader:
+        workers = self.hp.num_workers
+        return EpochLoader(
+            stream,
+            epoch_fn=epoch_fn,
+            num_workers=workers,
+            pin_memory=self.hp.pin_memory,
+            prefetch_factor=2 if workers > 0 else None,
+        )
+
+    def train_dataloader(self, rank: int | None = None, world_size: int | None = None):
+        """Training loader; ``rank``/``world_size`` override torch.distributed/env (tests)."""
+        rank, world = dist_info(rank, world_size)
+        proc = build_processor(
+            self.preprocessing(),
+            self.hp.train_preset,
+            self.hp.clips_per_video,
+            self.hp.audio_mode,
+            True,
+            self.hp.augment,
+        )
+        table, *rest = self._stream_args(self.hp.train_split, rank, world)
+        bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
+            table.num_samples, self.hp.batch_size, world
+        )
+        stream = TrainStream(table, proc, *rest, batches_per_epoch=bpe)
+        return self._loader(stream, self._epoch)
+
+    def val_dataloader(self, rank: int | None = None, world_size: int | None = None):
+        """Validation loader over ``val_split`` (each sample once); [] when not configured."""
+        if self.hp.val_split is None:
+            return []
+        rank, world = dist_info(rank, world_size)
+        mode = self.hp.audio_mode
+        proc = build_processor(
+            self.preprocessing(),
+            self.hp.eval_preset,
+            self.hp.val_clips,
+            mode,
+            False,
+            self.hp.augment,
+        )
+        table, *rest = self._stream_args(self.hp.val_split, rank, world)
+        return self._loader(EvalStream(table, proc, *rest))
+
+    def eval_loader(self, split: str, num_clips: int = 1, batch_size: int | None = None):
+        """Every sample of ``split`` once, K uniformly spaced centre-cropped clips (evaluators)."""
+        return make_eval_loader(
+            self.hp.data,
+            split,
+            self.preprocessing(),
+            num_clips,
+            batch_size or self.hp.batch_size,
+            self.hp.num_workers,
+        )
+
+    def on_after_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
+        """Adds ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
+        if isinstance(batch, AVBatch):
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or trainer.training:
+                self.skipped_total += int(batch.extra.get("skipped", 0))
+            batch.extra["skipped_total"] = self.skipped_total
+        return batch

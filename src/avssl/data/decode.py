@@ -1,0 +1,335 @@
+"""Media decoding that does only the work needed (DESIGN section 7).
+
+Video: seek to the keyframe before the first needed frame, decode forward, convert to RGB only
+the frames that are kept, stop after the last needed one; several clips share one opened
+container and one forward pass (a new seek only when the next needed frame is far ahead).
+Audio: decode once, downmix by averaging channels, resample to the requested rate.
+
+The helpers accept a path, bytes or a binary file object of any container PyAV can read, so
+``avssl.embed`` uses them on raw files and the shard loader on ``mp4``/``flac`` members.
+Frame times are seconds from the start of the video stream; the frame used for a requested
+time ``t`` is the first decoded frame whose time is ``>= t - 0.5 / fps`` (nearest frame for
+constant-rate video), counting frames from the keyframe reached by the seek.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import torch
+
+Source = str | Path | bytes | bytearray | memoryview | BinaryIO
+
+
+class MediaError(ValueError):
+    """A media file that cannot be decoded (corrupt, truncated or without the needed stream)."""
+
+
+def _name(src: Source) -> str:
+    return str(src) if isinstance(src, (str, Path)) else f"<{type(src).__name__} media>"
+
+
+def open_media(src: Source) -> av.container.InputContainer:
+    """Opens ``src`` (path, bytes or file object) for reading; clear errors on failure."""
+    if isinstance(src, (str, Path)):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"media file not found: {src}")
+        target: str | BinaryIO = str(src)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        target = io.BytesIO(bytes(src))
+    else:
+        target = src
+    try:
+        return av.open(target, mode="r")
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{_name(src)}: cannot open media ({err})") from err
+
+
+def default_threads() -> int:
+    """Codec threads: 1 inside a DataLoader worker (no oversubscription), else 0 (auto)."""
+    return 1 if torch.utils.data.get_worker_info() is not None else 0
+
+
+def _configure_threads(stream: av.stream.Stream, threads: int | None) -> None:
+    threads = default_threads() if threads is None else threads
+    ctx = stream.codec_context
+    ctx.thread_count = threads
+    ctx.thread_type = "AUTO" if threads != 1 else "SLICE"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Basic facts about a video stream (times in seconds)."""
+
+    fps: float
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    return fps if 0.0 < fps < 1000.0 else 25.0
+
+
+def _start_time(stream: av.stream.Stream) -> float:
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def probe_video(container: av.container.InputContainer) -> VideoInfo | None:
+    """Returns the first video stream's facts, or None when there is no video stream."""
+    if not container.streams.video:
+        return None
+    stream = container.streams.video[0]
+    fps = _stream_fps(stream)
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    else:
+        duration = stream.frames / fps if stream.frames else 0.0
+    num_frames = int(stream.frames) or max(1, int(round(duration * fps)))
+    ctx = stream.codec_context
+    return VideoInfo(fps, num_frames, duration or num_frames / fps, ctx.width, ctx.height)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frames make a clip: ``num_frames`` frames, ``frame_stride`` source frames apart
+    or resampled at ``target_fps`` (at most one of the two; neither = every frame)."""
+
+    num_frames: int = 8
+    frame_stride: int | None = None
+    target_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.frame_stride is not None and self.target_fps is not None:
+            raise ValueError("give frame_stride or target_fps, not both")
+        if (self.frame_stride is not None and self.frame_stride < 1) or (
+            self.target_fps is not None and self.target_fps <= 0
+        ):
+            raise ValueError("frame_stride must be >= 1 and target_fps > 0")
+
+    def step_s(self, fps: float) -> float:
+        """Seconds between two sampled frames of a video at ``fps``."""
+        if self.target_fps is not None:
+            return 1.0 / self.target_fps
+        return (self.frame_stride or 1) / fps
+
+    def span_s(self, fps: float) -> float:
+        """Seconds covered by one clip (first frame start to last frame end)."""
+        return (self.num_frames - 1) * self.step_s(fps) + 1.0 / fps
+
+    def frame_times(self, start_s: float, fps: float) -> list[float]:
+        step = self.step_s(fps)
+        return [start_s + i * step for i in range(self.num_frames)]
+
+    def _last_start_frame(self, duration: float, fps: float) -> int:
+        return max(0, int(math.floor((duration - self.span_s(fps)) * fps + 1e-6)))
+
+    def random_starts(self, duration: float, fps: float, k: int, gen: torch.Generator) -> list:
+        """``k`` independent random start times on the frame grid, clips inside the video."""
+        last = self._last_start_frame(duration, fps)
+        return [int(i) / fps for i in torch.randint(0, last + 1, (k,), generator=gen)]
+
+    def uniform_starts(self, duration: float, fps: float, k: int) -> list[float]:
+        """``k`` uniformly spaced start times (k=1: the centred clip), on the frame grid."""
+        last = self._last_start_frame(duration, fps)
+        if k == 1:
+            return [round(last / 2) / fps]
+        return [round(i * last / (k - 1)) / fps for i in range(k)]
+
+
+def decode_frames_at(
+    container: av.container.InputContainer,
+    times: list[float],
+    threads: int | None = None,
+    seek_gap_s: float = 1.0,
+) -> list[np.ndarray]:
+    """Decodes the frames shown at ``times`` (seconds) as RGB ``[H, W, 3]`` uint8 arrays.
+
+    One forward pass over the union of the requested times, seeking to the keyframe before a
+    time only when it is more than ``seek_gap_s`` ahead of the decoder; times past the end get
+    the last frame. Raises ``MediaError`` when no frame decodes.
+    """
+    stream = container.streams.video[0]
+    _configure_threads(stream, threads)
+    return _FrameSeeker(container, stream, times, seek_gap_s).run()
+
+
+class _FrameSeeker:
+    """State of :func:`decode_frames_at`: requested times in increasing order, served by
+    passes of (seek, decode forward).
+
+    Frame times count frames from the first one decoded after a seek (its timestamp, or 0
+    when decoding from the start), so out-of-order timestamps do not matter for constant-rate
+    video. AVI timestamps are unreliable (packed B-frames shift them), so AVI is decoded from
+    the start; so is any file whose seek lands after the requested time.
+    """
+
+    def __init__(self, container, stream, times: list[float], seek_gap_s: float):
+        if stream.time_base is None:
+            raise MediaError("video stream without a time base")
+        self.container, self.stream, self.times = container, stream, times
+        self.time_base = float(stream.time_base)
+        self.fps, self.t0 = _stream_fps(stream), _start_time(stream)
+        self.tol, self.seek_gap_s = 0.5 / self.fps, seek_gap_s
+        self.order = sorted(range(len(times)), key=times.__getitem__)
+        self.out: list = [None] * len(times)
+        self.i = 0  # next entry of self.order to serve
+        self.last: av.VideoFrame | None = None
+        self.can_seek = "avi" not in container.format.name.split(",")
+
+    def run(self) -> list[np.ndarray]:
+        while self.i < len(self.order) and not self._pass():
+            pass
+        if self.i < len(self.order):
+            if self.last is None:
+                raise MediaError("no video frame could be decoded")
+            img = self.last.to_ndarray(format="rgb24")
+            for j in self.order[self.i :]:
+                self.out[j] = img
+        return self.out
+
+    def _next_time(self) -> float:
+        return self.times[self.order[self.i]]
+
+    def _pass(self) -> bool:
+        """One seek + forward decode; True when the stream ended or all times were served."""
+        target = self._next_time()
+        seek_s = max(0.0, target - self.tol) if self.can_seek else 0.0
+        offset = int(round((seek_s + self.t0) / self.time_base))
+        self.container.seek(offset, stream=self.stream, backward=True)
+        anchor = None
+        for n, frame in enumerate(self.container.decode(self.stream)):
+            if anchor is None:
+                pts = frame.pts
+                anchor = pts * self.time_base - self.t0 if seek_s > 0 and pts else 0.0
+                if anchor > target + self.tol:  # seek overshot: decode from the start
+                    self.can_seek = False
+                    return False
+            ft = anchor + n / self.fps
+            self.last = frame
+            if ft < self._next_time() - self.tol:
+                continue
+            img = frame.to_ndarray(format="rgb24")  # only kept frames are converted
+            while self.i < len(self.order) and ft >= self._next_time() - self.tol:
+                self.out[self.order[self.i]] = img
+                self.i += 1
+            if self.i == len(self.order):
+                return True
+            if self.can_seek and self._next_time() - ft > self.seek_gap_s:
+                return False
+        return True
+
+
+def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, H', W', 3]`` with ``min(H', W') == size``."""
+    n, h, w, _ = frames.shape
+    scale = size / min(h, w)
+    new_hw = (max(size, round(h * scale)), max(size, round(w * scale)))
+    x = frames.permute(0, 3, 1, 2)  # [N, 3, H, W] channels-last memory: fast uint8 path
+    x = torch.nn.functional.interpolate(x, size=new_hw, mode="bilinear", antialias=True)
+    return x.permute(0, 2, 3, 1)  # [N, H', W', 3]
+
+
+def decode_video_clips(
+    src: Source,
+    starts_s: list[float],
+    num_frames: int,
+    target_fps: float | None = None,
+    frame_stride: int | None = None,
+    short_side: int | None = None,
+    threads: int | None = None,
+) -> torch.Tensor:
+    """Decodes ``len(starts_s)`` clips of ``num_frames`` frames from one opened video.
+
+    Args:
+        src: path, bytes or binary file object of any container PyAV reads.
+        starts_s: start time (s) of each clip, from the start of the video stream.
+        num_frames: T, frames per clip.
+        target_fps: sample frames at this rate (resampling by nearest frame), or
+        frame_stride: take every ``frame_stride``-th source frame (default 1).
+        short_side: if given, resize so the shorter side has this many pixels.
+        threads: codec threads (default: 1 in DataLoader workers, auto elsewhere).
+
+    Returns:
+        uint8 ``[K, T, H, W, 3]`` RGB frames.
+    """
+    spec = ClipSpec(num_frames, frame_stride, target_fps)
+    with open_media(src) as container:
+        info = probe_video(container)
+        if info is None:
+            raise MediaError(f"{_name(src)}: no video stream")
+        times = [t for s in starts_s for t in spec.frame_times(s, info.fps)]
+        try:
+            frames = decode_frames_at(container, times, threads)
+        except av.error.FFmpegError as err:
+            raise MediaError(f"{_name(src)}: video decoding failed ({err})") from err
+    video = torch.from_numpy(np.stack(frames))  # [K*T, H, W, 3]
+    if short_side is not None:
+        video = resize_short_side(video, short_side)
+    return video.reshape(len(starts_s), num_frames, *video.shape[1:])  # [K, T, H, W, 3]
+
+
+_INT_SCALE = {"s16": 32768.0, "s32": 2147483648.0}
+
+
+def _to_float(x: np.ndarray, fmt: av.AudioFormat, channels: int) -> np.ndarray:
+    """Decoded samples (``to_ndarray`` of one or more frames) as float ``[C, n]`` in [-1, 1]."""
+    if not fmt.is_planar:
+        x = x.reshape(-1, channels).T  # packed [1, n * C] -> [C, n]
+    name = fmt.name.rstrip("p")
+    if name == "u8":
+        return (x.astype(np.float32) - 128.0) / 128.0
+    return x.astype(np.float32) / _INT_SCALE[name] if name in _INT_SCALE else x
+
+
+def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, bool]:
+    """Decodes the first audio stream to a mono float waveform at ``sample_rate``.
+
+    Channels are averaged; samples are in [-1, 1]. Audio already at ``sample_rate`` (shard
+    FLAC) is converted directly, other rates go through FFmpeg's resampler. Returns
+    ``(wave [S], True)``, or ``(empty tensor, False)`` when the file has no audio stream.
+    """
+    with open_media(src) as container:
+        if not container.streams.audio:
+            return torch.zeros(0), False
+        stream = container.streams.audio[0]
+        stream.codec_context.thread_count = 1
+        resample = stream.rate != sample_rate
+        resampler = av.AudioResampler("fltp", rate=sample_rate) if resample else None
+        chunks, fmt, channels = [], None, 1
+        try:
+            for frame in container.decode(stream):
+                if resampler is None:  # same rate: keep the raw samples, convert once below
+                    if fmt is not None and frame.format.name != fmt.name:
+                        raise MediaError(f"{_name(src)}: audio sample format changes mid-stream")
+                    fmt, channels = frame.format, len(frame.layout.channels)
+                    chunks.append(frame.to_ndarray())
+                    continue
+                frame.pts = None
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            if resampler is not None:
+                chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+        except av.error.FFmpegError as err:
+            raise MediaError(f"{_name(src)}: audio decoding failed ({err})") from err
+    if not chunks:
+        return torch.zeros(0), True
+    wave = np.concatenate(chunks, axis=1)
+    if fmt is not None:
+        wave = _to_float(wave, fmt, channels)
+    wave = wave.mean(axis=0)  # [C, S] -> [S]
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), True

@@ -1,0 +1,301 @@
+"""Per-sample clip and audio-window sampling, audio mismatching, collation, batch streams.
+
+A shard sample's clip times are drawn at random (training) or uniformly spaced (evaluation);
+each clip gets an fbank window according to the audio mode. Audio modes: ``aligned`` centres
+the window on the video clip's centre (shifted to stay inside the recording, so a window at
+least as long as the clip contains it), ``random`` draws it anywhere in the same recording
+(asynchronous objectives such as CrissCross, https://arxiv.org/abs/2111.05329), ``mismatched``
+gives a sample, with some probability, another sample's audio (audio-visual correspondence,
+Arandjelovic & Zisserman, https://arxiv.org/abs/1705.08168); ``AVBatch.audio_mismatched``
+says which.
+
+The streams batch inside each DataLoader worker: ``TrainStream`` yields exactly
+``batches_per_epoch`` batches per rank from resampled shards, ``EvalStream`` every sample of a
+split once (see :mod:`avssl.data.shards` for the splitting). A sample that fails to decode is
+skipped, logged, and counted in ``AVBatch.extra["skipped"]`` (with ``extra["skipped_keys"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from avssl.data.batch import AVBatch
+from avssl.data.decode import (
+    ClipSpec,
+    MediaError,
+    decode_frames_at,
+    load_audio,
+    open_media,
+    probe_video,
+)
+from avssl.data.fbank import FbankConfig, compute_fbank
+from avssl.data.shards import ResampledKeys, ShardReader, SplitTable, eval_assignment, worker_info
+
+log = logging.getLogger(__name__)
+AUDIO_MODES = ("aligned", "random", "mismatched")
+
+
+class SampleProcessor:
+    """Turns one shard sample (``{"__key__", "mp4", "flac", "json"}`` bytes) into tensors.
+
+    Training draws ``num_clips`` random clip times; evaluation takes ``num_clips`` uniformly
+    spaced ones. Raises on corrupt media (the streams count and skip those).
+    """
+
+    def __init__(
+        self,
+        spec: ClipSpec,
+        fbank: FbankConfig,
+        video_tf,
+        wave_tf,
+        spec_tf,
+        crop_size: int,
+        num_clips: int = 1,
+        audio_mode: str = "aligned",
+        train: bool = True,
+        threads: int | None = None,
+    ):
+        if audio_mode not in AUDIO_MODES:
+            raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
+        if num_clips < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
+        self.spec, self.fbank, self.crop_size = spec, fbank, crop_size
+        self.video_tf, self.wave_tf, self.spec_tf = video_tf, wave_tf, spec_tf
+        self.k, self.audio_mode, self.train, self.threads = num_clips, audio_mode, train, threads
+        self.window = fbank.samples_for_frames(fbank.target_frames)
+
+    def __call__(self, sample: dict, gen: torch.Generator) -> dict:
+        meta = json.loads(sample["json"])
+        out = {"key": meta.get("id", sample["__key__"]), "label": meta.get("label", -1)}
+        wave = None
+        if "flac" in sample and meta.get("has_audio", True):
+            wave, has_audio = load_audio(sample["flac"], self.fbank.sample_rate)
+            if not has_audio:
+                raise MediaError(f"{out['key']}: flac member has no audio stream")
+            wave = wave if len(wave) else None  # an empty recording counts as missing audio
+        if "mp4" in sample and meta.get("has_video", True):
+            out["video"], starts, centres = self._video(sample["mp4"], gen)
+        else:
+            out["video"], starts, centres = None, [0.0] * self.k, None
+        out["clip_start"] = starts
+        out["audio"], out["audio_start"] = self._audio(wave, centres, gen)
+        return out
+
+    def _video(self, data: bytes, gen: torch.Generator):
+        with open_media(data) as container:
+            info = probe_video(container)
+            if info is None:
+                raise MediaError("mp4 member has no video stream")
+            duration = info.num_frames / info.fps
+            if self.train:
+                starts = self.spec.random_starts(duration, info.fps, self.k, gen)
+            else:
+                starts = self.spec.uniform_starts(duration, info.fps, self.k)
+            times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
+            frames = decode_frames_at(container, times, self.threads)
+        t = self.spec.num_frames
+        clips = [
+            self.video_tf(torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])), gen)
+            for i in range(self.k)
+        ]  # K x [C, T, H, W]
+        centres = [s + self.spec.span_s(info.fps) / 2 for s in starts]
+        video = clips[0].unsqueeze(0) if self.k == 1 else torch.stack(clips)  # [K, C, T, H, W]
+        return video, starts, centres
+
+    def _window_starts(self, num: int, centres, gen) -> list[int]:
+        """Start sample of each audio window (see the module docstring for the modes)."""
+        last = max(0, num - self.window)
+        sr = self.fbank.sample_rate
+        if centres is not None and self.audio_mode != "random":
+            return [min(last, max(0, round(c * sr - self.window / 2))) for c in centres]
+        if self.train:
+            return torch.randint(0, last + 1, (self.k,), generator=gen).tolist()
+        return [round(last / 2)] if self.k == 1 else np.linspace(0, last, self.k).round().tolist()
+
+    def _audio(self, wave, centres, gen) -> tuple[torch.Tensor | None, list[float]]:
+        if wave is None:
+            return None, [0.0] * self.k
+        starts = self._window_starts(len(wave), centres, gen)
+        specs = []
+        for a in starts:
+            w = self.wave_tf(wave[int(a) : int(a) + self.window], gen)
+            specs.append(self.spec_tf(compute_fbank(w, self.fbank), gen))  # [Ta, F]
+        audio = torch.stack(specs).unsqueeze(1)  # [K, 1, Ta, F]
+        return audio, [a / self.fbank.sample_rate for a in starts]
+
+
+def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | None) -> list:
+    """Gives each item, with probability ``prob``, the audio of another item of the batch (or
+    of ``prev``, an item of an earlier batch, when the batch has one item). Returns the flags."""
+    flags = [False] * len(items)
+    own = [(it["audio"], it["key"], it["audio_start"]) for it in items]
+    for i, it in enumerate(items):
+        if float(torch.rand((), generator=gen)) >= prob:
+            continue
+        if len(items) > 1:
+            j = (i + 1 + int(torch.randint(0, len(items) - 1, (), generator=gen))) % len(items)
+            audio, key, start = own[j]
+        elif prev is not None:
+            audio, key, start = prev["audio"], prev["key"], prev["audio_start"]
+        else:
+            continue
+        if key != it["key"]:
+            it["audio"], it["audio_start"], flags[i] = audio, start, True
+    return flags
+
+
+def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilabel: bool):
+    """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``)."""
+    k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
+    video = torch.zeros(len(items), k, 3, t, s, s)  # [B, K, C, T, H, W]
+    audio = torch.zeros(len(items), k, 1, proc.fbank.target_frames, f)  # [B, K, 1, Ta, F]
+    for i, it in enumerate(items):
+        if it["video"] is not None:
+            video[i] = it["video"]
+        if it["audio"] is not None:
+            audio[i] = it["audio"]
+    if multilabel:
+        label = torch.zeros(len(items), num_classes)
+        for i, it in enumerate(items):
+            ids = it["label"] if isinstance(it["label"], list) else [it["label"]]
+            label[i, [c for c in ids if c >= 0]] = 1.0
+    else:
+        label = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
+    clip_start = torch.tensor([it["clip_start"] for it in items], dtype=torch.float)  # [B, K]
+    audio_start = torch.tensor([it["audio_start"] for it in items], dtype=torch.float)
+    squeeze = (lambda x: x[:, 0]) if k == 1 else (lambda x: x)
+    return AVBatch(
+        video=squeeze(video),
+        audio=squeeze(audio),
+        key=[it["key"] for it in items],
+        label=label,
+        video_mask=torch.tensor([it["video"] is not None for it in items]),
+        audio_mask=torch.tensor([it["audio"] is not None for it in items]),
+        clip_start=squeeze(clip_start),
+        audio_start=squeeze(audio_start),
+    )
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed mixing ``parts`` (seed, epoch, rank, worker, ...)."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+class _Stream(IterableDataset):
+    """Shared parts of the train and eval streams (per-worker batching, skip counting)."""
+
+    def __init__(
+        self,
+        table: SplitTable,
+        proc: SampleProcessor,
+        batch_size: int,
+        rank: int,
+        world: int,
+        num_classes: int,
+        multilabel: bool,
+        mismatch_prob: float,
+        seed: int,
+    ):
+        self.table, self.proc, self.batch_size = table, proc, batch_size
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+        self.num_classes, self.multilabel, self.mismatch_prob = (
+            num_classes,
+            multilabel,
+            mismatch_prob,
+        )
+        self._prev: dict | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _process(self, reader, shard: str, key: str, gen) -> dict | None:
+        try:
+            return self.proc(reader.read(shard, key), gen)
+        except Exception as err:  # noqa: BLE001 (any decoding failure = a corrupt sample)
+            log.warning("skipping corrupt sample %s in %s: %s", key, shard, err)
+            return None
+
+    def _batch(self, items: list[dict], gen, skipped: list[str]) -> AVBatch:
+        flags = None
+        if self.proc.audio_mode == "mismatched" and items:
+            flags = mismatch(items, self.mismatch_prob, gen, self._prev)
+            self._prev = items[-1]
+        batch = collate(items, self.proc, self.num_classes, self.multilabel)
+        batch.audio_mismatched = torch.tensor(flags) if flags is not None else None
+        batch.extra = {"skipped": len(skipped), "skipped_keys": skipped}
+        return batch
+
+
+class TrainStream(_Stream):
+    """Endless resampled shards cut to exactly ``batches_per_epoch`` batches per rank."""
+
+    def __init__(self, *args, batches_per_epoch: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_per_epoch = batches_per_epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[AVBatch]:
+        worker, num_workers = worker_info()
+        count = self.batches_per_epoch // num_workers + (
+            worker < self.batches_per_epoch % num_workers
+        )
+        gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch, self.rank, worker))
+        slot, slots = self.rank * num_workers + worker, self.world * num_workers
+        keys, reader = ResampledKeys(self.table, slot, slots, gen), ShardReader()
+        for _ in range(count):
+            items: list[dict] = []
+            skipped: list[str] = []
+            while len(items) < self.batch_size:
+                shard, key = next(keys)
+                item = self._process(reader, shard, key, gen)
+                if item is None:
+                    skipped.append(key)
+                    if len(skipped) > 10 * self.batch_size + 100:
+                        raise RuntimeError(f"too many corrupt samples for one batch (last: {key})")
+                else:
+                    items.append(item)
+            yield self._batch(items, gen, skipped)
+        reader.close()
+
+
+class EvalStream(_Stream):
+    """Every sample of the split once across ranks and workers, in (shard, position) order."""
+
+    def _blocks(self, num_workers: int, worker: int) -> list:
+        return eval_assignment(
+            self.table, self.rank, self.world, worker, num_workers, self.batch_size
+        )
+
+    def __len__(self) -> int:
+        return len(self._blocks(1, 0))
+
+    def __iter__(self) -> Iterator[AVBatch]:
+        worker, num_workers = worker_info()
+        reader, skipped = ShardReader(), []
+        for j, plan in enumerate(self._blocks(num_workers, worker)):
+            index = worker + j * num_workers  # the batch's place in this rank's order
+            gen = torch.Generator().manual_seed(seed_for(self.seed, self.rank, index))
+            items: list[dict] = []
+            for shard, key in plan:
+                item = self._process(reader, shard, key, gen)
+                if item is None:
+                    skipped.append(key)
+                else:
+                    items.append(item)
+            if items:  # skipped keys of an all-corrupt batch ride with the next batch
+                yield self._batch(items, gen, skipped)
+                skipped = []
+        if skipped:
+            warnings.warn(
+                f"corrupt samples skipped at the end of evaluation: {skipped}", stacklevel=2
+            )
+        reader.close()

@@ -1,0 +1,270 @@
+"""Shard listing, reading and splitting for shard format v1 (DESIGN sections 3 and 8).
+
+Shards are local WebDataset tars read with ``tarfile``: a shard is indexed once per process
+(member headers only) and samples are read by seeking to their members, so training can visit
+a shard in random order and evaluation can read exactly the samples it was assigned.
+
+Splitting:
+    * rank / world size come from ``torch.distributed`` when initialised, else env ``RANK`` /
+      ``WORLD_SIZE`` (explicit arguments win); the worker from the DataLoader worker info.
+    * evaluation: the split's samples sorted by (shard, position in shard) are cut into one
+      contiguous block per rank; a rank's block is cut into batches and batch ``j`` goes to
+      worker ``j % num_workers``. The DataLoader fetches workers round-robin, so each rank
+      yields its block in sorted order; every sample is read exactly once overall.
+    * training: each (rank, worker) draws shards at random with replacement (weighted by their
+      number of split samples, from its own disjoint subset when there are enough shards) and
+      reads each drawn shard in a random order, mixing a few open shards at a time.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import braceexpand
+import torch
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class DataSource:
+    """The shards behind a ``data`` setting, plus the prepared folder's metadata when found."""
+
+    shards: list[str]
+    root: Path | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.manifest.get("multilabel", False))
+
+    def split_keys(self, split: str | None) -> list[str] | None:
+        """Keys of ``split`` from ``splits/<split>.txt``; None when ``split`` is None/"all"."""
+        if split is None or split == "all":
+            return None
+        if self.root is None:
+            raise FileNotFoundError(
+                f"split {split!r} needs a prepared folder with splits/{split}.txt, but the "
+                f"shards {self.shards[0]!r}... have no manifest.json beside them; "
+                "set the split to null to use every sample"
+            )
+        path = self.root / "splits" / f"{split}.txt"
+        if not path.is_file():
+            known = sorted(p.stem for p in (self.root / "splits").glob("*.txt"))
+            raise FileNotFoundError(f"split file not found: {path} (available: {known})")
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+    def stats(self) -> dict | None:
+        """Contents of ``stats.json`` (fbank mean/std) or None when absent."""
+        path = self.root / "stats.json" if self.root else None
+        return json.loads(path.read_text()) if path and path.is_file() else None
+
+
+def _find_root(shard: Path) -> Path | None:
+    for folder in (shard.parent, shard.parent.parent):
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
+def resolve(data: str | os.PathLike) -> DataSource:
+    """Resolves a prepared folder, a tar path, or a brace/glob pattern (``::``-separated list)
+    to its shards. Raises ``FileNotFoundError`` naming the path when nothing is there."""
+    data = str(data)
+    if not data:
+        raise ValueError("data is empty: give a prepared dataset folder or shard paths")
+    path = Path(data)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            manifest = json.loads((path / MANIFEST).read_text())
+            shards = [str(path / s["file"]) for s in manifest.get("shards", [])]
+            missing = [s for s in shards if not Path(s).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{path / MANIFEST} lists missing shard {missing[0]}")
+            return DataSource(shards, path, manifest)
+        shards = sorted(str(p) for p in (*path.glob("*.tar"), *path.glob("shards/*.tar")))
+        if not shards:
+            raise FileNotFoundError(f"no manifest.json and no *.tar shards in folder {path}")
+        data = "::".join(shards)
+    shards = []
+    for part in data.split("::"):
+        for name in braceexpand.braceexpand(part):
+            matches = sorted(glob.glob(name)) if glob.has_magic(name) else [name]
+            if not matches:
+                raise FileNotFoundError(f"no shard matches {name}")
+            for p in map(Path, matches):
+                if not p.is_file():
+                    what = "shard" if p.suffix == ".tar" else "data folder or shard"
+                    raise FileNotFoundError(f"{what} not found: {p}")
+                shards.append(str(p))
+    root = _find_root(Path(shards[0]))
+    manifest = json.loads((root / MANIFEST).read_text()) if root else {}
+    return DataSource(shards, root, manifest)
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """``"a/b/c.d.mp4"`` -> (``"a/b/c"``, ``"d.mp4"``): key up to the first dot of the basename."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
+def index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Reads member headers only: ``[(key, {ext: (data offset, size)}), ...]`` in tar order,
+    consecutive members with the same key forming one sample. A truncated tar yields the
+    samples before the damage."""
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = split_member(info.name)
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (info.offset_data, info.size)
+    except (tarfile.ReadError, EOFError, OSError) as err:
+        if not samples:
+            raise ValueError(f"{path}: not a readable tar shard ({err})") from err
+    return samples
+
+
+def shard_keys(path: str) -> list[str]:
+    """Sample keys of a shard in tar order: from the sidecar ``.json`` if present, else the tar."""
+    sidecar = Path(path).with_suffix(".json")
+    if sidecar.is_file():
+        keys = json.loads(sidecar.read_text()).get("keys")
+        if keys is not None:
+            return list(keys)
+    return [key for key, _ in index_tar(path)]
+
+
+class ShardReader:
+    """Reads samples' members by key; keeps a few shard indexes and file handles (per process)."""
+
+    def __init__(self, max_open: int = 8):
+        self.max_open = max_open
+        self._open: OrderedDict[str, tuple] = OrderedDict()
+
+    def _get(self, path: str) -> tuple:
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        index = dict(index_tar(path))
+        entry = (open(path, "rb"), index)  # noqa: SIM115 (kept open across reads)
+        self._open[path] = entry
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1][0].close()
+        return entry
+
+    def read(self, path: str, key: str) -> dict[str, bytes]:
+        """Returns ``{"__key__": key, ext: bytes, ...}``; KeyError if the shard lacks ``key``."""
+        handle, index = self._get(path)
+        if key not in index:
+            raise KeyError(f"{path}: no sample {key!r}")
+        sample: dict = {"__key__": key}
+        for ext, (offset, size) in index[key].items():
+            handle.seek(offset)
+            sample[ext] = handle.read(size)
+        return sample
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1][0].close()
+
+
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): explicit values, else torch.distributed, else env, else (0, 1)."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    return rank, world_size
+
+
+def worker_info() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main one."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+@dataclass
+class SplitTable:
+    """The split's samples per shard, in tar order: ``keys[i]`` are in ``shards[i]``."""
+
+    shards: list[str]
+    keys: list[list[str]]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(k) for k in self.keys)
+
+    def ordered(self) -> list[tuple[str, str]]:
+        """(shard, key) for every sample, sorted by shard then position: the eval order."""
+        return [(s, k) for s, keys in zip(self.shards, self.keys) for k in keys]
+
+
+def split_table(source: DataSource, split: str | None) -> SplitTable:
+    """Lists the samples of ``split`` (all samples when None) shard by shard."""
+    wanted = source.split_keys(split)
+    wanted_set = set(wanted) if wanted is not None else None
+    keys = [
+        [k for k in shard_keys(s) if wanted_set is None or k in wanted_set] for s in source.shards
+    ]
+    table = SplitTable(list(source.shards), keys)
+    if table.num_samples == 0:
+        raise ValueError(f"split {split!r} of {source.root or source.shards[0]} has no samples")
+    return table
+
+
+def eval_assignment(
+    table: SplitTable, rank: int, world: int, worker: int, num_workers: int, batch_size: int
+) -> list[list[tuple[str, str]]]:
+    """The batches of (shard, key) that worker ``worker`` of rank ``rank`` reads (see module)."""
+    items = table.ordered()
+    lo, hi = rank * len(items) // world, (rank + 1) * len(items) // world
+    block = items[lo:hi]
+    batches = [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    return batches[worker::num_workers]
+
+
+class ResampledKeys:
+    """Endless random (shard, key) stream for training: shards drawn with replacement, weighted
+    by their split size, each read in a random order, ``mix`` shards interleaved."""
+
+    def __init__(self, table: SplitTable, slot: int, num_slots: int, gen: torch.Generator, mix=4):
+        idx = [i for i, k in enumerate(table.keys) if k]
+        own = idx[slot::num_slots] if len(idx) >= num_slots else idx
+        self.table, self.idx, self.gen = table, own, gen
+        self.weights = torch.tensor([len(table.keys[i]) for i in own], dtype=torch.float)
+        self.active: list[list[tuple[str, str]]] = [self._draw() for _ in range(mix)]
+
+    def _draw(self) -> list[tuple[str, str]]:
+        i = self.idx[int(torch.multinomial(self.weights, 1, generator=self.gen))]
+        keys = self.table.keys[i]
+        order = torch.randperm(len(keys), generator=self.gen).tolist()
+        return [(self.table.shards[i], keys[j]) for j in order]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, str]:
+        slot = int(torch.randint(0, len(self.active), (), generator=self.gen))
+        if not self.active[slot]:
+            self.active[slot] = self._draw()
+        return self.active[slot].pop()

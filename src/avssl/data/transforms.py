@@ -1,0 +1,265 @@
+"""Video and audio transforms as plain callables, and the named presets ("train", "eval", "none").
+
+Every transform is ``t(x, gen)`` with ``gen`` a ``torch.Generator`` (None = global RNG), so a
+loader can seed it per worker. Video transforms take RGB uint8 ``[T, H, W, 3]`` frames (one
+clip; the same spatial crop and flip for every frame of the clip) and the final ``Normalize``
+returns float ``[C, T, H, W]``. Audio transforms act on the waveform ``[S]`` (gain, noise) or on
+the normalised fbank ``[Ta, F]`` (SpecAugment, https://arxiv.org/abs/1904.08779).
+
+Presets:
+    train: random-resized crop (area 0.25-1, aspect 3/4-4/3), horizontal flip p=0.5, colour
+        jitter 0.4 (p=0.8), normalise; audio gain +-6 dB (p=0.5), white noise at 10-40 dB SNR
+        (p=0.3), SpecAugment one 24-bin frequency mask and one 96-frame time mask.
+    eval: resize the short side to the crop size, centre crop, normalise; no audio changes.
+    none: like eval (no augmentation at all); as a training preset the loader still draws
+        random clip times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRESETS: dict[str, dict] = {
+    "train": {
+        "crop": "random",
+        "crop_scale": (0.25, 1.0),
+        "crop_ratio": (3 / 4, 4 / 3),
+        "flip_p": 0.5,
+        "jitter": 0.4,
+        "jitter_p": 0.8,
+        "gain_db": 6.0,
+        "gain_p": 0.5,
+        "noise_snr_db": (10.0, 40.0),
+        "noise_p": 0.3,
+        "freq_mask": 24,
+        "time_mask": 96,
+    },
+    "eval": {
+        "crop": "center",
+        "flip_p": 0.0,
+        "jitter": 0.0,
+        "gain_p": 0.0,
+        "noise_p": 0.0,
+        "freq_mask": 0,
+        "time_mask": 0,
+    },
+}
+PRESETS["none"] = dict(PRESETS["eval"])
+Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
+def _uniform(gen: torch.Generator | None, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def _chance(gen: torch.Generator | None, p: float) -> bool:
+    return p > 0 and float(torch.rand((), generator=gen)) < p
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[T, h, w, 3]`` -> uint8 ``[T, size[0], size[1], 3]`` (bilinear, antialiased)."""
+    y = x.permute(0, 3, 1, 2)  # [T, 3, h, w], channels-last memory: fast uint8 kernel
+    y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y.permute(0, 2, 3, 1)  # [T, H, W, 3]
+
+
+class Compose:
+    """Applies transforms in order, passing the same generator to each."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        for t in self.transforms:
+            x = t(x, gen)
+        return x
+
+
+class RandomResizedCrop:
+    """Random area/aspect crop resized to ``size`` x ``size`` (Inception-style, one box/clip)."""
+
+    def __init__(self, size: int, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+
+    def box(self, h: int, w: int, gen: torch.Generator | None) -> tuple[int, int, int, int]:
+        """Returns (top, left, height, width) of the crop."""
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            area = h * w * _uniform(gen, *self.scale)
+            r = math.exp(_uniform(gen, *log_r))
+            cw, ch = round(math.sqrt(area * r)), round(math.sqrt(area / r))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (), generator=gen))
+                left = int(torch.randint(0, w - cw + 1, (), generator=gen))
+                return top, left, ch, cw
+        s = min(h, w)  # fallback: centred square
+        return (h - s) // 2, (w - s) // 2, s, s
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        top, left, ch, cw = self.box(x.shape[1], x.shape[2], gen)
+        return _resize(x[:, top : top + ch, left : left + cw], (self.size, self.size))
+
+
+class ResizeCenterCrop:
+    """Resizes the short side to ``size`` then crops the centred ``size`` x ``size`` square."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        h, w = x.shape[1], x.shape[2]
+        s = self.size / min(h, w)
+        nh, nw = max(self.size, round(h * s)), max(self.size, round(w * s))
+        if (nh, nw) != (h, w):
+            x = _resize(x, (nh, nw))
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return x[:, top : top + self.size, left : left + self.size]
+
+
+class RandomHorizontalFlip:
+    """Mirrors the whole clip left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return x.flip(2) if _chance(gen, self.p) else x  # [T, H, W, 3]: W is dim 2
+
+
+class Normalize:
+    """uint8 ``[T, H, W, 3]`` -> float ``[C, T, H, W]``: ``(x / 255 - mean) / std``, with an
+    optional colour jitter (brightness, contrast, saturation factors drawn from
+    ``[1 - j, 1 + j]``, applied in that order with probability ``jitter_p``) fused in.
+
+    The three jitter steps and the normalisation are linear in the pixel values, so they run
+    as one 3x3 colour matrix plus offset, clamped once to the valid range at the end
+    (torchvision clamps after each step).
+    """
+
+    GREY = torch.tensor([0.299, 0.587, 0.114])
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, jitter=0.0, jitter_p=0.8):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1)
+        self.jitter, self.jitter_p = jitter, jitter_p
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        t, h, w, _ = x.shape
+        y = torch.empty(3, t * h * w)
+        y.view(3, t, h, w).copy_(x.permute(3, 0, 1, 2))  # [T, H, W, 3] -> float [C, T*H*W]
+        if self.jitter > 0 and _chance(gen, self.jitter_p):
+            mat, offset = self._jitter_affine(x, gen)  # in [0, 255] units
+            y = torch.addmm(offset / (255.0 * self.std) - self.mean / self.std,
+                            mat / (255.0 * self.std), y)  # fmt: skip
+            for c in range(3):  # clamp to the normalised image of [0, 1]
+                lo, hi = (-self.mean[c] / self.std[c]), (1 - self.mean[c]) / self.std[c]
+                y[c].clamp_(float(lo), float(hi))
+            return y.view(3, t, h, w)
+        return y.mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std).view(3, t, h, w)
+
+    def _jitter_affine(self, x: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """(matrix [3, 3], offset [3, 1]) of brightness b, contrast c, saturation s:
+        ``s_mat (c b x + (1 - c) b m)`` with ``m`` the mean grey level and
+        ``s_mat = s I + (1 - s) 1 grey^T`` (which leaves grey levels unchanged)."""
+        lo, hi = max(0.0, 1 - self.jitter), 1 + self.jitter
+        b, c, s = (_uniform(gen, lo, hi) for _ in range(3))
+        m = float((x[:, ::4, ::4].float() @ self.GREY).mean())  # grey mean on a subsample
+        s_mat = s * torch.eye(3) + (1 - s) * self.GREY.expand(3, 3)
+        return c * b * s_mat, torch.full((3, 1), (1 - c) * b * m)
+
+
+class RandomGain:
+    """Scales the waveform by a gain drawn uniformly in ``[-max_db, max_db]`` dB."""
+
+    def __init__(self, max_db: float = 6.0, p: float = 0.5):
+        self.max_db, self.p = max_db, p
+
+    def __call__(self, wave: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if not _chance(gen, self.p):
+            return wave
+        return wave * 10.0 ** (_uniform(gen, -self.max_db, self.max_db) / 20.0)
+
+
+class BackgroundNoise:
+    """Adds white Gaussian noise at an SNR drawn uniformly in ``snr_db`` (dB)."""
+
+    def __init__(self, snr_db=(10.0, 40.0), p: float = 0.3):
+        self.snr_db, self.p = tuple(snr_db), p
+
+    def __call__(self, wave: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if not _chance(gen, self.p) or wave.numel() == 0:
+            return wave
+        power = float(wave.pow(2).mean()) or 1e-8
+        noise_power = power / 10.0 ** (_uniform(gen, *self.snr_db) / 10.0)
+        return wave + torch.randn(wave.shape, generator=gen) * math.sqrt(noise_power)
+
+
+class SpecAugment:
+    """Zeroes ``num_masks`` random frequency bands (up to ``freq_mask`` bins) and time spans
+    (up to ``time_mask`` frames) of a normalised ``[Ta, F]`` fbank (zero = dataset mean).
+    Park et al., SpecAugment, https://arxiv.org/abs/1904.08779."""
+
+    def __init__(self, freq_mask: int = 24, time_mask: int = 96, num_masks: int = 1):
+        self.freq_mask, self.time_mask, self.num_masks = freq_mask, time_mask, num_masks
+
+    def __call__(self, spec: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        spec = spec.clone()
+        for dim, width in ((1, self.freq_mask), (0, self.time_mask)):
+            size = spec.shape[dim]
+            for _ in range(self.num_masks if width > 0 else 0):
+                w = int(torch.randint(0, min(width, size) + 1, (), generator=gen))
+                start = int(torch.randint(0, size - w + 1, (), generator=gen))
+                spec.narrow(dim, start, w).zero_()
+        return spec
+
+
+def preset_options(preset: str, overrides: dict | None = None) -> dict:
+    """The option dict of a named preset, with ``overrides`` applied (unknown keys rejected)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown transform preset {preset!r}; choose one of {list(PRESETS)}")
+    opts = {**PRESETS["train"], **PRESETS[preset]}
+    for k, v in (overrides or {}).items():
+        if k not in opts:
+            raise ValueError(f"unknown augmentation option {k!r}; known: {sorted(opts)}")
+        opts[k] = v
+    if opts["crop"] not in ("random", "center"):
+        raise ValueError(f"augmentation crop must be 'random' or 'center', got {opts['crop']!r}")
+    return opts
+
+
+def build_video_transform(
+    preset: str, crop_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, overrides=None
+) -> Compose:
+    """uint8 ``[T, H, W, 3]`` clip -> float ``[C, T, crop, crop]`` for a named preset."""
+    o = preset_options(preset, overrides)
+    crop = (
+        RandomResizedCrop(crop_size, o["crop_scale"], o["crop_ratio"])
+        if o["crop"] == "random"
+        else ResizeCenterCrop(crop_size)
+    )
+    steps: list = [crop]
+    if o["flip_p"] > 0:
+        steps.append(RandomHorizontalFlip(o["flip_p"]))
+    steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"]))
+    return Compose(steps)
+
+
+def build_audio_transforms(preset: str, overrides=None) -> tuple[Compose, Compose]:
+    """(waveform transform, fbank transform) for a named preset; either may be empty."""
+    o = preset_options(preset, overrides)
+    wave: list = []
+    if o["gain_p"] > 0:
+        wave.append(RandomGain(o["gain_db"], o["gain_p"]))
+    if o["noise_p"] > 0:
+        wave.append(BackgroundNoise(o["noise_snr_db"], o["noise_p"]))
+    spec: list = []
+    if o["freq_mask"] or o["time_mask"]:
+        spec.append(SpecAugment(o["freq_mask"], o["time_mask"]))
+    return Compose(wave), Compose(spec)

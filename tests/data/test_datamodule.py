@@ -1,0 +1,212 @@
+"""AVDataModule and the eval loader on synthetic shards: shapes, splitting, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avssl.data.batch import AVBatch
+from avssl.data.datamodule import AVDataModule, make_eval_loader
+from avssl.data.shards import resolve, split_table
+
+
+def split_keys(folder, split):
+    return [ln for ln in (folder / "splits" / f"{split}.txt").read_text().split() if ln]
+
+
+def test_train_batch_shapes_and_dtypes(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(batches_per_epoch=2))
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    b = batches[0]
+    assert isinstance(b, AVBatch) and len(b) == 2
+    assert b.video.shape == (2, 3, 4, 32, 32) and b.video.dtype == torch.float32
+    assert b.audio.shape == (2, 1, 128, 128) and b.audio.dtype == torch.float32
+    assert b.label.dtype == torch.long and b.label.shape == (2,)
+    assert ((b.label >= 0) & (b.label < 3)).all()
+    assert b.video_mask.dtype == torch.bool and b.video_mask.all()
+    assert b.audio_mismatched is None
+    assert b.clip_start.shape == (2,) and b.extra["skipped"] == 0
+    assert set(b.key) <= set(split_keys(synth, "train1"))
+    assert b.video.abs().sum() > 0 and b.audio[b.audio_mask].abs().sum() > 0
+
+
+def test_train_clips_per_video_adds_k_axis(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(clips_per_video=3, batches_per_epoch=1))
+    (b,) = list(dm.train_dataloader())
+    assert b.video.shape == (2, 3, 3, 4, 32, 32)
+    assert b.audio.shape == (2, 3, 1, 128, 128)
+    assert b.clip_start.shape == (2, 3) and b.audio_start.shape == (2, 3)
+
+
+def test_eval_loader_shapes_keys_labels_order(synth):
+    prep = AVDataModule(str(synth), num_frames=4, crop_size=32, audio_frames=64).preprocessing()
+    json.dumps(prep)  # the preprocessing dict is json-serialisable (bundles store it)
+    batches = list(make_eval_loader(str(synth), "test1", prep, num_clips=2, batch_size=2))
+    keys = [k for b in batches for k in b.key]
+    table = split_table(resolve(synth), "test1")
+    assert keys == [k for _, k in table.ordered()]
+    assert sorted(keys) == sorted(split_keys(synth, "test1"))
+    b = batches[0]
+    assert b.video.shape == (2, 2, 3, 4, 32, 32) and b.audio.shape == (2, 2, 1, 64, 128)
+    meta_classes = json.loads((synth / "manifest.json").read_text())["classes"]
+    names = [k.split("/")[1] for k in b.key]
+    assert b.label.tolist() == [meta_classes.index(n) for n in names]
+    starts = b.clip_start[0]
+    assert starts[0] == 0 and starts[1] > starts[0]  # uniformly spaced, first at the start
+
+
+def test_eval_is_deterministic(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(val_clips=2))
+    first, second = list(dm.val_dataloader()), list(dm.val_dataloader())
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        assert a.key == b.key
+        assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+
+
+def test_eval_two_ranks_two_workers_every_sample_once(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(num_workers=2, val_split=None))
+    prep = dm.preprocessing()
+    seen = []
+    for rank in range(2):
+        loader = make_eval_loader(
+            str(synth), None, prep, batch_size=2, num_workers=2, rank=rank, world_size=2
+        )
+        seen.extend(k for b in loader for k in b.key)
+    all_keys = [k for _, k in split_table(resolve(synth), None).ordered()]
+    assert seen == all_keys  # once each, in (shard, position) order, rank after rank
+    assert len(set(seen)) == 12
+
+
+def test_train_same_batch_count_on_every_rank(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(num_workers=2, batch_size=2))
+    counts = [len(list(dm.train_dataloader(rank=r, world_size=2))) for r in range(2)]
+    assert counts == [3, 3]  # ceil(9 train1 samples / (2 * 2))
+    dm = AVDataModule(str(synth), **small_args(num_workers=2, batches_per_epoch=5))
+    loaders = [dm.train_dataloader(rank=r, world_size=2) for r in range(2)]
+    assert [len(dl) for dl in loaders] == [5, 5]
+    assert [len(list(dl)) for dl in loaders] == [5, 5]
+
+
+def test_train_epochs_and_ranks_draw_different_samples(synth, small_args):
+    dm = AVDataModule(str(synth), **small_args(batches_per_epoch=3))
+    loader = dm.train_dataloader()
+    e0 = [(k, float(s)) for b in loader for k, s in zip(b.key, b.clip_start)]
+    e1 = [(k, float(s)) for b in loader for k, s in zip(b.key, b.clip_start)]
+    assert e0 != e1
+    r1 = {k for b in dm.train_dataloader(rank=1, world_size=2) for k in b.key}
+    r0 = {k for b in dm.train_dataloader(rank=0, world_size=2) for k in b.key}
+    # 3 shards >= 2 ranks x 1 worker: each rank draws from its own shards (0 and 2 / 1)
+    table = split_table(resolve(synth), "train1")
+    assert r0 <= set(table.keys[0] + table.keys[2]) and r1 <= set(table.keys[1])
+
+
+def test_corrupt_sample_is_skipped_and_counted(corrupt_data, small_args):
+    dm = AVDataModule(str(corrupt_data), **small_args(train_split=None, val_split=None))
+    loader = make_eval_loader(str(corrupt_data), None, dm.preprocessing(), batch_size=2)
+    batches = list(loader)
+    keys = [k for b in batches for k in b.key]
+    skipped = [k for b in batches for k in b.extra["skipped_keys"]]
+    all_keys = [k for _, k in split_table(resolve(corrupt_data), None).ordered()]
+    assert len(skipped) == 1 and sum(b.extra["skipped"] for b in batches) == 1
+    assert skipped[0] == all_keys[6]  # CORRUPT_INDEX in conftest
+    assert keys == [k for k in all_keys if k != skipped[0]]  # read to the end
+    # training: resampled shards meet the corrupt sample within a few epochs; every epoch
+    # still has its full number of full batches
+    dm = AVDataModule(str(corrupt_data), **small_args(train_split=None, batches_per_epoch=6))
+    loader, met = dm.train_dataloader(), 0
+    for _ in range(10):
+        train = list(loader)
+        assert len(train) == 6 and all(len(b) == 2 for b in train)
+        assert skipped[0] not in {k for b in train for k in b.key}
+        met += sum(b.extra["skipped"] for b in train)
+        if met:
+            break
+    assert met >= 1
+
+
+def test_missing_paths_are_clear_errors(synth, tmp_path, small_args):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        AVDataModule(str(missing), **small_args())
+    with pytest.raises(FileNotFoundError, match="shard-000003"):
+        AVDataModule(str(synth / "shards" / "shard-{000000..000005}.tar"), **small_args())
+    with pytest.raises(FileNotFoundError, match="no shard matches"):
+        AVDataModule(str(tmp_path / "*.tar"), **small_args())
+    dm = AVDataModule(str(synth), **small_args(train_split="train9"))
+    with pytest.raises(FileNotFoundError, match="train9"):
+        dm.setup("fit")
+
+
+def test_brace_pattern_finds_the_prepared_folder(synth, small_args):
+    pattern = str(synth / "shards" / "shard-{000000..000002}.tar")
+    dm = AVDataModule(pattern, **small_args(batches_per_epoch=1))
+    assert dm.source.root == synth and len(dm.source.shards) == 3
+    stats = json.loads((synth / "stats.json").read_text())
+    assert dm.preprocessing()["fbank"]["mean"] == pytest.approx(stats["fbank_mean"])
+    assert len(list(dm.train_dataloader())) == 1
+
+
+def test_missing_audio_gives_zeros_and_mask(noaudio_data, small_args):
+    dm = AVDataModule(str(noaudio_data), **small_args(batches_per_epoch=2))
+    for b in dm.train_dataloader():
+        assert not b.audio_mask.any() and b.video_mask.all()
+        assert torch.count_nonzero(b.audio) == 0 and b.video.abs().sum() > 0
+
+
+def test_audio_only_gives_zero_video_and_mask(audio_only_data, small_args):
+    dm = AVDataModule(str(audio_only_data), **small_args(batches_per_epoch=2))
+    for b in [*dm.train_dataloader(), *dm.val_dataloader()]:
+        assert not b.video_mask.any() and torch.count_nonzero(b.video) == 0
+        assert b.video.shape[-3:] == (4, 32, 32)
+        assert b.audio[b.audio_mask].abs().sum() > 0
+
+
+def test_mismatched_audio_comes_from_another_sample(synth, small_args):
+    args = small_args(audio_mode="mismatched", mismatch_prob=1.0, batch_size=3)
+    mismatched = list(AVDataModule(str(synth), **args).val_dataloader())
+    args["audio_mode"] = "aligned"
+    aligned = list(AVDataModule(str(synth), **args).val_dataloader())
+    for m, a in zip(mismatched, aligned):
+        assert m.audio_mismatched.dtype == torch.bool
+        if len(m) == 1:
+            continue
+        assert m.audio_mismatched.all()
+        for i in range(len(m)):
+            same = [j for j in range(len(a)) if torch.equal(m.audio[i], a.audio[j])]
+            assert same and i not in same
+    half = AVDataModule(str(synth), **small_args(audio_mode="mismatched", batches_per_epoch=6))
+    flags = torch.cat([b.audio_mismatched for b in half.train_dataloader()])
+    assert 0 < int(flags.sum()) < len(flags)
+
+
+def _clip_inside_window(b: AVBatch, span: float, window: float) -> list[bool]:
+    return [
+        float(a) - 1e-3 <= float(c) and float(c) + span <= float(a) + window + 1e-3
+        for a, c, m in zip(b.audio_start, b.clip_start, b.audio_mask)
+        if m
+    ]
+
+
+def test_aligned_window_holds_the_clip_random_does_not(synth, small_args):
+    span, window = (3 * 2 + 1) / 25, (400 + 127 * 160) / 16000  # 4 frames stride 2, 128 frames
+    inside = {}
+    for mode in ("aligned", "random"):
+        dm = AVDataModule(str(synth), **small_args(audio_mode=mode, batches_per_epoch=5))
+        inside[mode] = [
+            x for b in dm.train_dataloader() for x in _clip_inside_window(b, span, window)
+        ]
+    assert len(inside["aligned"]) >= 5 and all(inside["aligned"])
+    assert not all(inside["random"])
+
+
+def test_bad_settings_are_rejected(synth, small_args):
+    with pytest.raises(ValueError, match="audio_mode"):
+        AVDataModule(str(synth), **small_args(audio_mode="sideways"))
+    with pytest.raises(ValueError, match="train_preset"):
+        AVDataModule(str(synth), **small_args(train_preset="fancy"))
+    with pytest.raises(ValueError, match="frame_stride or target_fps"):
+        AVDataModule(str(synth), **small_args(target_fps=5.0))

@@ -1,0 +1,146 @@
+"""Decoding helpers: seek-and-decode clips equal a naive full decode; audio loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from avssl.data.decode import (
+    ClipSpec,
+    MediaError,
+    decode_video_clips,
+    load_audio,
+    open_media,
+    probe_video,
+)
+from avssl.data.shards import ShardReader, resolve, split_table
+
+MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
+if not MEDIA.is_dir():
+    MEDIA = Path("/work/shared/media")
+
+
+def naive_frames(src) -> list[np.ndarray]:
+    """Every frame of the first video stream as RGB, in display order."""
+    with open_media(src) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def expected_clips(frames, starts, spec: ClipSpec, fps: float) -> np.ndarray:
+    idx = [round(t * fps) for s in starts for t in spec.frame_times(s, fps)]
+    return np.stack([frames[min(i, len(frames) - 1)] for i in idx])
+
+
+@pytest.fixture(scope="module")
+def shard_sample(synth) -> dict:
+    """The longest sample of the synthetic shards (members as bytes)."""
+    reader = ShardReader()
+    samples = [reader.read(s, k) for s, k in split_table(resolve(synth), None).ordered()]
+    return max(samples, key=lambda s: json.loads(s["json"])["num_frames"])
+
+
+def test_clips_equal_naive_decode_with_seeks(shard_sample):
+    mp4 = shard_sample["mp4"]
+    with open_media(mp4) as c:
+        info = probe_video(c)
+    meta = json.loads(shard_sample["json"])
+    assert info.fps == pytest.approx(meta["fps"]) and info.num_frames == meta["num_frames"]
+    frames = naive_frames(mp4)
+    spec = ClipSpec(5, frame_stride=3)
+    # far-apart clips force seeks; an overlapping pair shares one forward pass
+    starts = [info.duration - spec.span_s(info.fps), 0.0, 2.0, 2.2]
+    starts = [round(s * info.fps) / info.fps for s in starts]
+    clips = decode_video_clips(mp4, starts, 5, frame_stride=3)
+    assert clips.shape == (4, 5, info.height, info.width, 3) and clips.dtype == torch.uint8
+    want = expected_clips(frames, starts, spec, info.fps)
+    assert np.array_equal(clips.reshape(-1, *clips.shape[2:]).numpy(), want)
+
+
+def test_target_fps_resamples_by_nearest_frame(shard_sample):
+    mp4 = shard_sample["mp4"]
+    frames = naive_frames(mp4)
+    fps = json.loads(shard_sample["json"])["fps"]
+    clip = decode_video_clips(mp4, [1.0], 4, target_fps=fps / 4)[0].numpy()
+    assert np.array_equal(clip, np.stack([frames[round(fps) + 4 * i] for i in range(4)]))
+
+
+def test_past_the_end_repeats_the_last_frame_and_short_side(shard_sample):
+    mp4 = shard_sample["mp4"]
+    frames = naive_frames(mp4)
+    n, fps = len(frames), json.loads(shard_sample["json"])["fps"]
+    clip = decode_video_clips(mp4, [(n - 2) / fps], 4)[0].numpy()
+    assert np.array_equal(clip[2], frames[-1]) and np.array_equal(clip[3], frames[-1])
+    small = decode_video_clips(mp4, [0.0], 2, short_side=64)
+    assert min(small.shape[2:4]) == 64
+
+
+def test_shard_flac_loads_exactly(shard_sample):
+    meta = json.loads(shard_sample["json"])
+    wave, has_audio = load_audio(shard_sample["flac"], 16000)
+    assert has_audio and wave.dtype == torch.float32
+    assert len(wave) == meta["audio_num_samples"]
+    with open_media(shard_sample["flac"]) as c:
+        raw = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)[0]
+    assert np.allclose(wave.numpy(), raw / 32768.0)
+
+
+def test_raw_file_audio_is_resampled_and_downmixed(synth):
+    raw = sorted((synth / "raw" / "UCF-101").rglob("*.mp4"))
+    with_audio = [p for p in raw if av.open(str(p)).streams.audio]
+    src = with_audio[0]
+    with av.open(str(src)) as c:
+        stream = c.streams.audio[0]
+        duration, rate = float(stream.duration * stream.time_base), stream.rate
+    assert rate != 16000
+    wave, has_audio = load_audio(src, 16000)
+    assert has_audio and abs(len(wave) / 16000 - duration) < 0.05
+    assert 0.0 < float(wave.abs().max()) <= 1.0
+
+
+def test_errors_are_clear(tmp_path, shard_sample):
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        load_audio(tmp_path / "missing.mp4")
+    with pytest.raises(MediaError):
+        decode_video_clips(bytes(range(256)) * 64, [0.0], 2)
+    with pytest.raises(MediaError, match="no video stream"):
+        decode_video_clips(shard_sample["flac"], [0.0], 2)
+    assert load_audio(shard_sample["mp4"])[1] is False
+
+
+def test_clip_spec_starts():
+    spec = ClipSpec(4, frame_stride=2)
+    assert spec.span_s(10.0) == pytest.approx(0.7)
+    assert spec.uniform_starts(3.0, 10.0, 3) == pytest.approx([0.0, 1.15, 2.3], abs=0.051)
+    assert spec.uniform_starts(0.5, 10.0, 2) == [0.0, 0.0]  # shorter than a clip
+    gen = torch.Generator().manual_seed(0)
+    starts = spec.random_starts(3.0, 10.0, 50, gen)
+    assert min(starts) >= 0 and max(starts) <= 2.3 + 1e-9 and len(set(starts)) > 5
+    with pytest.raises(ValueError):
+        ClipSpec(4, frame_stride=2, target_fps=5.0)
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="shared/media not available")
+@pytest.mark.parametrize(
+    "name",
+    ["ucf_style_mpeg4_mp3.avi", "audioset_clip_h264_aac.mp4", "kinetics_clip_h264_noaudio.mp4"],
+)
+def test_real_media(name):
+    path = MEDIA / name
+    frames = naive_frames(path)
+    with open_media(path) as c:
+        info = probe_video(c)
+    spec = ClipSpec(8, frame_stride=2)
+    starts = spec.uniform_starts(info.duration, info.fps, 3)
+    clips = decode_video_clips(path, starts, 8, frame_stride=2)
+    assert np.array_equal(
+        clips.reshape(-1, *clips.shape[2:]).numpy(), expected_clips(frames, starts, spec, info.fps)
+    )
+    wave, has_audio = load_audio(path)
+    assert has_audio == ("noaudio" not in name)
+    if has_audio:
+        assert abs(len(wave) / 16000 - info.duration) < 0.2

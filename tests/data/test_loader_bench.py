@@ -1,0 +1,25 @@
+"""Smoke test of ``bench/loader.py --quick`` on the session's synthetic shards."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "loader.py"
+LINE = re.compile(
+    r"\[bench loader\] (wall|cpu) *: avssl ([\d.]+) clips/s.*"
+    r"naive ([\d.]+) clips/s, ratio ([\d.]+)x"
+)
+
+
+def test_bench_quick_prints_rates_and_ratio(synth):
+    cmd = [sys.executable, str(BENCH), "--quick", "--data", str(synth)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [m.groups() for m in map(LINE.match, done.stdout.splitlines()) if m]
+    assert [r[0] for r in rows] == ["wall", "cpu"], done.stdout
+    for _, ours, naive, ratio in rows:
+        ours, naive, ratio = float(ours), float(naive), float(ratio)
+        assert ours > 0 and naive > 0 and abs(ratio - ours / naive) <= 0.01 + 0.02 * ratio

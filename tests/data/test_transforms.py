@@ -1,0 +1,147 @@
+"""Video and audio transforms and the named presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from avssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackgroundNoise,
+    Normalize,
+    RandomGain,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+    SpecAugment,
+    build_audio_transforms,
+    build_video_transform,
+    preset_options,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ramp_clip(t: int = 3, h: int = 48, w: int = 64) -> torch.Tensor:
+    """uint8 [T, H, W, 3]: red = column, green = row, blue = frame index."""
+    x = torch.zeros(t, h, w, 3, dtype=torch.uint8)
+    x[..., 0] = torch.arange(w, dtype=torch.uint8)[None, None, :]
+    x[..., 1] = torch.arange(h, dtype=torch.uint8)[None, :, None]
+    x[..., 2] = torch.arange(t, dtype=torch.uint8)[:, None, None] * 50
+    return x
+
+
+def test_random_resized_crop_box_and_output():
+    rrc = RandomResizedCrop(32, scale=(0.25, 1.0))
+    areas = []
+    for seed in range(20):
+        top, left, ch, cw = rrc.box(48, 64, gen(seed))
+        assert 0 <= top and top + ch <= 48 and 0 <= left and left + cw <= 64
+        areas.append(ch * cw / (48 * 64))
+        assert 3 / 4 - 0.05 <= cw / ch <= 4 / 3 + 0.05 or (ch, cw) == (48, 48)
+    assert min(areas) >= 0.2 and max(areas) <= 1.0 and max(areas) - min(areas) > 0.2
+    out = rrc(ramp_clip(), gen(3))
+    assert out.shape == (3, 32, 32, 3) and out.dtype == torch.uint8
+    assert torch.equal(out[..., 2], ramp_clip()[:, :32, :32, 2])  # one box for the whole clip
+    assert torch.equal(rrc(ramp_clip(), gen(3)), out)  # seeded -> reproducible
+
+
+def test_resize_center_crop_keeps_the_centre():
+    x = ramp_clip(2, 40, 80)
+    out = ResizeCenterCrop(40)(x)
+    assert out.shape == (2, 40, 40, 3)
+    assert int(out[0, 0, 0, 0]) == 20 and int(out[0, 0, -1, 0]) == 59  # columns 20..59
+    small = ResizeCenterCrop(20)(x)
+    assert small.shape == (2, 20, 20, 3)
+    assert abs(int(small[0, 10, 10, 0]) - 40) <= 2 and abs(int(small[0, 10, 10, 1]) - 20) <= 2
+
+
+def test_flip_mirrors_every_frame():
+    x = ramp_clip()
+    assert torch.equal(RandomHorizontalFlip(1.0)(x, gen()), x.flip(2))
+    assert torch.equal(RandomHorizontalFlip(0.0)(x, gen()), x)
+
+
+def test_normalize_values_and_layout():
+    x = torch.full((2, 4, 5, 3), 128, dtype=torch.uint8)
+    x[..., 1] = 0
+    y = Normalize()(x)
+    assert y.shape == (3, 2, 4, 5) and y.dtype == torch.float32
+    assert y[0, 0, 0, 0] == pytest.approx((128 / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0])
+    assert y[1, 1, 3, 4] == pytest.approx((0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1])
+    plain = Normalize(mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(plain(ramp_clip())[0, 0, 0], torch.arange(64) / 255.0)
+
+
+def test_colour_jitter_changes_colour_within_range():
+    x = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8, generator=gen())
+    plain = Normalize(mean=(0, 0, 0), std=(1, 1, 1))
+    jit = Normalize(mean=(0, 0, 0), std=(1, 1, 1), jitter=0.4, jitter_p=1.0)
+    y = jit(x, gen(1))
+    assert y.min() >= 0 and y.max() <= 1 and not torch.allclose(y, plain(x))
+    grey = torch.full((1, 4, 4, 3), 100, dtype=torch.uint8)  # saturation/contrast keep grey flat
+    g = jit(grey, gen(2))
+    assert torch.allclose(g, g.flatten()[0].expand_as(g), atol=1e-5)
+
+
+def test_spec_augment_masks_bands():
+    spec = torch.ones(100, 64)
+    out = SpecAugment(freq_mask=10, time_mask=20)(spec, gen(5))
+    zero_cols = (out == 0).all(0).sum()
+    zero_rows = (out == 0).all(1).sum()
+    assert 0 <= zero_cols <= 10 and 0 <= zero_rows <= 20 and zero_cols + zero_rows > 0
+    assert torch.equal(spec, torch.ones(100, 64))  # the input is not modified
+    hits = [(SpecAugment(10, 20)(spec, gen(s)) == 0).sum() > 0 for s in range(10)]
+    assert sum(hits) >= 8
+
+
+def test_gain_and_noise():
+    wave = torch.sin(torch.linspace(0, 200, 16000))
+    for seed in range(10):
+        out = RandomGain(6.0, p=1.0)(wave, gen(seed))
+        ratio_db = 20 * math.log10(float(out.abs().max() / wave.abs().max()))
+        assert -6.01 <= ratio_db <= 6.01
+    noisy = BackgroundNoise((20.0, 20.0), p=1.0)(wave, gen())
+    snr = 10 * math.log10(float(wave.pow(2).mean() / (noisy - wave).pow(2).mean()))
+    assert snr == pytest.approx(20.0, abs=0.5)
+    assert torch.equal(BackgroundNoise(p=0.0)(wave, gen()), wave)
+
+
+def test_presets():
+    train = build_video_transform("train", 32)
+    x = ramp_clip(4, 48, 64)
+    outs = [train(x, gen(s)) for s in range(4)]
+    assert all(o.shape == (3, 4, 32, 32) for o in outs)
+    assert not all(torch.equal(outs[0], o) for o in outs[1:])
+    ev = build_video_transform("eval", 32)
+    assert torch.equal(ev(x, gen(0)), ev(x, gen(1)))
+    wave_tf, spec_tf = build_audio_transforms("eval")
+    assert not wave_tf.transforms and not spec_tf.transforms
+    wave_tf, spec_tf = build_audio_transforms("train", {"freq_mask": 0, "time_mask": 0})
+    assert len(wave_tf.transforms) == 2 and not spec_tf.transforms
+    assert preset_options("none", {"flip_p": 0.5})["flip_p"] == 0.5
+    with pytest.raises(ValueError, match="preset"):
+        build_video_transform("fancy", 32)
+    with pytest.raises(ValueError, match="blur"):
+        preset_options("train", {"blur": 1.0})
+
+
+def test_fused_jitter_matches_step_by_step_reference():
+    x = torch.randint(0, 256, (2, 8, 12, 3), dtype=torch.uint8, generator=gen(7))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    out = Normalize(mean, std, jitter=0.4, jitter_p=1.0)(x, gen(3))
+    g = gen(3)
+    torch.rand((), generator=g)  # the jitter_p draw
+    b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
+    grey_w = torch.tensor([0.299, 0.587, 0.114])
+    y = x.float() / 255 * b  # brightness
+    m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
+    y = c * y + (1 - c) * m  # contrast around the mean grey level
+    y = s * y + (1 - s) * (y @ grey_w)[..., None]  # saturation towards per-pixel grey
+    y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
+    assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
