@@ -1,0 +1,405 @@
+"""Training-step benchmark at the reference configurations (issue 8, DESIGN section 7).
+
+Configurations (``--configs``):
+- ``cavmae``: the CAV-MAE pretraining step (Gong et al. 2023, https://arxiv.org/abs/2210.07839):
+  audio 1024x128 + one 224 px frame, ViT with 11 modality-specific + 1 joint layer, a joint
+  decoder 8 x 512 over both modalities, mask 0.75 on each, norm-pix MSE + 0.01 x InfoNCE
+  (T 0.05, one direction) on the mean-pooled outputs of the joint layer run on each modality.
+  The frame uses a 1x16x16 tubelet (= CAV-MAE's 2-D patch embedding, 196 tokens).
+- ``videomae``: VideoMAE ViT-B (Tong et al. 2022, https://arxiv.org/abs/2203.12602): 16x224,
+  2x16x16 tubelets, tube mask 0.9, decoder 4 x 384 (6 heads), norm-pix MSE.
+- ``mavil``: the full MAViL stage-1 step (``avssl.objectives.mavil.MAViL.compute_losses``).
+
+Each runs as ``baseline`` (fp32, naive softmax attention, plain AdamW) and ``fast`` (bf16
+autocast, fused SDPA, fused AdamW, optional torch.compile); encoders always see only the
+visible tokens. Printed: samples/s, model FLOPs per sample (fwd+bwd, FlopCounterMode), MFU
+against the bf16 peak, peak memory, fast/baseline ratio. ``--size tiny`` shrinks the inputs so
+that it runs in seconds on a CPU. Run: ``python bench/step.py [--compile] [--configs videomae]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import itertools
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from avssl.data.batch import AVBatch
+from avssl.losses.contrastive import info_nce
+from avssl.losses.reconstruction import masked_mse
+from avssl.models import AudioViT, VideoViT
+from avssl.models.decoder import JointDecoder, TransformerDecoder
+from avssl.models.fusion import JointFusion
+from avssl.models.layers import set_fused_attention
+from avssl.models.masking import random_masking, tube_masking
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, datasheet
+REFERENCE = {  # DESIGN section 7, one H200: (samples/s best, GFLOP/sample)
+    "cavmae": (917.0, 238.0),
+    "videomae": (371.0, 205.0),
+}
+
+
+@dataclass
+class Shape:
+    """Inputs of one configuration; ``fast_batch``/``base_batch`` are the GPU defaults."""
+
+    audio: tuple[int, int] = (1024, 128)
+    frames: int = 16
+    img: int = 224
+    fast_batch: int = 128
+    base_batch: int = 48
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def shapes(size: str) -> dict[str, Shape]:
+    """Reference inputs, or small ones at ``--size tiny`` (CPU smoke runs)."""
+    if size == "tiny":
+        return {
+            "cavmae": Shape((64, 128), 1, 32, 2, 2, {"dec_dim": 64}),
+            "videomae": Shape((64, 128), 4, 64, 2, 2, {"dec_dim": 64}),
+            "mavil": Shape((64, 128), 4, 64, 2, 2),
+        }
+    return {
+        "cavmae": Shape((1024, 128), 1, 224, 128, 48, {"dec_dim": 512}),
+        "videomae": Shape((1024, 128), 16, 224, 64, 32, {"dec_dim": 384}),
+        "mavil": Shape((1024, 128), 8, 224, 64, 32),
+    }
+
+
+class CavMaeStep(nn.Module):
+    """The CAV-MAE step: 11 + 1 layers, joint decoder, mask 0.75, MSE + 0.01 InfoNCE."""
+
+    def __init__(self, size: str, shape: Shape) -> None:
+        super().__init__()
+        self.audio = AudioViT(size, depth=11, input_size=shape.audio)
+        self.video = VideoViT(size, depth=11, tubelet_size=1, num_frames=1, img_size=shape.img)
+        d = self.audio.embed_dim
+        self.fusion = JointFusion(d, depth=1, num_heads=self.audio.num_heads, single_norms=True)
+        dims = {"audio": d, "video": d}
+        patch = {"audio": self.audio.patch_dim, "video": self.video.patch_dim}
+        grids = {"audio": self.audio.default_grid, "video": self.video.default_grid}
+        dec = shape.extra["dec_dim"]
+        self.decoder = JointDecoder(dims, patch, dec, 8, dec // 32, grids=grids)
+
+    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        audio, video = batch.audio, batch.video
+        B, dev = audio.shape[0], audio.device
+        ga, gv = self.audio.grid_size(audio.shape), self.video.grid_size(video.shape)
+        ka, ma, ra = random_masking(B, self.audio.num_tokens(audio.shape), 0.75, dev)
+        kv, mv, rv = random_masking(B, self.video.num_tokens(video.shape), 0.75, dev)
+        za = self.audio.forward_features(audio, ka)  # [B, Na_keep, D]
+        zv = self.video.forward_features(video, kv)  # [B, Nv_keep, D]
+        fa, fv = self.fusion(za, zv)
+        pred = self.decoder({"audio": (fa, ra, ga), "video": (fv, rv, gv)})
+        rec_a = masked_mse(pred["audio"], self.audio.patchify(audio), ma)
+        rec_v = masked_mse(pred["video"], self.video.patchify(video), mv)
+        ca = self.fusion.forward_single(za, "audio").mean(dim=1)  # [B, D]
+        cv = self.fusion.forward_single(zv, "video").mean(dim=1)
+        nce = info_nce(ca, cv, temperature=0.05, symmetric=False)
+        return {"loss": rec_a + rec_v + 0.01 * nce, "nce": nce}
+
+
+class VideoMaeStep(nn.Module):
+    """The VideoMAE step: tube mask 0.9, decoder 4 x 384, norm-pix MSE on masked tubelets."""
+
+    def __init__(self, size: str, shape: Shape) -> None:
+        super().__init__()
+        self.video = VideoViT(size, num_frames=shape.frames, img_size=shape.img)
+        dec = shape.extra["dec_dim"]
+        self.decoder = TransformerDecoder(
+            self.video.embed_dim,
+            self.video.patch_dim,
+            dec,
+            4,
+            dec // 64,
+            grid=self.video.default_grid,
+        )
+
+    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        video = batch.video
+        grid = self.video.grid_size(video.shape)
+        keep, mask, restore = tube_masking(video.shape[0], grid, 0.9, video.device)
+        pred = self.decoder(self.video.forward_features(video, keep), restore, grid)
+        return {"loss": masked_mse(pred, self.video.patchify(video), mask)}
+
+
+class ObjectiveStep(nn.Module):
+    """Wraps an objective so that ``forward(batch)`` is its ``compute_losses``."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        return self.objective.compute_losses(batch)
+
+
+def build(name: str, size: str, shape: Shape) -> nn.Module | str:
+    """The step module of a configuration, or a string saying why it is skipped."""
+    if name == "cavmae":
+        return CavMaeStep(size, shape)
+    if name == "videomae":
+        return VideoMaeStep(size, shape)
+    if name == "mavil":
+        if importlib.util.find_spec("avssl.objectives.mavil") is None:
+            return "avssl.objectives.mavil does not exist yet"
+        try:
+            from avssl.objectives.mavil import MAViL
+        except ImportError as err:
+            return f"cannot import avssl.objectives.mavil ({err})"
+        obj = MAViL(
+            size=size,
+            audio_frames=shape.audio[0],
+            num_mel_bins=shape.audio[1],
+            num_frames=shape.frames,
+            img_size=shape.img,
+            gather_negatives=False,
+        )
+        return ObjectiveStep(obj)
+    raise SystemExit(f"bench/step.py: unknown config {name!r} (cavmae, videomae, mavil)")
+
+
+def random_batch(shape: Shape, batch: int, device: torch.device) -> AVBatch:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    audio = torch.randn(batch, 1, *shape.audio, generator=g)  # [B, 1, Ta, F]
+    video = torch.randn(batch, 3, shape.frames, shape.img, shape.img, generator=g)
+    return AVBatch(video=video, audio=audio, key=[str(i) for i in range(batch)]).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_flops(model: nn.Module, batch: AVBatch) -> float:
+    """Model FLOPs per sample of forward + backward (naive attention so that every backend's
+    attention matmuls are counted; fp32, no optimizer). Leaves the model on naive attention."""
+    set_fused_attention(model, False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch)
+
+
+def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: torch.device):
+    """Returns ``step(batch) -> loss`` (no host sync inside) and whether bf16 autocast is on."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if fast and device.type == "cuda":
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=True)
+    elif fast:
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=False, fused=False)
+    use_amp = fast and (args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"))
+    fn = torch.compile(model) if (fast and args.compile) else model
+
+    def step(batch: AVBatch) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = fn(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step, use_amp
+
+
+def time_steps(step, batches, n: int, device: torch.device) -> tuple[float, float]:
+    """Runs ``n`` steps; returns (wall seconds, seconds spent waiting for the next batch)."""
+    wait = 0.0
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t1 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t1
+        step(batch)
+    sync(device)
+    return time.perf_counter() - t0, wait
+
+
+def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: torch.device):
+    """Endless batches from the real loader (only imported with --data)."""
+    from avssl.data.datamodule import AVDataModule
+
+    dm = AVDataModule(
+        data=args.data,
+        train_split=args.split,
+        batch_size=batch,
+        num_workers=args.workers,
+        num_frames=shape.frames,
+        crop_size=shape.img,
+        audio_frames=shape.audio[0],
+        num_mel_bins=shape.audio[1],
+    )
+    dm.setup("fit")
+    while True:
+        for b in dm.train_dataloader():
+            yield b.to(device, non_blocking=True)
+
+
+def batch_size(shape: Shape, fast: bool, args: argparse.Namespace) -> int:
+    given = args.batch if fast else args.baseline_batch
+    return given or (shape.fast_batch if fast else shape.base_batch)
+
+
+def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Builds a configuration, warms up, times ``args.steps`` steps; returns the figures."""
+    shape, fast = shapes(args.size)[name], variant == "fast"
+    B = batch_size(shape, fast, args)
+    torch.manual_seed(0)
+    model = build(name, args.size, shape)
+    if isinstance(model, str):
+        return {"skip": model}
+    model = model.to(device).train()
+    flops = count_flops(model, random_batch(shape, min(B, 4), device))
+    set_fused_attention(model, fast)
+    torch.set_float32_matmul_precision("high" if fast else "highest")
+    step, amp = make_step(model, fast, args, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    fixed = random_batch(shape, B, device)
+    source = data_batches(args, shape, B, device) if (args.data and fast) else None
+    for _ in range(args.warmup):
+        step(next(source) if source else fixed)
+    wall, _ = time_steps(step, itertools.repeat(fixed), args.steps, device)
+    out = {"batch": B, "sps": B * args.steps / wall, "flops": flops, "amp": amp}
+    if device.type == "cuda":
+        out["mem"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if source is not None:
+        fed, wait = time_steps(step, source, args.steps, device)
+        out.update(data_sps=B * args.steps / fed, wait=max(0.0, 1 - wall / fed))
+        out["host_wait"] = wait / fed
+    del model, step, fixed, source
+    torch._dynamo.reset()  # compiled graphs hold the model
+    gc.collect()
+    return out
+
+
+def peak_flops(args: argparse.Namespace, device: torch.device) -> float | None:
+    if args.peak or device.type != "cuda":
+        return args.peak
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def report(name: str, results: dict[str, dict], peak: float | None) -> None:
+    for variant, r in results.items():
+        if "skip" in r:
+            print(f"{name:9s} {variant:9s} skipped: {r['skip']}")
+            continue
+        flops = r["flops"]
+        tflops = flops * r["sps"] / 1e12 if flops else float("nan")
+        mfu = f"{100 * flops * r['sps'] / peak:5.1f}%" if (peak and flops) else "  n/a"
+        mem = f"{r['mem']:7.1f}" if "mem" in r else "    n/a"
+        gf = f"{flops / 1e9:9.2f}" if flops else "      n/a"
+        line = f"{name:9s} {variant:9s} {r['batch']:5d} {r['sps']:10.1f} {gf} {tflops:8.1f} "
+        print(line + f"{mfu:>6s} {mem}")
+        if "data_sps" in r:
+            print(
+                f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
+                f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
+                f"{100 * r['host_wait']:.0f}%)"
+            )
+    if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
+        ratio = results["fast"]["sps"] / results["baseline"]["sps"]
+        ref = REFERENCE.get(name)
+        note = f"; reference best {ref[0]:.0f} samples/s, {ref[1]:.0f} GFLOP" if ref else ""
+        print(f"{name:9s} fast / baseline = {ratio:.2f}x{note}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", default="base", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--configs", default="cavmae,videomae,mavil")
+    p.add_argument("--variants", default="baseline,fast")
+    p.add_argument("--batch", type=int, default=None, help="fast-variant batch")
+    p.add_argument("--baseline-batch", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=None, help="default 5 on GPU, 1 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fast step")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
+    p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
+    p.add_argument("--data", default=None, help="prepared shards: feed the fast step from them")
+    p.add_argument("--split", default="train1")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 5 if args.device.startswith("cuda") else 1
+    if args.workers is None:
+        args.workers = os.cpu_count() or 1
+    return args
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Validates the options; returns (configs, variants)."""
+    variants = [v for v in args.variants.split(",") if v]
+    configs = [c for c in args.configs.split(",") if c]
+    for bad in set(variants) - {"baseline", "fast"}:
+        raise SystemExit(f"bench/step.py: unknown variant {bad!r} (baseline, fast)")
+    for bad in set(configs) - set(shapes(args.size)):
+        raise SystemExit(f"bench/step.py: unknown config {bad!r} ({', '.join(shapes(args.size))})")
+    if args.data and "://" not in args.data and "{" not in args.data:
+        if not os.path.exists(args.data):
+            raise SystemExit(f"bench/step.py: --data {args.data}: no such prepared dataset folder")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("bench/step.py: --device cuda but no CUDA GPU is visible")
+    return configs, variants
+
+
+def print_header(args: argparse.Namespace, device: torch.device, peak: float | None) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"# step benchmark: {name}, torch {torch.__version__}, size {args.size}, "
+        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile}, "
+        f"peak {peak / 1e12 if peak else 'n/a'} TFLOP/s"
+    )
+    for cfg, s in shapes(args.size).items():
+        print(f"#   {cfg}: audio {s.audio}, video {s.frames}x{s.img}x{s.img} {s.extra}")
+    print("#   cavmae: one frame -> 1x16x16 tubelet (CAV-MAE's 2-D patches); mavil: MAViL defaults")
+    print(
+        f"{'config':9s} {'variant':9s} {'batch':>5s} {'samples/s':>10s} {'GFLOP/smp':>9s} "
+        f"{'TFLOP/s':>8s} {'MFU':>6s} {'mem GiB':>7s}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configs, variants = check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    peak = peak_flops(args, device)
+    print_header(args, device, peak)
+    failed = 0
+    for cfg in configs:
+        results = {}
+        for variant in variants:
+            try:
+                results[variant] = run_variant(cfg, variant, args, device)
+            except Exception as err:  # report it and go on with the other configurations
+                traceback.print_exc()
+                results[variant] = {"skip": f"FAILED: {type(err).__name__}: {err}"}
+                failed += 1
+            if "skip" in results[variant]:
+                break
+        report(cfg, results, peak)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

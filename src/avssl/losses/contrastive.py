@@ -1,0 +1,147 @@
+"""Contrastive losses between modalities: InfoNCE, MIL-NCE, and a cross-rank gather.
+
+- InfoNCE: van den Oord et al. 2018, "Representation Learning with Contrastive Predictive
+  Coding" (CPC), https://arxiv.org/abs/1807.03748; used between audio and video by VATT
+  (Akbari et al. 2021, https://arxiv.org/abs/2104.11178), MMV, LAVA and CAV-MAE.
+- MIL-NCE: Miech et al. 2020, "End-to-End Learning of Visual Representations from Uncurated
+  Instructional Videos", https://arxiv.org/abs/1912.06430 (several positives per sample).
+- Negatives from every rank: features are all-gathered with gradients (as SimCLR / VATT).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradients of every rank and keeps the local slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rank, world = _world()
+        ctx.rank, ctx.local = rank, x.shape[0]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)  # [W * B, ...], rank order
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # d(sum of every rank's loss)/d(gathered)
+        return grad[ctx.rank * ctx.local : (ctx.rank + 1) * ctx.local]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gathers ``x [B, ...]`` from every rank along dim 0 keeping gradients.
+
+    The backward pass sums, over ranks, the gradients that every rank's loss sends to this
+    rank's slice, so that after DDP averages parameter gradients over the W ranks the result is
+    the gradient of the mean of the per-rank losses (the loss on the whole global batch).
+    Every rank must pass the same shape. Identity when torch.distributed is not initialised.
+
+    Returns:
+        ``[W * B, ...]`` with rank r's rows at ``r * B : (r + 1) * B``.
+    """
+    _, world = _world()
+    if world == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+def _check_pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"{name}: a {tuple(a.shape)} and b {tuple(b.shape)} must both be [B, D]")
+
+
+def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool):
+    """Gathered candidates and the labels of the local rows among them."""
+    if not gather:
+        return a, b, torch.arange(a.shape[0], device=a.device)
+    rank, _ = _world()
+    labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
+    return gather_with_grad(a), gather_with_grad(b), labels
+
+
+def info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float | torch.Tensor = 0.07,
+    symmetric: bool = True,
+    gather: bool = False,
+) -> torch.Tensor:
+    """InfoNCE between two views: row i of ``a`` matches row i of ``b``, other rows are negatives.
+
+    Args:
+        a: ``[B, D]`` features of view/modality A (L2-normalised here).
+        b: ``[B, D]`` features of B.
+        temperature: softmax temperature (float or a learnable scalar tensor).
+        symmetric: mean of the a->b and b->a cross-entropies (VATT sums them); else a->b only
+            (CAV-MAE's default).
+        gather: use the rows of every rank as candidates (:func:`gather_with_grad`).
+
+    Returns:
+        Scalar loss (float32), mean over the local rows.
+    """
+    _check_pair("info_nce", a, b)
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    a_all, b_all, labels = _targets(a, b, gather)
+    loss = F.cross_entropy(a @ b_all.t() / temperature, labels)  # [B, W*B] logits
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(b @ a_all.t() / temperature, labels))
+    return loss
+
+
+def mil_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float | torch.Tensor = 0.07,
+    symmetric: bool = True,
+    gather: bool = False,
+) -> torch.Tensor:
+    """MIL-NCE with K positives per sample (Miech et al. 2020).
+
+    ``a [B, K, D]`` holds K candidates per sample (e.g. K clips of one video), ``b [B, D]`` one
+    feature per sample; the K pairs ``(a[i, k], b[i])`` are positives, all pairs with another
+    sample are negatives. Direction b->a: ``-log(sum_k e^{s(b_i, a_ik)} / sum_{j,k}
+    e^{s(b_i, a_jk)})``; direction a->b: ``-log(sum_k e^{s(b_i, a_ik)} / sum_{j,k}
+    e^{s(b_j, a_ik)})``, with ``s = cos / temperature``. With K = 1 this equals
+    ``info_nce(b, a[:, 0])``.
+
+    Args:
+        a: ``[B, K, D]`` bags of positives.
+        b: ``[B, D]`` anchors.
+        temperature: softmax temperature.
+        symmetric: mean of both directions; else b->a only.
+        gather: candidates from every rank (:func:`gather_with_grad`).
+
+    Returns:
+        Scalar loss (float32), mean over the local samples.
+    """
+    if a.ndim != 3 or b.ndim != 2 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(
+            f"mil_nce: a {tuple(a.shape)} must be [B, K, D], b {tuple(b.shape)} [B, D]"
+        )
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    a_all, b_all, labels = _targets(a, b, gather)
+    rows = torch.arange(a.shape[0], device=a.device)
+    s_ba = torch.einsum("id,jkd->ijk", b, a_all) / temperature  # [B, W*B, K]
+    pos = s_ba[rows, labels]  # [B, K]
+    loss = (s_ba.flatten(1).logsumexp(dim=1) - pos.logsumexp(dim=1)).mean()
+    if symmetric:
+        s_ab = torch.einsum("ikd,jd->ijk", a, b_all) / temperature  # [B, W*B, K]
+        pos = s_ab[rows, labels]  # [B, K]
+        loss_ab = (s_ab.flatten(1).logsumexp(dim=1) - pos.logsumexp(dim=1)).mean()
+        loss = 0.5 * (loss + loss_ab)
+    return loss

@@ -1,0 +1,88 @@
+"""bench/step.py: runs on CPU at tiny size (no timing asserted); FLOPs at the reference shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "step.py"
+
+# runs the script as __main__ and then reports whether heavy optional packages were imported
+HARNESS = """
+import runpy, sys
+script = sys.argv[1]
+sys.argv = [script] + sys.argv[2:]
+rc = 0
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as exit_:
+    rc = exit_.code or 0
+print("HEAVY_IMPORTS", sorted({"av", "webdataset", "faiss"} & set(sys.modules)))
+sys.exit(rc)
+"""
+
+
+def _load_step_module():
+    spec = importlib.util.spec_from_file_location("avssl_bench_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(out: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] in ("baseline", "fast") and parts[2].isdigit():
+            rows[(parts[0], parts[1])] = parts[2:]
+    return rows
+
+
+def test_step_bench_runs_on_cpu_at_tiny_size() -> None:
+    args = ["--device", "cpu", "--size", "tiny", "--steps", "2", "--warmup", "1", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    rows = _rows(out)
+    for cfg in ("cavmae", "videomae"):
+        for variant in ("baseline", "fast"):
+            batch, sps, gflop = rows[(cfg, variant)][:3]
+            assert int(batch) == 2 and float(sps) > 0 and float(gflop) > 0
+        assert f"{cfg:9s} fast / baseline =" in out
+    assert ("mavil", "fast") in rows or "mavil     baseline  skipped" in out
+    assert "HEAVY_IMPORTS []" in out  # no PyAV / webdataset / faiss without --data
+
+
+def test_step_bench_rejects_bad_options(tmp_path: Path) -> None:
+    step = _load_step_module()
+    with pytest.raises(SystemExit, match="unknown config 'nope'"):
+        step.main(["--device", "cpu", "--size", "tiny", "--configs", "nope"])
+    with pytest.raises(SystemExit, match="no such prepared dataset"):
+        step.main(["--device", "cpu", "--size", "tiny", "--data", str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("name,expected", [("cavmae", 238.0), ("videomae", 205.0)])
+def test_reference_configs_do_the_reference_work(name: str, expected: float) -> None:
+    """FLOPs per sample at the reference shapes (counted on the meta device, no compute)
+    match DESIGN section 7: CAV-MAE 238 GFLOP, VideoMAE 205 GFLOP (fwd + bwd)."""
+    step = _load_step_module()
+    shape = step.shapes("base")[name]
+    with torch.device("meta"):
+        model = step.build(name, "base", shape)
+    model = model.to("meta")  # buffers built on the CPU too
+    batch = step.random_batch(shape, 2, torch.device("cpu")).to("meta")
+    gflop = step.count_flops(model, batch) / 1e9
+    assert gflop == pytest.approx(expected, rel=0.03)

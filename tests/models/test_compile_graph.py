@@ -1,0 +1,52 @@
+"""The masked training step traces into one torch.compile graph (no graph breaks)."""
+
+from __future__ import annotations
+
+import torch
+
+from avssl.losses.contrastive import info_nce
+from avssl.losses.reconstruction import masked_mse
+from avssl.models import AudioViT, VideoViT
+from avssl.models.decoder import TransformerDecoder
+from avssl.models.fusion import JointFusion
+from avssl.models.masking import random_masking, time_freq_masking, tube_masking
+
+
+def _build():
+    audio = AudioViT("tiny", depth=1, input_size=(32, 32))
+    video = VideoViT("tiny", depth=1, num_frames=2, img_size=32)
+    fusion = JointFusion(192, depth=1, num_heads=3)
+    dec_a = TransformerDecoder(192, audio.patch_dim, 64, 1, 4, grid=audio.default_grid)
+    dec_v = TransformerDecoder(192, video.patch_dim, 64, 1, 4, grid=video.default_grid)
+    return audio, video, fusion, dec_a, dec_v
+
+
+def test_masked_step_has_no_graph_breaks() -> None:
+    torch.manual_seed(0)
+    audio_enc, video_enc, fusion, dec_a, dec_v = _build()
+
+    def step(audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        B = audio.shape[0]
+        grid_a, grid_v = audio_enc.grid_size(audio.shape), video_enc.grid_size(video.shape)
+        ka, ma, ra = random_masking(B, audio_enc.num_tokens(audio.shape), 0.75, audio.device)
+        kv, mv, rv = tube_masking(B, grid_v, 0.5, video.device)
+        za = audio_enc.forward_features(audio, ka)  # [B, Na_keep, D]
+        zv = video_enc.forward_features(video, kv)  # [B, Nv_keep, D]
+        fa, fv = fusion(za, zv)
+        loss_a = masked_mse(dec_a(fa, ra, grid_a), audio_enc.patchify(audio), ma)
+        loss_v = masked_mse(dec_v(fv, rv, grid_v), video_enc.patchify(video), mv)
+        nce = info_nce(
+            fusion.forward_single(za, "audio").mean(1), fusion.forward_single(zv, "video").mean(1)
+        )
+        _, m2, _ = time_freq_masking(B, grid_a, 0.5, 0.5, audio.device)
+        return loss_a + loss_v + 0.01 * nce + 0.0 * m2.sum()
+
+    # the default grid (cached buffers) and another input length (tables computed on the fly)
+    for audio_shape in [(2, 1, 32, 32), (2, 1, 64, 32)]:
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(step)(
+            torch.randn(audio_shape), torch.randn(2, 3, 2, 32, 32)
+        )
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+    torch._dynamo.reset()
