@@ -242,6 +242,9 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         crop_size=shape.img,
         audio_frames=shape.audio[0],
         num_mel_bins=shape.audio[1],
+        # One long epoch: a small split would otherwise end the epoch after a batch or two and
+        # every epoch would restart the worker processes, which is not what training sees.
+        batches_per_epoch=10**6,
     )
     dm.setup("fit")
     while True:
