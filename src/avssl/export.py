@@ -221,24 +221,31 @@ def embed(path_or_bundle: Any, media_file: str | Path, num_clips: int = 1) -> di
     return _embed(bundle, media_file, num_clips=num_clips)
 
 
-def export_checkpoint(ckpt_path: str | Path, out: str | Path, onnx: bool = False) -> list[Path]:
+def export_checkpoint(
+    ckpt_path: str | Path, out: str | Path, onnx: bool = False, random_init: bool = False
+) -> list[Path]:
     """Exports the encoders of an avssl training checkpoint to a bundle folder.
 
     Args:
         ckpt_path: Lightning checkpoint written by ``avssl fit`` / ``avssl pretrain``.
         out: bundle folder to create (files in it are overwritten).
         onnx: also write ``<modality>_encoder.onnx`` (dynamic batch), checked with onnxruntime.
+        random_init: export the checkpoint's architecture at random initialisation instead of
+            its weights (the baseline of a learning check).
 
     Returns:
         Paths written.
     """
-    return _export(Path(ckpt_path).expanduser(), Path(out).expanduser(), onnx)[0]
+    return _export(Path(ckpt_path).expanduser(), Path(out).expanduser(), onnx, random_init)[0]
 
 
-def _export(ckpt_path: Path, out: Path, onnx: bool) -> tuple[list[Path], EncoderBundle]:
+def _export(
+    ckpt_path: Path, out: Path, onnx: bool, random_init: bool = False
+) -> tuple[list[Path], EncoderBundle]:
     from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint, write_bundle
 
-    config, state_dicts = bundle_from_checkpoint(read_checkpoint(ckpt_path), ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
+    config, state_dicts = bundle_from_checkpoint(ckpt, ckpt_path, random_init)
     written = write_bundle(out, config, state_dicts)
     bundle = load_encoder(out)  # round trip: proves build_encoder(config) + weights reload
     for modality, enc in bundle.encoders().items():
@@ -274,12 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", default="", help="training checkpoint (e.g. runs/x/last.ckpt)")
     parser.add_argument("--out", default="", help="bundle folder to write (e.g. encoders/mavil)")
     parser.add_argument("--onnx", action="store_true", help="also export ONNX (dynamic batch)")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="export the checkpoint's architecture at random initialisation (a baseline)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.ckpt:
         raise UserError("--ckpt is required (make export CKPT=runs/<run>/last.ckpt OUT=...)")
     if not args.out:
         raise UserError("--out is required (make export CKPT=... OUT=encoders/<name>)")
-    written, bundle = _export(Path(args.ckpt).expanduser(), Path(args.out).expanduser(), args.onnx)
+    written, bundle = _export(
+        Path(args.ckpt).expanduser(), Path(args.out).expanduser(), args.onnx, args.random_init
+    )
     prov = bundle.provenance
     enc = prov.get("encoder", {})
     print(

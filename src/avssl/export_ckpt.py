@@ -103,8 +103,11 @@ def _init_kwargs(cls: Any, hparams: dict, src: Path) -> dict:
     return kwargs
 
 
-def rebuild_objective(ckpt: dict, src: Path) -> tuple[Any, set[str]]:
+def rebuild_objective(ckpt: dict, src: Path, random_init: bool = False) -> tuple[Any, set[str]]:
     """Builds the checkpoint's objective from its hyper-parameters and loads its weights.
+
+    With ``random_init`` the weights are not loaded: the same architecture at a fresh, seeded
+    initialisation (the baseline of the learning checks).
 
     Returns:
         The objective (eval mode) and the names of its weights the checkpoint lacked.
@@ -112,10 +115,14 @@ def rebuild_objective(ckpt: dict, src: Path) -> tuple[Any, set[str]]:
     name = ckpt["avssl"]["objective"]
     cls = objective_class(name, src)
     kwargs = _init_kwargs(cls, dict(ckpt.get("hyper_parameters") or {}), src)
+    if random_init:
+        torch.manual_seed(0)
     try:
         objective = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"{src}: cannot rebuild {name} from its hyper_parameters ({err})") from None
+    if random_init:
+        return objective.eval(), set()
     missing, unexpected = objective.load_state_dict(ckpt["state_dict"], strict=False)
     if unexpected:
         print(f"[export] {src}: {len(unexpected)} checkpoint entries unused, e.g. {unexpected[0]}")
@@ -178,13 +185,15 @@ def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
     }
 
 
-def bundle_from_checkpoint(ckpt: dict, src: Path) -> tuple[dict, dict[str, dict]]:
+def bundle_from_checkpoint(
+    ckpt: dict, src: Path, random_init: bool = False
+) -> tuple[dict, dict[str, dict]]:
     """Checkpoint -> (bundle config, modality -> encoder state_dict).
 
     Uses only the objective's ``export_encoders()``: ``{"audio", "video", "which", "note"}``.
     A backbone shared by both modalities is written for both (``shared_backbone: true``).
     """
-    objective, missing = rebuild_objective(ckpt, src)
+    objective, missing = rebuild_objective(ckpt, src, random_init)
     with torch.no_grad():
         exported = objective.export_encoders()
     modules = {m: exported.get(m) for m in MODALITIES if exported.get(m) is not None}
@@ -198,6 +207,12 @@ def bundle_from_checkpoint(ckpt: dict, src: Path) -> tuple[dict, dict[str, dict]
         config[modality] = None if enc is None else _encoder_config(enc, modality, src)
     config["preprocessing"] = preprocessing_from_data(ckpt["avssl"].get("data") or {}, modules, src)
     config["provenance"] = _provenance(ckpt, exported, shared, src)
+    if random_init:
+        config["provenance"]["random_init"] = True
+        config["provenance"]["encoder"] = {
+            "which": "random initialisation",
+            "note": "same architecture as the checkpoint, untrained weights (seed 0)",
+        }
     state_dicts = {
         m: {k: v.detach().cpu() for k, v in e.state_dict().items()} for m, e in modules.items()
     }

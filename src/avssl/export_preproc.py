@@ -82,18 +82,9 @@ def preprocessing_from_data(data: dict, modules: dict, src: Path) -> dict:
 
 def _processor(prep: dict, num_clips: int):
     """The loader's evaluation SampleProcessor for a bundle's preprocessing."""
-    from avssl.data.decode import ClipSpec
-    from avssl.data.fbank import FbankConfig
-    from avssl.data.sampling import SampleProcessor
-    from avssl.data.transforms import build_audio_transforms, build_video_transform
+    from avssl.data.sampling import build_processor
 
-    spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
-    crop = prep["crop_size"]
-    video_tf = build_video_transform("eval", crop, prep["video_mean"], prep["video_std"])
-    wave_tf, spec_tf = build_audio_transforms("eval")
-    fbank = FbankConfig(**prep["fbank"])
-    return SampleProcessor(spec, fbank, video_tf, wave_tf, spec_tf, crop, num_clips,
-                           "aligned", train=False)  # fmt: skip
+    return build_processor(prep, "eval", num_clips, "aligned", train=False)
 
 
 def load_clips(media_file: str | Path, prep: dict, num_clips: int = 1, want=("audio", "video")):

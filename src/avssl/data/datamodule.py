@@ -27,14 +27,18 @@ from torch.utils.data import DataLoader, IterableDataset
 from avssl.data.batch import AVBatch
 from avssl.data.decode import ClipSpec
 from avssl.data.fbank import FbankConfig
-from avssl.data.sampling import AUDIO_MODES, EvalStream, SampleProcessor, TrainStream, collate
+from avssl.data.sampling import (
+    AUDIO_MODES,
+    EvalStream,
+    TrainStream,
+    build_processor,
+    collate,
+)
 from avssl.data.shards import SplitTable, dist_info, resolve, split_table
 from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
-    build_audio_transforms,
-    build_video_transform,
 )
 
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
@@ -74,35 +78,6 @@ class EpochLoader(DataLoader):
         self.dataset.set_epoch(self._count if epoch is None else epoch)
         self._count += 1
         return super().__iter__()
-
-
-def build_processor(
-    prep: dict,
-    preset: str,
-    num_clips: int,
-    audio_mode: str,
-    train: bool,
-    augment: dict | None = None,
-    threads: int | None = None,
-) -> SampleProcessor:
-    """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
-    spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
-    fbank = FbankConfig(**prep["fbank"])
-    mean, std = prep.get("video_mean") or IMAGENET_MEAN, prep.get("video_std") or IMAGENET_STD
-    video_tf = build_video_transform(preset, prep["crop_size"], mean, std, augment)
-    wave_tf, spec_tf = build_audio_transforms(preset, augment)
-    return SampleProcessor(
-        spec,
-        fbank,
-        video_tf,
-        wave_tf,
-        spec_tf,
-        prep["crop_size"],
-        num_clips,
-        audio_mode,
-        train,
-        threads,
-    )
 
 
 def make_eval_loader(

@@ -37,6 +37,12 @@ from avssl.data.decode import (
 )
 from avssl.data.fbank import FbankConfig, compute_fbank
 from avssl.data.shards import ResampledKeys, ShardReader, SplitTable, eval_assignment, worker_info
+from avssl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_audio_transforms,
+    build_video_transform,
+)
 
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
@@ -299,3 +305,32 @@ class EvalStream(_Stream):
                 f"corrupt samples skipped at the end of evaluation: {skipped}", stacklevel=2
             )
         reader.close()
+
+
+def build_processor(
+    prep: dict,
+    preset: str,
+    num_clips: int,
+    audio_mode: str,
+    train: bool,
+    augment: dict | None = None,
+    threads: int | None = None,
+) -> SampleProcessor:
+    """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
+    spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
+    fbank = FbankConfig(**prep["fbank"])
+    mean, std = prep.get("video_mean") or IMAGENET_MEAN, prep.get("video_std") or IMAGENET_STD
+    video_tf = build_video_transform(preset, prep["crop_size"], mean, std, augment)
+    wave_tf, spec_tf = build_audio_transforms(preset, augment)
+    return SampleProcessor(
+        spec,
+        fbank,
+        video_tf,
+        wave_tf,
+        spec_tf,
+        prep["crop_size"],
+        num_clips,
+        audio_mode,
+        train,
+        threads,
+    )
