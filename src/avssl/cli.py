@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"avssl: unknown command {cmd!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"avssl: unknown command {cmd!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     module, func = COMMANDS[cmd]
     try:
@@ -52,4 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m avssl.cli`` runs this file as ``__main__``; commands raise the UserError of the
+    # imported ``avssl.cli`` module, so dispatch through that module, not this copy of it.
+    from avssl.cli import main as _main
+
+    sys.exit(_main())

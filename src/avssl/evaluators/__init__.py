@@ -1,1 +1,37 @@
-"""avssl.evaluators."""
+"""avssl.evaluators: frozen-feature evaluation (DESIGN section 5).
+
+Library functions on plain tensors or NumPy arrays (usable from a notebook):
+
+- :func:`avssl.evaluators.knn.knn_predict` - weighted kNN class scores (DINO convention).
+- :func:`avssl.evaluators.linear_probe.fit_predict` - logistic-regression probe, L2 strength
+  chosen on a held-out part of the training split.
+- :func:`avssl.evaluators.retrieval.recall_at_k` and
+  :func:`avssl.evaluators.retrieval.cross_modal`.
+
+Around them: :mod:`~avssl.evaluators.features` (extraction + cache),
+:mod:`~avssl.evaluators.protocols` (``evaluation/*.yaml``), :mod:`~avssl.evaluators.report`
+and :mod:`~avssl.evaluators.run` (``avssl eval`` / ``make eval``).
+
+Submodules are imported on first use, so ``import avssl.evaluators`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "knn_predict": "avssl.evaluators.knn",
+    "fit_predict": "avssl.evaluators.linear_probe",
+    "recall_at_k": "avssl.evaluators.retrieval",
+    "cross_modal": "avssl.evaluators.retrieval",
+    "extract_features": "avssl.evaluators.features",
+    "load_protocol": "avssl.evaluators.protocols",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'avssl.evaluators' has no attribute {name!r}")

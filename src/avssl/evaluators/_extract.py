@@ -1,0 +1,97 @@
+"""The extraction loop: the loader's evaluation stream over chosen keys -> encoder features."""
+
+from __future__ import annotations
+
+import torch
+
+from avssl.cli import UserError
+from avssl.evaluators.cache import CachedFeatures
+
+
+def make_loader(
+    data: str, keys: list[str], prep: dict, num_clips: int, batch_size: int, num_workers: int
+):
+    """The loader's evaluation stream (every key once, K uniformly spaced centre-cropped clips)
+    restricted to ``keys``, in (shard, position) order."""
+    from avssl.data.datamodule import EpochLoader, build_processor
+    from avssl.data.sampling import EvalStream
+    from avssl.data.shards import SplitTable, resolve, shard_keys
+
+    source = resolve(data)
+    wanted = set(keys)
+    table = SplitTable(
+        list(source.shards), [[k for k in shard_keys(s) if k in wanted] for s in source.shards]
+    )
+    proc = build_processor(prep, "eval", num_clips, "aligned", train=False)
+    stream = EvalStream(
+        table, proc, batch_size, 0, 1, len(source.classes), source.multilabel, 0.0, 0
+    )
+    return EpochLoader(stream, num_workers=num_workers)
+
+
+def _encode(enc, x: torch.Tensor, mask: torch.Tensor, k: int, device, amp, what: str):
+    """Per-clip features ``[B, K, D]`` of the rows where ``mask`` is True (zeros elsewhere)."""
+    b = len(mask)
+    out = torch.zeros(b, k, enc.embed_dim)
+    if not bool(mask.any()):
+        return out
+    xs = x[mask] if k > 1 else x[mask].unsqueeze(1)  # [b', K, ...]
+    flat = xs.reshape(-1, *xs.shape[2:]).to(device, non_blocking=True)  # [b' * K, ...]
+    try:
+        with torch.inference_mode(), amp:
+            f = enc(flat).float()  # [b' * K, D]
+    except (RuntimeError, ValueError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{what} rejects the data's input of shape {list(flat.shape[1:])}: {msg}"
+        ) from None
+    out[mask] = f.cpu().reshape(-1, k, f.shape[-1])  # [b', K, D]
+    return out
+
+
+def run_encoders(
+    bundle, data, keys, modalities, num_clips, batch_size, num_workers, device, precision, progress
+) -> dict[str, CachedFeatures]:
+    """Runs the bundle's encoders over ``keys``; returns per-modality ``CachedFeatures``."""
+    from tqdm import tqdm
+
+    from avssl.evaluators.features import autocast
+
+    loader = make_loader(data, keys, bundle.preprocessing, num_clips, batch_size, num_workers)
+    encs = {m: bundle.encoders()[m].to(device).eval() for m in modalities}
+    feats: dict[str, list] = {m: [] for m in modalities}
+    masks: dict[str, list] = {m: [] for m in modalities}
+    out_keys, labels, failed = [], [], {}
+    bar = tqdm(total=len(keys), desc="features", unit="video", disable=not progress)
+    for batch in loader:
+        for m in modalities:
+            x, mask = (
+                (batch.audio, batch.audio_mask) if m == "audio" else (batch.video, batch.video_mask)
+            )
+            what = f"the {m} encoder of bundle {bundle.path}"
+            amp = autocast(device, precision)
+            feats[m].append(_encode(encs[m], x, mask, num_clips, device, amp, what))
+            masks[m].append(mask)
+        out_keys += batch.key
+        labels.append(batch.label)
+        skipped = batch.extra.get("skipped_keys", [])
+        failed.update({key: "could not be decoded (see the loader's warning)" for key in skipped})
+        bar.update(len(batch.key) + len(skipped))
+    bar.close()
+    seen = set(out_keys)
+    failed.update(
+        {k: "not yielded by the loader" for k in keys if k not in seen and k not in failed}
+    )
+    lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    return {
+        m: _collect(out_keys, feats[m], masks[m], lab, failed, encs[m].embed_dim)
+        for m in modalities
+    }
+
+
+def _collect(keys, feats, masks, labels, failed, dim) -> CachedFeatures:
+    if not feats:  # every requested sample failed
+        return CachedFeatures(
+            [], torch.zeros(0, 1, dim), torch.zeros(0, dtype=torch.bool), labels, dict(failed)
+        )
+    return CachedFeatures(list(keys), torch.cat(feats), torch.cat(masks), labels, dict(failed))

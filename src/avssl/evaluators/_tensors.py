@@ -1,0 +1,71 @@
+"""Small tensor helpers shared by the evaluators (array conversion, device choice, chunking)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # numpy array, torch tensor or nested list
+
+
+def as_features(x: ArrayLike, name: str = "x") -> torch.Tensor:
+    """Returns ``x`` as a 2-D floating tensor ``[N, D]`` (float64 kept, anything else float32)."""
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
+    if t.dtype != torch.float64:
+        t = t.float()
+    return t
+
+
+def as_labels(y: ArrayLike, n: int, name: str = "y") -> torch.Tensor:
+    """Returns ``y`` as a long tensor ``[n]`` of class ids (>= 0)."""
+    t = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y).long().reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} labels for {n} feature rows")
+    if n and int(t.min()) < 0:
+        raise ValueError(f"{name} contains negative (unknown) labels")
+    return t
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise L2 normalisation; all-zero rows stay zero."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def row_chunk(num_cols: int, budget_elems: int = 1 << 25) -> int:
+    """Rows per chunk so that a ``[rows, num_cols]`` block holds about ``budget_elems`` values."""
+    return max(1, budget_elems // max(1, num_cols))
+
+
+def topk_accuracy(scores: ArrayLike, labels: ArrayLike, ks: tuple[int, ...] = (1, 5)) -> dict:
+    """Top-k accuracy in percent for each k in ``ks`` (k capped at the number of classes).
+
+    Ties in the scores are resolved toward the lower class id (``torch.sort(stable=True)``).
+    """
+    s = torch.as_tensor(np.asarray(scores) if not torch.is_tensor(scores) else scores)
+    y = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long()
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices  # [N, C]
+    out = {}
+    for k in ks:
+        hit = (order[:, : min(k, s.shape[1])] == y[:, None]).any(dim=1)
+        out[f"top{k}"] = 100.0 * hit.double().mean().item() if len(y) else float("nan")
+    return out
+
+
+def confusion_matrix(pred: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
+    """Counts ``[C_true, C_pred]``."""
+    p = np.asarray(pred, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y, p), 1)
+    return cm

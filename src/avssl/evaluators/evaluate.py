@@ -1,0 +1,128 @@
+"""Runs a protocol end to end on an encoder bundle: features -> rounds -> results dict."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import avssl
+from avssl.cli import UserError
+from avssl.evaluators.features import JOINT_DOC, extract_features
+from avssl.evaluators.protocols import Protocol
+from avssl.evaluators.tasks import run_round, summarise
+
+
+def evaluate(
+    p: Protocol,
+    bundle,
+    data: str,
+    source,
+    keys: dict[str, list[str]],
+    modalities: tuple[str, ...],
+    name: str,
+    opts,
+) -> dict:
+    """Results of protocol ``p`` (see :func:`avssl.evaluators.run.main` for the checks before).
+
+    Args:
+        p: the protocol. bundle: ``EncoderBundle``. data: data folder. source: its DataSource.
+        keys: split name -> keys. modalities: encoders to run. name: encoder name (reports).
+        opts: ``batch_size``, ``num_workers``, ``device``, ``cache_dir``, ``no_cache``,
+            ``no_progress`` (the ``avssl eval`` arguments).
+    """
+    union = list(dict.fromkeys(k for ks in keys.values() for k in ks))
+    device = opts.device or None
+    t0 = time.time()
+    feats = extract_features(
+        bundle,
+        data,
+        union,
+        modalities,
+        num_clips=p.clips_per_video,
+        batch_size=opts.batch_size,
+        num_workers=opts.num_workers,
+        device=device,
+        cache_dir=None if opts.no_cache else opts.cache_dir,
+        progress=not opts.no_progress,
+    )
+    t_feat = time.time() - t0
+    for m in modalities:
+        if len(feats) and not bool(feats.masks[m].any()):
+            raise UserError(
+                f"{data} has no {m} in the splits of protocol {p.name}, but the "
+                f"protocol evaluates {', '.join(p.kinds)} features"
+            )
+    num_classes = len(source.classes) or int(feats.labels.max()) + 1
+    rounds = []
+    for kind in p.kinds:
+        for pair in p.splits:
+            fs_tr = feats.select([k for n in pair.train for k in keys[n]])
+            fs_te = feats.select(keys[pair.test])
+            rounds.append(run_round(p, fs_tr, fs_te, kind, pair, num_classes, device))
+    results = _header(p, bundle, data, source, name, num_classes)
+    results["features"].update(
+        modalities=list(modalities), num_samples=len(feats), seconds=round(t_feat, 1)
+    )
+    results.update(rounds=rounds, summary=summarise(rounds), skipped=feats.skipped)
+    results["notes"] = _notes(p, rounds, feats, source)
+    return results
+
+
+def _header(p: Protocol, bundle, data: str, source, name: str, num_classes: int) -> dict:
+    """What was evaluated: protocol, encoder, data, feature settings, versions."""
+    m = source.manifest
+    return {
+        "protocol": p.to_dict(),
+        "encoder": {
+            "name": name,
+            "path": str(bundle.path),
+            "provenance": bundle.provenance,
+            "embed_dim": bundle.embed_dim,
+        },
+        "data": {
+            "path": str(data),
+            "dataset": m.get("dataset"),
+            "num_samples": m.get("num_samples"),
+            "num_failed_at_prep": m.get("num_failed", 0),
+            "num_classes": num_classes,
+        },
+        "features": {
+            "clips_per_video": p.clips_per_video,
+            "aggregation": p.clip_aggregation,
+            "joint": JOINT_DOC,
+        },
+        "avssl_version": avssl.__version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
+    """Things a reader must know: left-out samples, missing modalities, prep failures."""
+    notes = []
+    if feats.skipped:
+        first = ", ".join(list(feats.skipped)[:10])
+        notes.append(
+            f"{len(feats.skipped)} sample(s) could not be decoded and are left out: "
+            f"{first}{' ...' if len(feats.skipped) > 10 else ''}"
+        )
+    for r in rounds:
+        miss = r.get("n_missing_modality", {})
+        if any(miss.values()):
+            notes.append(
+                f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
+                f"test sample(s) lack the {r['kind']} modality (zero features, kept)"
+            )
+        if r.get("n_without_both"):
+            notes.append(
+                f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "
+                "video and are left out of cross-modal retrieval"
+            )
+    failed = source.manifest.get("num_failed", 0)
+    if failed:
+        notes.append(
+            f"{failed} source file(s) failed at prep and are absent from the splits "
+            "(see manifest.json)"
+        )
+    return notes

@@ -1,0 +1,155 @@
+"""Linear probe: multinomial logistic regression on frozen features, full-batch L-BFGS in torch.
+
+Protocol (DESIGN section 5; linear evaluation as in SimCLR, Chen et al., 2020,
+https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
+
+1. Features are L2-normalised, then standardised per dimension with the mean and standard
+   deviation of the *training* split (the test split is transformed with those statistics).
+2. The objective is ``mean cross-entropy + lambda / 2 * ||W||^2`` (the bias is not penalised),
+   minimised with full-batch L-BFGS (strong Wolfe line search) until the largest gradient entry
+   is below ``tol``.
+3. ``lambda`` is chosen from a log-spaced sweep by top-1 accuracy on a held-out, stratified,
+   seeded part of the *training* split; ties go to the stronger regularisation. The probe is
+   then refit on the whole training split. The test split is never used to choose anything.
+
+``solver="sklearn"`` runs the same protocol with ``sklearn.linear_model.LogisticRegression``
+(lbfgs). scikit-learn minimises ``C * sum CE + ||W||^2 / 2``; dividing by ``C * N`` gives our
+objective, so ``C = 1 / (lambda * N)`` with N the number of samples being fitted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avssl.evaluators._lbfgs import minimize
+from avssl.evaluators._tensors import ArrayLike, as_features, as_labels, l2_normalize, pick_device
+
+# 1e-7 ... 1e0: one value per decade.
+DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-7, 1))
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -> list:
+    """L2-normalises rows, then standardises every dimension with the statistics of ``train``."""
+    train = l2_normalize(train)  # a new tensor: the in-place ops below are safe
+    mean = train.mean(0)
+    train.sub_(mean)
+    std = train.square().mean(0).sqrt_().clamp_min_(eps)  # population std (torch.std(0) is slow)
+    return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, held_out): about ``fraction`` of each class held out, at least one kept."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        held.append(idx[:n_val])
+        fit.append(idx[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def _fit_torch(
+    x: torch.Tensor, y: torch.Tensor, c: int, lam: float, init=None, max_iter=500, tol=1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimises mean CE + lam/2 ||W||^2 over (W [D, C], b [C]) with :mod:`._lbfgs`."""
+    theta = torch.zeros(x.shape[1] + 1, c, dtype=x.dtype, device=x.device)  # [D + 1, C]
+    if init is not None:
+        theta[:-1], theta[-1] = init[0], init[1]
+    theta, _ = minimize(theta, x, y, lam, max_iter=max_iter, tol=tol)
+    return theta[:-1], theta[-1]
+
+
+def _fit_sklearn(x, y, c, lam, init=None, max_iter=500, tol=1e-4):
+    """The same objective with scikit-learn's lbfgs; returns (W [D, C], b [C]) as tensors."""
+    from sklearn.linear_model import LogisticRegression
+
+    xn, yn = x.cpu().double().numpy(), y.cpu().numpy()
+    clf = LogisticRegression(C=1.0 / (lam * len(yn)), solver="lbfgs", max_iter=max_iter, tol=tol)
+    clf.fit(xn, yn)
+    coef = np.asarray(clf.coef_)
+    inter = np.asarray(clf.intercept_)
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax-equivalent is +-half
+        coef, inter = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-inter / 2, inter / 2])
+    w = torch.zeros(x.shape[1], c, dtype=torch.float64)
+    b = torch.full((c,), -1e9, dtype=torch.float64)  # classes absent from the fit never win
+    w[:, clf.classes_] = torch.from_numpy(coef.T)
+    b[clf.classes_] = torch.from_numpy(inter)
+    return w.to(x), b.to(x)
+
+
+SOLVERS = {"torch": _fit_torch, "sklearn": _fit_sklearn}
+
+
+def fit_predict(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    *,
+    lambdas: tuple[float, ...] | list[float] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    solver: str = "torch",
+    num_classes: int | None = None,
+    max_iter: int = 500,
+    tol: float = 1e-4,
+    device: str | torch.device | None = None,
+    return_info: bool = False,
+):
+    """Fits the linear probe on the training split and scores the test split.
+
+    Args:
+        train_x: ``[N, D]`` training features.
+        train_y: ``[N]`` class ids.
+        test_x: ``[M, D]`` test features.
+        lambdas: L2 strengths to sweep (default :data:`DEFAULT_LAMBDAS`); one value skips the
+            held-out selection.
+        val_fraction: fraction of each training class held out to choose lambda.
+        seed: seed of the held-out split.
+        solver: "torch" (L-BFGS here) or "sklearn" (parity check).
+        num_classes: C; defaults to ``max(train_y) + 1``.
+        max_iter: L-BFGS iteration cap per fit.
+        tol: stop when the largest absolute gradient entry is below this.
+        device: torch device; None -> CUDA when available.
+        return_info: also return a dict with the chosen lambda and held-out accuracies.
+
+    Returns:
+        float ``[M, C]`` logits on the CPU, or ``(logits, info)`` when ``return_info``.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    fit = SOLVERS[solver]
+    dev = pick_device(device)
+    xtr, xte = standardize(as_features(train_x, "train_x"), as_features(test_x, "test_x"))
+    ytr = as_labels(train_y, len(xtr), "train_y")
+    c = int(num_classes) if num_classes is not None else int(ytr.max()) + 1
+    xtr, ytr = xtr.to(dev), ytr.to(dev)
+    grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
+    info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
+    best, init = grid[0], None
+    if len(grid) > 1:
+        best, init, info["val_top1"] = _sweep(
+            fit, xtr, ytr, c, grid, val_fraction, seed, max_iter, tol
+        )
+    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
+    info["lambda"] = best
+    logits = torch.addmm(b, xte.to(dev, w.dtype), w).cpu()  # [M, C]
+    return (logits, info) if return_info else logits
+
+
+def _sweep(fit, x, y, c, grid, val_fraction, seed, max_iter, tol):
+    """Held-out top-1 per lambda (strong -> weak, warm-started): (best, its weights, accs)."""
+    fit_idx, val_idx = stratified_split(y.cpu().numpy(), val_fraction, seed)
+    if len(val_idx) == 0:
+        raise ValueError("the training split is too small to hold out a validation part")
+    fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)
+    accs, best, best_acc, best_wb, wb = {}, grid[0], -1.0, None, None
+    for lam in grid:
+        wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol)
+        pred = torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]).argmax(1)
+        acc = 100.0 * (pred == y[vi]).double().mean().item()
+        accs[lam] = acc
+        if acc > best_acc:  # strict: ties keep the stronger regularisation
+            best, best_acc, best_wb = lam, acc, wb
+    return best, best_wb, accs

@@ -1,0 +1,129 @@
+"""PNG plots of an evaluation (matplotlib, Agg backend): a row-normalised confusion matrix and
+sorted per-class accuracy (summed over the rounds of a feature kind), or recall@k curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from avssl.evaluators.protocols import Protocol
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_plots(out: Path, results: dict, p: Protocol, class_names: list[str]) -> list[Path]:
+    """Writes the protocol's plots into ``out``; returns their paths."""
+    written = []
+    kinds = list(dict.fromkeys(r["kind"] for r in results["rounds"]))
+    for kind in kinds:
+        rounds = [r for r in results["rounds"] if r["kind"] == kind]
+        title = f"{p.name} ({results['encoder']['name']}), {kind}"
+        if "confusion" in rounds[0]:
+            cm = np.sum([np.asarray(r["confusion"]) for r in rounds], axis=0)
+            names = class_names if len(class_names) == len(cm) else [str(i) for i in range(len(cm))]
+            sub = f"{len(rounds)} split(s) pooled" + (
+                f", k={p.classifier['k'][0]}" if p.type == "knn" else ""
+            )
+            written.append(
+                confusion_png(cm, names, out / f"confusion_{kind}.png", f"{title}\n{sub}")
+            )
+            written.append(
+                per_class_png(cm, names, out / f"per_class_accuracy_{kind}.png", f"{title}\n{sub}")
+            )
+        else:
+            written.append(recall_png(rounds, out / f"recall_at_k_{kind}.png", title))
+    return written
+
+
+def confusion_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted class)."""
+    plt = _plt()
+    c = len(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.25 * c, 24)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if c <= 60:
+        ax.set_xticks(range(c), names, rotation=90, fontsize=max(4, 10 - c // 10))
+        ax.set_yticks(range(c), names, fontsize=max(4, 10 - c // 10))
+    if c <= 12:
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    colour = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """Per-class accuracy (recall), sorted, with the mean as a line."""
+    plt = _plt()
+    totals = cm.sum(axis=1)
+    present = np.flatnonzero(totals)
+    acc = 100.0 * cm.diagonal()[present] / totals[present]
+    order = np.argsort(acc, kind="stable")
+    height = min(2 + 0.22 * len(present), 30)
+    fig, ax = plt.subplots(figsize=(8, height))
+    ax.barh(range(len(order)), acc[order], color="tab:blue")
+    ax.set_yticks(
+        range(len(order)), [names[present[i]] for i in order], fontsize=max(4, 9 - len(order) // 30)
+    )
+    if len(acc):
+        ax.axvline(
+            acc.mean(),
+            color="tab:red",
+            linestyle="--",
+            label=f"mean over classes {acc.mean():.1f} %",
+        )
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def recall_png(rounds: list[dict], path: Path, title: str) -> Path:
+    """Recall@k curves, one line per round and direction."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rounds:
+        groups: dict[str, list[tuple[int, float]]] = {}
+        for key, v in r["metrics"].items():
+            if "R@" in key:
+                prefix, k = key.split("R@")
+                groups.setdefault(prefix.rstrip("_") or r["split"], []).append((int(k), v))
+        for name, pts in groups.items():
+            ks, vs = zip(*sorted(pts))
+            ax.plot(ks, vs, marker="o", label=f"{r['split']} {name}".strip())
+    ax.set_xscale("log")
+    ticks = sorted({int(k.split("R@")[1]) for r in rounds for k in r["metrics"] if "R@" in k})
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,242 @@
+"""Evaluation protocols: ``evaluation/<name>.yaml`` files, loaded and validated.
+
+A protocol names the dataset, the feature kind(s) (``audio``, ``video``, ``joint``; or
+``audio-video`` for cross-modal retrieval), the (train, test) split pairs, the clips per video
+and how they are aggregated, the classifier settings and the metrics::
+
+    name: ucf101_linear
+    dataset: ucf101
+    data: shards/ucf101            # default for --data
+    modality: video                # or a list, e.g. [audio, video, joint]
+    clips_per_video: 10
+    clip_aggregation: mean_features  # or mean_scores (linear / knn only)
+    splits:                        # train may be a list (ESC-50: the other four folds)
+      - {name: split1, train: train1, test: test1}
+    classifier: {type: linear, lambdas: [1.0e-6, ...], val_fraction: 0.2, seed: 0}
+    metrics: [top1, top5]
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avssl.cli import UserError
+from avssl.evaluators.linear_probe import DEFAULT_LAMBDAS
+
+KINDS = ("audio", "video", "joint")
+AGGREGATIONS = ("mean_features", "mean_scores")
+TOP_KEYS = {
+    "name",
+    "dataset",
+    "description",
+    "data",
+    "modality",
+    "splits",
+    "clips_per_video",
+    "clip_aggregation",
+    "classifier",
+    "metrics",
+    "notes",
+}
+CLASSIFIERS: dict[str, dict[str, Any]] = {
+    "linear": {
+        "lambdas": list(DEFAULT_LAMBDAS),
+        "val_fraction": 0.2,
+        "seed": 0,
+        "max_iter": 500,
+        "tol": 1e-4,
+        "solver": "torch",
+    },
+    "knn": {"k": [20, 200], "temperature": 0.07},
+    "retrieval": {"ks": [1, 5, 10, 20, 50]},
+    "cross_modal": {"ks": [1, 5, 10], "max_items": None, "seed": 0},
+}
+METRICS = {
+    "linear": ("top1", "top5", "mean_class_acc"),
+    "knn": ("top1", "top5", "mean_class_acc"),
+    "retrieval": ("recall",),
+    "cross_modal": ("recall", "medr"),
+}
+
+
+@dataclass
+class SplitPair:
+    """One evaluation round: fit on ``train`` (list of split names), score ``test``."""
+
+    name: str
+    test: str
+    train: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Protocol:
+    name: str
+    dataset: str
+    kinds: list[str]
+    splits: list[SplitPair]
+    classifier: dict
+    metrics: list[str]
+    clips_per_video: int = 1
+    clip_aggregation: str = "mean_features"
+    data: str | None = None
+    description: str = ""
+    path: str = ""
+
+    @property
+    def type(self) -> str:
+        return self.classifier["type"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def search_dirs() -> list[Path]:
+    """Where protocol names are looked up: $AVSSL_EVAL_DIR, ./evaluation, the checkout's."""
+    dirs = [Path(p) for p in os.environ.get("AVSSL_EVAL_DIR", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "evaluation", Path(__file__).resolve().parents[3] / "evaluation"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def known_protocols() -> list[str]:
+    return sorted({p.stem for d in search_dirs() for p in d.glob("*.yaml")})
+
+
+def find_protocol(name: str) -> Path:
+    """Path of protocol ``name`` (a name in the search dirs, or a path to a yaml file)."""
+    if not name:
+        raise UserError(f"--protocol is required; known protocols: {', '.join(known_protocols())}")
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in name:
+        if not p.is_file():
+            raise UserError(f"protocol file not found: {p}")
+        return p
+    for d in search_dirs():
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise UserError(f"unknown protocol {name!r}; known protocols: {', '.join(known_protocols())}")
+
+
+def load_protocol(name: str) -> Protocol:
+    """Loads and validates a protocol by name or path; raises ``UserError`` naming the file."""
+    import yaml
+
+    path = find_protocol(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        return parse_protocol(raw, str(path))
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: {err}") from None
+
+
+def parse_protocol(raw: Any, path: str = "<dict>") -> Protocol:
+    """Validates a protocol dict (raises ValueError/TypeError with the offending setting)."""
+    if not isinstance(raw, dict):
+        raise ValueError("a protocol must be a mapping")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(TOP_KEYS)}")
+    for key in ("name", "dataset", "modality", "splits", "classifier"):
+        if key not in raw:
+            raise ValueError(f"missing required key {key!r}")
+    clf = _classifier(raw["classifier"])
+    kinds = _kinds(raw["modality"], clf["type"])
+    metrics = [str(m) for m in raw.get("metrics") or METRICS[clf["type"]][:2]]
+    bad = [m for m in metrics if m not in METRICS[clf["type"]]]
+    if bad:
+        raise ValueError(f"metrics {bad} do not apply to {clf['type']}: {METRICS[clf['type']]}")
+    agg = str(raw.get("clip_aggregation", "mean_features"))
+    if agg not in AGGREGATIONS or (agg == "mean_scores" and clf["type"] not in ("linear", "knn")):
+        raise ValueError(
+            f"clip_aggregation {agg!r}: use mean_features (or mean_scores for linear/knn)"
+        )
+    clips = int(raw.get("clips_per_video", 1))
+    if clips < 1:
+        raise ValueError(f"clips_per_video must be >= 1, got {clips}")
+    return Protocol(
+        str(raw["name"]),
+        str(raw["dataset"]),
+        kinds,
+        _splits(raw["splits"], clf["type"]),
+        clf,
+        metrics,
+        clips,
+        agg,
+        raw.get("data"),
+        str(raw.get("description", "")).strip(),
+        path,
+    )
+
+
+def _kinds(value: Any, ctype: str) -> list[str]:
+    kinds = [str(v) for v in (value if isinstance(value, list) else [value])]
+    if ctype == "cross_modal":
+        if kinds != ["audio-video"]:
+            raise ValueError("cross_modal protocols take modality: audio-video")
+        return kinds
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"modality {bad or value!r}: choose from {list(KINDS)} (or a list)")
+    return kinds
+
+
+def _classifier(value: Any) -> dict:
+    if not isinstance(value, dict) or value.get("type") not in CLASSIFIERS:
+        raise ValueError(f"classifier.type must be one of {sorted(CLASSIFIERS)}")
+    ctype = value["type"]
+    defaults = CLASSIFIERS[ctype]
+    unknown = sorted(set(value) - set(defaults) - {"type"})
+    if unknown:
+        raise ValueError(
+            f"classifier: unknown key(s) {unknown} for {ctype}; allowed: {sorted(defaults)}"
+        )
+    out = {"type": ctype, **defaults, **{k: v for k, v in value.items() if k != "type"}}
+    for key in ("lambdas", "k", "ks"):
+        if key in out:
+            out[key] = [float(v) if key == "lambdas" else int(v) for v in _as_list(out[key])]
+            if not out[key] or min(out[key]) <= 0:
+                raise ValueError(f"classifier.{key} must be a non-empty list of positive values")
+    for key in ("temperature", "tol"):
+        if key in out and float(out[key]) <= 0:
+            raise ValueError(f"classifier.{key} must be positive")
+    if ctype == "linear":
+        if not 0.0 < float(out["val_fraction"]) < 1.0:
+            raise ValueError("classifier.val_fraction must be in (0, 1)")
+        if out["solver"] not in ("torch", "sklearn"):
+            raise ValueError("classifier.solver must be 'torch' or 'sklearn'")
+    return out
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _splits(value: Any, ctype: str) -> list[SplitPair]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("splits must be a non-empty list of {train, test} entries")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or "test" not in entry:
+            raise ValueError(f"splits[{i}] must be a mapping with at least 'test'")
+        unknown = sorted(set(entry) - {"name", "train", "test"})
+        if unknown:
+            raise ValueError(f"splits[{i}]: unknown key(s) {unknown}")
+        train = [str(t) for t in _as_list(entry.get("train") or [])]
+        if ctype != "cross_modal" and not train:
+            raise ValueError(f"splits[{i}] needs a 'train' split for {ctype}")
+        test = str(entry["test"])
+        if test in train:
+            raise ValueError(f"splits[{i}]: test split {test!r} is also a train split")
+        out.append(SplitPair(str(entry.get("name", test)), test, train))
+    return out

@@ -1,0 +1,141 @@
+"""Evaluation reports: ``results.json``, ``results.md`` (a Markdown table that states the
+protocol exactly) and PNG plots (confusion matrix, per-class accuracy, recall@k)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from avssl.evaluators.features import JOINT_DOC
+from avssl.evaluators.protocols import Protocol
+
+
+def columns(p: Protocol, keys: list[str]) -> list[tuple[str, str]]:
+    """(metric key, column header) of the protocol's metrics, in the rounds' key order."""
+    out = []
+    for key in keys:
+        if p.type in ("linear", "knn"):
+            metric = key.split("_", 1)[1] if p.type == "knn" else key
+            if metric in p.metrics:
+                header = key.replace("_", " ", 1) if p.type == "knn" else key
+                out.append((key, header.replace("k", "k=", 1) if p.type == "knn" else header))
+        elif ("R@" in key and "recall" in p.metrics) or (
+            key.endswith("medr") and "medr" in p.metrics
+        ):
+            out.append((key, key.replace("_", " ")))
+    return out
+
+
+def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
+    """One paragraph stating splits, clips, classifier settings and what was chosen."""
+    c = p.classifier
+    pairs = "; ".join(f"{s.name}: {'+'.join(s.train) or '-'} -> {s.test}" for s in p.splits)
+    agg = (
+        "clip features averaged"
+        if p.clip_aggregation == "mean_features"
+        else "softmax scores averaged over clips"
+    )
+    parts = [
+        f"Protocol `{p.name}` ({p.path}): dataset {p.dataset}; splits (train -> test): {pairs}.",
+        f"Features: {', '.join(p.kinds)}; {p.clips_per_video} uniformly spaced clip(s) per "
+        f"video, centre crop, {agg}.",
+    ]
+    if "joint" in p.kinds:
+        parts.append(JOINT_DOC[0].upper() + JOINT_DOC[1:] + ".")
+    if p.type == "linear":
+        chosen = ", ".join(f"{r['kind']}/{r['split']}: {r['lambda']:.0e}" for r in rounds)
+        parts.append(
+            "Classifier: multinomial logistic regression (full-batch L-BFGS, tol "
+            f"{c['tol']:g}, solver {c['solver']}); features L2-normalised, then standardised "
+            f"with train statistics; L2 strength lambda (mean CE + lambda/2 ||W||^2) chosen from "
+            f"{[float(f'{v:.0e}') for v in c['lambdas']]} by top-1 on a stratified "
+            f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}), then refit on the "
+            f"whole train split. Chosen lambda: {chosen}. The test split chooses nothing."
+        )
+    elif p.type == "knn":
+        parts.append(
+            f"Classifier: weighted kNN, cosine similarity, k in {c['k']}, vote weight "
+            f"exp(sim / T) with T = {c['temperature']} (DINO / solo-learn convention)."
+        )
+    elif p.type == "retrieval":
+        parts.append(
+            f"Retrieval: test videos query the train videos by cosine similarity; R@k for k in "
+            f"{c['ks']} = % of queries with a same-class video among the k nearest (VCOP); "
+            "ties counted against the query."
+        )
+    else:
+        parts.append(
+            f"Cross-modal retrieval: audio->video and video->audio on the test split, item i "
+            f"matches item i; R@k for k in {c['ks']} and median rank (1-based, ties counted "
+            f"against the query); max items: {c.get('max_items') or 'all'}."
+        )
+    return " ".join(parts)
+
+
+def to_markdown(results: dict, p: Protocol) -> str:
+    """The results table (one row per round, plus the mean per feature kind)."""
+    rounds = results["rounds"]
+    cols = columns(p, list(rounds[0]["metrics"]))
+    head = ["features", "split", "train -> test", "n train/test"] + [h for _, h in cols]
+    lines = [
+        f"## {p.name}: {results['encoder']['name']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rounds:
+        pair = f"{'+'.join(r['train']) or '-'} -> {r['test']}"
+        n = f"{r['n_train']}/{r['n_test']}"
+        vals = [_fmt(r["metrics"][k]) for k, _ in cols]
+        lines.append("| " + " | ".join([r["kind"], r["split"], pair, n, *vals]) + " |")
+        if len([x for x in rounds if x["kind"] == r["kind"]]) > 1 and r is _last(rounds, r):
+            mean = results["summary"][r["kind"]]
+            count = sum(x["kind"] == r["kind"] for x in rounds)
+            vals = [f"**{_fmt(mean[k])}**" for k, _ in cols]
+            lines.append(
+                "| " + " | ".join([r["kind"], f"**mean of {count}**", "", "", *vals]) + " |"
+            )
+    lines += ["", describe_protocol(p, rounds)]
+    notes = results.get("notes", [])
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _last(rounds: list[dict], r: dict) -> dict:
+    return [x for x in rounds if x["kind"] == r["kind"]][-1]
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:.1f}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def write_report(out: Path, results: dict, p: Protocol, class_names: list[str]) -> list[Path]:
+    """Writes results.json, results.md and the plots into ``out``; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    md = to_markdown(results, p)
+    (out / "results.md").write_text(md)
+    written.append(out / "results.md")
+    from avssl.evaluators import plots
+
+    written += plots.make_plots(out, results, p, class_names)
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    written.insert(0, out / "results.json")
+    return written
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, float) and x != x:
+        return None
+    return x

@@ -1,0 +1,145 @@
+"""``avssl eval --protocol P --encoder E --data D [--out O]`` (``make eval``).
+
+Loads the protocol (``evaluation/<P>.yaml``) and the encoder bundle (or training checkpoint),
+checks that they fit the data, extracts (or reads from the cache) the features of every sample
+the protocol's splits name, runs the classifier of each round, and writes ``results.json``,
+``results.md`` and plots into ``O`` (default ``eval_out/<protocol>/<encoder name>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from avssl.cli import UserError
+from avssl.evaluators.protocols import Protocol, load_protocol
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="avssl eval", description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", default="", help="protocol name (evaluation/<name>.yaml) or path")
+    ap.add_argument("--encoder", default="", help="encoder bundle folder or training checkpoint")
+    ap.add_argument("--data", default="", help="prepared dataset folder (default: the protocol's)")
+    ap.add_argument("--out", default="", help="output folder (default eval_out/<protocol>/<enc>)")
+    ap.add_argument("--device", default="", help="torch device (default: cuda when available)")
+    ap.add_argument("--batch-size", type=int, default=16, help="samples per extraction batch")
+    ap.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
+    ap.add_argument("--cache-dir", default="eval_out/cache", help="feature cache folder")
+    ap.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
+    return args
+
+
+def encoder_name(path: str) -> str:
+    """Bundle folder name, or ``<run folder>_<checkpoint stem>`` for a checkpoint file."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file() and p.name == "config.json":
+        p = p.parent
+    return p.name if p.is_dir() else f"{p.parent.name}_{p.stem}"
+
+
+def open_data(p: Protocol, data: str):
+    """The data source; its dataset must be the protocol's."""
+    from avssl.data.shards import resolve
+
+    if not data:
+        raise UserError(f"no --data given and protocol {p.name} names no default data folder")
+    try:
+        source = resolve(data)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"--data {data}: {err} (prepare it with make prep)") from None
+    found = source.manifest.get("dataset")
+    if found is not None and found != p.dataset:
+        raise UserError(
+            f"protocol {p.name} is for dataset {p.dataset!r} but {data} holds "
+            f"{found!r}; choose a {found}_* protocol or other data"
+        )
+    return source
+
+
+def split_keys(source, p: Protocol) -> dict[str, list[str]]:
+    """Keys of every split the protocol names; keys absent from the shards are an error."""
+    from avssl.data.shards import shard_keys
+
+    names = list(dict.fromkeys(n for s in p.splits for n in [*s.train, s.test]))
+    keys = {}
+    for name in names:
+        try:
+            keys[name] = source.split_keys(name)
+        except FileNotFoundError as err:
+            raise UserError(f"protocol {p.name}: {err}") from None
+    present = {k for s in source.shards for k in shard_keys(s)}
+    for name, ks in keys.items():
+        missing = [k for k in ks if k not in present]
+        if missing:
+            path = Path(source.root or ".") / "splits" / f"{name}.txt"
+            raise UserError(
+                f"{path} names {len(missing)} key(s) absent from the shards: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+            )
+    return keys
+
+
+def check_bundle(bundle, p: Protocol) -> tuple[str, ...]:
+    """The modalities the protocol needs; the bundle must have them and accept their inputs."""
+    needed = set()
+    for kind in p.kinds:
+        needed |= {"audio", "video"} if kind in ("joint", "audio-video") else {kind}
+    mods = tuple(m for m in ("audio", "video") if m in needed)
+    prep = bundle.preprocessing
+    for m in mods:
+        enc = bundle.encoders().get(m)
+        if enc is None:
+            raise UserError(
+                f"encoder bundle {bundle.path} has no {m} encoder, but protocol "
+                f"{p.name} evaluates {', '.join(p.kinds)} features"
+            )
+        cfg = bundle.config.get(m) or {}
+        patch = int(cfg.get("patch_size", 1))
+        if m == "audio":
+            fb = prep.get("fbank", {})
+            shape = (int(fb.get("target_frames", 0)), int(fb.get("num_mel_bins", 0)))
+            need = (patch, patch)
+        else:
+            shape = (int(prep.get("num_frames", 0)), int(prep.get("crop_size", 0)))
+            need = (int(cfg.get("tubelet_size", 1)), patch)
+        if any(s <= 0 or s % n for s, n in zip(shape, need)):
+            raise UserError(
+                f"encoder bundle {bundle.path}: its {m} encoder needs input sizes "
+                f"divisible by {need}, its preprocessing gives {shape}"
+            )
+    return mods
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``avssl eval``; returns 0, raises ``UserError`` on bad input."""
+    from avssl.evaluators.evaluate import evaluate
+
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    p = load_protocol(args.protocol)
+    if not args.encoder:
+        raise UserError("--encoder is required (an encoder bundle folder or a checkpoint)")
+    data = args.data or (p.data or "")
+    source = open_data(p, data)
+    keys = split_keys(source, p)
+    from avssl.export import load_encoder
+
+    bundle = load_encoder(args.encoder)
+    mods = check_bundle(bundle, p)
+    name = encoder_name(args.encoder)
+    out = Path(args.out) if args.out else Path("eval_out") / p.name / name
+    t0 = time.time()
+    results = evaluate(p, bundle, data, source, keys, mods, name, args)
+    from avssl.evaluators.report import to_markdown, write_report
+
+    written = write_report(out, results, p, source.classes)
+    print(to_markdown(results, p))
+    print(f"[eval] {p.name} on {name} in {time.time() - t0:.0f} s; wrote:")
+    for path in written:
+        print(f"[eval]   {path}")
+    return 0

@@ -1,0 +1,156 @@
+"""One protocol round = (feature kind, split pair) -> metrics, for each classifier type."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avssl.cli import UserError
+from avssl.evaluators._tensors import confusion_matrix, topk_accuracy
+from avssl.evaluators.features import FeatureSet
+from avssl.evaluators.knn import knn_predict
+from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.protocols import Protocol, SplitPair
+from avssl.evaluators.retrieval import cross_modal, recall_at_k
+
+
+def _labels(fs: FeatureSet, split: str) -> torch.Tensor:
+    y = fs.labels
+    if y.ndim != 1:
+        raise UserError(f"split {split!r} is multi-label: linear/kNN/retrieval need one class")
+    if len(y) and int(y.min()) < 0:
+        raise UserError(f"split {split!r} has {int((y < 0).sum())} samples without a label")
+    return y
+
+
+def _mean_class_acc(pred: torch.Tensor, y: torch.Tensor) -> float:
+    accs = [(pred[y == c] == c).double().mean().item() for c in torch.unique(y).tolist()]
+    return 100.0 * float(np.mean(accs)) if accs else float("nan")
+
+
+def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str) -> torch.Tensor:
+    """Class scores of the test rows; ``mean_scores`` averages softmax scores over K clips."""
+    if aggregate == "mean_features":
+        return fn(fs_te.get(kind))
+    clips = fs_te.get(kind, per_clip=True)  # [M, K, D]
+    m, k = clips.shape[:2]
+    s = fn(clips.reshape(m * k, -1))  # [M * K, C]
+    return s.double().softmax(dim=1).reshape(m, k, -1).mean(dim=1)  # [M, C]
+
+
+def _classification(scores: torch.Tensor, y: torch.Tensor, prefix: str = "") -> dict:
+    metrics = {f"{prefix}{k}": v for k, v in topk_accuracy(scores, y, (1, 5)).items()}
+    pred = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, 0]
+    metrics[f"{prefix}mean_class_acc"] = _mean_class_acc(pred, y)
+    return {"metrics": metrics, "pred": pred}
+
+
+def run_round(
+    p: Protocol,
+    fs_tr: FeatureSet,
+    fs_te: FeatureSet,
+    kind: str,
+    pair: SplitPair,
+    num_classes: int,
+    device,
+) -> dict:
+    """Metrics of one round plus what the report needs (predictions, chosen settings)."""
+    clf = p.classifier
+    info: dict = {
+        "kind": kind,
+        "split": pair.name,
+        "train": pair.train,
+        "test": pair.test,
+        "n_train": len(fs_tr),
+        "n_test": len(fs_te),
+    }
+    if p.type == "cross_modal":
+        return {**info, **_cross_modal(p, fs_te)}
+    y_te = _labels(fs_te, pair.test)
+    y_tr = _labels(fs_tr, "+".join(pair.train))
+    info["n_missing_modality"] = {
+        "train": int((~fs_tr.mask(kind)).sum()),
+        "test": int((~fs_te.mask(kind)).sum()),
+    }
+    x_tr = fs_tr.get(kind)
+    if p.type == "retrieval":
+        info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, clf["ks"], device)
+        return info
+    classify = _linear if p.type == "linear" else _knn
+    out = classify(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
+    info.update(out.get("extra", {}))
+    info["metrics"] = out["metrics"]
+    info["confusion"] = confusion_matrix(out["pred"].numpy(), y_te.numpy(), num_classes)
+    return info
+
+
+def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
+    """Linear probe: metrics, predictions and the chosen lambda with its held-out accuracies."""
+    clf, holder = p.classifier, {}
+
+    def probe(x_te: torch.Tensor) -> torch.Tensor:
+        s, holder["info"] = fit_predict(
+            x_tr,
+            y_tr,
+            x_te,
+            lambdas=clf["lambdas"],
+            val_fraction=clf["val_fraction"],
+            seed=clf["seed"],
+            solver=clf["solver"],
+            num_classes=num_classes,
+            max_iter=clf["max_iter"],
+            tol=clf["tol"],
+            device=device,
+            return_info=True,
+        )
+        return s
+
+    out = _classification(_scores(probe, fs_te, kind, p.clip_aggregation), y_te)
+    info = holder["info"]
+    out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1")}
+    return out
+
+
+def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
+    """Weighted kNN: metrics for every k, predictions of the first k (for the plots)."""
+    clf, metrics, pred = p.classifier, {}, None
+    for k in clf["k"]:
+
+        def vote(x_te: torch.Tensor, k: int = k) -> torch.Tensor:
+            return knn_predict(x_tr, y_tr, x_te, k, clf["temperature"], num_classes, device=device)
+
+        res = _classification(_scores(vote, fs_te, kind, p.clip_aggregation), y_te, f"k{k}_")
+        metrics.update(res["metrics"])
+        pred = res["pred"] if pred is None else pred
+    return {"metrics": metrics, "pred": pred}
+
+
+def _cross_modal(p: Protocol, fs: FeatureSet) -> dict:
+    both = fs.mask("audio") & fs.mask("video")
+    idx = torch.nonzero(both).flatten()
+    cap = p.classifier.get("max_items")
+    if cap is not None and len(idx) > int(cap):
+        gen = torch.Generator().manual_seed(int(p.classifier.get("seed", 0)))
+        idx = idx[torch.randperm(len(idx), generator=gen)[: int(cap)]].sort().values
+    a, v = fs.get("audio")[idx], fs.get("video")[idx]
+    if a.shape[1] != v.shape[1]:
+        raise UserError(
+            f"cross-modal retrieval needs audio and video embeddings of the same size, got "
+            f"D={a.shape[1]} (audio) and D={v.shape[1]} (video)"
+        )
+    if len(idx) == 0:
+        raise UserError("no test sample has both audio and video: cross-modal retrieval is empty")
+    return {
+        "n_items": len(idx),
+        "n_without_both": int((~both).sum()),
+        "metrics": cross_modal(a, v, tuple(p.classifier["ks"])),
+    }
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Mean of every metric over the rounds of each feature kind."""
+    out: dict = {}
+    for kind in dict.fromkeys(r["kind"] for r in rounds):
+        rs = [r["metrics"] for r in rounds if r["kind"] == kind]
+        out[kind] = {m: float(np.mean([r[m] for r in rs])) for m in rs[0]}
+    return out

@@ -1,0 +1,30 @@
+"""bench/eval.py --quick runs; both comparisons reach the same accuracy (no timing asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "eval.py"
+
+
+def test_bench_eval_quick(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_eval", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["n_train"] == 5000 and res["config"]["dim"] == 64
+    for name in ("knn", "probe"):
+        r = res[name]
+        assert r["avssl_s"] > 0 and r["sklearn_s"] > 0
+        assert r["speedup"] == r["sklearn_s"] / r["avssl_s"]
+        assert 30 < r["sklearn_top1"] < 100  # noisy enough for accuracy to mean something
+        assert abs(r["avssl_top1"] - r["sklearn_top1"]) <= 1.0
+        assert r["agreement"] >= 97.0
+    assert res["knn"]["agreement"] >= 99.0  # same neighbours up to float rounding
+    assert 0 < res["probe"]["sweep_top1"] <= 100
+    text = capsys.readouterr().out
+    assert "speed-up" in text and "sklearn" in text

@@ -1,0 +1,92 @@
+"""The torch logistic-regression probe against scikit-learn, and its train-only selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from avssl.evaluators._lbfgs import loss_grad
+from avssl.evaluators.linear_probe import fit_predict, standardize, stratified_split
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """20 overlapping Gaussian classes in 32-D: top-1 well below 100 %."""
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(20, 32))
+    ytr, yte = rng.integers(0, 20, 1200), rng.integers(0, 20, 1000)
+    xtr = (means[ytr] + 1.7 * rng.normal(size=(1200, 32))).astype(np.float32)
+    xte = (means[yte] + 1.7 * rng.normal(size=(1000, 32))).astype(np.float32)
+    return xtr, ytr, xte, yte
+
+
+def _sklearn(xtr, ytr, xte, lam):
+    a, b = standardize(torch.from_numpy(xtr).double(), torch.from_numpy(xte).double())
+    clf = LogisticRegression(C=1.0 / (lam * len(ytr)), solver="lbfgs", max_iter=1000, tol=1e-7)
+    clf.fit(a.numpy(), ytr)
+    return clf, a, b
+
+
+@pytest.mark.parametrize("lam", [1e-2, 1e-4])
+def test_agrees_with_sklearn(problem, lam):
+    xtr, ytr, xte, yte = problem
+    clf, a, b = _sklearn(xtr, ytr, xte, lam)
+    acc_sk = 100 * (clf.predict(b.numpy()) == yte).mean()
+    scores = fit_predict(xtr, ytr, xte, lambdas=[lam], tol=1e-6, device="cpu")
+    pred = scores.argmax(1).numpy()
+    acc = 100 * (pred == yte).mean()
+    assert 40 < acc_sk < 95  # a problem where the probe matters
+    assert abs(acc - acc_sk) <= 0.5
+    assert (pred == clf.predict(b.numpy())).mean() >= 0.98
+    # C = 1 / (lambda N): sklearn's optimum is (up to tolerance) the optimum of our objective
+    theta_sk = torch.cat([torch.from_numpy(clf.coef_.T), torch.from_numpy(clf.intercept_)[None]])
+    f_sk = loss_grad(theta_sk, a, torch.from_numpy(ytr), lam)[0].item()
+    grad_ours = loss_grad(theta_sk, a, torch.from_numpy(ytr), lam)[1]
+    assert grad_ours.abs().max().item() < 1e-6  # sklearn's solution is stationary for ours
+    assert f_sk > 0
+
+
+def test_sklearn_solver_option_matches_sklearn(problem):
+    xtr, ytr, xte, yte = problem
+    clf, _, b = _sklearn(xtr, ytr, xte, 1e-3)
+    scores = fit_predict(xtr, ytr, xte, lambdas=[1e-3], solver="sklearn", tol=1e-7, max_iter=1000)
+    assert (scores.argmax(1).numpy() == clf.predict(b.numpy())).mean() >= 0.99
+
+
+def test_sweep_uses_only_the_train_split(problem):
+    xtr, ytr, xte, yte = problem
+    s1, info1 = fit_predict(xtr, ytr, xte, return_info=True, device="cpu")
+    noise = np.random.default_rng(5).normal(size=xte.shape).astype(np.float32)
+    s2, info2 = fit_predict(xtr, ytr, noise, return_info=True, device="cpu")
+    assert info1["lambda"] == info2["lambda"] and info1["val_top1"] == info2["val_top1"]
+    assert info1["lambda"] in info1["lambdas"] and len(info1["val_top1"]) == 8
+    # the same probe scores the shared test rows identically whatever else is in test_x
+    both = np.concatenate([xte[:10], noise[:5]])
+    s3 = fit_predict(xtr, ytr, both, device="cpu")
+    torch.testing.assert_close(s3[:10], s1[:10])
+    acc = 100 * (s1.argmax(1).numpy() == yte).mean()
+    assert acc > 60
+
+
+def test_stratified_split_is_seeded_and_stratified():
+    y = np.repeat(np.arange(4), [10, 5, 2, 1])
+    fit, held = stratified_split(y, 0.2, seed=3)
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(len(y)))
+    assert np.bincount(y[held], minlength=4).tolist() == [2, 1, 0, 0]  # round(0.2 n), 1 kept
+    assert np.array_equal(held, stratified_split(y, 0.2, seed=3)[1])
+    assert not np.array_equal(held, stratified_split(y, 0.2, seed=4)[1])
+
+
+def test_standardize_uses_train_statistics():
+    tr = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    te = torch.tensor([[6.0, 8.0]])
+    a, b = standardize(tr, te)
+    torch.testing.assert_close(a.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(b, a[:1])  # same direction as train row 0 -> same features
+
+
+def test_bad_solver():
+    with pytest.raises(ValueError, match="solver"):
+        fit_predict(np.ones((4, 2)), np.array([0, 1, 0, 1]), np.ones((1, 2)), solver="svm")

@@ -1,0 +1,110 @@
+"""evaluation/*.yaml: every protocol loads, says what the papers do, and bad files fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from avssl.cli import UserError
+from avssl.evaluators.protocols import find_protocol, known_protocols, load_protocol
+
+REQUIRED = [
+    "ucf101_linear",
+    "hmdb51_linear",
+    "ucf101_knn",
+    "hmdb51_knn",
+    "ucf101_retrieval",
+    "hmdb51_retrieval",
+    "esc50_linear",
+    "vggsound_av_retrieval",
+    "kinetics_sounds_linear",
+    "synthetic_linear",
+    "synthetic_knn",
+    "synthetic_retrieval",
+    "synthetic_av_retrieval",
+]
+
+
+def test_all_protocols_load():
+    names = known_protocols()
+    assert set(REQUIRED) <= set(names)
+    for name in names:
+        p = load_protocol(name)
+        assert p.name == name == find_protocol(name).stem
+
+
+@pytest.mark.parametrize("name", ["ucf101_linear", "hmdb51_linear", "synthetic_linear"])
+def test_three_official_splits(name):
+    p = load_protocol(name)
+    assert [(s.train, s.test) for s in p.splits] == [
+        (["train1"], "test1"),
+        (["train2"], "test2"),
+        (["train3"], "test3"),
+    ]
+    assert p.type == "linear" and p.classifier["val_fraction"] == 0.2
+    assert len(p.classifier["lambdas"]) >= 5
+
+
+def test_esc50_leave_one_fold_out():
+    p = load_protocol("esc50_linear")
+    folds = {f"fold{i}" for i in range(1, 6)}
+    assert [s.test for s in p.splits] == sorted(folds)
+    for s in p.splits:
+        assert set(s.train) == folds - {s.test}
+    assert p.kinds == ["audio"]
+
+
+def test_knn_and_retrieval_settings():
+    knn = load_protocol("ucf101_knn").classifier
+    assert knn["k"] == [20, 200] and knn["temperature"] == 0.07
+    assert load_protocol("hmdb51_retrieval").classifier["ks"] == [1, 5, 10, 20, 50]
+    av = load_protocol("vggsound_av_retrieval")
+    assert av.type == "cross_modal" and av.classifier["ks"] == [1, 5, 10]
+    assert load_protocol("kinetics_sounds_linear").kinds == ["audio", "video", "joint"]
+
+
+def test_unknown_protocol_lists_the_known_ones():
+    with pytest.raises(UserError, match="unknown protocol 'ucf202_linear'.*ucf101_linear"):
+        load_protocol("ucf202_linear")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "name: x\ndataset: d\nmodality: video\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: knn}\nclips: 3\n",
+            "unknown key.*clips",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: sound\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: knn}\n",
+            "modality",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: video\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: knn, temprature: 0.1}\n",
+            "unknown key.*temprature",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: video\nsplits: [{test: b}]\n"
+            "classifier: {type: linear}\n",
+            "needs a 'train' split",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: video\nsplits: [{train: b, test: b}]\n"
+            "classifier: {type: svm}\n",
+            "classifier.type",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: video\nsplits: [{train: a, test: a}]\n"
+            "classifier: {type: knn}\n",
+            "also a train split",
+        ),
+    ],
+)
+def test_bad_protocol_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as err:
+        load_protocol(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,207 @@
+"""``avssl eval`` end to end on the synthetic shards: the 3-split protocol, reports, the cache,
+and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avssl import cli
+from avssl.evaluators import _extract
+from avssl.evaluators.features import extract_features
+from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.run import main
+from avssl.export import load_encoder
+from tests.evaluators.conftest import tiny_prep, write_tiny_bundle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+def _args(protocol, bundle, data, out, cache_dir):
+    return [
+        "--protocol",
+        protocol,
+        "--encoder",
+        str(bundle),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache_dir),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+
+
+def test_three_split_linear_protocol(synthetic_data, tiny_bundle, cache_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args("synthetic_linear", tiny_bundle, synthetic_data, out, cache_dir)) == 0
+    res = json.loads((out / "results.json").read_text())
+    rounds = res["rounds"]
+    assert [(r["kind"], r["split"]) for r in rounds] == [
+        (k, f"split{i}") for k in ("audio", "video", "joint") for i in (1, 2, 3)
+    ]
+    assert all(r["n_train"] == 9 and r["n_test"] == 3 for r in rounds)
+    for kind in ("audio", "video", "joint"):
+        top1 = [r["metrics"]["top1"] for r in rounds if r["kind"] == kind]
+        assert res["summary"][kind]["top1"] == pytest.approx(sum(top1) / 3)
+    # an independent recomputation of one round from the cached features
+    bundle = load_encoder(tiny_bundle)
+    keys = {
+        n: (synthetic_data / "splits" / f"{n}.txt").read_text().split() for n in ("train2", "test2")
+    }
+    fs = extract_features(
+        bundle,
+        str(synthetic_data),
+        keys["train2"] + keys["test2"],
+        ("video",),
+        num_clips=2,
+        cache_dir=cache_dir,
+        progress=False,
+        device="cpu",
+    )
+    tr, te = fs.select(keys["train2"]), fs.select(keys["test2"])
+    scores = fit_predict(tr.get("video"), tr.labels, te.get("video"), num_classes=3, device="cpu")
+    top1 = 100 * (scores.argmax(1) == te.labels).double().mean().item()
+    assert rounds[4]["metrics"]["top1"] == pytest.approx(top1)
+    md = (out / "results.md").read_text()
+    assert "**mean of 3**" in md and "train1 -> test1" in md and "Chosen lambda" in md
+    assert "L2-normalised audio and video" in md  # the joint features are explained
+    for name in ("confusion_joint.png", "per_class_accuracy_video.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "| video | split3 |" in capsys.readouterr().out
+
+
+def test_cache_is_reused(synthetic_data, tiny_bundle, cache_dir, tmp_path, monkeypatch):
+    bundle = load_encoder(tiny_bundle)
+    keys = (synthetic_data / "splits" / "test1.txt").read_text().split()
+    calls = []
+    bundle.video.register_forward_hook(lambda *a: calls.append(1))
+    first = extract_features(
+        bundle,
+        str(synthetic_data),
+        keys,
+        ("video",),
+        num_clips=2,
+        cache_dir=tmp_path / "c",
+        progress=False,
+        device="cpu",
+    )
+    assert len(calls) > 0
+    calls.clear()
+    second = extract_features(
+        bundle,
+        str(synthetic_data),
+        keys,
+        ("video",),
+        num_clips=2,
+        cache_dir=tmp_path / "c",
+        progress=False,
+        device="cpu",
+    )
+    assert calls == [] and torch.equal(first.get("video"), second.get("video"))
+    assert first.keys == keys and first.get("video").shape == (3, 192)
+    # other weights -> another cache entry, extracted afresh
+    other = load_encoder(write_tiny_bundle(tmp_path / "other", seed=1))
+    other.video.register_forward_hook(lambda *a: calls.append(1))
+    extract_features(
+        other,
+        str(synthetic_data),
+        keys,
+        ("video",),
+        num_clips=2,
+        cache_dir=tmp_path / "c",
+        progress=False,
+        device="cpu",
+    )
+    assert len(calls) > 0
+    # a second `avssl eval` of the same encoder never runs the encoders
+    monkeypatch.setattr(_extract, "run_encoders", lambda *a, **k: pytest.fail("re-extracted"))
+    args = _args("synthetic_knn", tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)
+    assert main(args) == 0  # features cached by the linear protocol above (same K = 2)
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert {"k20_top1", "k200_top5"} <= set(res["rounds"][0]["metrics"])
+
+
+def test_retrieval_protocols(synthetic_data, tiny_bundle, cache_dir, tmp_path):
+    for name in ("synthetic_retrieval", "synthetic_av_retrieval"):
+        assert main(_args(name, tiny_bundle, synthetic_data, tmp_path / name, cache_dir)) == 0
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        m = res["rounds"][0]["metrics"]
+        assert all(0 <= v <= 100 for k, v in m.items() if "R@" in k)
+    assert m["a2v_R@10"] == 100.0  # 3 test items: every match ranks within 10
+    assert 1 <= m["a2v_medr"] <= 3
+
+
+def _eval_error(capsys, argv) -> str:
+    assert cli.main(["eval", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_bad_inputs(synthetic_data, data_copy, tiny_bundle, cache_dir, tmp_path, capsys):
+    base = dict(bundle=tiny_bundle, data=synthetic_data, out=tmp_path / "x", cache_dir=cache_dir)
+    err = _eval_error(capsys, _args("synthetic_lineer", **base))
+    assert "unknown protocol 'synthetic_lineer'" in err and "synthetic_linear" in err
+    audio_only = write_tiny_bundle(tmp_path / "audio_only", video=False)
+    err = _eval_error(capsys, _args("synthetic_linear", **{**base, "bundle": audio_only}))
+    assert "has no video encoder" in err
+    odd = write_tiny_bundle(tmp_path / "odd", prep=tiny_prep(crop=40))
+    err = _eval_error(capsys, _args("synthetic_retrieval", **{**base, "bundle": odd}))
+    assert "divisible by (2, 16)" in err and "(4, 40)" in err
+    err = _eval_error(capsys, _args("ucf101_knn", **base))
+    assert "for dataset 'ucf101'" in err and "'synthetic'" in err
+    fake = [f"synthetic/Nope/v_Nope_g{i:02d}_c01" for i in range(12)]
+    with open(data_copy / "splits" / "test1.txt", "a") as fh:
+        fh.write("".join(k + "\n" for k in fake))
+    err = _eval_error(capsys, _args("synthetic_retrieval", **{**base, "data": data_copy}))
+    assert "test1.txt names 12 key(s) absent from the shards" in err
+    assert fake[9] in err and fake[10] not in err and err.endswith("...")
+
+
+def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cache_dir, tmp_path):
+    text = (
+        "name: my_knn\ndataset: synthetic\nmodality: [video]\nclips_per_video: 2\n"
+        "clip_aggregation: mean_scores\nsplits: [{name: s1, train: train1, test: test1}]\n"
+        "classifier: {type: knn, k: [3], temperature: 0.1}\nmetrics: [top1]\n"
+    )
+    path = tmp_path / "my_knn.yaml"
+    path.write_text(text)
+    out = tmp_path / "o"
+    assert main(_args(str(path), tiny_bundle, synthetic_data, out, cache_dir)) == 0
+    got = json.loads((out / "results.json").read_text())["rounds"][0]["metrics"]["k3_top1"]
+    # the same by hand: softmax of the kNN scores of each clip, averaged over the 2 clips
+    from avssl.evaluators.knn import knn_predict
+
+    bundle = load_encoder(tiny_bundle)
+    split = {
+        n: (synthetic_data / "splits" / f"{n}.txt").read_text().split() for n in ("train1", "test1")
+    }
+    fs = extract_features(
+        bundle,
+        str(synthetic_data),
+        split["train1"] + split["test1"],
+        ("video",),
+        num_clips=2,
+        cache_dir=cache_dir,
+        progress=False,
+        device="cpu",
+    )
+    tr, te = fs.select(split["train1"]), fs.select(split["test1"])
+    clips = te.get("video", per_clip=True)  # [3, 2, D]
+    s = knn_predict(tr.get("video"), tr.labels, clips.reshape(6, -1), 3, 0.1, 3, device="cpu")
+    probs = s.double().softmax(1).reshape(3, 2, 3).mean(1)
+    assert got == pytest.approx(100 * (probs.argmax(1) == te.labels).double().mean().item())
+    assert "softmax scores averaged over clips" in (out / "results.md").read_text()
