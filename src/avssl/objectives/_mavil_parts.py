@@ -1,0 +1,190 @@
+"""Helpers of the MAViL objective: backbone construction, masked InfoNCE, teacher loading, figures.
+
+MAViL: Huang et al. 2022, "MAViL: Masked Audio-Video Learners", https://arxiv.org/abs/2212.08071.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.batch import AVBatch
+from avssl.losses.contrastive import gather_with_grad
+from avssl.models.fusion import JointFusion
+from avssl.models.vit import SIZES, AudioViT, VideoViT
+from avssl.objectives import _viz
+
+# Hyper-parameters that fix the backbone's architecture: the stage-2 teacher must match them.
+ARCH_KEYS = ("size", "depth", "patch_size", "tubelet_size", "fusion_depth")
+DECODER_DIM = {"tiny": 192, "small": 256, "base": 512, "large": 512}  # MAE/CAV-MAE: 512 at B
+
+
+def build_backbone(hp: dict[str, Any]) -> nn.ModuleDict:
+    """Audio ViT, video ViT and the joint fusion layers from MAViL hyper-parameters."""
+    audio = AudioViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        input_size=(hp["audio_frames"], hp["num_mel_bins"]),
+    )
+    video = VideoViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        tubelet_size=hp["tubelet_size"],
+        num_frames=hp["num_frames"],
+        img_size=hp["img_size"],
+    )
+    heads = SIZES[hp["size"]][2]
+    # single_norms=False: MAViL never runs one modality alone through the joint layers, and
+    # DDP (find_unused_parameters=False) must not see idle parameters.
+    fusion = JointFusion(
+        audio.embed_dim, depth=hp["fusion_depth"], num_heads=heads, single_norms=False
+    )
+    return nn.ModuleDict({"audio": audio, "video": video, "fusion": fusion})
+
+
+def decoder_dims(hp: dict[str, Any]) -> tuple[int, int, int]:
+    """(width, depth, heads) of the decoders; None settings follow the encoder size."""
+    dim = hp["decoder_dim"] or DECODER_DIM[hp["size"]]
+    depth = hp["decoder_depth"]
+    if depth is None:
+        depth = 8 if hp["depth"] is None else min(8, hp["depth"])  # MAE/AudioMAE: 8 blocks
+    heads = hp["decoder_heads"] or max(dim // 32, 1)  # MAE: 512 wide, 16 heads (32 per head)
+    return dim, depth, heads
+
+
+def flatten_inputs(batch: AVBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(audio [B', 1, Ta, F], video [B', C, T, H, W], audio_ok [B'], video_ok [B'])``.
+
+    With K clips per sample (``[B, K, ...]``) the clips become separate samples, B' = B K.
+    ``*_ok`` are float 0/1: 0 where the modality is missing (excluded from its losses).
+    """
+    audio, video = batch.audio, batch.video
+    B = audio.shape[0]
+    k = audio.shape[1] if audio.ndim == 5 else 1
+    if audio.ndim == 5:
+        audio = audio.flatten(0, 1)  # [B K, 1, Ta, F]
+    if video.ndim == 6:
+        video = video.flatten(0, 1)  # [B K, C, T, H, W]
+    ones = torch.ones(B, dtype=torch.bool, device=audio.device)
+    a_ok = batch.audio_mask if batch.audio_mask is not None else ones
+    v_ok = batch.video_mask if batch.video_mask is not None else ones
+    a_ok = a_ok.to(audio.device).repeat_interleave(k).float()  # [B K]
+    v_ok = v_ok.to(audio.device).repeat_interleave(k).float()
+    return audio, video, a_ok, v_ok
+
+
+def _gather_plain(x: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def masked_info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    gather: bool = True,
+) -> torch.Tensor:
+    """Symmetric InfoNCE where invalid rows are neither anchors nor negatives.
+
+    Row i of ``a`` matches row i of ``b`` (CPC, https://arxiv.org/abs/1807.03748); the loss is
+    the mean of the a->b and b->a cross-entropies over the valid local rows, with the rows of
+    every rank as candidates when ``gather`` (gradients flow through the gather). With all rows
+    valid it equals ``avssl.losses.contrastive.info_nce(a, b, temperature, gather=gather)``.
+
+    Args:
+        a, b: ``[B, D]`` features (L2-normalised here).
+        valid: ``[B]`` float/bool, 0 where the pair must be ignored (missing modality).
+        temperature: softmax temperature.
+        gather: candidates from all ranks.
+
+    Returns:
+        Scalar float32 loss (0 when no row is valid).
+    """
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    valid = valid.float()
+    rank = dist.get_rank() if gather and dist.is_available() and dist.is_initialized() else 0
+    a_all = gather_with_grad(a) if gather else a  # [W B, D]
+    b_all = gather_with_grad(b) if gather else b
+    v_all = _gather_plain(valid) if gather else valid  # [W B]
+    labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
+    dead = (v_all < 0.5)[None, :]  # [1, W B] invalid candidates
+    logits_ab = (a @ b_all.t() / temperature).masked_fill(dead, -1e4)  # [B, W B]
+    logits_ba = (b @ a_all.t() / temperature).masked_fill(dead, -1e4)
+    per_row = 0.5 * (
+        F.cross_entropy(logits_ab, labels, reduction="none")
+        + F.cross_entropy(logits_ba, labels, reduction="none")
+    )  # [B]
+    return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def load_teacher(teacher: nn.ModuleDict, path: str, student_hp: dict[str, Any]) -> None:
+    """Loads the backbone (audio, video, fusion) of a stage-1 MAViL checkpoint into ``teacher``.
+
+    The file is read with ``weights_only=True``. Its architecture hyper-parameters must equal
+    the student's (:data:`ARCH_KEYS`): MAViL's teacher and student share one architecture.
+
+    Raises:
+        FileNotFoundError, ValueError: with the path and the mismatching setting.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"MAViL teacher_ckpt {path}: file not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    for key in ARCH_KEYS:
+        if key in hp and hp[key] != student_hp[key]:
+            raise ValueError(
+                f"MAViL teacher_ckpt {path}: {key}={hp[key]!r} differs from the student's "
+                f"{student_hp[key]!r}; stage 2 needs the stage-1 architecture"
+            )
+    prefixes = {"audio_encoder.": "audio.", "video_encoder.": "video.", "fusion.": "fusion."}
+    state = {}
+    for k, v in ckpt["state_dict"].items():
+        for src, dst in prefixes.items():
+            if k.startswith(src):
+                state[dst + k[len(src) :]] = v
+    missing, _ = teacher.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"MAViL teacher_ckpt {path}: missing weights, e.g. {missing[:3]}")
+
+
+def figures(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    recon: torch.Tensor,
+    grid: tuple[int, ...],
+    pixel: bool,
+) -> torch.Tensor:
+    """Input | masked | reconstruction figure of one sample ``x [1, ...]``.
+
+    ``recon`` is ``[N, P]`` norm-pix predictions (pixel targets) or ``[N]`` per-token errors
+    (feature targets, painted onto the patches).
+    """
+    target = encoder.patchify(x)[0]  # [N, P]
+    low = float(target.min())
+    masked = _viz.masked_fill(target, mask, low)
+    if pixel:
+        recon = _viz.paste(target, _viz.denorm_pred(recon.float(), target), mask)
+    else:
+        err = recon.float() / recon.float().max().clamp_min(1e-6)  # [N] in [0, 1]
+        span = float(target.max()) - low
+        recon = (low + err[:, None] * span).expand_as(target)  # [N, P]
+    images = [encoder.unpatchify(t[None], grid)[0] for t in (target, masked, recon)]
+    if x.ndim == 4:  # audio [1, 1, Ta, F]
+        return _viz.spectrogram_panel(*(img[0] for img in images))
+    return _viz.video_panel(*images)

@@ -1,0 +1,289 @@
+"""The small base LightningModule every objective derives from (DESIGN sections 3 and 9).
+
+It owns only what all objectives share: the AdamW optimizer with parameter groups, the
+linear-warmup + cosine learning-rate schedule (step based), learning-rate scaling by the
+effective batch size (Goyal et al. 2017, https://arxiv.org/abs/1706.02677, as in MAE:
+``lr = base_lr * effective_batch / 256``), logging of the loss dict, a non-finite-loss guard, and
+the ``checkpoint["avssl"]`` provenance block read by ``avssl.export``.
+
+Subclasses implement :meth:`AVObjective.compute_losses` and :meth:`AVObjective.export_encoders`,
+and may implement :meth:`AVObjective.visualize` for the image logger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from avssl.data.batch import AVBatch
+
+NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "embedding")
+
+
+class WarmupCosine:
+    """Step-wise multiplier: linear warmup from ~0 to 1, then cosine decay to ``min_ratio``.
+
+    A plain object (not a closure) so that ``LambdaLR.state_dict()`` stores its numbers and a
+    resumed run continues on the same curve (Loshchilov & Hutter 2017,
+    https://arxiv.org/abs/1608.03983).
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), 1)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Splits trainable parameters into a decayed and a non-decayed group.
+
+    No weight decay on 1-d parameters (biases, norm scales), position embeddings and learned
+    tokens, as in MAE / timm ``param_groups_weight_decay``. Frozen parameters are left out.
+    """
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(".bias") or any(k in name for k in NO_DECAY_KEYS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class AVObjective(pl.LightningModule):
+    """Base class of the self-supervised objectives.
+
+    Args:
+        base_lr: learning rate per 256 samples; the used rate is ``base_lr * B_eff / 256`` with
+            ``B_eff = batch_size * accumulate_grad_batches * world_size`` (MAE convention).
+        lr: absolute learning rate; when set, ``base_lr`` scaling is not applied.
+        min_lr_ratio: final learning rate of the cosine as a fraction of the peak.
+        weight_decay: AdamW decoupled weight decay (not applied to norms, biases, embeddings).
+        betas: AdamW betas (MAE uses (0.9, 0.95)).
+        warmup_steps: linear warmup steps; when None, ``warmup_fraction`` of the total steps.
+        warmup_fraction: warmup as a fraction of ``trainer.estimated_stepping_batches``.
+        max_nonfinite_in_row: stop with an error after this many non-finite losses in a row.
+
+    The base constructor calls ``save_hyperparameters()``, which records the constructor
+    arguments of the base *and* of the subclass (Lightning walks the ``__init__`` frames), so a
+    subclass must not call it again. Every argument must be JSON-serialisable (numbers,
+    strings, lists, dicts) so that checkpoints load with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(
+        self,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        min_lr_ratio: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int | None = None,
+        warmup_fraction: float = 0.05,
+        max_nonfinite_in_row: int = 20,
+    ) -> None:
+        super().__init__()
+        self.base_lr, self.lr = base_lr, lr
+        self.min_lr_ratio, self.weight_decay, self.betas = min_lr_ratio, weight_decay, tuple(betas)
+        self.warmup_steps, self.warmup_fraction = warmup_steps, warmup_fraction
+        self.max_nonfinite_in_row = max_nonfinite_in_row
+        self.nonfinite_total = 0
+        self.nonfinite_in_row = 0
+        self.recipe_name: str | None = None  # set by avssl.train; stored in checkpoint["avssl"]
+        self.used_lr: float | None = None
+        # logger=False: the data module's hparams share names (num_frames, ...) and Lightning
+        # refuses to merge differing values; on_fit_start logs ours under "model/".
+        self.save_hyperparameters(logger=False)
+        _check_json(dict(self.hparams))
+
+    # ----------------------------------------------------------------- subclass interface
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        """Returns the loss terms of one batch; key ``"loss"`` is backpropagated."""
+        raise NotImplementedError
+
+    def export_encoders(self) -> dict[str, Any]:
+        """Returns ``{"audio": Module|None, "video": Module|None, "which": str, "note": str}``."""
+        raise NotImplementedError
+
+    def visualize(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        """Returns named ``[3, H, W]`` images in [0, 1] for TensorBoard (optional)."""
+        return {}
+
+    # ----------------------------------------------------------------- optimisation
+    def effective_batch_size(self) -> int | None:
+        """``batch_size * accumulate_grad_batches * world_size``, or None if unknown."""
+        dm = getattr(self.trainer, "datamodule", None)
+        batch = getattr(dm, "batch_size", None)
+        if batch is None:  # AVDataModule keeps its constructor arguments in hparams
+            batch = dict(getattr(dm, "hparams", None) or {}).get("batch_size")
+        if batch is None:
+            return None
+        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        eff = self.effective_batch_size()
+        if self.lr is not None:
+            lr = self.lr
+        elif eff is None:
+            lr = self.base_lr
+            rank_zero_info("[avssl] batch size unknown: using base_lr without batch scaling")
+        else:
+            lr = self.base_lr * eff / 256
+        self.used_lr = lr
+        rank_zero_info(f"[avssl] lr {lr:.3g} (base_lr {self.base_lr:g}, effective batch {eff})")
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(
+            param_groups(self, self.weight_decay), lr=lr, betas=self.betas, fused=fused
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            raise ValueError("set trainer.max_steps (or max_epochs with a sized loader)")
+        warmup = self.warmup_steps
+        if warmup is None:
+            warmup = int(round(self.warmup_fraction * total))
+        schedule = WarmupCosine(warmup, total, self.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        """Logs the hyper-parameters as ``model/<name>``; gives every rank its own RNG stream
+        (masks, views) derived from the common (seeded or restored) state."""
+        if self.logger is not None:
+            self.logger.log_hyperparams({f"model/{k}": v for k, v in self.hparams.items()})
+        if self.trainer.world_size > 1:
+            seed = int(torch.randint(0, 2**62, (1,)))  # same on all ranks
+            torch.manual_seed(seed + self.global_rank)
+
+    # ----------------------------------------------------------------- training step
+    def training_step(self, batch: AVBatch, batch_idx: int) -> torch.Tensor | None:
+        losses = self.compute_losses(batch)
+        loss = losses["loss"]
+        if not self._loss_is_finite(loss):
+            self.nonfinite_total += 1
+            self.nonfinite_in_row += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True)
+            if self.nonfinite_in_row >= self.max_nonfinite_in_row:
+                raise RuntimeError(
+                    f"avssl: {self.nonfinite_in_row} non-finite losses in a row at step "
+                    f"{self.global_step} (terms: {_finite_report(losses)}); lower the learning "
+                    "rate, check the data, or raise model.init_args.max_nonfinite_in_row"
+                )
+            return None  # Lightning skips backward and the optimizer step
+        self.nonfinite_in_row = 0
+        bsz = len(batch)
+        logs = {f"loss/{k}": v.detach() for k, v in losses.items() if torch.is_tensor(v)}
+        self.log_dict(logs, on_step=True, batch_size=bsz)
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=bsz, logger=False)
+        if self.trainer is not None and self.trainer.lr_scheduler_configs:
+            lr_now = self.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
+            self.log("optim/lr", lr_now, on_step=True, batch_size=bsz)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True)
+        return loss
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """One host sync per step: the guard must know on the host whether to skip.
+
+        Under DDP every rank must take the same decision (a rank that skips backward while the
+        others all-reduce would hang), so the flag is all-reduced (MIN) first. This is the only
+        ``.item()`` in the training step.
+        """
+        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0.5)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from avssl import __version__
+
+        info: dict[str, Any] = {
+            "objective": f"{type(self).__module__}.{type(self).__qualname__}",
+            "recipe": self.recipe_name,
+            "data": None,
+            "version": __version__,
+        }
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "preprocessing"):
+            info["data"] = dm.preprocessing()
+        checkpoint["avssl"] = info
+        checkpoint["avssl_state"] = {
+            "nonfinite_total": self.nonfinite_total,
+            "rng": rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("avssl") or {}
+        self.recipe_name = self.recipe_name or info.get("recipe")
+        state = checkpoint.get("avssl_state") or {}
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        if "rng" in state:
+            set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states in ``weights_only``-loadable types."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`rng_state` saved (CUDA states only when the device count matches)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _check_json(hparams: dict[str, Any]) -> None:
+    for k, v in hparams.items():
+        try:
+            json.dumps(v)
+        except TypeError:
+            raise ValueError(
+                f"objective argument {k!r} is a {type(v).__name__}; arguments must be plain "
+                "numbers/strings/lists/dicts so checkpoints load with weights_only=True"
+            ) from None
+
+
+def _finite_report(losses: dict[str, torch.Tensor]) -> str:
+    parts = []
+    for k, v in losses.items():
+        if torch.is_tensor(v) and v.numel() == 1:
+            parts.append(f"{k}={float(v.detach()):.4g}")
+    return ", ".join(parts)

@@ -1,0 +1,284 @@
+"""Audio-video contrastive learning: VATT-style batch NCE and AVID's memory bank.
+
+- VATT (Akbari et al. 2021, https://arxiv.org/abs/2104.11178): each modality's pooled encoder
+  output goes through a projection head into a common space; a symmetric NCE pairs the audio and
+  video of one clip against the other clips of the (all-rank) batch, temperature 0.07. DropToken
+  feeds only a random subset of the input tokens to the encoder during training (VATT drops 50%),
+  which cuts the cost of a step roughly in proportion.
+- AVID (Morgado et al. 2021, https://arxiv.org/abs/2004.12943): Cross-AVID compares each video
+  feature with the *memory* of the audio of the same sample (positive) and with 1024 memories of
+  random other samples (negatives), T 0.07, and vice versa; memories are slow averages
+  ``m <- normalize(0.5 m + 0.5 f)`` of past features. AVID's NCE is a binary noise-contrastive
+  estimate; we use the softmax (InfoNCE) form over 1 positive + the negatives.
+
+AVID memory bank, as implemented: one entry per *training sample*, found by its sample key
+through a key -> row table that grows lazily (a new key gets the next row, initialised with its
+current feature); negatives are drawn uniformly with replacement from the rows filled so far, so
+early on (or on a small dataset) a negative can repeat. Under DDP, keys and features of every
+rank are all-gathered before the bank update so that all ranks hold the same bank. The table and
+the banks are saved in the checkpoint (``checkpoint["avid_bank"]``) and restored on resume. A
+FIFO queue (MoCo) would be smaller but would not keep AVID's per-sample positive memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.batch import AVBatch
+from avssl.models.masking import random_masking
+from avssl.models.vit import AudioViT, VideoViT, ViTEncoder
+from avssl.objectives._mavil_parts import flatten_inputs, masked_info_nce
+from avssl.objectives.base import AVObjective
+
+
+def build_encoders(hp: dict[str, Any]) -> tuple[AudioViT, VideoViT]:
+    """Audio and video ViTs from the shared hyper-parameters of the objectives in this package."""
+    audio = AudioViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        input_size=(hp["audio_frames"], hp["num_mel_bins"]),
+    )
+    video = VideoViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        tubelet_size=hp["tubelet_size"],
+        num_frames=hp["num_frames"],
+        img_size=hp["img_size"],
+    )
+    return audio, video
+
+
+def projection_head(dim: int, hidden: int, out: int) -> nn.Module:
+    """Linear (``hidden == 0``) or Linear-GELU-Linear projection into the contrastive space."""
+    if hidden <= 0:
+        return nn.Linear(dim, out)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+def pooled(encoder: ViTEncoder, x: torch.Tensor, drop: float) -> torch.Tensor:
+    """Mean-pooled features ``[B, D]``; with ``drop > 0`` only a random subset of tokens is fed
+    to the encoder (DropToken, VATT)."""
+    if drop <= 0:
+        return encoder(x)
+    n = math.prod(encoder.grid_size(x.shape))
+    keep, _, _ = random_masking(x.shape[0], n, drop, x.device)  # keep [B, N_keep]
+    return encoder(x, keep)
+
+
+class AVContrastive(AVObjective):
+    """Audio-video contrastive objective: VATT (batch negatives) or AVID (memory bank).
+
+    Papers: VATT https://arxiv.org/abs/2104.11178, AVID https://arxiv.org/abs/2004.12943.
+
+    Args:
+        size, depth, patch_size, tubelet_size: encoder architecture (see ``AudioViT``/``VideoViT``).
+        audio_frames, num_mel_bins, num_frames, img_size: default input sizes (cache/export).
+        proj_dim: width of the common space (VATT: 512 for audio-video).
+        proj_hidden_dim: hidden width of the projection MLPs (0 = linear heads).
+        temperature: NCE temperature (0.07, VATT and AVID); initial value when learnable.
+        learnable_temperature: learn ``log(1/T)`` (CLIP style), T clamped to >= 0.01.
+        drop_token: fraction of input tokens dropped before the encoders in training (VATT: 0.5).
+        intra_weight: weight of audio-audio and video-video terms between the first two clips of
+            a sample (needs ``clips_per_video >= 2`` in the data); 0 = off.
+        gather_negatives: batch mode: negatives from every rank.
+        memory_bank: False = VATT batch NCE; True = AVID memory-bank NCE.
+        bank_negatives: negatives drawn from the bank per anchor (AVID: 1024).
+        bank_momentum: memory update momentum (AVID: 0.5).
+        **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        depth: int | None = None,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        audio_frames: int = 1024,
+        num_mel_bins: int = 128,
+        num_frames: int = 8,
+        img_size: int = 224,
+        proj_dim: int = 512,
+        proj_hidden_dim: int = 2048,
+        temperature: float = 0.07,
+        learnable_temperature: bool = False,
+        drop_token: float = 0.0,
+        intra_weight: float = 0.0,
+        gather_negatives: bool = True,
+        memory_bank: bool = False,
+        bank_negatives: int = 1024,
+        bank_momentum: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= drop_token < 1.0:
+            raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
+        self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
+        dim = self.audio_encoder.embed_dim
+        self.audio_proj = projection_head(dim, proj_hidden_dim, proj_dim)
+        self.video_proj = projection_head(dim, proj_hidden_dim, proj_dim)
+        log_inv_t = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_inv_temp = nn.Parameter(log_inv_t)
+        else:
+            self.register_buffer("log_inv_temp", log_inv_t)
+        self.drop_token, self.intra_weight = drop_token, intra_weight
+        self.gather_negatives, self.memory_bank = gather_negatives, memory_bank
+        self.bank_negatives, self.bank_momentum = bank_negatives, bank_momentum
+        self.bank_index: dict[str, int] = {}  # sample key -> bank row
+        self.bank: dict[str, torch.Tensor] = {}  # modality -> [rows, proj_dim], L2-normalised
+
+    def temperature(self) -> torch.Tensor:
+        """Current temperature (a tensor; learnable when so configured), clamped to >= 0.01."""
+        return 1.0 / self.log_inv_temp.exp().clamp(max=100.0)
+
+    def embed(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected features ``([B, P], [B, P])`` (DropToken only while training)."""
+        drop = self.drop_token if self.training else 0.0
+        za = self.audio_proj(pooled(self.audio_encoder, audio, drop))
+        zv = self.video_proj(pooled(self.video_encoder, video, drop))
+        return za, zv
+
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        audio, video, a_ok, v_ok = flatten_inputs(batch)
+        k = batch.audio.shape[1] if batch.audio.ndim == 5 else 1
+        za, zv = self.embed(audio, video)  # [B K, P] each
+        za, zv = za.reshape(-1, k, za.shape[-1]), zv.reshape(-1, k, zv.shape[-1])  # [B, K, P]
+        a_ok, v_ok = a_ok.reshape(-1, k), v_ok.reshape(-1, k)  # [B, K]
+        t: Any = self.temperature()  # a tensor: learnable temperatures get gradients
+        if self.memory_bank:
+            losses = self._bank_losses(batch.key, za[:, 0], zv[:, 0], a_ok[:, 0], v_ok[:, 0], t)
+        else:
+            av = [
+                masked_info_nce(
+                    za[:, i], zv[:, i], a_ok[:, i] * v_ok[:, i], t, self.gather_negatives
+                )
+                for i in range(k)
+            ]  # one term per clip slot: clips of one sample are never each other's negatives
+            losses = {"nce_av": torch.stack(av).mean()}
+        total = losses["nce_av"]
+        if self.intra_weight > 0:
+            if k < 2:
+                raise ValueError(
+                    "AVContrastive: intra_weight > 0 needs 2 clips per sample "
+                    "(set data.init_args.clips_per_video: 2)"
+                )
+            g = self.gather_negatives
+            losses["nce_aa"] = masked_info_nce(za[:, 0], za[:, 1], a_ok[:, 0] * a_ok[:, 1], t, g)
+            losses["nce_vv"] = masked_info_nce(zv[:, 0], zv[:, 1], v_ok[:, 0] * v_ok[:, 1], t, g)
+            total = total + self.intra_weight * (losses["nce_aa"] + losses["nce_vv"])
+        losses["temperature"] = t.detach()
+        losses["loss"] = total
+        return losses
+
+    # ----------------------------------------------------------------- AVID memory bank
+    def _bank_rows(self, keys: list[str], feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rows ``[B]`` of ``keys``; new keys get new rows initialised with ``feats``."""
+        new = [k for k in dict.fromkeys(keys) if k not in self.bank_index]
+        start = len(self.bank_index)
+        for i, k in enumerate(new):
+            self.bank_index[k] = start + i
+        rows = torch.tensor([self.bank_index[k] for k in keys], device=self.device)
+        for m, f in feats.items():
+            bank = self.bank.get(m)
+            if bank is None:
+                bank = f.new_zeros(0, f.shape[1])
+            bank = bank.to(f.device)
+            if len(self.bank_index) > len(bank):  # grow (doubling) to hold the new rows
+                extra = max(len(self.bank_index), 2 * len(bank)) - len(bank)
+                bank = torch.cat([bank, bank.new_zeros(extra, f.shape[1])])
+            fresh = rows >= start
+            bank[rows[fresh]] = F.normalize(f[fresh].float(), dim=-1).to(bank.dtype)
+            self.bank[m] = bank
+        return rows
+
+    def _bank_losses(self, keys, za, zv, a_ok, v_ok, t) -> dict[str, torch.Tensor]:
+        """Cross-AVID: video vs audio memories and audio vs video memories."""
+        all_keys, feats = _gather_keys_and_feats(keys, {"audio": za.detach(), "video": zv.detach()})
+        rows_all = self._bank_rows(all_keys, feats)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rows = rows_all[rank * len(keys) : (rank + 1) * len(keys)]  # this rank's samples
+        filled = len(self.bank_index)
+        neg = torch.randint(filled, (len(keys), self.bank_negatives), device=self.device)
+        ok = a_ok * v_ok
+        loss_v = _memory_nce(zv, self.bank["audio"], rows, neg, t, ok)
+        loss_a = _memory_nce(za, self.bank["video"], rows, neg, t, ok)
+        if self.training:
+            self._bank_update(rows_all, feats)
+        return {"nce_av": 0.5 * (loss_v + loss_a), "bank_rows": torch.tensor(float(filled))}
+
+    @torch.no_grad()
+    def _bank_update(self, rows: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
+        m = self.bank_momentum
+        for mod, f in feats.items():
+            bank = self.bank[mod]
+            mixed = m * bank[rows] + (1 - m) * F.normalize(f.float(), dim=-1).to(bank.dtype)
+            bank[rows] = F.normalize(mixed, dim=-1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.memory_bank:
+            n = len(self.bank_index)
+            checkpoint["avid_bank"] = {
+                "keys": sorted(self.bank_index, key=self.bank_index.__getitem__),
+                **{m: b[:n].detach().cpu() for m, b in self.bank.items()},
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("avid_bank")
+        if state:
+            self.bank_index = {k: i for i, k in enumerate(state["keys"])}
+            self.bank = {m: state[m].clone() for m in ("audio", "video") if m in state}
+
+    def export_encoders(self) -> dict[str, Any]:
+        kind = "AVID memory-bank NCE" if self.memory_bank else "VATT-style audio-video NCE"
+        note = f"{kind}: the trained audio/video encoders (projection heads not exported)"
+        return {
+            "audio": self.audio_encoder,
+            "video": self.video_encoder,
+            "which": "online",
+            "note": note,
+        }
+
+
+def _memory_nce(
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    rows: torch.Tensor,
+    neg: torch.Tensor,
+    t: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """InfoNCE of ``z [B, P]`` against its memory ``bank[rows]`` and ``bank[neg] [B, M, P]``."""
+    z = F.normalize(z.float(), dim=-1)
+    pos = (z * bank[rows].float()).sum(-1, keepdim=True)  # [B, 1]
+    negs = torch.einsum("bp,bmp->bm", z, bank[neg].float())  # [B, M]
+    logits = torch.cat([pos, negs], dim=1) / t  # [B, 1 + M], positive at 0
+    target = torch.zeros(len(z), dtype=torch.long, device=z.device)
+    per_row = F.cross_entropy(logits, target, reduction="none")  # [B]
+    return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def _gather_keys_and_feats(
+    keys: list[str], feats: dict[str, torch.Tensor]
+) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """All ranks' keys and (detached) features, rank-ordered; identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(keys), feats
+    world = dist.get_world_size()
+    key_lists: list[list[str]] = [[] for _ in range(world)]
+    dist.all_gather_object(key_lists, list(keys))
+    out = {}
+    for m, f in feats.items():
+        parts = [torch.empty_like(f) for _ in range(world)]
+        dist.all_gather(parts, f.contiguous())
+        out[m] = torch.cat(parts)
+    return [k for ks in key_lists for k in ks], out

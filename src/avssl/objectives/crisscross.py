@@ -1,0 +1,117 @@
+"""CrissCross: audio-visual SimSiam with relaxed time synchronicity (Sarkar & Etemad 2021).
+
+Paper: https://arxiv.org/abs/2111.05329. Without negatives: each modality's pooled feature goes
+through a projector, then a predictor; the loss between two views is SimSiam's symmetric negative
+cosine ``D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2`` with a stop-gradient on the target
+(Chen & He 2021, https://arxiv.org/abs/2011.10566). With two clips per sample (clip 1 and 2,
+``data.init_args.clips_per_video: 2``):
+
+- intra-modal: video 1 vs video 2, audio 1 vs audio 2;
+- synchronous cross-modal: video k vs audio k (the same moment when ``audio_mode: aligned``);
+- asynchronous cross-modal: video 1 vs audio 2 and video 2 vs audio 1 (different moments of the
+  same recording; with ``audio_mode: random`` every audio window is anywhere in the recording).
+
+Loss ``intra_weight * L_intra + sync_weight * L_sync + async_weight * L_async``, each term the
+mean of its pairs. Projector and predictor are MLPs without batch norm here (SimSiam uses BN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.data.batch import AVBatch
+from avssl.objectives._mavil_parts import flatten_inputs
+from avssl.objectives.base import AVObjective
+from avssl.objectives.contrastive import build_encoders, projection_head
+
+
+def simsiam_loss(p1, z1, p2, z2, valid: torch.Tensor) -> torch.Tensor:
+    """Symmetric negative cosine with stop-gradient targets, mean over valid rows ``[B]``."""
+    d1 = -F.cosine_similarity(p1.float(), z2.detach().float(), dim=-1)  # [B]
+    d2 = -F.cosine_similarity(p2.float(), z1.detach().float(), dim=-1)
+    per_row = 0.5 * (d1 + d2)
+    return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+class CrissCross(AVObjective):
+    """CrissCross objective (paper: https://arxiv.org/abs/2111.05329).
+
+    Args:
+        size, depth, patch_size, tubelet_size: encoder architecture.
+        audio_frames, num_mel_bins, num_frames, img_size: default input sizes.
+        proj_dim, proj_hidden_dim: projector output and hidden widths.
+        pred_hidden_dim: predictor bottleneck width (SimSiam: proj_dim / 4).
+        intra_weight, sync_weight, async_weight: term weights.
+        **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        depth: int | None = None,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        audio_frames: int = 1024,
+        num_mel_bins: int = 128,
+        num_frames: int = 8,
+        img_size: int = 224,
+        proj_dim: int = 2048,
+        proj_hidden_dim: int = 2048,
+        pred_hidden_dim: int = 512,
+        intra_weight: float = 1.0,
+        sync_weight: float = 1.0,
+        async_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
+        dim = self.audio_encoder.embed_dim
+        self.projector = nn.ModuleDict(
+            {m: projection_head(dim, proj_hidden_dim, proj_dim) for m in ("audio", "video")}
+        )
+        self.predictor = nn.ModuleDict(
+            {m: projection_head(proj_dim, pred_hidden_dim, proj_dim) for m in ("audio", "video")}
+        )
+        self.weights = {"intra": intra_weight, "sync": sync_weight, "async": async_weight}
+
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        if batch.video.ndim != 6 or batch.video.shape[1] < 2:
+            raise ValueError(
+                "CrissCross needs 2 clips per sample: set data.init_args.clips_per_video: 2"
+            )
+        audio, video, a_ok, v_ok = flatten_inputs(batch)
+        k = batch.video.shape[1]
+        z, p = {}, {}
+        for m, x in (("audio", audio), ("video", video)):
+            enc = self.audio_encoder if m == "audio" else self.video_encoder
+            zm = self.projector[m](enc(x))  # [B K, E]
+            z[m] = zm.reshape(len(batch), k, -1)  # [B, K, E]
+            p[m] = self.predictor[m](zm).reshape(len(batch), k, -1)
+        ok = {"audio": a_ok.reshape(-1, k), "video": v_ok.reshape(-1, k)}  # [B, K]
+
+        def pair(m1: str, c1: int, m2: str, c2: int) -> torch.Tensor:
+            valid = ok[m1][:, c1] * ok[m2][:, c2]
+            return simsiam_loss(p[m1][:, c1], z[m1][:, c1], p[m2][:, c2], z[m2][:, c2], valid)
+
+        losses = {
+            "intra": 0.5 * (pair("video", 0, "video", 1) + pair("audio", 0, "audio", 1)),
+            "sync": 0.5 * (pair("video", 0, "audio", 0) + pair("video", 1, "audio", 1)),
+            "async": 0.5 * (pair("video", 0, "audio", 1) + pair("video", 1, "audio", 0)),
+        }
+        w = self.weights
+        losses["loss"] = w["intra"] * losses["intra"] + w["sync"] * losses["sync"]
+        losses["loss"] = losses["loss"] + w["async"] * losses["async"]
+        return losses
+
+    def export_encoders(self) -> dict[str, Any]:
+        note = "CrissCross audio/video encoders (projectors and predictors not exported)"
+        return {
+            "audio": self.audio_encoder,
+            "video": self.video_encoder,
+            "which": "online",
+            "note": note,
+        }

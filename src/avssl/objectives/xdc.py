@@ -1,0 +1,279 @@
+"""XDC: cross-modal deep clustering (Alwassel et al. 2020, https://arxiv.org/abs/1911.12667).
+
+At the start of every ``recluster_every``-th epoch the current encoders embed a clustering
+subset of the training split (the DataModule's deterministic ``eval_loader``: every sample once,
+centre crop, the first ``cluster_samples`` of them), k-means clusters each modality
+separately (``avssl.models.kmeans``: faiss when available, empty clusters split / reseeded),
+and until the next re-clustering the video head learns to predict the *audio* cluster of each
+sample and the audio head the *video* cluster (XDC's cross-modal variant), looked up by sample
+key; samples outside the subset, or without the other modality, have target -1 and are ignored.
+As in DeepCluster (Caron et al. 2018, https://arxiv.org/abs/1807.05520) the classification heads
+are re-initialised after each re-clustering, because cluster ids carry no meaning across runs of
+k-means. Features are L2-normalised before k-means by default (DeepCluster also PCA-whitens; we
+do not).
+
+Cluster state (key table, assignments, centroids, epoch of the clustering) is saved in
+``checkpoint["xdc"]`` and restored on resume; a resumed run re-clusters only when the interval
+says so, counted from the saved clustering. Under DDP every rank embeds its share of the subset,
+rank 0 runs k-means on everything, and the result is broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
+
+from avssl.data.batch import AVBatch
+from avssl.losses.clustering import cluster_cross_entropy
+from avssl.models.kmeans import kmeans
+from avssl.objectives._mavil_parts import flatten_inputs
+from avssl.objectives.base import AVObjective
+from avssl.objectives.contrastive import build_encoders, projection_head
+
+MODALITIES = ("audio", "video")
+OTHER = {"audio": "video", "video": "audio"}
+
+
+class XDC(AVObjective):
+    """Cross-modal deep clustering objective (paper: https://arxiv.org/abs/1911.12667).
+
+    Args:
+        size, depth, patch_size, tubelet_size: encoder architecture.
+        audio_frames, num_mel_bins, num_frames, img_size: default input sizes.
+        num_clusters: k-means clusters per modality (XDC tunes it per pretraining set).
+        cluster_samples: size of the clustering subset (None: the whole training split).
+        recluster_every: epochs between re-clusterings (XDC: every epoch).
+        kmeans_iters: Lloyd iterations. kmeans_backend: "auto", "faiss" or "torch".
+        normalize_features: L2-normalise features before k-means.
+        head_hidden_dim: hidden width of the cluster-prediction heads (0: linear, as XDC).
+        cluster_batch_size: batch size of the embedding pass (None: the training batch size).
+        **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        depth: int | None = None,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        audio_frames: int = 1024,
+        num_mel_bins: int = 128,
+        num_frames: int = 8,
+        img_size: int = 224,
+        num_clusters: int = 256,
+        cluster_samples: int | None = None,
+        recluster_every: int = 1,
+        kmeans_iters: int = 20,
+        kmeans_backend: str = "auto",
+        normalize_features: bool = True,
+        head_hidden_dim: int = 0,
+        cluster_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if num_clusters < 2 or recluster_every < 1:
+            raise ValueError("XDC: num_clusters must be >= 2 and recluster_every >= 1")
+        self.cfg = dict(self.hparams)
+        self.audio_encoder, self.video_encoder = build_encoders(self.cfg)
+        dim = self.audio_encoder.embed_dim
+        self.heads = nn.ModuleDict(
+            {m: projection_head(dim, head_hidden_dim, num_clusters) for m in MODALITIES}
+        )
+        self.cluster_keys: list[str] = []
+        self.key_row: dict[str, int] = {}
+        self.assignments: dict[str, torch.Tensor] = {}  # modality -> long [N], -1 = missing
+        self.centroids: dict[str, torch.Tensor] = {}  # modality -> [K, D]
+        self.cluster_epoch = -1
+
+    def _encoder(self, modality: str) -> nn.Module:
+        return self.audio_encoder if modality == "audio" else self.video_encoder
+
+    # ----------------------------------------------------------------- clustering
+    @torch.no_grad()
+    def embed_batches(self, batches: Iterable[AVBatch], limit: int | None = None) -> dict[str, Any]:
+        """Pooled features of each sample (first clip), first occurrence of each key only."""
+        was_training = self.training
+        self.eval()
+        keys: list[str] = []
+        seen: set[str] = set()
+        feats: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+        ok: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+        for batch in batches:
+            batch = batch.to(self.device)
+            audio, video, a_ok, v_ok = flatten_inputs(batch)
+            k = len(audio) // len(batch)
+            rows = []
+            for i, key in enumerate(batch.key):
+                if key not in seen and (limit is None or len(keys) < limit):
+                    seen.add(key)
+                    keys.append(key)
+                    rows.append(i * k)  # first clip of sample i
+            if rows:
+                idx = torch.tensor(rows, device=self.device)
+                for m, x, good in (("audio", audio, a_ok), ("video", video, v_ok)):
+                    feats[m].append(self._encoder(m)(x[idx]).float().cpu())  # [b, D]
+                    ok[m].append(good[idx].bool().cpu())
+            if limit is not None and len(keys) >= limit:
+                break
+        self.train(was_training)
+        dim = self.audio_encoder.embed_dim
+        return {
+            "keys": keys,
+            "feats": {m: torch.cat(feats[m] or [torch.zeros(0, dim)]) for m in MODALITIES},
+            "ok": {m: torch.cat(ok[m] or [torch.zeros(0, dtype=torch.bool)]) for m in MODALITIES},
+        }
+
+    def cluster(self, emb: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+        """k-means per modality over the embedded subset; returns the new cluster state."""
+        state: dict[str, Any] = {"keys": list(emb["keys"]), "assign": {}, "centroids": {}}
+        for m in MODALITIES:
+            x, good = emb["feats"][m], emb["ok"][m]
+            k = _num_clusters(self.cfg["num_clusters"], int(good.sum()), m)
+            if self.cfg["normalize_features"]:
+                x = F.normalize(x, dim=-1)
+            res = kmeans(x[good], k, self.cfg["kmeans_iters"], seed, self.cfg["kmeans_backend"])
+            assign = torch.full((len(x),), -1, dtype=torch.long)
+            assign[good] = res.assignments.cpu()
+            state["assign"][m], state["centroids"][m] = assign, res.centroids.cpu()
+        return state
+
+    def set_cluster_state(self, state: dict[str, Any], epoch: int) -> None:
+        """Installs a clustering (key table, assignments, centroids) made at ``epoch``."""
+        self.cluster_keys = list(state["keys"])
+        self.key_row = {key: i for i, key in enumerate(self.cluster_keys)}
+        self.assignments = {m: t.long().cpu() for m, t in state["assign"].items()}
+        self.centroids = {m: t.float().cpu() for m, t in state["centroids"].items()}
+        self.cluster_epoch = int(epoch)
+
+    def recluster(self, batches: Iterable[AVBatch], epoch: int = 0) -> None:
+        """Embeds, clusters (rank 0), broadcasts, installs, and re-initialises the heads."""
+        emb = self.embed_batches(batches, _per_rank_limit(self.cfg["cluster_samples"]))
+        emb = _gather_embeddings(emb)
+        state = [self.cluster(emb, seed=epoch) if _rank() == 0 else None]
+        if _world() > 1:
+            dist.broadcast_object_list(state, src=0)
+        assert state[0] is not None
+        self.set_cluster_state(state[0], epoch)
+        for head in self.heads.values():
+            head.apply(_reset)
+        if _world() > 1:  # same fresh heads on every rank (DDP does not re-sync weights)
+            for p in self.heads.parameters():
+                dist.broadcast(p.data, src=0)
+
+    def targets(self, keys: list[str], modality: str) -> torch.Tensor:
+        """Cluster ids ``[B]`` of ``modality`` for sample keys (-1 when not clustered)."""
+        assign = self.assignments.get(modality)
+        if assign is None:
+            return torch.full((len(keys),), -1, dtype=torch.long)
+        rows = [self.key_row.get(k, -1) for k in keys]
+        return torch.tensor([int(assign[r]) if r >= 0 else -1 for r in rows], dtype=torch.long)
+
+    def _cluster_source(self) -> Iterable[AVBatch]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "eval_loader"):
+            split = getattr(dm.hparams, "train_split", None)
+            return dm.eval_loader(split, num_clips=1, batch_size=self.cfg["cluster_batch_size"])
+        loader = self.trainer.train_dataloader  # fallback: the (augmented) training stream
+        if loader is None:
+            raise RuntimeError("XDC: no datamodule eval_loader and no train_dataloader to cluster")
+        return loader
+
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        if self.cluster_epoch < 0 or epoch - self.cluster_epoch >= self.cfg["recluster_every"]:
+            self.recluster(self._cluster_source(), epoch)
+
+    # ----------------------------------------------------------------- loss
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        audio, video, a_ok, v_ok = flatten_inputs(batch)
+        k = len(audio) // len(batch)
+        logits = {
+            "audio": self.heads["audio"](self.audio_encoder(audio)),  # [B K, C]
+            "video": self.heads["video"](self.video_encoder(video)),
+        }
+        ok = {"audio": a_ok > 0.5, "video": v_ok > 0.5}
+        losses = {}
+        for m in MODALITIES:  # head of m predicts the clusters of the other modality
+            target = self.targets(batch.key, OTHER[m]).repeat_interleave(k).to(self.device)
+            target[~ok[m]] = -1  # no input of m
+            losses[f"{m}_predicts_{OTHER[m]}"] = cluster_cross_entropy(logits[m], target)
+            losses[f"known_{OTHER[m]}_targets"] = (target >= 0).float().mean()
+        losses["loss"] = 0.5 * (losses["audio_predicts_video"] + losses["video_predicts_audio"])
+        return losses
+
+    # ----------------------------------------------------------------- checkpoints, export
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["xdc"] = {
+            "keys": list(self.cluster_keys),
+            "assign": dict(self.assignments),
+            "centroids": dict(self.centroids),
+            "epoch": self.cluster_epoch,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("xdc")
+        if state and state["keys"]:
+            self.set_cluster_state(state, state["epoch"])
+
+    def export_encoders(self) -> dict[str, Any]:
+        note = "XDC audio/video encoders (cluster-prediction heads not exported)"
+        return {
+            "audio": self.audio_encoder,
+            "video": self.video_encoder,
+            "which": "online",
+            "note": note,
+        }
+
+
+def _num_clusters(wanted: int, available: int, modality: str) -> int:
+    """``wanted``, or fewer (with a warning) when fewer samples have the modality."""
+    if available < 2:
+        raise ValueError(
+            f"XDC: only {available} clustering samples have {modality}; k-means needs >= 2 "
+            "(check model.init_args.cluster_samples and the training split)"
+        )
+    if available < wanted:
+        rank_zero_warn(
+            f"XDC: {available} clustering samples have {modality}, fewer than "
+            f"num_clusters={wanted}: using {available} clusters this time"
+        )
+        return available
+    return wanted
+
+
+def _reset(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        module.reset_parameters()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _per_rank_limit(total: int | None) -> int | None:
+    return None if total is None else -(-int(total) // _world())
+
+
+def _gather_embeddings(emb: dict[str, Any]) -> dict[str, Any]:
+    """Concatenates every rank's embeddings (rank order) on every rank."""
+    if _world() == 1:
+        return emb
+    parts: list[Any] = [None] * _world()
+    dist.all_gather_object(parts, emb)
+    return {
+        "keys": [k for p in parts for k in p["keys"]],
+        "feats": {m: torch.cat([p["feats"][m] for p in parts]) for m in MODALITIES},
+        "ok": {m: torch.cat([p["ok"][m] for p in parts]) for m in MODALITIES},
+    }

@@ -1,0 +1,295 @@
+"""Training entry points: ``avssl fit|validate`` (LightningCLI) and ``avssl pretrain`` (recipes).
+
+``avssl fit --config recipes/_base.yaml --config recipes/mavil.yaml [--config recipes/debug.yaml]
+[--data.data DIR] [--trainer.devices 8] [--ckpt_path CKPT]`` runs Lightning's CLI with the
+objective (``model: class_path: avssl.objectives.<...>``) and the data module
+(``data: class_path: avssl.data.datamodule.AVDataModule``) chosen by the config files.
+
+``avssl pretrain --recipe NAME [--data DIR] [--resume CKPT|auto] [-- extra CLI args]`` (``make
+pretrain``) resolves the recipe, builds the synthetic dataset on first use when no data is given,
+and runs ``fit`` in its own run folder ``runs/<recipe>/<run id>/`` holding ``config.yaml`` (the
+fully resolved config), ``checkpoints/`` (periodic ``step*.ckpt`` + ``last.ckpt``) and the
+TensorBoard event files. ``--resume auto`` continues the newest ``last.ckpt`` of the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from avssl.callbacks import ImageLogger, ThroughputMonitor
+from avssl.cli import UserError
+from avssl.objectives.base import AVObjective
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOT_RECIPES = ("_base", "debug")
+
+
+# ----------------------------------------------------------------------------- recipes, runs
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up: ``./recipes`` first, then the checkout's ``recipes/``."""
+    dirs = [Path.cwd() / "recipes", REPO_ROOT / "recipes"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in dirs[:i]]
+
+
+def available_recipes() -> list[str]:
+    names = {p.stem for d in recipe_dirs() for p in d.glob("*.yaml")}
+    return sorted(n for n in names if n not in NOT_RECIPES)
+
+
+def find_recipe(name: str) -> Path:
+    """``recipes/<name>.yaml`` (or a path to a YAML file); UserError when it does not exist."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    for d in recipe_dirs():
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
+
+
+def recipe_from_args(argv: list[str]) -> str | None:
+    """The recipe name: stem of the last ``--config`` file that is not ``_base``/``debug``."""
+    name = None
+    for i, arg in enumerate(argv):
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path and Path(path).stem not in NOT_RECIPES:
+            name = Path(path).stem
+    return name
+
+
+def run_id() -> str:
+    """Run folder name shared by all processes of one run.
+
+    ``AVSSL_RUN_ID`` if set, else the SLURM job id, else torchrun's ``--rdzv_id``, else a
+    timestamp. Lightning broadcasts rank 0's log and checkpoint folders, so ranks never write
+    to different folders even if they disagree; :func:`_run_env` exports the value so that the
+    processes Lightning's DDP launcher starts reuse it.
+    """
+    rid = os.environ.get("AVSSL_RUN_ID")
+    if not rid and os.environ.get("SLURM_JOB_ID"):
+        rid = f"slurm-{os.environ['SLURM_JOB_ID']}"
+    if not rid and os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        rid = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    return rid or time.strftime("%Y%m%d-%H%M%S")
+
+
+@contextlib.contextmanager
+def _run_env(rid: str | None = None) -> Iterator[None]:
+    """Sets ``AVSSL_RUN_ID`` for the duration of one run, then restores the previous value."""
+    old = os.environ.get("AVSSL_RUN_ID")
+    if rid:
+        os.environ["AVSSL_RUN_ID"] = rid
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("AVSSL_RUN_ID", None)
+        else:
+            os.environ["AVSSL_RUN_ID"] = old
+
+
+def newest_last_ckpt(runs: Path, recipe: str) -> Path | None:
+    found = sorted((runs / recipe).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------- LightningCLI
+class AVSSLCLI(LightningCLI):
+    """LightningCLI with avssl defaults: subclass mode for objective and data, the throughput /
+    image / checkpoint callbacks as config groups, automatic precision, run-folder naming."""
+
+    def __init__(self, args: list[str], recipe: str | None = None) -> None:
+        self.recipe = recipe or recipe_from_args(args) or "fit"
+        super().__init__(
+            model_class=AVObjective,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            args=args,
+        )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
+        parser.add_lightning_class_args(ImageLogger, "images")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        if trainer.precision is None:  # "auto": bf16 mixed precision on CUDA GPUs that have it
+            gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
+            bf16 = gpu and torch.cuda.is_bf16_supported()
+            trainer.precision = "bf16-mixed" if bf16 else "32-true"
+        logger = trainer.logger
+        if getattr(logger, "class_path", "").endswith("TensorBoardLogger"):
+            init = logger.init_args
+            if init.get("name") in (None, "", "auto"):
+                init.name = self.recipe
+            if init.get("version") in (None, "", "auto"):
+                init.version = run_id()
+            os.environ["AVSSL_RUN_ID"] = str(init.version)  # restored by _run_env
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (FileNotFoundError, ValueError) as err:  # bad paths / settings in the config
+            msg = " ".join(str(err).split())
+            raise UserError(f"bad configuration: {type(err).__name__}: {msg}") from None
+
+    def after_instantiate_classes(self) -> None:
+        if isinstance(self.model, AVObjective):
+            self.model.recipe_name = self.recipe
+
+    def before_fit(self) -> None:
+        """Checks splits and shards before training starts, as a one-line user error."""
+        try:
+            self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
+        except (FileNotFoundError, ValueError) as err:
+            msg = " ".join(str(err).split())
+            raise UserError(f"bad data configuration: {msg}") from None
+
+    def after_fit(self) -> None:
+        """Writes ``last.ckpt`` for the final step when the periodic checkpoint missed it."""
+        ckpt = self.trainer.checkpoint_callback
+        if not isinstance(ckpt, ModelCheckpoint) or not ckpt.dirpath or not ckpt.save_last:
+            return
+        last = Path(ckpt.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
+        saved_step = getattr(ckpt, "_last_global_step_saved", -1)
+        if saved_step != self.trainer.global_step or not last.exists():
+            self.trainer.save_checkpoint(last)
+
+
+def _run_cli(args: list[str], recipe: str | None = None) -> AVSSLCLI:
+    from jsonargparse import ArgumentError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+            return AVSSLCLI(args, recipe=recipe)
+    except ArgumentError as err:
+        msg = " ".join(str(err).split())
+        raise UserError(f"bad configuration: {msg}") from None
+
+
+def lightning_main(argv: list[str]) -> int:
+    """``avssl fit|validate ...``: LightningCLI over the recipe configs."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv) and not Path(argv[i + 1]).is_file():
+            raise UserError(f"config file not found: {argv[i + 1]}")
+    with _run_env():
+        _run_cli(list(argv))
+    return 0
+
+
+# ----------------------------------------------------------------------------- pretrain
+def _pretrain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avssl pretrain", description=__doc__.split("\n\n")[2])
+    p.add_argument("--recipe", default="mavil", help="recipes/<NAME>.yaml (default mavil)")
+    p.add_argument("--data", default="", help="prepared shard folder; empty = synthetic set")
+    p.add_argument("--resume", default="", help="checkpoint to resume, or 'auto' (newest last)")
+    p.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
+    p.add_argument(
+        "--synthetic", default="shards/synthetic", help="where the synthetic set is built"
+    )
+    return p
+
+
+def _resolve_data(data: str, synthetic: str) -> str:
+    if data:
+        is_url = any(s in data for s in ("{", "::", "://", "pipe:"))
+        if not is_url and not (Path(data) / "manifest.json").is_file():
+            raise UserError(f"--data {data}: no manifest.json there (prepare it with make prep)")
+        return data
+    out = Path(synthetic)
+    if not (out / "manifest.json").is_file():
+        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+            _wait_for(out / "manifest.json")
+        else:
+            import data_prep
+
+            print(f"[pretrain] building the synthetic dataset into {out} (first use)", flush=True)
+            data_prep.prepare_dataset("synthetic", out=str(out), workers=os.cpu_count() or 1)
+    return str(out)
+
+
+def _wait_for(path: Path, timeout_s: float = 3600.0) -> None:
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise UserError(f"timed out waiting for rank 0 to build {path}")
+        time.sleep(2.0)
+
+
+def _resolve_resume(resume: str, runs: Path, recipe: str) -> Path | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        found = newest_last_ckpt(runs, recipe)
+        print(f"[pretrain] --resume auto: {found or 'no last.ckpt yet, starting fresh'}")
+        return found
+    if not Path(resume).is_file():
+        raise UserError(f"--resume {resume}: checkpoint file not found")
+    return Path(resume)
+
+
+def pretrain_main(argv: list[str]) -> int:
+    """``avssl pretrain --recipe NAME --data DIR --resume CKPT -- <extra LightningCLI args>``."""
+    argv = list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    opts = _pretrain_parser().parse_args(argv)
+    recipe_path = find_recipe(opts.recipe)
+    recipe = recipe_path.stem
+    base = recipe_path.parent / "_base.yaml"
+    if not base.is_file():
+        raise UserError(f"{base} not found next to the recipe")
+    runs = Path(opts.runs)
+    resume = _resolve_resume(opts.resume, runs, recipe)
+    rid = run_id()
+    if resume is not None and resume.parent.name == "checkpoints":
+        rid = resume.parent.parent.name  # continue in the resumed run's folder
+    data = _resolve_data(opts.data, opts.synthetic)
+    args = ["fit", "--config", str(base), "--config", str(recipe_path)]
+    args += ["--data.init_args.data", data]
+    args += ["--trainer.logger.init_args.save_dir", str(runs)]
+    args += ["--trainer.logger.init_args.name", recipe, "--trainer.logger.init_args.version", rid]
+    args += extra
+    if resume is not None:
+        args += ["--ckpt_path", str(resume)]
+    with _run_env(rid):
+        cli = _run_cli(args, recipe=recipe)
+    if cli.trainer.is_global_zero:
+        _print_summary(cli, recipe)
+    return 0
+
+
+def _print_summary(cli: AVSSLCLI, recipe: str) -> None:
+    log_dir = cli.trainer.log_dir
+    ckpt = cli.trainer.checkpoint_callback
+    ckpt_dir = getattr(ckpt, "dirpath", None) or "(no checkpoint callback)"
+    last = Path(ckpt_dir) / "last.ckpt"
+    print(f"[pretrain] {recipe}: {cli.trainer.global_step} steps done")
+    print(f"[pretrain] run folder:  {log_dir}  (config.yaml, TensorBoard events)")
+    print(f"[pretrain] checkpoints: {ckpt_dir}")
+    print(f"[pretrain] TensorBoard: tensorboard --logdir {Path(log_dir).parent}")
+    print(f"[pretrain] next:        make export CKPT={last} OUT=encoders/{recipe}")

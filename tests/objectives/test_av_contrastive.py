@@ -1,0 +1,149 @@
+"""AVContrastive (VATT batch NCE / AVID memory bank) on random batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_batch
+
+from avssl.losses.contrastive import info_nce
+from avssl.objectives.base import param_groups
+from avssl.objectives.contrastive import AVContrastive, _memory_nce
+
+TINY = dict(size="tiny", depth=1, proj_dim=16, proj_hidden_dim=32)
+
+
+def _model(**kw) -> AVContrastive:
+    torch.manual_seed(0)
+    return AVContrastive(**{**TINY, **kw})
+
+
+def ref_memory_nce(z, bank, rows, neg, t) -> float:
+    """Loop reference: -log softmax of the positive among [positive, negatives]."""
+    total = 0.0
+    for i in range(len(z)):
+        zi = z[i] / np.linalg.norm(z[i])
+        logits = [float(zi @ bank[rows[i]]) / t] + [float(zi @ bank[j]) / t for j in neg[i]]
+        m = max(logits)
+        total += -(logits[0] - m - math.log(sum(math.exp(v - m) for v in logits)))
+    return total / len(z)
+
+
+@torch.no_grad()
+def test_batch_loss_is_info_nce_of_the_projections(batch):
+    model = _model().eval()
+    out = model.compute_losses(batch)
+    za, zv = model.embed(batch.audio, batch.video)
+    want = info_nce(za, zv, temperature=0.07, symmetric=True)
+    assert float(out["nce_av"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["temperature"]) == pytest.approx(0.07)
+
+
+@torch.no_grad()
+def test_missing_audio_rows_are_left_out(batch):
+    model = _model().eval()
+    batch.audio_mask = torch.tensor([True, False, True, True])
+    out = model.compute_losses(batch)
+    za, zv = model.embed(batch.audio, batch.video)
+    keep = batch.audio_mask
+    want = info_nce(za[keep], zv[keep], temperature=0.07)
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_steps_lower_the_loss(batch):
+    for kw in (dict(), dict(memory_bank=True, bank_negatives=8)):
+        model = _model(**kw).train()
+        opt = torch.optim.AdamW(param_groups(model, 0.0), lr=2e-3)
+        hist = []
+        for _ in range(6):
+            loss = model.compute_losses(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hist.append(float(loss))
+        assert hist[-1] < 0.7 * hist[0], (kw, hist)
+
+
+def test_learnable_temperature_gets_a_gradient(batch):
+    fixed = _model()
+    assert "log_inv_temp" not in dict(fixed.named_parameters())
+    model = _model(learnable_temperature=True, temperature=0.1)
+    assert float(model.temperature()) == pytest.approx(0.1)
+    model.compute_losses(batch)["loss"].backward()
+    assert model.log_inv_temp.grad is not None and model.log_inv_temp.grad.abs() > 0
+
+
+def test_drop_token_feeds_a_subset_in_training_only(batch):
+    model = _model(drop_token=0.5)
+    seen = []
+    hook = model.video_encoder.blocks[0].register_forward_hook(
+        lambda m, i, o: seen.append(i[0].shape[1])
+    )
+    n = model.video_encoder.num_tokens(batch.video.shape)  # 2 x 2 x 2 = 8 tokens
+    model.train().compute_losses(batch)
+    model.eval().compute_losses(batch)
+    hook.remove()
+    assert seen == [n // 2, n]
+
+
+def test_intra_terms_need_two_clips(batch):
+    model = _model(intra_weight=1.0)
+    with pytest.raises(ValueError, match="clips_per_video"):
+        model.compute_losses(batch)
+    b = make_batch()
+    b.audio = torch.stack([b.audio, b.audio.flip(0)], dim=1)  # [B, K=2, 1, Ta, F]
+    b.video = torch.stack([b.video, b.video.flip(0)], dim=1)  # [B, K=2, C, T, H, W]
+    out = model.eval().compute_losses(b)
+    total = out["nce_av"] + out["nce_aa"] + out["nce_vv"]
+    assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
+
+
+# ---------------------------------------------------------------- AVID memory bank
+def test_memory_nce_hand_value_and_loop_reference():
+    z = torch.tensor([[2.0, 0.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    got = _memory_nce(
+        z, bank, torch.tensor([0]), torch.tensor([[1]]), torch.tensor(1.0), torch.ones(1)
+    )
+    assert float(got) == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)  # logits [1, 0]
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 4, generator=g)
+    bank = torch.nn.functional.normalize(torch.randn(9, 4, generator=g), dim=-1)
+    rows = torch.tensor([0, 3, 5, 8, 2])
+    neg = torch.randint(9, (5, 6), generator=g)
+    got = _memory_nce(z, bank, rows, neg, torch.tensor(0.07), torch.ones(5))
+    want = ref_memory_nce(z.numpy(), bank.numpy(), rows.numpy(), neg.numpy(), 0.07)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_bank_rows_grow_lazily_and_update_by_momentum():
+    model = _model(memory_bank=True, bank_momentum=0.5)
+    f1 = {"audio": torch.tensor([[3.0, 0.0], [0.0, 2.0]]), "video": torch.ones(2, 2)}
+    rows = model._bank_rows(["a", "b"], f1)
+    assert rows.tolist() == [0, 1] and model.bank_index == {"a": 0, "b": 1}
+    assert torch.allclose(model.bank["audio"][:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    rows = model._bank_rows(["c", "a"], {"audio": torch.ones(2, 2), "video": torch.ones(2, 2)})
+    assert rows.tolist() == [2, 0] and len(model.bank_index) == 3
+    model._bank_update(
+        torch.tensor([0]), {"audio": torch.tensor([[0.0, 5.0]]), "video": torch.ones(1, 2)}
+    )
+    s = 1 / math.sqrt(2)  # normalize(0.5 * [1, 0] + 0.5 * [0, 1])
+    assert torch.allclose(model.bank["audio"][0], torch.tensor([s, s]), atol=1e-6)
+
+
+def test_bank_state_round_trips_through_a_checkpoint(tmp_path, batch):
+    model = _model(memory_bank=True, bank_negatives=4).train()
+    model.compute_losses(batch)
+    ckpt: dict = {}
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt["avid_bank"], tmp_path / "bank.pt")
+    loaded = torch.load(tmp_path / "bank.pt", weights_only=True)
+    fresh = _model(memory_bank=True, bank_negatives=4)
+    fresh.on_load_checkpoint({"avid_bank": loaded})
+    assert fresh.bank_index == model.bank_index == {k: i for i, k in enumerate(batch.key)}
+    for m in ("audio", "video"):
+        assert torch.equal(fresh.bank[m], model.bank[m][: len(batch.key)])

@@ -1,0 +1,134 @@
+"""AVC (audio-visual correspondence) and CrissCross (SimSiam, sync/async) on random batches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_batch
+
+from avssl.objectives.avc import AVC
+from avssl.objectives.base import param_groups
+from avssl.objectives.crisscross import CrissCross, simsiam_loss
+
+TINY = dict(size="tiny", depth=1)
+
+
+def _two_clips(B: int = 4):
+    b = make_batch(B=B)
+    b.audio = torch.stack([b.audio, b.audio.flip(2)], dim=1)  # [B, K=2, 1, Ta, F]
+    b.video = torch.stack([b.video, b.video.flip(3)], dim=1)  # [B, K=2, C, T, H, W]
+    return b
+
+
+def _steps(model, batch, n: int = 6, lr: float = 2e-3) -> list[float]:
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=lr)
+    hist = []
+    for _ in range(n):
+        loss = model.compute_losses(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hist.append(float(loss))
+    return hist
+
+
+# ---------------------------------------------------------------- AVC
+@torch.no_grad()
+def test_avc_targets_follow_the_loader_flags(batch):
+    torch.manual_seed(0)
+    model = AVC(**TINY)
+    batch.audio_mismatched = torch.tensor([False, True, False, True])
+    out = model.compute_losses(batch)
+    logits = model.correspondence_logits(
+        model.audio_encoder(batch.audio), model.video_encoder(batch.video)
+    )
+    want = F.cross_entropy(logits, torch.tensor([1, 0, 1, 0]))
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["positive_fraction"]) == pytest.approx(0.5)
+    batch.audio_mismatched = None
+    with pytest.raises(ValueError, match="audio_mode: mismatched"):
+        model.compute_losses(batch)
+
+
+@torch.no_grad()
+def test_avc_batch_negatives_pair_each_video_with_the_next_audio(batch):
+    torch.manual_seed(0)
+    model = AVC(**TINY, negatives="batch")
+    out = model.compute_losses(batch)
+    fa, fv = model.audio_encoder(batch.audio), model.video_encoder(batch.video)
+    pos = model.correspondence_logits(fa, fv)
+    neg = model.correspondence_logits(fa[[3, 0, 1, 2]], fv)  # audio of the previous sample
+    target = torch.tensor([1] * 4 + [0] * 4)
+    want = F.cross_entropy(torch.cat([pos, neg]), target)
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["positive_fraction"]) == pytest.approx(0.5)
+
+
+def test_avc_hand_value_and_learning(batch):
+    torch.manual_seed(0)
+    model = AVC(**TINY, negatives="batch")
+    for p in model.fusion[-1].parameters():
+        torch.nn.init.zeros_(p)  # uniform prediction: CE = ln 2 for every pair
+    with torch.no_grad():
+        assert float(model.compute_losses(batch)["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    hist = _steps(model, batch)
+    assert hist[-1] < 0.9 * hist[0], hist
+
+
+# ---------------------------------------------------------------- CrissCross
+def test_simsiam_loss_hand_value_and_stop_gradient():
+    p1 = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    z2 = torch.tensor([[0.0, 1.0]], requires_grad=True)  # orthogonal: D = 0
+    p2 = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    z1 = torch.tensor([[2.0, 2.0]], requires_grad=True)  # parallel: D = -1
+    loss = simsiam_loss(p1, z1, p2, z2, torch.ones(1))
+    assert float(loss) == pytest.approx(-0.5, abs=1e-6)
+    loss.backward()
+    assert z1.grad is None and z2.grad is None and p1.grad is not None
+    # invalid rows are skipped
+    two = simsiam_loss(torch.cat([p1, p1]), torch.cat([z1, z1]), torch.cat([p2, p2]),
+                       torch.cat([z2, -z2]), torch.tensor([1.0, 0.0]))  # fmt: skip
+    assert float(two) == pytest.approx(-0.5, abs=1e-6)
+
+
+def test_crisscross_terms_and_pairs():
+    torch.manual_seed(0)
+    model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8)
+    b = _two_clips()
+    out = model.compute_losses(b)
+    assert float(out["loss"]) == pytest.approx(
+        float(out["intra"] + out["sync"] + out["async"]), rel=1e-5
+    )
+    with torch.no_grad():  # async term by hand: video clip 1 with audio clip 2 and vice versa
+        z, p = {}, {}
+        for m, enc in (("audio", model.audio_encoder), ("video", model.video_encoder)):
+            z[m] = model.projector[m](enc(getattr(b, m).flatten(0, 1)))  # [B K, E]
+            p[m] = model.predictor[m](z[m]).reshape(4, 2, -1)  # [B, K, E]
+            z[m] = z[m].reshape(4, 2, -1)
+
+        def term(cv: int, ca: int) -> torch.Tensor:
+            zv, pv, za, pa = (
+                z["video"][:, cv],
+                p["video"][:, cv],
+                z["audio"][:, ca],
+                p["audio"][:, ca],
+            )
+            return simsiam_loss(pv, zv, pa, za, torch.ones(4))
+
+        want = 0.5 * (term(0, 1) + term(1, 0))
+    assert float(out["async"]) == pytest.approx(float(want), rel=1e-4)
+    with pytest.raises(ValueError, match="clips_per_video: 2"):
+        model.compute_losses(make_batch())
+
+
+def test_crisscross_predictors_learn_fixed_targets():
+    # SimSiam's targets move while the encoders train, so the loss need not fall on a fixed
+    # batch; with encoders and projectors frozen the targets are fixed and it must.
+    torch.manual_seed(0)
+    model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8)
+    model.requires_grad_(False).predictor.requires_grad_(True)
+    hist = _steps(model, _two_clips(), n=8, lr=1e-2)
+    assert hist[-1] < hist[0] - 0.2, hist

@@ -1,0 +1,185 @@
+"""AVObjective: parameter groups, schedule, LR scaling, non-finite guard, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import make_batch
+from torch import nn
+
+from avssl.data.batch import AVBatch
+from avssl.objectives.base import AVObjective, WarmupCosine, param_groups, rng_state, set_rng_state
+
+
+class Toy(AVObjective):
+    """A linear 'encoder' on the first audio values; NaN loss at the listed batch indices."""
+
+    def __init__(self, nan_batches: list[int] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_batches = set(nan_batches or [])
+        self.audio_encoder = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 8))
+        self.calls = 0
+
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        x = batch.audio.flatten(1)[:, :8]
+        out = self.audio_encoder(x) + self.pos_embed
+        rec = (out - x).pow(2).mean()
+        if self.calls in self.nan_batches:
+            rec = rec * float("nan")
+        self.calls += 1
+        return {"loss": rec, "rec": rec}
+
+    def export_encoders(self) -> dict:
+        return {"audio": self.audio_encoder, "video": None, "which": "student", "note": "toy"}
+
+
+class FakeData(pl.LightningDataModule):
+    """Fixed random AVBatches; exposes batch_size and preprocessing() like AVDataModule."""
+
+    def __init__(self, batch_size: int = 4, n: int = 64) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.batches = [make_batch(B=batch_size, seed=i) for i in range(n)]
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.batches, batch_size=None, shuffle=False)
+
+    def preprocessing(self) -> dict:
+        return {"num_frames": 4, "crop_size": 32, "fbank": {"num_mel_bins": 32}}
+
+
+def _trainer(tmp_path, **kw) -> pl.Trainer:
+    args = dict(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_steps=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+def test_param_groups_no_decay_on_norms_biases_embeddings():
+    toy = Toy()
+    decay, no_decay = param_groups(toy, 0.05)
+    names = {id(p): n for n, p in toy.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {"audio_encoder.0.weight"}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        "audio_encoder.0.bias",
+        "audio_encoder.1.weight",
+        "audio_encoder.1.bias",
+        "pos_embed",
+    }
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_frozen_parameters_are_left_out():
+    toy = Toy()
+    toy.audio_encoder[0].weight.requires_grad_(False)
+    decay, no_decay = param_groups(toy, 0.05)
+    assert decay["params"] == [] and len(no_decay["params"]) == 4
+
+
+def test_warmup_cosine_values():
+    s = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1)
+    assert s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0)
+    assert s(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert s(110) == pytest.approx(0.1) and s(500) == pytest.approx(0.1)
+    values = [s(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_lr_scaled_by_effective_batch_and_schedule_steps(tmp_path):
+    toy = Toy(base_lr=1e-3, warmup_steps=2, min_lr_ratio=0.0)
+    trainer = _trainer(tmp_path, max_steps=4, accumulate_grad_batches=2)
+    trainer.fit(toy, datamodule=FakeData(batch_size=4))
+    assert toy.used_lr == pytest.approx(1e-3 * 4 * 2 / 256)
+    sched = trainer.lr_scheduler_configs[0]
+    assert sched.interval == "step"
+    assert sched.scheduler.last_epoch == 4
+    lr_end = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr_end == pytest.approx(toy.used_lr * WarmupCosine(2, 4, 0.0)(4))
+
+
+def test_absolute_lr_overrides_scaling(tmp_path):
+    toy = Toy(lr=0.01)
+    _trainer(tmp_path, max_steps=1).fit(toy, datamodule=FakeData())
+    assert toy.used_lr == 0.01
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
+    toy = Toy(nan_batches=[1, 2], base_lr=1e-2)
+    seen = {}
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen[batch_idx] = (outputs, [p.detach().clone() for p in module.parameters()])
+
+    trainer = _trainer(tmp_path, max_steps=4, callbacks=[Spy()])
+    trainer.fit(toy, datamodule=FakeData())
+    assert toy.nonfinite_total == 2 and toy.nonfinite_in_row == 0
+    assert not seen[1][0] and not seen[2][0] and seen[3][0]  # Lightning: {} when skipped
+    for a, b in zip(seen[0][1], seen[2][1]):  # skipped steps left the weights unchanged
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(seen[2][1], seen[3][1]))
+    assert trainer.callback_metrics["train/nonfinite_skipped"] == 2.0
+
+
+def test_too_many_nonfinite_in_a_row_stops_with_clear_error(tmp_path):
+    toy = Toy(nan_batches=list(range(1, 50)), max_nonfinite_in_row=3)
+    with pytest.raises(RuntimeError, match="3 non-finite losses in a row.*rec=nan"):
+        _trainer(tmp_path, max_steps=20).fit(toy, datamodule=FakeData())
+
+
+def test_checkpoint_loads_with_weights_only_and_has_provenance(tmp_path):
+    toy = Toy(base_lr=1e-3)
+    toy.recipe_name = "toy"
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(toy, datamodule=FakeData())
+    path = tmp_path / "toy.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["avssl"]["objective"] == f"{Toy.__module__}.Toy"
+    assert ckpt["avssl"]["recipe"] == "toy"
+    assert ckpt["avssl"]["data"] == FakeData().preprocessing()
+    import avssl
+
+    assert ckpt["avssl"]["version"] == avssl.__version__
+    hp = ckpt["hyper_parameters"]
+    assert hp["base_lr"] == 1e-3 and hp["max_nonfinite_in_row"] == 20
+    json.dumps(hp)  # JSON-serialisable
+    sched = ckpt["lr_schedulers"][0]["lr_lambdas"][0]
+    assert sched["warmup_steps"] == 0 and sched["total_steps"] == 2
+    assert ckpt["optimizer_states"][0]["state"][0]["step"] == 2
+
+
+def test_non_json_hyperparameter_is_refused():
+    class Bad(Toy):
+        def __init__(self, thing: object = None, **kwargs) -> None:
+            super().__init__(**kwargs)
+
+    with pytest.raises(ValueError, match="'thing' is a object"):
+        Bad(thing=object())
+
+
+def test_rng_state_roundtrip_through_weights_only(tmp_path):
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    assert got == expected
+    assert math.isfinite(got[0])

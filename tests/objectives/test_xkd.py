@@ -1,0 +1,163 @@
+"""XKD: EMA teachers, centres, loss composition, shared backbone, export, checkpoint resume."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import make_batch
+
+from avssl.losses.distillation import dino_distill
+from avssl.objectives.base import param_groups
+from avssl.objectives.xkd import XKD
+
+TINY = dict(
+    size="tiny",
+    depth=1,
+    decoder_depth=1,
+    head_hidden_dim=32,
+    head_bottleneck_dim=16,
+    head_out_dim=64,
+    mask_ratio_audio=0.75,
+    mask_ratio_video=0.75,
+)
+
+
+def _model(**kw) -> XKD:
+    torch.manual_seed(0)
+    return XKD(**{**TINY, **kw})
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_teacher_starts_as_a_frozen_copy_outside_the_optimizer():
+    model = _model()
+    for t, s in zip(model.teacher.parameters(), model.student().parameters()):
+        assert torch.equal(t, s) and not t.requires_grad
+    optimised = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
+    assert not any(id(p) in optimised for p in model.teacher.parameters())
+
+
+def test_ema_update_and_cosine_momentum(batch):
+    model = _model()
+    opt = torch.optim.SGD(param_groups(model, 0.0), lr=0.5)
+    model.compute_losses(batch)["loss"].backward()
+    opt.step()
+    t0, s1 = _params(model.teacher), _params(model.student())
+    m = model.update_teacher(step=0, total_steps=100)
+    assert m == pytest.approx(0.997)
+    for t_new, t, s in zip(model.teacher.parameters(), t0, s1):
+        assert torch.allclose(t_new, 0.997 * t + 0.003 * s, atol=1e-6)
+    assert model.update_teacher(50, 100) == pytest.approx(0.9985)  # half-way on the cosine
+    before = _params(model.teacher)
+    assert model.update_teacher(100, 100) == pytest.approx(1.0)  # momentum 1: frozen
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))
+
+
+def test_centres_follow_the_teacher_mean_in_training_only(batch):
+    model = _model()
+    ta = model._teacher_logits(batch.audio, "audio")
+    tv = model._teacher_logits(batch.video, "video")
+    model.eval().compute_losses(batch)
+    assert torch.equal(model.center_audio, torch.zeros(1, 64))
+    model.train().compute_losses(batch)
+    assert torch.allclose(model.center_audio, 0.1 * ta.mean(0, keepdim=True), atol=1e-6)
+    assert torch.allclose(model.center_video, 0.1 * tv.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_loss_is_the_normalised_weighted_sum(batch):
+    model = _model(recon_weight=5.0, kd_weight=1.0, align_weight=1.0)
+    out = {k: float(v.detach()) for k, v in model.compute_losses(batch).items()}
+    recon = (out["recon_audio"] + out["recon_video"]) / 2
+    kd = (out["kd_video_to_audio"] + out["kd_audio_to_video"]) / 2
+    assert out["loss"] == pytest.approx((5 * recon + kd + out["align"]) / 7, rel=1e-5)
+
+
+def test_kd_targets_are_the_other_modalitys_teacher(batch):
+    model = _model().eval()
+    torch.manual_seed(3)
+    out = model.compute_losses(batch)
+    torch.manual_seed(3)  # same masks: reproduce the student logits
+    _, s_a = model._student_branch(batch.audio, "audio", torch.ones(4))
+    t_v = model._teacher_logits(batch.video, "video")
+    want = dino_distill(s_a, t_v, model.center_video, 0.1, 0.1)  # video teacher T 0.1
+    assert float(out["kd_video_to_audio"]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_steps_lower_the_loss(batch):
+    model = _model()
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=2e-3)
+    hist = []
+    for step in range(6):
+        torch.manual_seed(7)
+        loss = model.compute_losses(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_teacher(step, 100)
+        hist.append(float(loss))
+    assert hist[-1] < 0.8 * hist[0], hist
+
+
+def test_shared_backbone_and_coral_variant(batch):
+    model = _model(shared_backbone=True, align="coral")
+    assert model.video_encoder.blocks is model.audio_encoder.blocks
+    assert model.teacher["video"].blocks is model.teacher["audio"].blocks
+    assert model.teacher["video"].blocks is not model.audio_encoder.blocks
+    n_shared = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_sep = sum(p.numel() for p in _model().parameters() if p.requires_grad)
+    assert n_shared < n_sep
+    out = model.compute_losses(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["align"])
+    model.update_teacher(0, 10)  # EMA works with shared modules
+
+
+def test_export_teacher_or_student_and_bad_settings():
+    model = _model()
+    enc = model.export_encoders()
+    assert enc["which"] == "teacher" and enc["audio"] is model.teacher["audio"]
+    enc = _model(export_which="student").export_encoders()
+    assert enc["which"] == "student" and enc["video"] is not None
+    with pytest.raises(ValueError, match="align"):
+        _model(align="kl")
+
+
+class _Data(pl.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_size = 4
+        self.batches = [make_batch(seed=i) for i in range(4)]
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.batches, batch_size=None)
+
+
+def _trainer(tmp_path, steps: int) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_steps=steps,
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_checkpoint_resumes_teachers_and_centres(tmp_path):
+    model = _model()
+    trainer = _trainer(tmp_path, 2)
+    trainer.fit(model, datamodule=_Data())
+    assert model.ema_momentum == pytest.approx(0.9985)  # EMA after step 2 of 2 uses step 1
+    assert model.center_audio.abs().sum() > 0
+    ckpt = tmp_path / "xkd.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert any(k.startswith("teacher.") for k in saved) and "center_video" in saved
+    fresh = _model(base_lr=1.0)  # different init args do not matter for the state
+    torch.manual_seed(99)
+    for p in fresh.parameters():
+        p.data.normal_()
+    _trainer(tmp_path, 2).fit(fresh, datamodule=_Data(), ckpt_path=str(ckpt))  # no new step
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[name]), name

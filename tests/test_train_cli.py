@@ -1,0 +1,134 @@
+"""avssl pretrain / fit: run folders, resume with optimizer state, user errors, 2-process DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipes import RECIPES, build_tiny_shards, debug_args
+
+from avssl import cli
+from avssl.train import pretrain_main
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_shards(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_id(monkeypatch):
+    monkeypatch.delenv("AVSSL_RUN_ID", raising=False)
+
+
+def _pretrain(shards: Path, runs: Path, *extra: str, resume: str = "", run_id: str = "") -> None:
+    if run_id:
+        os.environ["AVSSL_RUN_ID"] = run_id
+    args = ["--recipe", "mavil", "--data", str(shards), "--runs", str(runs), "--resume", resume]
+    args += ["--", "--config", str(RECIPES / "debug.yaml"), "--trainer.enable_progress_bar=false"]
+    assert pretrain_main(args + list(extra)) == 0
+    os.environ.pop("AVSSL_RUN_ID", None)
+
+
+def _adam_state(ckpt: dict) -> dict:
+    return ckpt["optimizer_states"][0]["state"]
+
+
+def test_pretrain_run_folder_and_resume_restores_optimizer(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _pretrain(shards, runs, run_id="first")
+    run = runs / "mavil" / "first"
+    out = capsys.readouterr().out
+    assert f"make export CKPT={run / 'checkpoints' / 'last.ckpt'}" in out
+    assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    config = (run / "config.yaml").read_text()
+    assert "avssl.objectives.mavil.MAViL" in config and str(shards) in config
+    _check_tensorboard(run)
+    mid = run / "checkpoints" / f"step{2:07d}.ckpt"
+    full = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    half = torch.load(mid, weights_only=True)
+    assert half["global_step"] == 2 and full["global_step"] == 4
+    assert "rng" in half["avssl_state"]
+
+    # resume from step 2 (as after a kill): continues in the same run folder up to step 4
+    _pretrain(shards, runs, resume=str(mid))
+    assert sorted(p.name for p in (runs / "mavil").iterdir()) == ["first"]
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4
+    assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
+    ref, got = _adam_state(full), _adam_state(resumed)
+    assert ref.keys() == got.keys()
+    for k in ref:  # 2 restored + 2 new Adam steps (2 if the state had not been restored)
+        assert float(got[k]["step"]) == float(ref[k]["step"]) == 4.0
+    # the moments continue from step 2's: after resume they differ from a fresh start's
+    fresh = _adam_state(half)
+    assert any(not torch.equal(got[k]["exp_avg_sq"], fresh[k]["exp_avg_sq"]) for k in got)
+
+
+def _check_tensorboard(run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"loss/loss", "loss/recon_audio", "loss/recon_video", "loss/inter", "optim/lr"}
+    expected |= {"perf/samples_per_sec", "perf/data_wait_fraction", "train/nonfinite_skipped"}
+    expected |= {"data/skipped_samples", "loss/intra_audio", "loss/intra_video"}
+    assert expected <= scalars, expected - scalars
+    assert {"images/audio", "images/video"} <= set(events.Tags()["images"])
+    rate = events.Scalars("perf/samples_per_sec")[-1].value
+    assert rate > 0
+    wait = events.Scalars("perf/data_wait_fraction")[-1].value
+    assert 0.0 <= wait <= 1.0
+
+
+def test_resume_auto_picks_the_newest_last_ckpt(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _pretrain(shards, runs, "--trainer.max_steps=2", run_id="a")
+    capsys.readouterr()
+    _pretrain(shards, runs, "--trainer.max_steps=4", resume="auto")
+    out = capsys.readouterr().out
+    assert f"--resume auto: {runs / 'mavil' / 'a' / 'checkpoints' / 'last.ckpt'}" in out
+    last = torch.load(runs / "mavil" / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+
+
+def test_user_errors_exit_2_with_one_line(shards, tmp_path, capsys):
+    assert cli.main(["pretrain", "--recipe", "nope", "--data", str(shards)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avssl pretrain: error: unknown recipe 'nope'") and "\n" not in err
+    assert cli.main(["pretrain", "--data", str(tmp_path / "missing")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    args = debug_args("mavil", shards, tmp_path, "--model.init_args.no_such_option=1")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avssl fit: error: bad configuration") and "\n" not in err
+    assert "no_such_option" in err
+    assert cli.main(["fit", "--config", str(tmp_path / "missing.yaml")]) == 2
+    args = debug_args("mavil", shards, tmp_path, "--data.init_args.train_split=nosplit")
+    assert cli.main(args) == 2
+    assert "nosplit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_run_of_the_debug_recipe(shards, tmp_path):
+    runs = tmp_path / "runs"
+    args = debug_args("mavil", shards, runs, "--trainer.devices=2", "--trainer.strategy=ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", AVSSL_RUN_ID="ddp")
+    proc = subprocess.run(
+        [sys.executable, "-m", "avssl.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    ckpt = torch.load(runs / "mavil" / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    # learning rate scaled by the effective batch: 4 per rank x 2 ranks
+    assert "effective batch 8" in proc.stderr + proc.stdout
