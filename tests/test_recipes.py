@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from avssl.train import lightning_main
+from avssl.train import NOT_RECIPES, lightning_main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in ("_base", "debug"))
+NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in NOT_RECIPES)
 DEBUG_STEPS = 4  # recipes/debug.yaml: trainer.max_steps
 
 

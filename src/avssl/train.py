@@ -33,7 +33,7 @@ from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NOT_RECIPES = ("_base", "debug")
+NOT_RECIPES = ("_base", "debug", "demo")  # overlays, not recipes
 
 
 # ----------------------------------------------------------------------------- recipes, runs

@@ -15,11 +15,12 @@ import torch
 import yaml
 
 from avssl import export
+from avssl.train import NOT_RECIPES
 from tests.export.export_fakes import randomize
 
 pytestmark = pytest.mark.slow
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in ("_base", "debug"))
+NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in NOT_RECIPES)
 DATA = {  # debug.yaml data sizes, in AVDataModule.preprocessing() layout
     "num_frames": 4,
     "frame_stride": None,
