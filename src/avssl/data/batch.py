@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ class AVBatch:
 
     def pin_memory(self) -> AVBatch:
         """Pins every tensor field (called by DataLoader when ``pin_memory=True``)."""
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = v.pin_memory() if torch.is_tensor(v) else v
@@ -50,7 +51,7 @@ class AVBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AVBatch:
         """Moves every tensor field to ``device``; other fields are kept as they are."""
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
