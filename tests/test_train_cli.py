@@ -86,6 +86,7 @@ def _check_tensorboard(run: Path) -> None:
     assert 0.0 <= wait <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_auto_picks_the_newest_last_ckpt(shards, tmp_path, capsys):
     runs = tmp_path / "runs"
     _pretrain(shards, runs, "--trainer.max_steps=2", run_id="a")

@@ -87,7 +87,7 @@ class ThroughputMonitor(pl.Callback):
         skipped = _skipped_samples(trainer, batch)
         if skipped is not None:
             pl_module.log("data/skipped_samples", float(skipped), on_step=True)
-        window = self.window or trainer.log_every_n_steps
+        window = self.window or int(getattr(trainer, "log_every_n_steps", 50))
         if self._steps < max(window, 1) or self._total <= 0:
             return
         pl_module.log("perf/samples_per_sec", self._samples / self._total, on_step=True)

@@ -284,7 +284,7 @@ def pretrain_main(argv: list[str]) -> int:
 
 
 def _print_summary(cli: AVSSLCLI, recipe: str) -> None:
-    log_dir = cli.trainer.log_dir
+    log_dir = cli.trainer.log_dir or cli.trainer.default_root_dir
     ckpt = cli.trainer.checkpoint_callback
     ckpt_dir = getattr(ckpt, "dirpath", None) or "(no checkpoint callback)"
     last = Path(ckpt_dir) / "last.ckpt"

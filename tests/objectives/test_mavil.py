@@ -129,7 +129,7 @@ def test_stage2_teacher_is_loaded_frozen_and_its_features_are_learned(tiny_mavil
     model = tiny_mavil(stage=2, teacher_ckpt=ckpt, inter_weight=0.0, intra_weight=0.0)
     assert int(model.teacher_loaded) == 1
     for name, p in stage1.audio_encoder.state_dict().items():
-        assert torch.equal(model.teacher["audio"].state_dict()[name], p)
+        assert torch.equal(model.teacher.audio.state_dict()[name], p)
     assert all(not p.requires_grad for p in model.teacher.parameters())
     trainable = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
     assert not trainable & {id(p) for p in model.teacher.parameters()}

@@ -25,29 +25,37 @@ ARCH_KEYS = ("size", "depth", "patch_size", "tubelet_size", "fusion_depth")
 DECODER_DIM = {"tiny": 192, "small": 256, "base": 512, "large": 512}  # MAE/CAV-MAE: 512 at B
 
 
-def build_backbone(hp: dict[str, Any]) -> nn.ModuleDict:
-    """Audio ViT, video ViT and the joint fusion layers from MAViL hyper-parameters."""
-    audio = AudioViT(
-        size=hp["size"],
-        depth=hp["depth"],
-        patch_size=hp["patch_size"],
-        input_size=(hp["audio_frames"], hp["num_mel_bins"]),
-    )
-    video = VideoViT(
-        size=hp["size"],
-        depth=hp["depth"],
-        patch_size=hp["patch_size"],
-        tubelet_size=hp["tubelet_size"],
-        num_frames=hp["num_frames"],
-        img_size=hp["img_size"],
-    )
-    heads = SIZES[hp["size"]][2]
-    # single_norms=False: MAViL never runs one modality alone through the joint layers, and
-    # DDP (find_unused_parameters=False) must not see idle parameters.
-    fusion = JointFusion(
-        audio.embed_dim, depth=hp["fusion_depth"], num_heads=heads, single_norms=False
-    )
-    return nn.ModuleDict({"audio": audio, "video": video, "fusion": fusion})
+class Backbone(nn.Module):
+    """Audio ViT, video ViT and the joint fusion layers built from MAViL hyper-parameters."""
+
+    def __init__(self, hp: dict[str, Any]) -> None:
+        super().__init__()
+        self.audio = AudioViT(
+            size=hp["size"],
+            depth=hp["depth"],
+            patch_size=hp["patch_size"],
+            input_size=(hp["audio_frames"], hp["num_mel_bins"]),
+        )
+        self.video = VideoViT(
+            size=hp["size"],
+            depth=hp["depth"],
+            patch_size=hp["patch_size"],
+            tubelet_size=hp["tubelet_size"],
+            num_frames=hp["num_frames"],
+            img_size=hp["img_size"],
+        )
+        heads = SIZES[hp["size"]][2]
+        # single_norms=False: MAViL never runs one modality alone through the joint layers,
+        # and DDP (find_unused_parameters=False) must not see idle parameters.
+        self.fusion = JointFusion(
+            self.audio.embed_dim, depth=hp["fusion_depth"], num_heads=heads, single_norms=False
+        )
+
+    def forward(self, audio: torch.Tensor, video: torch.Tensor):
+        """Unmasked inputs -> fusion outputs ``([B, Na, D], [B, Nv, D])``."""
+        za = self.audio.forward_features(audio)  # [B, Na, D]
+        zv = self.video.forward_features(video)  # [B, Nv, D]
+        return self.fusion(za, zv)
 
 
 def decoder_dims(hp: dict[str, Any]) -> tuple[int, int, int]:
@@ -58,6 +66,16 @@ def decoder_dims(hp: dict[str, Any]) -> tuple[int, int, int]:
         depth = 8 if hp["depth"] is None else min(8, hp["depth"])  # MAE/AudioMAE: 8 blocks
     heads = hp["decoder_heads"] or max(dim // 32, 1)  # MAE: 512 wide, 16 heads (32 per head)
     return dim, depth, heads
+
+
+def projection_heads(dim: int, out: int, inter: float, intra: float) -> nn.ModuleDict:
+    """Linear projections for the contrastive terms that are on (no idle parameters)."""
+    names = []
+    if inter > 0:
+        names += ["inter_audio", "inter_video"]
+    if intra > 0:
+        names += ["intra_audio", "intra_video"]
+    return nn.ModuleDict({n: nn.Linear(dim, out) for n in names})
 
 
 def flatten_inputs(batch: AVBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,7 +148,7 @@ def masked_info_nce(
     return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def load_teacher(teacher: nn.ModuleDict, path: str, student_hp: dict[str, Any]) -> None:
+def load_teacher(teacher: Backbone, path: str, student_hp: dict[str, Any]) -> None:
     """Loads the backbone (audio, video, fusion) of a stage-1 MAViL checkpoint into ``teacher``.
 
     The file is read with ``weights_only=True``. Its architecture hyper-parameters must equal
@@ -163,7 +181,7 @@ def load_teacher(teacher: nn.ModuleDict, path: str, student_hp: dict[str, Any]) 
 
 
 def figures(
-    encoder: nn.Module,
+    encoder: AudioViT | VideoViT,
     x: torch.Tensor,
     mask: torch.Tensor,
     recon: torch.Tensor,
@@ -184,7 +202,7 @@ def figures(
         err = recon.float() / recon.float().max().clamp_min(1e-6)  # [N] in [0, 1]
         span = float(target.max()) - low
         recon = (low + err[:, None] * span).expand_as(target)  # [N, P]
-    images = [encoder.unpatchify(t[None], grid)[0] for t in (target, masked, recon)]
+    images = [encoder.unpatchify(t[None], grid)[0] for t in (target, masked, recon)]  # type: ignore[arg-type]
     if x.ndim == 4:  # audio [1, 1, Ta, F]
         return _viz.spectrogram_panel(*(img[0] for img in images))
     return _viz.video_panel(*images)

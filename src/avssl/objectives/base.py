@@ -103,7 +103,8 @@ class AVObjective(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.base_lr, self.lr = base_lr, lr
-        self.min_lr_ratio, self.weight_decay, self.betas = min_lr_ratio, weight_decay, tuple(betas)
+        self.min_lr_ratio, self.weight_decay = min_lr_ratio, weight_decay
+        self.betas = (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.warmup_fraction = warmup_steps, warmup_fraction
         self.max_nonfinite_in_row = max_nonfinite_in_row
         self.nonfinite_total = 0
@@ -139,7 +140,7 @@ class AVObjective(pl.LightningModule):
             return None
         return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         eff = self.effective_batch_size()
         if self.lr is not None:
             lr = self.lr
@@ -241,7 +242,7 @@ class AVObjective(pl.LightningModule):
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states in ``weights_only``-loadable types."""
-    np_state = np.random.get_state()
+    np_state: tuple = np.random.get_state(legacy=True)  # type: ignore[assignment]
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

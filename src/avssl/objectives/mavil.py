@@ -28,7 +28,6 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses.reconstruction import masked_mse
@@ -95,43 +94,45 @@ class MAViL(AVObjective):
         if stage == 2 and not teacher_ckpt:
             raise ValueError("MAViL stage 2 needs model.init_args.teacher_ckpt (a stage-1 ckpt)")
         hp = dict(self.hparams)
-        backbone = parts.build_backbone(hp)
-        self.audio_encoder = backbone["audio"]
-        self.video_encoder = backbone["video"]
-        self.fusion = backbone["fusion"]
-        dim = self.audio_encoder.embed_dim
-        dec_dim, dec_depth, dec_heads = parts.decoder_dims(hp)
-        out_a = self.audio_encoder.patch_dim if stage == 1 else dim
-        out_v = self.video_encoder.patch_dim if stage == 1 else dim
-        grid_a, grid_v = self.audio_encoder.default_grid, self.video_encoder.default_grid
-        self.audio_decoder = TransformerDecoder(
-            dim, out_a, dec_dim, dec_depth, dec_heads, grid=grid_a
+        backbone = parts.Backbone(hp)
+        self.audio_encoder = backbone.audio
+        self.video_encoder = backbone.video
+        self.fusion = backbone.fusion
+        self.audio_decoder, self.video_decoder = self._decoders(hp)
+        self.proj = parts.projection_heads(
+            self.audio_encoder.embed_dim, proj_dim, inter_weight, intra_weight
         )
-        self.video_decoder = TransformerDecoder(
-            dim, out_v, dec_dim, dec_depth, dec_heads, grid=grid_v
-        )
-        heads = []
-        if inter_weight > 0:
-            heads += ["inter_audio", "inter_video"]
-        if intra_weight > 0:
-            heads += ["intra_audio", "intra_video"]
-        self.proj = nn.ModuleDict({h: nn.Linear(dim, proj_dim) for h in heads})
         self.stage, self.teacher_ckpt = stage, teacher_ckpt
         self.mask_ratio_audio, self.mask_ratio_video = mask_ratio_audio, mask_ratio_video
         self.norm_pix_loss = norm_pix_loss
         self.inter_weight, self.intra_weight = inter_weight, intra_weight
         self.inter_temperature, self.intra_temperature = inter_temperature, intra_temperature
         self.gather_negatives = gather_negatives
-        self.teacher: nn.ModuleDict | None = None
-        if stage == 2:
-            self.teacher = parts.build_backbone(hp).requires_grad_(False).eval()
-            self.register_buffer("teacher_loaded", torch.zeros((), dtype=torch.long))
+        self.teacher: parts.Backbone | None = None
+        self.teacher_loaded: torch.Tensor
+        self.register_buffer("teacher_loaded", torch.zeros((), dtype=torch.long))
+        if stage == 2 and teacher_ckpt:
+            self.teacher = parts.Backbone(hp).requires_grad_(False).eval()
             self.load_teacher(teacher_ckpt, missing_ok=True)
+
+    def _decoders(self, hp: dict[str, Any]) -> tuple[TransformerDecoder, TransformerDecoder]:
+        """Per-modality decoders: patches (stage 1) or teacher features of width D (stage 2)."""
+        dim = self.audio_encoder.embed_dim
+        width, depth, heads = parts.decoder_dims(hp)
+        out_a = self.audio_encoder.patch_dim if hp["stage"] == 1 else dim
+        out_v = self.video_encoder.patch_dim if hp["stage"] == 1 else dim
+        grid_a, grid_v = self.audio_encoder.default_grid, self.video_encoder.default_grid
+        return (
+            TransformerDecoder(dim, out_a, width, depth, heads, grid=grid_a),
+            TransformerDecoder(dim, out_v, width, depth, heads, grid=grid_v),
+        )
 
     # ----------------------------------------------------------------- teacher (stage 2)
     def load_teacher(self, path: str, missing_ok: bool = False) -> bool:
         """Loads the frozen stage-1 teacher; with ``missing_ok`` a missing file is deferred
         (export rebuilds the objective without it; training checks in ``on_fit_start``)."""
+        if self.teacher is None:
+            raise ValueError("MAViL.load_teacher: only stage 2 has a teacher")
         try:
             parts.load_teacher(self.teacher, path, dict(self.hparams))
         except FileNotFoundError:
@@ -158,9 +159,9 @@ class MAViL(AVObjective):
     @torch.no_grad()
     def teacher_targets(self, audio: torch.Tensor, video: torch.Tensor):
         """Teacher's fusion outputs on the unmasked inputs: ``([B, Na, D], [B, Nv, D])``."""
-        za = self.teacher["audio"].forward_features(audio)  # [B, Na, D]
-        zv = self.teacher["video"].forward_features(video)  # [B, Nv, D]
-        return self.teacher["fusion"](za, zv)
+        if self.teacher is None:
+            raise RuntimeError("MAViL stage 1 has no teacher")
+        return self.teacher(audio, video)
 
     # ----------------------------------------------------------------- forward
     def _mask(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, Any]:

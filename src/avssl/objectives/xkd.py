@@ -228,8 +228,8 @@ class XKD(AVObjective):
 
         XKD's reference code saves both teacher and student backbones; we export the teachers
         by default because, as in DINO, the EMA teacher is the smoother and usually the better
-        feature extractor (``export_which: student`` exports the students; the learning check
-        in the closing note measured both).
+        feature extractor; the paper's text available to us does not say which one it evaluates.
+        ``export_which: student`` exports the students.
         """
         which = self.cfg["export_which"]
         src = self.teacher if which == "teacher" else self.student()
