@@ -102,5 +102,5 @@ def test_stage2_exports_the_student(stage1_ckpt, tmp_path):
     x = inputs(bundle.preprocessing, 2)
     with torch.no_grad():
         assert float((bundle.video(x["video"]) - obj.video_encoder(x["video"])).abs().max()) == 0
-        teacher_out = obj.teacher["video"](x["video"])
+        teacher_out = obj.teacher.video(x["video"])
         assert float((bundle.video(x["video"]) - teacher_out).abs().max()) > 1e-4
