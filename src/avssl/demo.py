@@ -72,7 +72,8 @@ def main() -> int:
     _avssl(
         "pretrain", "--recipe", "mavil", "--data", str(SHARDS), "--",
         "--config", "recipes/demo.yaml",
-        env={"AVSSL_RUN_ID": RUN_ID},
+        # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
+        env={"AVSSL_RUN_ID": RUN_ID, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
     ckpt = Path("runs/mavil") / RUN_ID / "checkpoints" / "last.ckpt"
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
