@@ -16,7 +16,13 @@ from avssl.data.synthetic import (
     load_meta,
 )
 from avssl.data.synthetic_plan import held_out_groups
-from avssl.data.synthetic_render import FLASH_MIX, flash_envelope, object_track
+from avssl.data.synthetic_render import (
+    DISTRACTOR_S,
+    FLASH_MIX,
+    flash_envelope,
+    object_track,
+    render_audio,
+)
 
 SMALL = dict(num_classes=3, clips_per_class=4, seed=0, min_duration=1.5, max_duration=2.5)
 
@@ -150,13 +156,44 @@ def test_audio_onsets_at_event_times(meta: dict, decoded: list) -> None:
             continue
         mono = audio.mean(axis=0)
         win = int(0.02 * rate)
+        off_screen = np.array([d[0] for d in clip["distractors"]])
         for s in event_samples(clip, rate):
-            if win <= s <= mono.size - win:
+            t = s / rate  # an off-screen sound ringing in either window would mask the onset
+            masked = np.any((off_screen > t - DISTRACTOR_S - 0.02) & (off_screen < t + 0.02))
+            if win <= s <= mono.size - win and not masked:
                 after, before = np.mean(mono[s : s + win] ** 2), np.mean(mono[s - win : s] ** 2)
                 ratios.append(after / max(before, 1e-12))
         assert len(clip["events"]) >= 3
     assert len(ratios) > 30
     assert min(ratios) > 10.0 and np.median(ratios) > 100.0
+
+
+def test_off_screen_sounds_are_other_timbres_and_audible(meta: dict) -> None:
+    """Distractors: Poisson times inside the clip, never the class timbre, and they are the
+    only difference between the soundtrack and the same clip rendered without them."""
+    count = 0
+    for clip in meta["clips"]:
+        cls = meta["classes"][clip["label"]]
+        times = [d[0] for d in clip["distractors"]]
+        assert times == sorted(times) and all(0 < t < clip["duration"] for t in times)
+        assert all(d[1] != cls["timbre"] for d in clip["distractors"])
+        count += len(times)
+        if not clip["has_audio"]:
+            continue
+        sr = clip["sample_rate"]
+        with_them = render_audio(clip, cls, np.random.default_rng([clip["seed"], 1]))
+        without = render_audio(
+            {**clip, "distractors": []}, cls, np.random.default_rng([clip["seed"], 1])
+        )
+        diff = np.abs(with_them - without).max(axis=0)  # [S]
+        inside = np.zeros(diff.size, bool)
+        for t in times:
+            s = int(round(t * sr))
+            inside[s : s + int(DISTRACTOR_S * sr)] = True
+            assert diff[s : s + int(0.05 * sr)].max() > 1e-4  # audible right from its onset
+        assert diff[~inside].max() == 0.0
+    total = sum(c["duration"] for c in meta["clips"])
+    assert 0.4 < count / total < 2.0  # about one per second
 
 
 def test_visual_flash_at_event_frames(meta: dict, decoded: list) -> None:
@@ -182,13 +219,25 @@ def test_visual_flash_at_event_frames(meta: dict, decoded: list) -> None:
         assert np.allclose(flash, flash_envelope(times, np.asarray(events) / fps))
 
 
-def _audio_feature(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Mean log power spectrum in 50 Hz bins up to 5 kHz, level removed."""
-    mono = audio.mean(axis=0)
-    n = int(0.02 * rate)
-    frames = mono[: mono.size // n * n].reshape(-1, n) * np.hanning(n)  # [N, n]
-    spec = np.log(np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0)[:100] + 1e-10)
-    return spec - spec.mean()
+def _audio_feature(audio: np.ndarray, rate: int, clip: dict) -> np.ndarray:
+    """Pitch-independent timbre of the notes at the clip's (visible) events: spectral centroid
+    over the strongest peak, share of bins within 30 dB of the peak, spectral flatness; 40 ms
+    after each onset, averaged. Pitch and off-screen sounds are nuisances of the set."""
+    mono, n = audio.mean(axis=0), int(0.04 * rate)
+    out = []
+    for s in event_samples(clip, rate):
+        if s + n > mono.size:
+            continue
+        power = np.abs(np.fft.rfft(mono[s : s + n] * np.hanning(n))) ** 2
+        freqs = np.fft.rfftfreq(n, 1.0 / rate)
+        band = (freqs > 50) & (freqs < 8000)
+        p, f = power[band], freqs[band]
+        centroid = (p * f).sum() / p.sum()
+        flatness = np.exp(np.mean(np.log(p + 1e-12))) / p.mean()
+        out.append(
+            [np.log(centroid / f[np.argmax(p)]), np.mean(p > 1e-3 * p.max()), np.log(flatness)]
+        )
+    return np.mean(out, axis=0)
 
 
 def _video_feature(frames: np.ndarray, clip: dict) -> np.ndarray:
@@ -221,5 +270,7 @@ def test_class_recoverable_from_each_modality(meta: dict, decoded: list) -> None
     video = np.stack([_video_feature(f, c) for c, (f, _, _) in zip(meta["clips"], decoded)])
     assert _leave_one_out_nearest_centroid(video, labels) >= 0.8  # chance 1/3
     has = np.array([a is not None for _, a, _ in decoded])
-    audio = np.stack([_audio_feature(a, r) for _, a, r in decoded if a is not None])
+    audio = np.stack(
+        [_audio_feature(a, r, c) for c, (_, a, r) in zip(meta["clips"], decoded) if a is not None]
+    )
     assert _leave_one_out_nearest_centroid(audio, labels[has]) >= 0.8

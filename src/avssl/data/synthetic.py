@@ -17,7 +17,11 @@ event); :mod:`avssl.data.synthetic_classes` lists them. Events follow the class 
 random per-clip phase and a tempo factor in a narrow range, so per-clip timing says no more than
 the class does (DESIGN section 11; "Objects that Sound", https://arxiv.org/abs/1712.06651).
 At each event the object flashes and the note starts, at the same instant. Colours, background
-texture, position, size, speed, loudness and noise are drawn independently of the class.
+texture, position, size, speed, loudness, pitch (+-5 semitones), background noise and off-screen
+sounds (other timbres at Poisson times, about one per second, not shown on screen) are drawn
+independently of the class. These nuisances are what make the set a learning check: features of
+an untrained encoder probe far below a raw spectrum average, and pretraining has to recover the
+class (meta format version 2: larger objects, pitch range, distractors).
 
 Workers are spawned processes: a script calling ``generate(..., workers=2)`` needs the usual
 ``if __name__ == "__main__":`` guard.
@@ -49,7 +53,7 @@ __all__ = ["generate", "load_meta", "event_times", "event_frames", "event_sample
 
 META_NAME = "synthetic_meta.json"
 META_FORMAT = "avssl-synthetic"
-META_VERSION = 1
+META_VERSION = 2
 
 
 def _write_lists(root: Path, classes: list[dict], clips: list[dict], num_groups: int) -> None:
@@ -72,8 +76,10 @@ def _is_complete(root: Path, settings: dict) -> bool:
         meta = json.loads((root / META_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("settings") == settings and all(
-        (root / c["file"]).is_file() for c in meta.get("clips", [])
+    return (
+        meta.get("version") == META_VERSION
+        and meta.get("settings") == settings
+        and all((root / c["file"]).is_file() for c in meta.get("clips", []))
     )
 
 

@@ -2,7 +2,8 @@
 
 A class is a tuple (shape, motion path, timbre, rhythm). Shape and motion make the class visible
 in every frame; timbre and rhythm make it audible in every event. Everything else about a clip
-(colours, background, position, size, speed, loudness, noise, timing phase) is a per-clip
+(colours, background, position, size, speed, loudness, pitch, noise, off-screen sounds, timing
+phase) is a per-clip
 nuisance drawn in :mod:`avssl.data.synthetic` independently of the class, following the advice
 of "Objects that Sound" (Arandjelovic & Zisserman, https://arxiv.org/abs/1712.06651) and DESIGN
 section 11: the class must be the cheapest thing the two streams share.

@@ -15,11 +15,18 @@ import math
 
 import numpy as np
 
+from avssl.data.synthetic_classes import TIMBRES
+
 MAX_GROUPS = 25  # UCF101 has 25 groups per class
 TEST_GROUP_FRACTION = 0.28  # UCF101 holds out 7 of 25 groups per split
 TEXTURES = ("gradient", "stripes", "checker", "blobs", "grain")
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 LUMA = np.array([0.299, 0.587, 0.114])
+SIZE_RANGE = (0.17, 0.27)  # object radius / short side: >= one 16-px patch wide at 64 px
+NOISE_DB = (-35.0, -15.0)  # background noise relative to the notes' peak
+DETUNE = 5.0  # semitones either way: pitch is a nuisance, the timbre names the class
+DISTRACTOR_RATE = 1.0  # off-screen sounds per second (Poisson), other classes' timbres
+DISTRACTOR_DB = (-12.0, -3.0)  # their level relative to the on-screen notes
 
 
 def validate_settings(**kw) -> dict:
@@ -109,14 +116,14 @@ def _nuisance(rng: np.random.Generator, rhythm: list[float]) -> dict:
         "texture_scale": r4(rng.uniform(2.0, 8.0)),
         "texture_angle": r4(rng.uniform(0.0, np.pi)),
         "center": [r4(rng.uniform(0.3, 0.7)), r4(rng.uniform(0.3, 0.7))],
-        "size": r4(rng.uniform(0.08, 0.15)),
+        "size": r4(rng.uniform(SIZE_RANGE[0], SIZE_RANGE[1])),
         "speed": r4(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))),
         "motion_phase": r4(rng.uniform(0.0, 2 * np.pi)),
         "gain_db": r4(rng.uniform(-20.0, -3.0)),
-        "noise_db": r4(rng.uniform(-45.0, -20.0)),
+        "noise_db": r4(rng.uniform(NOISE_DB[0], NOISE_DB[1])),
         "noise_color": "pink" if rng.random() < 0.5 else "white",
         "pan": r4(rng.uniform(np.pi / 8, 3 * np.pi / 8)),
-        "detune": r4(rng.uniform(-1.0, 1.0)),
+        "detune": r4(rng.uniform(-DETUNE, DETUNE)),
         "tempo": r4(tempo),
         "phase": r4(rng.uniform(0.0, sum(rhythm) * tempo)),
     }
@@ -133,6 +140,25 @@ def _events(rhythm: list[float], tempo: float, phase: float, num_frames: int, fp
         t += rhythm[k % len(rhythm)] * tempo
         k += 1
     return [round(v, 5) for v in times]
+
+
+def _distractors(rng: np.random.Generator, timbre: str, duration: float) -> list[list]:
+    """Off-screen sounds ``[time s, timbre, detune semitones, level dB]`` at Poisson times,
+    never in the class timbre: heard but not shown, as in real videos."""
+    others = [t for t in TIMBRES if t != timbre]
+    out: list[list] = []
+    t = float(rng.exponential(1.0 / DISTRACTOR_RATE))
+    while t < duration - 0.05:
+        out.append(
+            [
+                round(t, 4),
+                others[int(rng.integers(len(others)))],
+                round(float(rng.uniform(-DETUNE, DETUNE)), 4),
+                round(float(rng.uniform(*DISTRACTOR_DB)), 4),
+            ]
+        )
+        t += float(rng.exponential(1.0 / DISTRACTOR_RATE))
+    return out
 
 
 def _plan_one(s: dict, cls: dict, label: int, j: int, var: dict, groups: int) -> dict:
@@ -158,6 +184,7 @@ def _plan_one(s: dict, cls: dict, label: int, j: int, var: dict, groups: int) ->
         "channels": var["channels"] if audio else 0,
         "seed": int(rng.integers(2**31)),
         "events": _events(cls["rhythm"], nz["tempo"], nz["phase"], num_frames, fps),
+        "distractors": _distractors(rng, cls["timbre"], num_frames / fps),
         "nuisance": nz,
     }
 

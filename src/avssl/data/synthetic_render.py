@@ -28,6 +28,7 @@ FLASH_GROWTH = 0.3  # relative radius increase at the flash peak
 FLASH_MIX = 0.85  # how far the colour moves towards the flash colour
 CHUNK_FRAMES = 48  # frames rendered at once (bounds memory to ~10 MB at 128x128)
 AUDIO_FRAME = 1024  # AAC frame size
+DISTRACTOR_S = 0.25  # length of an off-screen sound
 
 
 def flash_envelope(times: np.ndarray, events: np.ndarray) -> np.ndarray:
@@ -141,6 +142,14 @@ def render_audio(clip: dict, cls: dict, rng: np.random.Generator) -> np.ndarray:
     dry = np.zeros(num + gate, np.float32)
     for s in np.round(events * sr).astype(int):
         dry[s : s + gate] += note
+    off_rng = np.random.default_rng([clip["seed"], 2])  # own stream: noise is the same without
+    for t, timbre, detune, level_db in clip.get("distractors", []):
+        s = int(round(t * sr))
+        f0_d = TIMBRES[timbre][0] * 2.0 ** (detune / 12.0)
+        length = min(int(DISTRACTOR_S * sr), num + gate - s)
+        dry[s : s + length] += 10.0 ** (level_db / 20.0) * note_template(
+            timbre, f0_d, sr, length, off_rng
+        )
     peak = 10.0 ** (nz["gain_db"] / 20.0)
     dry = dry[:num] * peak
     pan = nz["pan"]
