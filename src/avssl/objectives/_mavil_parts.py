@@ -1,4 +1,5 @@
-"""Helpers of the MAViL objective: backbone construction, masked InfoNCE, teacher loading, figures.
+"""Helpers of the MAViL objective (backbone, masked InfoNCE, teacher loading, figures); the
+encoder builder, input flattening and masked InfoNCE also serve the other objectives.
 
 MAViL: Huang et al. 2022, "MAViL: Masked Audio-Video Learners", https://arxiv.org/abs/2212.08071.
 """
@@ -25,25 +26,31 @@ ARCH_KEYS = ("size", "depth", "patch_size", "tubelet_size", "fusion_depth")
 DECODER_DIM = {"tiny": 192, "small": 256, "base": 512, "large": 512}  # MAE/CAV-MAE: 512 at B
 
 
+def build_encoders(hp: dict[str, Any]) -> tuple[AudioViT, VideoViT]:
+    """Audio and video ViTs from the shared hyper-parameters of the objectives in this package."""
+    audio = AudioViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        input_size=(hp["audio_frames"], hp["num_mel_bins"]),
+    )
+    video = VideoViT(
+        size=hp["size"],
+        depth=hp["depth"],
+        patch_size=hp["patch_size"],
+        tubelet_size=hp["tubelet_size"],
+        num_frames=hp["num_frames"],
+        img_size=hp["img_size"],
+    )
+    return audio, video
+
+
 class Backbone(nn.Module):
     """Audio ViT, video ViT and the joint fusion layers built from MAViL hyper-parameters."""
 
     def __init__(self, hp: dict[str, Any]) -> None:
         super().__init__()
-        self.audio = AudioViT(
-            size=hp["size"],
-            depth=hp["depth"],
-            patch_size=hp["patch_size"],
-            input_size=(hp["audio_frames"], hp["num_mel_bins"]),
-        )
-        self.video = VideoViT(
-            size=hp["size"],
-            depth=hp["depth"],
-            patch_size=hp["patch_size"],
-            tubelet_size=hp["tubelet_size"],
-            num_frames=hp["num_frames"],
-            img_size=hp["img_size"],
-        )
+        self.audio, self.video = build_encoders(hp)
         heads = SIZES[hp["size"]][2]
         # single_norms=False: MAViL never runs one modality alone through the joint layers,
         # and DDP (find_unused_parameters=False) must not see idle parameters.

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.objectives._mavil_parts import flatten_inputs
+from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective
-from avssl.objectives.contrastive import build_encoders
 
 
 class AVC(AVObjective):

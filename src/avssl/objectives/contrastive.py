@@ -32,28 +32,9 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.models.masking import random_masking
-from avssl.models.vit import AudioViT, VideoViT, ViTEncoder
-from avssl.objectives._mavil_parts import flatten_inputs, masked_info_nce
+from avssl.models.vit import ViTEncoder
+from avssl.objectives._mavil_parts import build_encoders, flatten_inputs, masked_info_nce
 from avssl.objectives.base import AVObjective
-
-
-def build_encoders(hp: dict[str, Any]) -> tuple[AudioViT, VideoViT]:
-    """Audio and video ViTs from the shared hyper-parameters of the objectives in this package."""
-    audio = AudioViT(
-        size=hp["size"],
-        depth=hp["depth"],
-        patch_size=hp["patch_size"],
-        input_size=(hp["audio_frames"], hp["num_mel_bins"]),
-    )
-    video = VideoViT(
-        size=hp["size"],
-        depth=hp["depth"],
-        patch_size=hp["patch_size"],
-        tubelet_size=hp["tubelet_size"],
-        num_frames=hp["num_frames"],
-        img_size=hp["img_size"],
-    )
-    return audio, video
 
 
 def projection_head(dim: int, hidden: int, out: int) -> nn.Module:

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.objectives._mavil_parts import flatten_inputs
+from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective
-from avssl.objectives.contrastive import build_encoders, projection_head
+from avssl.objectives.contrastive import projection_head
 
 
 def simsiam_loss(p1, z1, p2, z2, valid: torch.Tensor) -> torch.Tensor:

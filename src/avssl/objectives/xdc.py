@@ -32,9 +32,9 @@ from torch import nn
 from avssl.data.batch import AVBatch
 from avssl.losses.clustering import cluster_cross_entropy
 from avssl.models.kmeans import kmeans
-from avssl.objectives._mavil_parts import flatten_inputs
+from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective
-from avssl.objectives.contrastive import build_encoders, projection_head
+from avssl.objectives.contrastive import projection_head
 
 MODALITIES = ("audio", "video")
 OTHER = {"audio": "video", "video": "audio"}

@@ -33,9 +33,8 @@ from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.masking import random_masking
 from avssl.models.utils import cosine_schedule, ema_update
-from avssl.objectives._mavil_parts import decoder_dims, flatten_inputs
+from avssl.objectives._mavil_parts import build_encoders, decoder_dims, flatten_inputs
 from avssl.objectives.base import AVObjective
-from avssl.objectives.contrastive import build_encoders
 
 
 class DINOHead(nn.Module):
