@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -164,10 +165,9 @@ def test_loading_and_embedding_do_not_import_lightning(save_fake, tmp_path):
 
 HUB_WITHOUT_INSTALL = """
 import importlib.util, sys
-sys.path.append(sys.argv[1])  # site-packages without its .pth files: avssl is not installed
 assert importlib.util.find_spec("avssl") is None
 import torch
-bundle = torch.hub.load(sys.argv[2], "load_encoder", path=sys.argv[3], source="local")
+bundle = torch.hub.load(sys.argv[1], "load_encoder", path=sys.argv[2], source="local")
 print("HUB", type(bundle).__name__, bundle.embed_dim["audio"])
 """
 
@@ -181,10 +181,11 @@ def test_torch_hub_local(save_fake, tmp_path):
     x = inputs()
     assert type(hub).__name__ == "EncoderBundle"
     assert max_diff(hub.audio, direct.audio, x["audio"]) == 0.0
-    # a plain checkout, avssl not installed: hubconf.py finds src/ itself
-    site = sysconfig.get_paths()["purelib"]
-    cmd = [sys.executable, "-S", "-c", HUB_WITHOUT_INSTALL, site, str(REPO), str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    # a plain checkout, avssl not installed: hubconf.py finds src/ itself. -S skips the .pth
+    # files that install avssl; PYTHONPATH still gives torch and the other dependencies.
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    cmd = [sys.executable, "-S", "-c", HUB_WITHOUT_INSTALL, str(REPO), str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert "HUB EncoderBundle 192" in res.stdout, res.stderr[-2000:]
 
 

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_batch
 
 from avssl.losses.contrastive import info_nce
 from avssl.objectives.base import param_groups
 from avssl.objectives.contrastive import AVContrastive, _memory_nce
+from tests.objectives.batches import make_batch
 
 TINY = dict(size="tiny", depth=1, proj_dim=16, proj_hidden_dim=32)
 

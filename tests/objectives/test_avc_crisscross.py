@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch
 
 from avssl.objectives.avc import AVC
 from avssl.objectives.base import param_groups
 from avssl.objectives.crisscross import CrissCross, simsiam_loss
+from tests.objectives.batches import make_batch
 
 TINY = dict(size="tiny", depth=1)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_batch
 from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.objectives.base import AVObjective, WarmupCosine, param_groups, rng_state, set_rng_state
+from tests.objectives.batches import make_batch
 
 
 class Toy(AVObjective):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch
 
 from avssl.losses.contrastive import info_nce
 from avssl.objectives import _mavil_parts as parts
 from avssl.objectives.base import param_groups
+from tests.objectives.batches import make_batch
 
 TERMS = ("recon_audio", "recon_video", "inter", "intra_audio", "intra_video")
 

@@ -6,11 +6,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import make_batch
 
 from avssl.losses.clustering import cluster_cross_entropy
 from avssl.models.kmeans import assign, kmeans
 from avssl.objectives.xdc import XDC
+from tests.objectives.batches import make_batch
 
 TINY = dict(size="tiny", depth=1, num_clusters=3, kmeans_backend="torch")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_batch
 
 from avssl.losses.distillation import dino_distill
 from avssl.objectives.base import param_groups
 from avssl.objectives.xkd import XKD
+from tests.objectives.batches import make_batch
 
 TINY = dict(
     size="tiny",
