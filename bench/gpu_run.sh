@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark run (issue 8): eager and compiled training steps at the reference
-# configurations, then the step fed by the real loader from synthetic shards.
-# Usage on a GPU machine (repo root): bash bench/gpu_run.sh [SHARDS_DIR] [LOG_DIR]
+# One-shot GPU benchmark run (issue 8): the training steps at the reference configurations,
+# eager (fast vs the fp32 baseline) and with every transformer block compiled (the recipes'
+# `compile: auto` on a GPU), then the step fed by the real loader from synthetic shards built here
+# (340x256 px, 30 fps, 10 s clips, like prepared VGGSound/Kinetics clips).
+# Usage on a GPU machine (repo root): bash bench/gpu_run.sh [LOG_DIR]
+# SIZE=tiny DEVICE=cpu STEPS=2 runs the same sequence in minutes on a CPU (a dry run).
 set -u
-shards=${1:-}
-logs=${2:-${OUT:-/tmp}}
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
-python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-python bench/step.py --steps 20 2>&1 | tee "$logs/step_eager.log"
-python bench/step.py --compile --configs cavmae,videomae,mavil --variants fast --steps 20 \
-  2>&1 | tee "$logs/step_compile.log"
-if [ -n "$shards" ]; then
-  python bench/step.py --configs cavmae,videomae --variants fast --steps 10 --data "$shards" \
+logs=${1:-${OUT:-/tmp}}
+size=${SIZE:-base}
+device=${DEVICE:-cuda}
+steps=${STEPS:-20}
+work=$(mktemp -d)
+export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+  python -c "import os, torch; print('torch', torch.__version__, 'cpus', len(os.sched_getaffinity(0)))"
+  df -h /dev/shm | tail -1; } 2>&1 | tee "$logs/env.log"
+
+# shards for the loader-fed run, built first so that nothing else runs beside the timings
+cat >"$work/gen.py" <<'PY'
+import os, sys
+from avssl.data.synthetic import generate
+if __name__ == "__main__":  # the generator's worker processes import this file
+    generate(sys.argv[1], num_classes=4, clips_per_class=16, fps=30, size=(340, 256),
+             min_duration=10.0, max_duration=10.0, no_audio_fraction=0.0, alt_fps_fraction=0.0,
+             alt_size_fraction=0.0, workers=len(os.sched_getaffinity(0)))
+PY
+python "$work/gen.py" "$work/raw" >"$logs/prep.log" 2>&1 &&
+python -m data_prep --dataset synthetic --root "$work/raw" --out "$work/shards" \
+  --workers "$(nproc)" --no-progress >>"$logs/prep.log" 2>&1 || echo "shard preparation failed"
+
+timeout 200 python bench/step.py --size "$size" --device "$device" --steps "$steps" \
+  2>&1 | tee "$logs/step_eager.log"
+timeout 240 python bench/step.py --size "$size" --device "$device" --steps "$steps" \
+  --compile blocks --variants fast 2>&1 | tee "$logs/step_blocks.log"
+if [ -f "$work/shards/manifest.json" ]; then
+  # one worker's rate in this process (decode + transforms, no inter-process transfer)
+  for frames in 1 16; do
+    timeout 40 python bench/loader.py --data "$work/shards" --frames "$frames" --clips 40
+  done 2>&1 | grep "^\[bench" | tee "$logs/loader.log"
+  timeout 150 python bench/step.py --size "$size" --device "$device" --steps 10 \
+    --compile blocks --variants fast --configs cavmae,videomae --data "$work/shards" \
     --workers "$(nproc)" 2>&1 | tee "$logs/step_data.log"
 fi
+rm -rf "$work"

@@ -11,10 +11,16 @@ Configurations (``--configs``):
 - ``mavil``: the full MAViL stage-1 step (``avssl.objectives.mavil.MAViL.compute_losses``).
 
 Each runs as ``baseline`` (fp32, naive softmax attention, plain AdamW) and ``fast`` (bf16
-autocast, fused SDPA, fused AdamW, optional torch.compile); encoders always see only the
-visible tokens. Printed: samples/s, model FLOPs per sample (fwd+bwd, FlopCounterMode), MFU
-against the bf16 peak, peak memory, fast/baseline ratio. ``--size tiny`` shrinks the inputs so
-that it runs in seconds on a CPU. Run: ``python bench/step.py [--compile] [--configs videomae]``.
+autocast, fused SDPA, fused AdamW, optional torch.compile: ``--compile blocks`` compiles every
+transformer block, as the objectives' ``compile: blocks`` option does, ``--compile full`` the
+whole forward); encoders always see only the visible tokens. Printed: samples/s, model FLOPs
+per sample (fwd+bwd, FlopCounterMode), MFU against the bf16 peak, peak memory, time per step,
+fast/baseline ratio. ``--size tiny`` shrinks the inputs so that it runs in seconds on a CPU.
+Run: ``python bench/step.py [--compile blocks] [--configs videomae] [--batch 256]``.
+
+With ``--data <shards>`` the fast step is also fed by the real loader: printed are the loader's
+own rate (batches drawn with no GPU work) and the fed step's rate with the share of time the GPU
+waits for data.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
 from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
-from avssl.models.layers import set_fused_attention
+from avssl.models.layers import compile_blocks, set_fused_attention
 from avssl.models.masking import random_masking, tube_masking
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, datasheet
@@ -202,7 +208,11 @@ def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: to
     else:
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=False, fused=False)
     use_amp = fast and (args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"))
-    fn = torch.compile(model) if (fast and args.compile) else model
+    fn = model
+    if fast and args.compile == "full":
+        fn = torch.compile(model)
+    elif fast and args.compile == "blocks":
+        compile_blocks(model)
 
     def step(batch: AVBatch) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -245,6 +255,7 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         # One long epoch: a small split would otherwise end the epoch after a batch or two and
         # every epoch would restart the worker processes, which is not what training sees.
         batches_per_epoch=10**6,
+        pin_memory=device.type == "cuda",
     )
     dm.setup("fit")
     while True:
@@ -279,9 +290,19 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         step(next(source) if source else fixed)
     wall, _ = time_steps(step, itertools.repeat(fixed), args.steps, device)
     out = {"batch": B, "sps": B * args.steps / wall, "flops": flops, "amp": amp}
+    out["ms"] = 1e3 * wall / args.steps
     if device.type == "cuda":
         out["mem"] = torch.cuda.max_memory_allocated(device) / 2**30
     if source is not None:
+        # the loader alone: drain what the workers queued meanwhile (prefetch 2 each), then
+        # time batches drawn with no GPU work in between
+        for _ in range(2 * max(args.workers, 1)):
+            next(source)
+        n = max(args.steps, args.workers)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(source)
+        out["loader_sps"] = B * n / (time.perf_counter() - t0)
         fed, wait = time_steps(step, source, args.steps, device)
         out.update(data_sps=B * args.steps / fed, wait=max(0.0, 1 - wall / fed))
         out["host_wait"] = wait / fed
@@ -307,6 +328,7 @@ def report(name: str, results: dict[str, dict], peak: float | None) -> None:
         tflops = flops * r["sps"] / 1e12 if flops else float("nan")
         mfu = f"{100 * flops * r['sps'] / peak:5.1f}%" if (peak and flops) else "  n/a"
         mem = f"{r['mem']:7.1f}" if "mem" in r else "    n/a"
+        mem += f" {r['ms']:7.1f}"
         gf = f"{flops / 1e9:9.2f}" if flops else "      n/a"
         line = f"{name:9s} {variant:9s} {r['batch']:5d} {r['sps']:10.1f} {gf} {tflops:8.1f} "
         print(line + f"{mfu:>6s} {mem}")
@@ -314,7 +336,7 @@ def report(name: str, results: dict[str, dict], peak: float | None) -> None:
             print(
                 f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
                 f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
-                f"{100 * r['host_wait']:.0f}%)"
+                f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s"
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]
@@ -333,7 +355,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=None, help="default 5 on GPU, 1 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fast step")
+    p.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "blocks", "full"],
+        help="torch.compile the fast step: every transformer block, or the whole forward",
+    )
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
     p.add_argument("--data", default=None, help="prepared shards: feed the fast step from them")
@@ -376,7 +403,7 @@ def print_header(args: argparse.Namespace, device: torch.device, peak: float | N
     print("#   cavmae: one frame -> 1x16x16 tubelet (CAV-MAE's 2-D patches); mavil: MAViL defaults")
     print(
         f"{'config':9s} {'variant':9s} {'batch':>5s} {'samples/s':>10s} {'GFLOP/smp':>9s} "
-        f"{'TFLOP/s':>8s} {'MFU':>6s} {'mem GiB':>7s}"
+        f"{'TFLOP/s':>8s} {'MFU':>6s} {'mem GiB':>7s} {'ms/step':>7s}"
     )
 
 

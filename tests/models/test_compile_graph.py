@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from avssl.losses.contrastive import info_nce
@@ -9,6 +10,7 @@ from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.fusion import JointFusion
+from avssl.models.layers import Block, compile_blocks
 from avssl.models.masking import random_masking, time_freq_masking, tube_masking
 
 
@@ -49,4 +51,29 @@ def test_masked_step_has_no_graph_breaks() -> None:
         )
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+    torch._dynamo.reset()
+
+
+def test_compile_blocks_compiles_each_block_in_place() -> None:
+    torch.manual_seed(0)
+    audio = AudioViT("tiny", depth=2, input_size=(32, 32))
+    dec = TransformerDecoder(192, audio.patch_dim, 64, 1, 4, grid=audio.default_grid)
+    model = torch.nn.ModuleDict({"audio": audio, "dec": dec})
+    x = torch.randn(2, 1, 32, 32)
+    keep, _, restore = random_masking(2, audio.num_tokens(x.shape), 0.5, x.device)
+    grid = audio.grid_size(x.shape)
+    expected = dec(audio.forward_features(x, keep), restore, grid)
+    names = set(model.state_dict())
+    with pytest.raises(ValueError, match="compile must be one of"):
+        compile_blocks(model, "everything")
+    assert compile_blocks(model, "none") == 0
+    assert compile_blocks(model, "auto") == 0  # parameters on the CPU: nothing compiled
+    torch._dynamo.reset()
+    assert compile_blocks(model, "blocks", backend="eager") == 3  # 2 encoder + 1 decoder
+    assert all(b._compiled_call_impl is not None for b in model.modules() if isinstance(b, Block))
+    out = dec(audio.forward_features(x, keep), restore, grid)
+    out.sum().backward()
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert audio.blocks[0].attn.qkv.weight.grad is not None
+    assert set(model.state_dict()) == names
     torch._dynamo.reset()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.models.layers import Block
 from avssl.objectives.base import AVObjective, WarmupCosine, param_groups, rng_state, set_rng_state
 from tests.objectives.batches import make_batch
 
@@ -183,3 +184,37 @@ def test_rng_state_roundtrip_through_weights_only(tmp_path):
     got = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     assert got == expected
     assert math.isfinite(got[0])
+
+
+class BlockToy(Toy):
+    """Toy with two transformer blocks on the audio values (for the compile option)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.blocks = nn.Sequential(Block(8, 2), Block(8, 2))
+
+    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        x = batch.audio.flatten(1)[:, :16].reshape(-1, 2, 8)  # [B, 2 tokens, 8]
+        rec = (self.blocks(x) - x).pow(2).mean()
+        return {"loss": rec, "rec": rec}
+
+
+def test_compile_option_is_validated_and_applied_at_fit_start(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Toy(compile="yes")
+    calls = []
+
+    def fake_compile(self, *args, **kwargs):  # Block.compile -> eager backend, recorded
+        calls.append(kwargs)
+        nn.Module.compile(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(Block, "compile", fake_compile)
+    toy = BlockToy(compile="blocks", lr=1e-2)
+    before = set(toy.state_dict())
+    _trainer(tmp_path, max_steps=2).fit(toy, datamodule=FakeData())
+    assert len(calls) == 2 and all(c["dynamic"] is False for c in calls)
+    assert set(toy.state_dict()) == before  # compiled in place: checkpoint names unchanged
+    auto = BlockToy(compile="auto", lr=1e-2)  # "auto" compiles on CUDA only
+    _trainer(tmp_path, max_steps=1).fit(auto, datamodule=FakeData())
+    assert len(calls) == 2
+    assert BlockToy().compile_policy == "none"  # off by default
