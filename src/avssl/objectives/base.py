@@ -87,8 +87,8 @@ class AVObjective(pl.LightningModule):
         compile: ``"none"`` (default), ``"blocks"`` compiles every transformer block with
             ``torch.compile``, ``"auto"`` does so only when training on a CUDA GPU (see
             :func:`avssl.models.layers.compile_blocks`; the first steps then take longer). On
-            one H200 it made ViT-B steps 19-29 % faster at 128+ samples per GPU, but a MAViL
-            step at 64 per GPU 13 % slower (host-bound; README, "Training on many GPUs").
+            one H200 it made ViT-B steps 19-25 % faster (MAViL at 128 per GPU), but a MAViL
+            step at 64 per GPU 13 % slower (README, "Training on many GPUs").
 
     The base constructor calls ``save_hyperparameters()``, which records the constructor
     arguments of the base *and* of the subclass (Lightning walks the ``__init__`` frames), so a
