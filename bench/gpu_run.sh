@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU benchmark run (issue 8): the training steps at the reference configurations,
-# eager (fast vs the fp32 baseline) and with every transformer block compiled (the recipes'
-# `compile: auto` on a GPU), then the step fed by the real loader from synthetic shards built here
-# (340x256 px, 30 fps, 10 s clips, like prepared VGGSound/Kinetics clips).
+# eager (fast vs the fp32 baseline) and with every transformer block compiled (what an
+# objective's `compile: blocks` does), then the step fed by the real loader from synthetic shards
+# built here (340x256 px, 30 fps, 10 s clips, like prepared VGGSound/Kinetics clips).
 # Usage on a GPU machine (repo root): bash bench/gpu_run.sh [LOG_DIR]
 # SIZE=tiny DEVICE=cpu STEPS=2 runs the same sequence in minutes on a CPU (a dry run).
 set -u
