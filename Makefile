@@ -64,7 +64,7 @@ eval: $(STAMP)
 	  $(if $(OUT),--out "$(OUT)",) $(ARGS)
 
 demo: $(STAMP)
-	$(PY) -m avssl.demo
+	$(PY) -m avssl.demo --recipe "$(RECIPE)"
 
 bench: $(STAMP)
 	$(PY) bench/loader.py

@@ -7,6 +7,8 @@ on demand) as ``model.init_args.teacher_ckpt``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from avssl.cli import UserError
 from avssl.train import NOT_RECIPES, lightning_main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -105,3 +108,57 @@ def test_recipe_runs_with_debug_sizes(recipe, tiny_shards, tmp_path):
     assert steps and max(float(s) for s in steps) <= DEBUG_STEPS
     finite = [torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()]
     assert all(finite)
+
+
+DEMO_NAMES = [n for n in NAMES if not n.endswith("_stage2")]
+
+
+def _print_config(recipe: str, *overlays: Path) -> tuple[int, dict]:
+    """Resolves recipe + demo overlays with LightningCLI's --print_config (validates every key
+    against the objective's and data module's signatures, builds nothing)."""
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "_base.yaml"),
+        "--config",
+        str(RECIPES / f"{recipe}.yaml"),
+    ]
+    for overlay in overlays:
+        args += ["--config", str(overlay)]
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = lightning_main([*args, "--print_config"])
+    except SystemExit as exit_:
+        rc = exit_.code if isinstance(exit_.code, int) else 1
+    return rc, (yaml.safe_load(buf.getvalue()) if rc == 0 else {})
+
+
+@pytest.mark.parametrize("recipe", DEMO_NAMES)
+def test_demo_overlays_resolve_for_every_recipe(recipe):
+    """`make demo RECIPE=<name>` adds recipes/demo.yaml and recipes/demo/<name>.yaml."""
+    overlays = [RECIPES / "demo.yaml"]
+    extra = RECIPES / "demo" / f"{recipe}.yaml"
+    if extra.is_file():
+        overlays.append(extra)
+    rc, cfg = _print_config(recipe, *overlays)
+    assert rc == 0
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert cfg["trainer"]["max_steps"] == 200 and data["batch_size"] == 16
+    assert model["size"] == "tiny" and model["lr"] == pytest.approx(3e-4)
+    assert model["num_frames"] == data["num_frames"]  # the encoder sees the clips it is fed
+    if recipe == "avc":
+        assert data["num_frames"] == 1  # one frame, as L3-Net
+    if recipe == "xdc":
+        assert model["num_clusters"] == 32
+    if recipe in ("mavil", "xkd", "xkd_shared"):
+        assert model["decoder_depth"] == 2  # light decoders (recipes/demo/<recipe>.yaml)
+    if recipe.startswith("xkd"):
+        assert model["ema_start"] == pytest.approx(0.97)
+
+
+def test_demo_overlay_with_a_key_the_objective_lacks_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    decoder_depth: 2\n")  # VATT has no decoder
+    with pytest.raises(UserError, match="'decoder_depth' is not accepted"):
+        _print_config("vatt", RECIPES / "demo.yaml", bad)

@@ -1,7 +1,9 @@
 """``make demo``: the whole path on the embedded synthetic dataset, on a laptop-sized budget.
 
 1. build the synthetic dataset (10 classes x 40 clips) and shard it (``shards/synthetic``);
-2. pretrain MAViL at ``tiny`` size (``recipes/mavil.yaml`` + ``recipes/demo.yaml``);
+2. pretrain an objective at ``tiny`` size (``recipes/<recipe>.yaml`` + ``recipes/demo.yaml``
+   + ``recipes/demo/<recipe>.yaml`` where it exists); MAViL unless ``--recipe`` (``make demo
+   RECIPE=vatt``) names another;
 3. export the trained encoders, and the same architecture at random initialisation;
 4. evaluate both with the ``synthetic_linear`` protocol (3 official-style splits) and print a
    table: the learning check of the pretraining (trained minus random).
@@ -12,8 +14,10 @@ the demo exercises exactly what a researcher types.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,10 +36,30 @@ def _avssl(*args: str, env: dict | None = None) -> None:
         raise SystemExit(f"[demo] step failed (exit {result.returncode}): avssl {' '.join(args)}")
 
 
+def _generator_version(shards: Path) -> int | None:
+    """Version of the synthetic generator that wrote ``shards/raw`` (None: not known)."""
+    from avssl.data.synthetic import META_NAME
+
+    try:
+        return json.loads((shards / "raw" / META_NAME).read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
 def _prep() -> None:
     if (SHARDS / "manifest.json").is_file():
-        print(f"[demo] 1/4 synthetic shards already in {SHARDS}", flush=True)
-        return
+        from avssl.data.synthetic import META_VERSION
+
+        version = _generator_version(SHARDS)
+        if version is None or version == META_VERSION:
+            print(f"[demo] 1/4 synthetic shards already in {SHARDS}", flush=True)
+            return
+        print(
+            f"[demo] 1/4 {SHARDS} holds clips of synthetic generator version {version} "
+            f"(now {META_VERSION}): rebuilding it",
+            flush=True,
+        )
+        shutil.rmtree(SHARDS)
     print(f"[demo] 1/4 building the synthetic dataset into {SHARDS}", flush=True)
     cmd = [sys.executable, "-m", "data_prep", "--dataset", "synthetic", "--out", str(SHARDS)]
     cmd += ["--workers", str(os.cpu_count() or 1)]
@@ -47,10 +71,10 @@ def _results(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
-def _table(random: dict, trained: dict) -> str:
+def _table(random: dict, trained: dict, recipe: str) -> str:
     """Markdown table: mean top-1 over the splits per feature kind, random init vs trained."""
     lines = [
-        "| features | random init top-1 (%) | MAViL-pretrained top-1 (%) | gain (points) "
+        f"| features | random init top-1 (%) | {recipe}-pretrained top-1 (%) | gain (points) "
         "| pretrained, per split |",
         "|---|---|---|---|---|",
     ]
@@ -65,32 +89,50 @@ def _table(random: dict, trained: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def _recipes() -> list[str]:
+    from avssl.train import NOT_RECIPES
+
+    return sorted(p.stem for p in Path("recipes").glob("*.yaml") if p.stem not in NOT_RECIPES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="make demo: pretrain, export, evaluate (synthetic)")
+    ap.add_argument("--recipe", default="mavil", help="recipe name in recipes/ (default: mavil)")
+    recipe = ap.parse_args(argv).recipe
+    known = _recipes()
+    if recipe not in known or recipe.endswith("_stage2"):
+        usable = ", ".join(r for r in known if not r.endswith("_stage2"))
+        raise SystemExit(f"[demo] unknown or unusable recipe {recipe!r} (one of: {usable})")
     t0 = time.time()
     _prep()
-    print("[demo] 2/4 pretraining MAViL (tiny) on the synthetic dataset", flush=True)
+    print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset", flush=True)
+    overlays = ["--config", "recipes/demo.yaml"]
+    if Path(f"recipes/demo/{recipe}.yaml").is_file():
+        overlays += ["--config", f"recipes/demo/{recipe}.yaml"]
     _avssl(
-        "pretrain", "--recipe", "mavil", "--data", str(SHARDS), "--",
-        "--config", "recipes/demo.yaml",
+        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *overlays,
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
         env={"AVSSL_RUN_ID": RUN_ID, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
-    ckpt = Path("runs/mavil") / RUN_ID / "checkpoints" / "last.ckpt"
+    ckpt = Path("runs") / recipe / RUN_ID / "checkpoints" / "last.ckpt"
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
-    _avssl("export", "--ckpt", str(ckpt), "--out", "encoders/demo-mavil")
-    _avssl("export", "--ckpt", str(ckpt), "--out", "encoders/demo-random", "--random-init")
+    trained, random = f"demo-{recipe}", f"demo-{recipe}-random"
+    _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{trained}")
+    _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{random}", "--random-init")
     print(f"[demo] 4/4 evaluating both with the {PROTOCOL} protocol", flush=True)
     rows = {}
-    for name in ("demo-random", "demo-mavil"):
+    for name in (random, trained):
         out = Path("eval_out/demo") / name
         _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{name}",
                "--data", str(SHARDS), "--out", str(out))  # fmt: skip
         rows[name] = _results(out)
-    table = _table(rows["demo-random"], rows["demo-mavil"])
-    Path("eval_out/demo/summary.md").write_text(table + "\n")
+    table = _table(rows[random], rows[trained], recipe)
+    name = "summary.md" if recipe == "mavil" else f"summary-{recipe}.md"
+    summary = Path("eval_out/demo") / name
+    summary.write_text(table + "\n")
     print("\n" + table + "\n")
-    print(f"[demo] done in {time.time() - t0:.0f} s; results in eval_out/demo/, "
-          f"checkpoints in runs/mavil/{RUN_ID}/, encoders in encoders/")  # fmt: skip
+    print(f"[demo] done in {time.time() - t0:.0f} s; results in {summary}, "
+          f"checkpoints in runs/{recipe}/{RUN_ID}/, encoders in encoders/")  # fmt: skip
     return 0
 
 
