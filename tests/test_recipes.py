@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from avssl import demo
 from avssl.cli import UserError
 from avssl.train import NOT_RECIPES, lightning_main
 
@@ -111,6 +112,7 @@ def test_recipe_runs_with_debug_sizes(recipe, tiny_shards, tmp_path):
 
 
 DEMO_NAMES = [n for n in NAMES if not n.endswith("_stage2")]
+ROOT = RECIPES.parent
 
 
 def _print_config(recipe: str, *overlays: Path) -> tuple[int, dict]:
@@ -135,13 +137,11 @@ def _print_config(recipe: str, *overlays: Path) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("recipe", DEMO_NAMES)
-def test_demo_overlays_resolve_for_every_recipe(recipe):
+def test_demo_overlays_resolve_for_every_recipe(recipe, monkeypatch):
     """`make demo RECIPE=<name>` adds recipes/demo.yaml and recipes/demo/<name>.yaml."""
-    overlays = [RECIPES / "demo.yaml"]
-    extra = RECIPES / "demo" / f"{recipe}.yaml"
-    if extra.is_file():
-        overlays.append(extra)
-    rc, cfg = _print_config(recipe, *overlays)
+    monkeypatch.chdir(ROOT)  # the demo runs from the repository root
+    assert recipe in demo.demo_recipes()
+    rc, cfg = _print_config(recipe, *(ROOT / path for path in demo.overlays(recipe)))
     assert rc == 0
     model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert cfg["trainer"]["max_steps"] == 200 and data["batch_size"] == 16

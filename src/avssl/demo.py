@@ -89,28 +89,37 @@ def _table(random: dict, trained: dict, recipe: str) -> str:
     return "\n".join(lines)
 
 
-def _recipes() -> list[str]:
+def demo_recipes() -> list[str]:
+    """Recipes ``make demo RECIPE=...`` accepts: every recipe but the ``*_stage2`` ones (they
+    need a trained teacher)."""
     from avssl.train import NOT_RECIPES
 
-    return sorted(p.stem for p in Path("recipes").glob("*.yaml") if p.stem not in NOT_RECIPES)
+    names = (p.stem for p in Path("recipes").glob("*.yaml") if p.stem not in NOT_RECIPES)
+    return sorted(n for n in names if not n.endswith("_stage2"))
+
+
+def overlays(recipe: str) -> list[str]:
+    """Config files added after ``recipes/<recipe>.yaml``: the common demo budget, then the
+    recipe's own demo settings where it has some."""
+    own = Path("recipes/demo") / f"{recipe}.yaml"
+    return ["recipes/demo.yaml"] + ([str(own)] if own.is_file() else [])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="make demo: pretrain, export, evaluate (synthetic)")
     ap.add_argument("--recipe", default="mavil", help="recipe name in recipes/ (default: mavil)")
     recipe = ap.parse_args(argv).recipe
-    known = _recipes()
-    if recipe not in known or recipe.endswith("_stage2"):
-        usable = ", ".join(r for r in known if not r.endswith("_stage2"))
-        raise SystemExit(f"[demo] unknown or unusable recipe {recipe!r} (one of: {usable})")
+    usable = demo_recipes()
+    if recipe not in usable:
+        raise SystemExit(
+            f"[demo] unknown or unusable recipe {recipe!r} (one of: {', '.join(usable)})"
+        )
     t0 = time.time()
     _prep()
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset", flush=True)
-    overlays = ["--config", "recipes/demo.yaml"]
-    if Path(f"recipes/demo/{recipe}.yaml").is_file():
-        overlays += ["--config", f"recipes/demo/{recipe}.yaml"]
+    configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
     _avssl(
-        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *overlays,
+        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *configs,
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
         env={"AVSSL_RUN_ID": RUN_ID, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
@@ -127,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                "--data", str(SHARDS), "--out", str(out))  # fmt: skip
         rows[name] = _results(out)
     table = _table(rows[random], rows[trained], recipe)
-    name = "summary.md" if recipe == "mavil" else f"summary-{recipe}.md"
-    summary = Path("eval_out/demo") / name
+    summary = Path("eval_out/demo") / (
+        "summary.md" if recipe == "mavil" else f"summary-{recipe}.md"
+    )
     summary.write_text(table + "\n")
     print("\n" + table + "\n")
     print(f"[demo] done in {time.time() - t0:.0f} s; results in {summary}, "

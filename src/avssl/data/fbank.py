@@ -20,6 +20,7 @@ import torch
 import torchaudio
 
 NORM_MODES = ("audiomae", "cavmae", "none")
+PREEMPHASIS = 0.97  # kaldi's default preemphasis_coefficient
 
 
 @dataclass
@@ -83,30 +84,27 @@ def log_mel(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     wave = wave - wave.mean()
     shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)  # kaldi truncates
     length = int(cfg.sample_rate * cfg.frame_length_ms / 1000.0)
-    window, banks = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length)
+    window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length)
     frames = wave[0].unfold(0, length, shift)  # [T_frames, L], kaldi's snip_edges=True
     frames = frames - frames.mean(dim=1, keepdim=True)  # remove_dc_offset
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift
     frames = (frames - PREEMPHASIS * previous) * window  # [T_frames, L]
-    spec = torch.fft.rfft(frames, n=2 * (banks.shape[1] - 1))  # zero-padded to a power of 2
+    spec = torch.fft.rfft(frames, n=n_fft)  # zero-padded to a power of 2
     power = spec.real.square() + spec.imag.square()  # [T_frames, n_fft/2 + 1]
     mel = power @ banks.T  # [T_frames, F]
     return mel.clamp_min(torch.finfo(torch.float32).eps).log()
 
 
-PREEMPHASIS = 0.97  # kaldi's default preemphasis_coefficient
-
-
 @functools.lru_cache(maxsize=16)
 def _kaldi_tables(sample_rate: int, num_mel_bins: int, length: int):
-    """Kaldi's symmetric Hann window ``[L]`` and mel filterbank ``[F, n_fft/2 + 1]`` (low 20
-    Hz, high Nyquist, no VTLN, last column zero), for the frame length ``L`` in samples."""
+    """Kaldi's symmetric Hann window ``[L]``, mel filterbank ``[F, n_fft/2 + 1]`` (low 20 Hz,
+    high Nyquist, no VTLN, last column zero) and FFT size (``L`` up to a power of 2)."""
     n_fft = 1 << (length - 1).bit_length()
     window = torch.hann_window(length, periodic=False)
     banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
         num_mel_bins, n_fft, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0
     )  # [F, n_fft/2]
-    return window, torch.nn.functional.pad(banks.float(), (0, 1))
+    return window, torch.nn.functional.pad(banks.float(), (0, 1)), n_fft
 
 
 def pad_or_crop(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:
