@@ -47,6 +47,7 @@ from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
 from avssl.models.layers import compile_blocks, set_fused_attention
 from avssl.models.masking import random_masking, tube_masking
+from avssl.models.vit import ViTEncoder
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, datasheet
 REFERENCE = {  # DESIGN section 7, one H200: (samples/s best, GFLOP/sample)
@@ -198,6 +199,35 @@ def count_flops(model: nn.Module, batch: AVBatch) -> float:
     return counter.get_total_flops() / len(batch)
 
 
+def compile_stacks(model: nn.Module) -> int:
+    """Compiles whole encoders (``forward_features``), fusion layers and decoders: fewer, larger
+    graphs than ``compile_blocks`` (inductor can fuse across block boundaries), while masking,
+    targets and losses stay eager. Returns the number of modules compiled."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, ViTEncoder):
+            m.forward_features = torch.compile(m.forward_features, dynamic=False)  # type: ignore[method-assign]
+            count += 1
+        elif isinstance(m, (JointDecoder, TransformerDecoder, JointFusion)):
+            m.compile(dynamic=False)
+            count += 1
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return count
+
+
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+def set_sdpa_backend(name: str) -> None:
+    """Restricts fused attention to one kernel family (``auto``: PyTorch's own choice)."""
+    b = torch.backends.cuda
+    on = name == "auto"
+    b.enable_flash_sdp(on or name == "flash")
+    b.enable_mem_efficient_sdp(on or name == "efficient")
+    b.enable_cudnn_sdp(on or name == "cudnn")
+    b.enable_math_sdp(on or name == "math")
+
+
 def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: torch.device):
     """Returns ``step(batch) -> loss`` (no host sync inside) and whether bf16 autocast is on."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,6 +243,8 @@ def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: to
         fn = torch.compile(model)
     elif fast and args.compile == "blocks":
         compile_blocks(model)
+    elif fast and args.compile == "stacks":
+        compile_stacks(model)
 
     def step(batch: AVBatch) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -358,8 +390,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile",
         default="none",
-        choices=["none", "blocks", "full"],
-        help="torch.compile the fast step: every transformer block, or the whole forward",
+        choices=["none", "blocks", "stacks", "full"],
+        help="torch.compile the fast step: every transformer block, every encoder/decoder, "
+        "or the whole forward",
+    )
+    p.add_argument(
+        "--sdpa",
+        default="auto",
+        choices=SDPA_BACKENDS,
+        help="fused-attention kernels of the fast step (auto: PyTorch's choice)",
     )
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
@@ -395,7 +434,7 @@ def print_header(args: argparse.Namespace, device: torch.device, peak: float | N
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"# step benchmark: {name}, torch {torch.__version__}, size {args.size}, "
-        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile}, "
+        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile}, sdpa {args.sdpa}, "
         f"peak {peak / 1e12 if peak else 'n/a'} TFLOP/s"
     )
     for cfg, s in shapes(args.size).items():
@@ -413,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    set_sdpa_backend(args.sdpa)
     peak = peak_flops(args, device)
     print_header(args, device, peak)
     failed = 0

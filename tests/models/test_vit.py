@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avssl.models import SIZES, AudioViT, VideoViT, build_encoder
-from avssl.models.layers import set_fused_attention
+from avssl.models.layers import PatchEmbed2d, PatchEmbed3d, set_fused_attention
 from avssl.models.masking import random_masking
 from avssl.models.pos_embed import sincos_pos_embed
 
@@ -178,3 +178,27 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="encoder config for video"):
         build_encoder({"modality": "video", "size": "tiny", "bogus": 1})
     assert math.prod(enc.grid_size((1, 1, 32, 64))) == 8
+
+
+@pytest.mark.parametrize(
+    "embed, shape",
+    [
+        (PatchEmbed2d(16, 1, 24), (2, 1, 64, 48)),
+        (PatchEmbed2d(4, 3, 8), (1, 3, 18, 10)),  # sides not divisible: the remainder is dropped
+        (PatchEmbed3d(8, 2, 3, 16), (2, 3, 4, 16, 24)),
+        (PatchEmbed3d(4, 2, 3, 8), (1, 3, 5, 10, 9)),
+    ],
+)
+def test_patch_embedding_equals_the_strided_convolution(embed, shape) -> None:
+    # the patch embeddings compute the convolution as a matrix product over the patches; the
+    # parameters are the convolution's, so its output (tokens in flatten order) is the reference
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    ref = embed.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+    out = embed(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    # gradients reach the same parameters with the same values
+    (g_out,) = torch.autograd.grad(out.square().sum(), embed.proj.weight)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), embed.proj.weight)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-4, rtol=1e-4)
