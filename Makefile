@@ -64,7 +64,7 @@ eval: $(STAMP)
 	  $(if $(OUT),--out "$(OUT)",) $(ARGS)
 
 demo: $(STAMP)
-	$(PY) -m avssl.demo --recipe "$(RECIPE)"
+	$(PY) -m avssl.demo --recipe "$(RECIPE)" $(if $(strip $(ARGS)),-- $(ARGS),)
 
 bench: $(STAMP)
 	$(PY) bench/loader.py

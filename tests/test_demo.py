@@ -42,3 +42,48 @@ def test_demo_rejects_unknown_and_stage2_recipes():
     for bad in ("nope", "mavil_stage2"):
         with pytest.raises(SystemExit, match="unknown or unusable recipe"):
             demo.main(["--recipe", bad])
+
+
+def _fake_results(kind_top1: dict[str, float]) -> dict:
+    return {
+        "summary": {k: {"top1": v} for k, v in kind_top1.items()},
+        "rounds": [{"kind": k, "metrics": {"top1": v}} for k, v in kind_top1.items()],
+    }
+
+
+@pytest.mark.parametrize("extra", [[], ["--model.init_args.intra_weight", "1"]])
+def test_demo_commands_and_ablation_options(tmp_path, monkeypatch, extra):
+    # the demo's four steps without running them: which commands, run ids and output names
+    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval_out" / "demo").mkdir(parents=True)
+    calls: list[tuple[tuple[str, ...], dict | None]] = []
+    monkeypatch.setattr(demo, "_prep", lambda: None)
+    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((args, env)))
+    monkeypatch.setattr(
+        demo,
+        "_results",
+        lambda folder: _fake_results({"audio": 60.0 if "random" not in str(folder) else 45.0}),
+    )
+    argv = ["--recipe", "vatt"] + (["--", *extra] if extra else [])
+    assert demo.main(argv) == 0
+    pretrain, env = calls[0]
+    name = "vatt-args" if extra else "vatt"
+    assert pretrain[:5] == ("pretrain", "--recipe", "vatt", "--data", str(demo.SHARDS))
+    configs = [a for a in pretrain[6:] if a.endswith(".yaml")]
+    assert configs == demo.overlays("vatt")
+    # the added options come after every config file, so that they win
+    assert pretrain[6:] == (*[a for c in configs for a in ("--config", c)], *extra)
+    assert env["AVSSL_RUN_ID"] == (f"{demo.RUN_ID}-args" if extra else demo.RUN_ID)
+    exports = [args for args, _ in calls if args[0] == "export"]
+    assert [a[a.index("--out") + 1] for a in exports] == [
+        f"encoders/demo-{name}",
+        f"encoders/demo-{name}-random",
+    ]
+    assert all(f"runs/vatt/{env['AVSSL_RUN_ID']}/" in a[a.index("--ckpt") + 1] for a in exports)
+    summary = (tmp_path / "eval_out" / "demo" / f"summary-{name}.md").read_text()
+    assert "| audio | 45.0 | 60.0 | +15.0 | 60.0 |" in summary
+    assert ("intra_weight 1" in summary) == bool(extra)
+    # an ablation leaves the plain demo's summary alone
+    if extra:
+        assert not (tmp_path / "eval_out" / "demo" / "summary-vatt.md").exists()

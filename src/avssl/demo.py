@@ -8,6 +8,11 @@
 4. evaluate both with the ``synthetic_linear`` protocol (3 official-style splits) and print a
    table: the learning check of the pretraining (trained minus random).
 
+Options after ``--`` (``make demo RECIPE=vatt ARGS="--model.init_args.intra_weight 1"``) go to
+the pretraining command after the demo's configs, for ablations at the demo's budget; such a run
+is named ``<recipe>-args`` (run folder, encoders, ``eval_out/demo/summary-<recipe>-args.md``,
+which records the options) and leaves the plain demo's results alone.
+
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
 """
@@ -106,43 +111,52 @@ def overlays(recipe: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="make demo: pretrain, export, evaluate (synthetic)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    ap = argparse.ArgumentParser(
+        description="make demo: pretrain, export, evaluate (synthetic)",
+        epilog="options after -- are added to the pretraining command (ablations)",
+    )
     ap.add_argument("--recipe", default="mavil", help="recipe name in recipes/ (default: mavil)")
-    recipe = ap.parse_args(argv).recipe
+    recipe = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv).recipe
     usable = demo_recipes()
     if recipe not in usable:
         raise SystemExit(
             f"[demo] unknown or unusable recipe {recipe!r} (one of: {', '.join(usable)})"
         )
+    name = f"{recipe}-args" if extra else recipe  # an ablation keeps the plain demo's results
+    run_id = f"{RUN_ID}-args" if extra else RUN_ID
     t0 = time.time()
     _prep()
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset", flush=True)
+    if extra:
+        print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
     configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
     _avssl(
-        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *configs,
+        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *configs, *extra,
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
-        env={"AVSSL_RUN_ID": RUN_ID, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        env={"AVSSL_RUN_ID": run_id, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
-    ckpt = Path("runs") / recipe / RUN_ID / "checkpoints" / "last.ckpt"
+    ckpt = Path("runs") / recipe / run_id / "checkpoints" / "last.ckpt"
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
-    trained, random = f"demo-{recipe}", f"demo-{recipe}-random"
+    trained, random = f"demo-{name}", f"demo-{name}-random"
     _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{trained}")
     _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{random}", "--random-init")
     print(f"[demo] 4/4 evaluating both with the {PROTOCOL} protocol", flush=True)
     rows = {}
-    for name in (random, trained):
-        out = Path("eval_out/demo") / name
-        _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{name}",
+    for enc in (random, trained):
+        out = Path("eval_out/demo") / enc
+        _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{enc}",
                "--data", str(SHARDS), "--out", str(out))  # fmt: skip
-        rows[name] = _results(out)
+        rows[enc] = _results(out)
     table = _table(rows[random], rows[trained], recipe)
-    summary = Path("eval_out/demo") / (
-        "summary.md" if recipe == "mavil" else f"summary-{recipe}.md"
-    )
+    if extra:
+        table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
+    summary = Path("eval_out/demo") / ("summary.md" if name == "mavil" else f"summary-{name}.md")
     summary.write_text(table + "\n")
     print("\n" + table + "\n")
     print(f"[demo] done in {time.time() - t0:.0f} s; results in {summary}, "
-          f"checkpoints in runs/{recipe}/{RUN_ID}/, encoders in encoders/")  # fmt: skip
+          f"checkpoints in runs/{recipe}/{run_id}/, encoders in encoders/")  # fmt: skip
     return 0
 
 
