@@ -10,6 +10,7 @@ import torch
 
 from avssl import cli
 from avssl.evaluators import _extract
+from avssl.evaluators import cache as cache_mod
 from avssl.evaluators.features import extract_features
 from avssl.evaluators.linear_probe import fit_predict
 from avssl.evaluators.run import main
@@ -126,6 +127,21 @@ def test_cache_is_reused(synthetic_data, tiny_bundle, cache_dir, tmp_path, monke
         device="cpu",
     )
     assert len(calls) > 0
+    # same weights, other feature code (an updated avssl) -> extracted afresh
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "code_identity", lambda: "another version of the code")
+    again = extract_features(
+        bundle,
+        str(synthetic_data),
+        keys,
+        ("video",),
+        num_clips=2,
+        cache_dir=tmp_path / "c",
+        progress=False,
+        device="cpu",
+    )
+    assert len(calls) > 0 and torch.equal(again.get("video"), first.get("video"))
+    monkeypatch.undo()
     # a second `avssl eval` of the same encoder never runs the encoders
     monkeypatch.setattr(_extract, "run_encoders", lambda *a, **k: pytest.fail("re-extracted"))
     args = _args("synthetic_knn", tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)

@@ -6,13 +6,15 @@
 keys that failed to decode, and the settings that were hashed. No pickle is involved.
 
 The hash covers the encoder's weights and config, the preprocessing, the number of clips, the
-numerical precision and the data folder's identity (path, manifest ``created`` and size), so a
-second evaluation of the same encoder on the same data reuses the features, while any change
+numerical precision, the data folder's identity (path, manifest ``created`` and size) and the
+source of the code that computes features (:func:`code_identity`), so a second evaluation of the
+same encoder on the same data with the same code reuses the features, while any change
 extracts them afresh.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +34,26 @@ def hash_module(module: nn.Module) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# Source folders whose code turns a clip into features (decoding, fbank, transforms, encoders):
+# a change there changes the features even for the same weights, so it is part of the key.
+CODE_DIRS = ("data", "models")
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> str:
+    """sha256 of the feature-producing source files of this installation (``avssl/data``,
+    ``avssl/models``, ``avssl/evaluators/features.py``): features cached by other code are not
+    reused (e.g. after an update of the patch embedding or of the fbank)."""
+    root = Path(__file__).resolve().parents[1]  # the avssl package
+    files = sorted(p for d in CODE_DIRS for p in (root / d).rglob("*.py"))
+    files.append(root / "evaluators" / "features.py")
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 

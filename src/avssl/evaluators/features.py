@@ -119,6 +119,7 @@ def settings_for(bundle, modality: str, data: str, num_clips: int, precision: st
         "num_clips": int(num_clips),
         "precision": precision,
         "data": data_identity(data),
+        "code": cache.code_identity(),
     }
 
 
