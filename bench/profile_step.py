@@ -16,15 +16,27 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+import importlib.util
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import step as stepbench  # noqa: E402  (bench/step.py)
+
+def _load_step_bench():
+    """bench/step.py as a module, loaded from its path (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "avssl_bench_step", Path(__file__).with_name("step.py")
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  (its dataclasses look it up)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+stepbench = _load_step_bench()
 
 FAMILIES = (  # first match wins; lower-case substrings of kernel names
     # cuDNN's SDPA: ..._sdpa_sm90_flash_bprop_... plus its dq conversion and dO.O helpers

@@ -112,13 +112,14 @@ def overlays(recipe: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    cut = argv.index("--") if "--" in argv else len(argv)
+    extra = argv[cut + 1 :]
     ap = argparse.ArgumentParser(
         description="make demo: pretrain, export, evaluate (synthetic)",
         epilog="options after -- are added to the pretraining command (ablations)",
     )
     ap.add_argument("--recipe", default="mavil", help="recipe name in recipes/ (default: mavil)")
-    recipe = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv).recipe
+    recipe = ap.parse_args(argv[:cut]).recipe
     usable = demo_recipes()
     if recipe not in usable:
         raise SystemExit(

@@ -89,57 +89,26 @@ def test_cache_is_reused(synthetic_data, tiny_bundle, cache_dir, tmp_path, monke
     keys = (synthetic_data / "splits" / "test1.txt").read_text().split()
     calls = []
     bundle.video.register_forward_hook(lambda *a: calls.append(1))
-    first = extract_features(
-        bundle,
-        str(synthetic_data),
-        keys,
-        ("video",),
-        num_clips=2,
-        cache_dir=tmp_path / "c",
-        progress=False,
-        device="cpu",
-    )
+
+    def extract(b):
+        kw = dict(num_clips=2, cache_dir=tmp_path / "c", progress=False, device="cpu")
+        return extract_features(b, str(synthetic_data), keys, ("video",), **kw)
+
+    first = extract(bundle)
     assert len(calls) > 0
     calls.clear()
-    second = extract_features(
-        bundle,
-        str(synthetic_data),
-        keys,
-        ("video",),
-        num_clips=2,
-        cache_dir=tmp_path / "c",
-        progress=False,
-        device="cpu",
-    )
+    second = extract(bundle)
     assert calls == [] and torch.equal(first.get("video"), second.get("video"))
     assert first.keys == keys and first.get("video").shape == (3, 192)
     # other weights -> another cache entry, extracted afresh
     other = load_encoder(write_tiny_bundle(tmp_path / "other", seed=1))
     other.video.register_forward_hook(lambda *a: calls.append(1))
-    extract_features(
-        other,
-        str(synthetic_data),
-        keys,
-        ("video",),
-        num_clips=2,
-        cache_dir=tmp_path / "c",
-        progress=False,
-        device="cpu",
-    )
+    extract(other)
     assert len(calls) > 0
     # same weights, other feature code (an updated avssl) -> extracted afresh
     calls.clear()
     monkeypatch.setattr(cache_mod, "code_identity", lambda: "another version of the code")
-    again = extract_features(
-        bundle,
-        str(synthetic_data),
-        keys,
-        ("video",),
-        num_clips=2,
-        cache_dir=tmp_path / "c",
-        progress=False,
-        device="cpu",
-    )
+    again = extract(bundle)
     assert len(calls) > 0 and torch.equal(again.get("video"), first.get("video"))
     monkeypatch.undo()
     # a second `avssl eval` of the same encoder never runs the encoders
