@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 
 def _load_step_bench():
@@ -46,7 +47,10 @@ FAMILIES = (  # first match wins; lower-case substrings of kernel names
     ),
     ("attention fwd", ("fprop", "flash_fwd", "fmha", "attention", "sdpa", "flash")),
     ("convolution", ("convolve", "conv2d", "conv3d", "convolution")),
-    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "addmm", "::mm", "bmm")),
+    (  # inductor's own Triton matrix products (max-autotune) are templates named ..._mm_...
+        "matmul",
+        ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "addmm", "::mm", "bmm", "_mm_"),
+    ),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
     ("fused (triton)", ("triton",)),
     ("norm", ("layer_norm", "layernorm", "norm_")),
@@ -151,7 +155,8 @@ def _time(fn, device: torch.device, reps: int) -> float:
 
 
 def attention_kernels(args: argparse.Namespace, device: torch.device) -> None:
-    """Forward + backward time of each SDPA backend at the steps' attention shapes."""
+    """Forward + backward time of each SDPA backend, and of compiled FlexAttention (CUDA only:
+    PyTorch has no FlexAttention backward on CPU), at the steps' attention shapes."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     tiny = args.size == "tiny"
@@ -169,6 +174,7 @@ def attention_kernels(args: argparse.Namespace, device: torch.device) -> None:
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "math": SDPBackend.MATH,
     }
+    flex = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else None
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(
         f"[kernels] attention fwd+bwd, batch {B}, {dtype} (TFLOP/s counts 4*N^2*d*h fwd, 2.5x bwd)"
@@ -198,6 +204,15 @@ def attention_kernels(args: argparse.Namespace, device: torch.device) -> None:
                 cells.append(f"{name} {1e3 * t:7.2f} ms {flops / t / 1e12:6.1f} TF/s")
             except RuntimeError as err:
                 cells.append(f"{name} n/a ({str(err).splitlines()[0][:40]})")
+        if flex is None:
+            cells.append("flex n/a (CUDA only)")
+        else:
+
+            def run_flex(q=q, k=k, v=v, grad=grad) -> None:
+                flex(q, k, v).backward(grad)
+
+            t = _time(run_flex, device, args.reps)
+            cells.append(f"flex {1e3 * t:7.2f} ms {flops / t / 1e12:6.1f} TF/s")
         print(f"[kernels]   {label:17s} h{h} N{n} d{d}: " + " | ".join(cells))
 
 

@@ -13,9 +13,12 @@ Configurations (``--configs``):
 Each runs as ``baseline`` (fp32, naive softmax attention, plain AdamW) and ``fast`` (bf16
 autocast, fused SDPA, fused AdamW, optional torch.compile: ``--compile blocks`` compiles every
 transformer block, as the objectives' ``compile: blocks`` option does, ``--compile full`` the
-whole forward); encoders always see only the visible tokens. Printed: samples/s, model FLOPs
-per sample (fwd+bwd, FlopCounterMode), MFU against the bf16 peak, peak memory, time per step,
-fast/baseline ratio. ``--size tiny`` shrinks the inputs so that it runs in seconds on a CPU.
+whole forward; ``--compile-mode max-autotune-no-cudagraphs`` lets inductor autotune its own
+Triton matrix products, which can take elementwise epilogues such as GELU, against cuBLAS;
+``--sdpa flex`` runs FlexAttention's generated kernels instead of SDPA); encoders always see
+only the visible tokens. Printed: samples/s, model FLOPs per sample (fwd+bwd, FlopCounterMode),
+MFU against the bf16 peak, peak memory, time per step, fast/baseline ratio. ``--size tiny``
+shrinks the inputs so that it runs in seconds on a CPU.
 Run: ``python bench/step.py [--compile blocks] [--configs videomae] [--batch 256]``.
 
 With ``--data <shards>`` the fast step is also fed by the real loader: printed are the loader's
@@ -45,7 +48,7 @@ from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
 from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
-from avssl.models.layers import compile_blocks, set_fused_attention
+from avssl.models.layers import compile_blocks, set_flex_attention, set_fused_attention
 from avssl.models.masking import random_masking, tube_masking
 from avssl.models.vit import ViTEncoder
 
@@ -199,29 +202,31 @@ def count_flops(model: nn.Module, batch: AVBatch) -> float:
     return counter.get_total_flops() / len(batch)
 
 
-def compile_stacks(model: nn.Module) -> int:
+def compile_stacks(model: nn.Module, **options) -> int:
     """Compiles whole encoders (``forward_features``), fusion layers and decoders: fewer, larger
     graphs than ``compile_blocks`` (inductor can fuse across block boundaries), while masking,
     targets and losses stay eager. Returns the number of modules compiled."""
     count = 0
     for m in model.modules():
         if isinstance(m, ViTEncoder):
-            m.forward_features = torch.compile(m.forward_features, dynamic=False)  # type: ignore[method-assign]
+            m.forward_features = torch.compile(m.forward_features, dynamic=False, **options)  # type: ignore[method-assign]
             count += 1
         elif isinstance(m, (JointDecoder, TransformerDecoder, JointFusion)):
-            m.compile(dynamic=False)
+            m.compile(dynamic=False, **options)
             count += 1
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return count
 
 
-SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "flex")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 def set_sdpa_backend(name: str) -> None:
-    """Restricts fused attention to one kernel family (``auto``: PyTorch's own choice)."""
+    """Restricts fused attention to one kernel family (``auto``: PyTorch's own choice; ``flex``
+    leaves SDPA at ``auto``: the model's attention layers are switched to FlexAttention)."""
     b = torch.backends.cuda
-    on = name == "auto"
+    on = name in ("auto", "flex")
     b.enable_flash_sdp(on or name == "flash")
     b.enable_mem_efficient_sdp(on or name == "efficient")
     b.enable_cudnn_sdp(on or name == "cudnn")
@@ -231,6 +236,7 @@ def set_sdpa_backend(name: str) -> None:
 def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: torch.device):
     """Returns ``step(batch) -> loss`` (no host sync inside) and whether bf16 autocast is on."""
     params = [p for p in model.parameters() if p.requires_grad]
+    set_flex_attention(model, fast and args.sdpa == "flex")
     if fast and device.type == "cuda":
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=True)
     elif fast:
@@ -239,12 +245,13 @@ def make_step(model: nn.Module, fast: bool, args: argparse.Namespace, device: to
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=False, fused=False)
     use_amp = fast and (args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda"))
     fn = model
+    options = {} if args.compile_mode == "default" else {"mode": args.compile_mode}
     if fast and args.compile == "full":
-        fn = torch.compile(model)
+        fn = torch.compile(model, **options)
     elif fast and args.compile == "blocks":
-        compile_blocks(model)
+        compile_blocks(model, **options)
     elif fast and args.compile == "stacks":
-        compile_stacks(model)
+        compile_stacks(model, **options)
 
     def step(batch: AVBatch) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -398,7 +405,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sdpa",
         default="auto",
         choices=SDPA_BACKENDS,
-        help="fused-attention kernels of the fast step (auto: PyTorch's choice)",
+        help="fused-attention kernels of the fast step (auto: PyTorch's choice; flex: "
+        "FlexAttention, CUDA and --compile only)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="torch.compile mode (max-autotune*: inductor benchmarks its own Triton matrix "
+        "products with fused epilogues against cuBLAS; compiling takes minutes)",
     )
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
@@ -427,6 +442,11 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             raise SystemExit(f"bench/step.py: --data {args.data}: no such prepared dataset folder")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench/step.py: --device cuda but no CUDA GPU is visible")
+    if args.sdpa == "flex" and (args.compile == "none" or not args.device.startswith("cuda")):
+        raise SystemExit(
+            "bench/step.py: --sdpa flex needs --device cuda and --compile blocks|stacks|full "
+            "(FlexAttention has no backward on CPU and is only fused when compiled)"
+        )
     return configs, variants
 
 
@@ -434,7 +454,8 @@ def print_header(args: argparse.Namespace, device: torch.device, peak: float | N
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"# step benchmark: {name}, torch {torch.__version__}, size {args.size}, "
-        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile}, sdpa {args.sdpa}, "
+        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile} "
+        f"({args.compile_mode}), sdpa {args.sdpa}, "
         f"peak {peak / 1e12 if peak else 'n/a'} TFLOP/s"
     )
     for cfg, s in shapes(args.size).items():

@@ -33,6 +33,11 @@ def profile_module():
         ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
         ("void implicit_convolve_sgemm<__nv_bfloat16, __nv_bfloat16, 1024, 5, 5>", "convolution"),
         ("triton_poi_fused_gelu_gelu_backward_view_4", "fused (triton)"),
+        # inductor's templates (FlexAttention; max-autotune matrix products with epilogues)
+        ("triton_tem_fused_flex_attention_0", "attention fwd"),
+        ("triton_tem_fused_flex_attention_backward_2", "attention bwd"),
+        ("triton_tem_fused_mm_0", "matmul"),
+        ("triton_tem_fused_addmm_gelu_t_9", "matmul"),
         (
             "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizer",
             "optimizer",
@@ -69,6 +74,7 @@ def test_profile_runs_on_cpu_at_tiny_size() -> None:
     assert sum("ms/step" not in line and "top" not in line for line in lines[1:]) == 5  # --top 5
     kernels = [line for line in proc.stdout.splitlines() if line.startswith("[kernels]")]
     assert any("cavmae decoder" in line and "flash" in line and "TF/s" in line for line in kernels)
+    assert any("cavmae decoder" in line and "flex n/a (CUDA only)" in line for line in kernels)
     assert any("cavmae dec fc1" in line for line in kernels)
 
 

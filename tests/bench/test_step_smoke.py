@@ -72,6 +72,26 @@ def test_step_bench_rejects_bad_options(tmp_path: Path) -> None:
         step.main(["--device", "cpu", "--size", "tiny", "--configs", "nope"])
     with pytest.raises(SystemExit, match="no such prepared dataset"):
         step.main(["--device", "cpu", "--size", "tiny", "--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--sdpa flex needs --device cuda and --compile"):
+        step.main(["--device", "cpu", "--size", "tiny", "--sdpa", "flex", "--compile", "blocks"])
+
+
+def test_compile_mode_and_flex_reach_the_fast_step(monkeypatch) -> None:
+    """``--compile-mode`` goes to torch.compile of the blocks; ``--sdpa flex`` switches every
+    attention layer of the fast step (checked without compiling: compile_blocks is recorded)."""
+    step = _load_step_module()
+    seen: list[dict] = []
+    monkeypatch.setattr(step, "compile_blocks", lambda model, **kw: seen.append(kw) or 0)
+    args = step.parse_args(["--device", "cpu", "--size", "tiny", "--compile", "blocks"])
+    args.compile_mode, args.sdpa = "max-autotune-no-cudagraphs", "flex"
+    model = step.build("videomae", "tiny", step.shapes("tiny")["videomae"])
+    step.make_step(model, True, args, torch.device("cpu"))
+    assert seen == [{"mode": "max-autotune-no-cudagraphs"}]
+    layers = [m for m in model.modules() if hasattr(m, "flex")]
+    assert layers and all(m.flex for m in layers)
+    args.compile_mode, args.sdpa = "default", "auto"
+    step.make_step(model, True, args, torch.device("cpu"))
+    assert seen[-1] == {} and not any(m.flex for m in layers)
 
 
 @pytest.mark.parametrize("name,expected", [("cavmae", 238.0), ("videomae", 205.0)])

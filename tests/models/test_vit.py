@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from avssl.models import SIZES, AudioViT, VideoViT, build_encoder
-from avssl.models.layers import PatchEmbed2d, PatchEmbed3d, set_fused_attention
+from avssl.models.layers import (
+    PatchEmbed2d,
+    PatchEmbed3d,
+    set_flex_attention,
+    set_fused_attention,
+)
 from avssl.models.masking import random_masking
 from avssl.models.pos_embed import sincos_pos_embed
 
@@ -83,6 +88,21 @@ def test_fused_and_naive_attention_agree() -> None:
     fused = enc.forward_features(v)
     assert set_fused_attention(enc, False) == 2
     torch.testing.assert_close(enc.forward_features(v), fused, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_agrees_with_sdpa() -> None:
+    """FlexAttention (a benchmark option) computes the same attention as SDPA (forward only:
+    PyTorch has no FlexAttention backward on CPU)."""
+    torch.manual_seed(0)
+    enc = VideoViT("tiny", depth=2, num_frames=4, img_size=32).eval()
+    v = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        fused = enc.forward_features(v)
+        assert set_flex_attention(enc, True) == 2
+        flex = enc.forward_features(v)
+    assert not torch.equal(flex, torch.zeros_like(flex))
+    torch.testing.assert_close(flex, fused, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [AudioViT, VideoViT])
