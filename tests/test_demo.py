@@ -59,7 +59,20 @@ def test_demo_commands_and_ablation_options(tmp_path, monkeypatch, extra):
     (tmp_path / "eval_out" / "demo").mkdir(parents=True)
     calls: list[tuple[tuple[str, ...], dict | None]] = []
     monkeypatch.setattr(demo, "_prep", lambda: None)
-    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((args, env)))
+    # a previous demo run of the same name is removed before pretraining (it would make the
+    # pretraining stop: a fresh run never writes into another run's checkpoint folder)
+    old = tmp_path / "runs" / "vatt" / (f"{demo.RUN_ID}-args" if extra else demo.RUN_ID)
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.ckpt").write_bytes(b"old")
+    other = tmp_path / "runs" / "vatt" / "other-run"
+    other.mkdir()
+    old_seen: list[bool] = []
+
+    def fake_avssl(*args, env=None):
+        calls.append((args, env))
+        old_seen.append(old.exists())
+
+    monkeypatch.setattr(demo, "_avssl", fake_avssl)
     monkeypatch.setattr(
         demo,
         "_results",
@@ -67,6 +80,7 @@ def test_demo_commands_and_ablation_options(tmp_path, monkeypatch, extra):
     )
     argv = ["--recipe", "vatt"] + (["--", *extra] if extra else [])
     assert demo.main(argv) == 0
+    assert old_seen and not any(old_seen) and other.is_dir()  # gone before the first command
     pretrain, env = calls[0]
     name = "vatt-args" if extra else "vatt"
     assert pretrain[:5] == ("pretrain", "--recipe", "vatt", "--data", str(demo.SHARDS))

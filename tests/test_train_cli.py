@@ -86,6 +86,23 @@ def _check_tensorboard(run: Path) -> None:
     assert 0.0 <= wait <= 1.0
 
 
+def test_fresh_run_refuses_a_folder_with_checkpoints(shards, tmp_path, capsys):
+    """A second run under the same run id would write last-v1.ckpt beside the first run's
+    last.ckpt (which export would then read): it stops with a one-line error instead."""
+    runs = tmp_path / "runs"
+    folder = runs / "mavil" / "same" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"an earlier run")
+    os.environ["AVSSL_RUN_ID"] = "same"
+    args = ["pretrain", "--recipe", "mavil", "--data", str(shards), "--runs", str(runs), "--"]
+    args += ["--config", str(RECIPES / "debug.yaml"), "--trainer.enable_progress_bar=false"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{folder} already holds 1 checkpoint(s) of an earlier run" in err
+    assert f"--resume {folder / 'last.ckpt'}" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # nothing written
+
+
 @pytest.mark.slow
 def test_resume_auto_picks_the_newest_last_ckpt(shards, tmp_path, capsys):
     runs = tmp_path / "runs"

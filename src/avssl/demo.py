@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
     configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
+    run_dir = Path("runs") / recipe / run_id
+    if run_dir.exists():  # the demo owns this run id; pretraining refuses a used folder
+        print(f"[demo]     removing the previous demo run {run_dir}/", flush=True)
+        shutil.rmtree(run_dir)
     _avssl(
         "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *configs, *extra,
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe

@@ -159,12 +159,34 @@ class AVSSLCLI(LightningCLI):
             self.model.recipe_name = self.recipe
 
     def before_fit(self) -> None:
-        """Checks splits and shards before training starts, as a one-line user error."""
+        """Checks the run folder, splits and shards before training starts (one-line errors)."""
+        self._check_fresh_checkpoint_dir()
         try:
             self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
         except (FileNotFoundError, ValueError) as err:
             msg = " ".join(str(err).split())
             raise UserError(f"bad data configuration: {msg}") from None
+
+    def _check_fresh_checkpoint_dir(self) -> None:
+        """A run that does not resume must not write into another run's checkpoint folder:
+        Lightning would add ``-v1`` to its file names and ``last.ckpt`` would stay the old run's.
+        """
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("ckpt_path"):
+            return
+        ckpt = self.trainer.checkpoint_callback
+        if not isinstance(ckpt, ModelCheckpoint):
+            return
+        folder = ckpt.dirpath
+        if not folder and self.trainer.logger is not None and self.trainer.logger.log_dir:
+            folder = os.path.join(self.trainer.logger.log_dir, "checkpoints")
+        old = sorted(Path(folder).glob("*.ckpt")) if folder else []
+        if old:
+            raise UserError(
+                f"{folder} already holds {len(old)} checkpoint(s) of an earlier run; resume it "
+                f"(avssl pretrain --resume {Path(folder) / 'last.ckpt'}), remove that folder, "
+                "or set another AVSSL_RUN_ID"
+            )
 
     def after_fit(self) -> None:
         """Writes ``last.ckpt`` for the final step when the periodic checkpoint missed it."""
