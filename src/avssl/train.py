@@ -180,7 +180,9 @@ class AVSSLCLI(LightningCLI):
         folder = ckpt.dirpath
         if not folder and self.trainer.logger is not None and self.trainer.logger.log_dir:
             folder = os.path.join(self.trainer.logger.log_dir, "checkpoints")
-        old = sorted(Path(folder).glob("*.ckpt")) if folder else []
+        if not folder:
+            return
+        old = sorted(Path(folder).glob("*.ckpt"))
         if old:
             raise UserError(
                 f"{folder} already holds {len(old)} checkpoint(s) of an earlier run; resume it "
