@@ -4,8 +4,8 @@
 #    (the decoder's 16 heads of 32 dims run at 145 TFLOP/s on cuDNN, 328 at head dim 64).
 # 2. The step with --sdpa flex, with --compile-mode max-autotune-no-cudagraphs (inductor's own
 #    Triton matrix products, which can take GELU as an epilogue, benchmarked against cuBLAS),
-#    and with both; the current best (compiled blocks, PyTorch's attention choice) first, in the
-#    same run, as the baseline.
+#    and (BOTH=1) with both; the current best (compiled blocks, PyTorch's attention choice)
+#    first, in the same run, as the baseline.
 # Usage on a GPU machine (repo root): bash bench/gpu_fusion.sh [LOG_DIR]
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run: the flex lines are refused
 # there, FlexAttention has no CPU backward).
@@ -17,12 +17,14 @@ batch=${BATCH:-256}
 export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 common=(--size "$size" --device "$device" --configs cavmae --batch "$batch")
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true; } 2>&1 | tee "$logs/env.log"
-timeout 120 python bench/profile_step.py --kernels "${common[@]}" 2>&1 | grep "kernels\]" \
+timeout 90 python bench/profile_step.py --kernels "${common[@]}" 2>&1 | grep "kernels\]" \
   | tee "$logs/kernels.log"
 step() { timeout "$1" python bench/step.py --variants fast --steps 20 "${common[@]}" "${@:2}" 2>&1 \
   | grep -v "^#   \|Warning\|warn("; echo "[exit ${PIPESTATUS[0]}]"; }
-{ step 100 --compile blocks
-  step 120 --compile blocks --sdpa flex
+# at most ~9 minutes in all (one device call may run 10); BOTH=1 adds flex + max-autotune
+{ step 90 --compile blocks
+  step 110 --compile blocks --sdpa flex
   step 240 --compile blocks --compile-mode max-autotune-no-cudagraphs
-  step 240 --compile blocks --compile-mode max-autotune-no-cudagraphs --sdpa flex; } \
-  | tee "$logs/variants.log"
+  if [ "${BOTH:-0}" = 1 ]; then
+    step 240 --compile blocks --compile-mode max-autotune-no-cudagraphs --sdpa flex
+  fi; } | tee "$logs/variants.log"
