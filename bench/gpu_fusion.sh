@@ -10,13 +10,8 @@
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run: the flex lines are refused
 # there, FlexAttention has no CPU backward).
 set -u
-logs=${1:-${OUT:-/tmp}}
-size=${SIZE:-base}
-device=${DEVICE:-cuda}
-batch=${BATCH:-256}
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-common=(--size "$size" --device "$device" --configs cavmae --batch "$batch")
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true; } 2>&1 | tee "$logs/env.log"
+# shellcheck source=bench/gpu_cavmae_env.sh
+source "$(dirname "$0")/gpu_cavmae_env.sh" "$@"  # logs, common (CAV-MAE options), env.log
 timeout 90 python bench/profile_step.py --kernels "${common[@]}" 2>&1 | grep "kernels\]" \
   | tee "$logs/kernels.log"
 step() { timeout "$1" python bench/step.py --variants fast --steps 20 "${common[@]}" "${@:2}" 2>&1 \

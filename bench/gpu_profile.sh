@@ -6,13 +6,8 @@
 # Usage on a GPU machine (repo root): bash bench/gpu_profile.sh [LOG_DIR]
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU in a minute (a dry run).
 set -u
-logs=${1:-${OUT:-/tmp}}
-size=${SIZE:-base}
-device=${DEVICE:-cuda}
-batch=${BATCH:-256}
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-common=(--size "$size" --device "$device" --configs cavmae --batch "$batch")
-{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true; } 2>&1 | tee "$logs/env.log"
+# shellcheck source=bench/gpu_cavmae_env.sh
+source "$(dirname "$0")/gpu_cavmae_env.sh" "$@"  # logs, common (CAV-MAE options), env.log
 timeout 90 python bench/profile_step.py --kernels "${common[@]}" 2>&1 | tee "$logs/kernels.log"
 timeout 150 python bench/profile_step.py --profile --compile blocks --top 30 "${common[@]}" 2>&1 \
   | grep -v "^USDT\|SyncActivity" | tee "$logs/profile.log"

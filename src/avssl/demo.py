@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
         env={"AVSSL_RUN_ID": run_id, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
-    ckpt = Path("runs") / recipe / run_id / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
     trained, random = f"demo-{name}", f"demo-{name}-random"
     _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{trained}")

@@ -11,10 +11,11 @@ CPU PyTorch has no backward for it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import flex_attention
 
 LN_EPS = 1e-6  # MAE / ViT convention
 
@@ -30,12 +31,10 @@ def set_fused_attention(module: nn.Module, enabled: bool) -> int:
     Returns:
         The number of attention layers switched.
     """
-    count = 0
-    for m in module.modules():
-        if isinstance(m, Attention):
-            m.fused = enabled
-            count += 1
-    return count
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.fused = enabled
+    return len(layers)
 
 
 def set_flex_attention(module: nn.Module, enabled: bool) -> int:
@@ -47,12 +46,15 @@ def set_flex_attention(module: nn.Module, enabled: bool) -> int:
     Returns:
         The number of attention layers switched.
     """
-    count = 0
-    for m in module.modules():
-        if isinstance(m, Attention):
-            m.flex = enabled
-            count += 1
-    return count
+    flex: Callable | None = None
+    if enabled:  # imported here: it adds ~0.3 s to every start-up and only benchmarks use it
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = flex_attention
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.flex = flex
+    return len(layers)
 
 
 COMPILE_MODES = ("none", "blocks", "auto")
@@ -168,7 +170,7 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.fused = fused
-        self.flex = False  # FlexAttention instead of SDPA (set_flex_attention; benchmarks)
+        self.flex: Callable | None = None  # FlexAttention instead of SDPA (set_flex_attention)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -176,8 +178,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, h, N, Dh]
-        if self.fused and self.flex:
-            out = flex_attention(q, k, v)
+        if self.fused and self.flex is not None:
+            out = self.flex(q, k, v)
         elif self.fused:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
