@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,9 @@ def _needs_teacher(recipe: str) -> bool:
 
 
 _LAST: dict[str, Path] = {}
+# last checkpoints other tests reuse (stage-2 teachers, the export tests): copied out of the
+# test's own tmp_path, which pytest deletes when the test passes (setup.cfg keeps failed ones only)
+_KEEP = {n.removesuffix("_stage2") for n in NAMES if n.endswith("_stage2")} | {"mavil"}
 
 
 def run_recipe(recipe: str, shards: Path, runs: Path) -> Path:
@@ -88,7 +92,11 @@ def run_recipe(recipe: str, shards: Path, runs: Path) -> Path:
     assert lightning_main(debug_args(recipe, shards, runs, *extra)) == 0
     found = sorted(runs.glob(f"{recipe}/*/checkpoints/last.ckpt"))
     assert len(found) == 1, found
-    _LAST[recipe] = found[0]
+    if recipe in _KEEP:
+        kept = shards.parent / "kept_checkpoints" / recipe / "last.ckpt"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found[0], kept)
+        _LAST[recipe] = kept
     return found[0]
 
 
