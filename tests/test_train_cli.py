@@ -115,6 +115,24 @@ def test_resume_auto_picks_the_newest_last_ckpt(shards, tmp_path, capsys):
     assert last["global_step"] == 4
 
 
+@pytest.mark.slow
+def test_periodic_checkpoints_keep_the_newest_and_rotate_after_resume(shards, tmp_path):
+    """save_top_k ranks periodic checkpoints by step (recipes/_base.yaml): only the newest stay,
+    and the ranking survives a resume (older files of the resumed run are removed)."""
+    runs = tmp_path / "runs"
+    every = ("--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=2")
+    _pretrain(shards, runs, "--trainer.max_steps=4", *every, run_id="r")
+    folder = runs / "mavil" / "r" / "checkpoints"
+
+    def names() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    assert names() == ["last.ckpt", "step0000003.ckpt", "step0000004.ckpt"]
+    _pretrain(shards, runs, "--trainer.max_steps=6", *every, resume=str(folder / "last.ckpt"))
+    assert names() == ["last.ckpt", "step0000005.ckpt", "step0000006.ckpt"]
+    assert torch.load(folder / "step0000005.ckpt", weights_only=True)["global_step"] == 5
+
+
 def test_user_errors_exit_2_with_one_line(shards, tmp_path, capsys):
     assert cli.main(["pretrain", "--recipe", "nope", "--data", str(shards)]) == 2
     err = capsys.readouterr().err.strip()

@@ -8,8 +8,8 @@ objective (``model: class_path: avssl.objectives.<...>``) and the data module
 ``avssl pretrain --recipe NAME [--data DIR] [--resume CKPT|auto] [-- extra CLI args]`` (``make
 pretrain``) resolves the recipe, builds the synthetic dataset on first use when no data is given,
 and runs ``fit`` in its own run folder ``runs/<recipe>/<run id>/`` holding ``config.yaml`` (the
-fully resolved config), ``checkpoints/`` (periodic ``step*.ckpt`` + ``last.ckpt``) and the
-TensorBoard event files. ``--resume auto`` continues the newest ``last.ckpt`` of the recipe.
+fully resolved config), ``checkpoints/`` (the 3 newest periodic ``step*.ckpt`` + ``last.ckpt``)
+and the TensorBoard event files. ``--resume auto`` continues the newest ``last.ckpt`` of the recipe.
 """
 
 from __future__ import annotations
