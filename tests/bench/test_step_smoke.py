@@ -64,6 +64,7 @@ def test_step_bench_runs_on_cpu_at_tiny_size() -> None:
         assert f"{cfg:9s} fast / baseline =" in out
     assert ("mavil", "fast") in rows or "mavil     baseline  skipped" in out
     assert "HEAVY_IMPORTS []" in out  # no PyAV / webdataset / faiss without --data
+    assert "reference best" not in out  # the reference figures belong to the base shapes
 
 
 def test_step_bench_rejects_bad_options(tmp_path: Path) -> None:
@@ -74,6 +75,15 @@ def test_step_bench_rejects_bad_options(tmp_path: Path) -> None:
         step.main(["--device", "cpu", "--size", "tiny", "--data", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="--sdpa flex needs --device cuda and --compile"):
         step.main(["--device", "cpu", "--size", "tiny", "--sdpa", "flex", "--compile", "blocks"])
+
+
+def test_default_size_is_the_reference_on_a_gpu_and_tiny_on_a_cpu() -> None:
+    """`make bench` runs step.py without options: on a CPU the base shapes need more memory
+    than 24 GB (the fp32 CAV-MAE baseline at batch 48 was killed), so the default is tiny."""
+    step = _load_step_module()
+    assert step.parse_args(["--device", "cpu"]).size == "tiny"
+    assert step.parse_args(["--device", "cuda"]).size == "base"
+    assert step.parse_args(["--device", "cpu", "--size", "base"]).size == "base"
 
 
 def test_compile_mode_and_flex_reach_the_fast_step(monkeypatch) -> None:
