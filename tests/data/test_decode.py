@@ -89,6 +89,41 @@ def test_shard_flac_loads_exactly(shard_sample):
     assert np.allclose(wave.numpy(), raw / 32768.0)
 
 
+def test_same_rate_stereo_packed_int_and_planar_float_are_downmixed(tmp_path):
+    """The no-resampling path for layouts other than shard FLAC: packed stereo int16 (WAV) and
+    planar stereo float (AAC decodes to fltp), against a per-frame reference decode."""
+    import wave as wavemod
+
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-32768, 32767, size=(16000 * 2, 2), dtype=np.int16)  # [S, C] 2 s
+    wav = tmp_path / "stereo.wav"
+    with wavemod.open(str(wav), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    got, has_audio = load_audio(wav, 16000)
+    assert has_audio and got.dtype == torch.float32 and len(got) == len(pcm)
+    assert np.allclose(got.numpy(), pcm.astype(np.float64).mean(axis=1) / 32768.0, atol=1e-6)
+
+    aac = tmp_path / "stereo.m4a"
+    tone = np.sin(2 * np.pi * 440 * np.arange(32000) / 16000).astype(np.float32)
+    planes = np.stack([0.5 * tone, 0.25 * tone])  # [C, S]
+    with av.open(str(aac), "w") as out:
+        stream = out.add_stream("aac", rate=16000, layout="stereo")
+        for i in range(0, planes.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(planes[:, i : i + 1024].copy(), "fltp", "stereo")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with open_media(aac) as c:
+        assert c.streams.audio[0].rate == 16000
+        ref = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)  # [C, S]
+    got, has_audio = load_audio(aac, 16000)
+    assert has_audio and np.allclose(got.numpy(), ref.mean(axis=0), atol=1e-7)
+    assert 0.3 < float(got.abs().max()) < 0.45  # (0.5 + 0.25) / 2 after AAC
+
+
 def test_raw_file_audio_is_resampled_and_downmixed(synth):
     raw = sorted((synth / "raw" / "UCF-101").rglob("*.mp4"))
     with_audio = [p for p in raw if av.open(str(p)).streams.audio]

@@ -285,16 +285,44 @@ def decode_video_clips(
 
 
 _INT_SCALE = {"s16": 32768.0, "s32": 2147483648.0}
+_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "flt": np.float32, "dbl": np.float64}
 
 
-def _to_float(x: np.ndarray, fmt: av.AudioFormat, channels: int) -> np.ndarray:
-    """Decoded samples (``to_ndarray`` of one or more frames) as float ``[C, n]`` in [-1, 1]."""
-    if not fmt.is_planar:
-        x = x.reshape(-1, channels).T  # packed [1, n * C] -> [C, n]
-    name = fmt.name.rstrip("p")
-    if name == "u8":
-        return (x.astype(np.float32) - 128.0) / 128.0
-    return x.astype(np.float32) / _INT_SCALE[name] if name in _INT_SCALE else x
+class _RawSamples:
+    """Decoded frames' sample bytes, kept per plane and converted once at the end.
+
+    Shard audio (FLAC at the target rate) arrives as ~140 small frames per 10 s; joining their
+    bytes and converting once costs about a quarter of what a ``to_ndarray`` per frame did."""
+
+    def __init__(self, src: Source) -> None:
+        self.src, self.channels = src, 1
+        self.fmt: av.AudioFormat | None = None
+        self.parts: list[list[bytes]] = []
+
+    def add(self, frame: av.AudioFrame) -> None:
+        fmt, channels = frame.format, len(frame.layout.channels)
+        if self.fmt is None:
+            if fmt.name.rstrip("p") not in _DTYPES:
+                raise MediaError(f"{_name(self.src)}: unsupported audio sample format {fmt.name}")
+            self.fmt, self.channels = fmt, channels
+            self.parts = [[] for _ in range(channels if fmt.is_planar else 1)]
+        elif fmt.name != self.fmt.name or channels != self.channels:
+            raise MediaError(f"{_name(self.src)}: audio sample format changes mid-stream")
+        per_plane = frame.samples * fmt.bytes * (1 if fmt.is_planar else channels)
+        for parts, plane in zip(self.parts, frame.planes, strict=False):
+            parts.append(bytes(memoryview(plane)[:per_plane]))  # a copy frees the frame
+
+    def mono(self) -> np.ndarray:
+        """Float samples in [-1, 1], channels averaged: ``[S]``."""
+        assert self.fmt is not None
+        name = self.fmt.name.rstrip("p")
+        planes = [np.frombuffer(b"".join(p), _DTYPES[name]) for p in self.parts]
+        x = np.stack(planes) if self.fmt.is_planar else planes[0].reshape(-1, self.channels).T
+        if name == "u8":
+            x = (x.astype(np.float32) - 128.0) / 128.0
+        elif name in _INT_SCALE:
+            x = x.astype(np.float32) / np.float32(_INT_SCALE[name])
+        return x[0] if len(x) == 1 else x.mean(axis=0)  # [C, S] -> [S]
 
 
 def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, bool]:
@@ -311,25 +339,21 @@ def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, boo
         stream.codec_context.thread_count = 1
         resample = stream.rate != sample_rate
         resampler = av.AudioResampler("fltp", rate=sample_rate) if resample else None
-        chunks, fmt, channels = [], None, 1
+        raw = _RawSamples(src)
         try:
             for frame in container.decode(stream):
                 if resampler is None:  # same rate: keep the raw samples, convert once below
-                    if fmt is not None and frame.format.name != fmt.name:
-                        raise MediaError(f"{_name(src)}: audio sample format changes mid-stream")
-                    fmt, channels = frame.format, len(frame.layout.channels)
-                    chunks.append(frame.to_ndarray())
+                    raw.add(frame)
                     continue
                 frame.pts = None
-                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+                for out in resampler.resample(frame):
+                    raw.add(out)
             if resampler is not None:
-                chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+                for out in resampler.resample(None):
+                    raw.add(out)
+            if raw.fmt is None:
+                return torch.zeros(0), True
+            wave = raw.mono()
         except av.error.FFmpegError as err:
             raise MediaError(f"{_name(src)}: audio decoding failed ({err})") from err
-    if not chunks:
-        return torch.zeros(0), True
-    wave = np.concatenate(chunks, axis=1)
-    if fmt is not None:
-        wave = _to_float(wave, fmt, channels)
-    wave = wave.mean(axis=0)  # [C, S] -> [S]
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), True
