@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {"checkpoint": trained.eval(), "random init": XKD(**hp).eval()}
     loader = make_eval_loader(args.data, args.split, ckpt["avssl"]["data"], batch_size=args.clips)
     batch = next(iter(loader))
-    k = hp.get("head_out_dim", 8192)
+    k = trained.cfg["head_out_dim"]
     print(
         f"[xkd teacher] {args.ckpt} (step {ckpt['global_step']}), {len(batch.key)} clips of "
         f"{args.split}; a uniform target has entropy ln {k} = {math.log(k):.3f} nats"

@@ -292,7 +292,8 @@ class _RawSamples:
     """Decoded frames' sample bytes, kept per plane and converted once at the end.
 
     Shard audio (FLAC at the target rate) arrives as ~140 small frames per 10 s; joining their
-    bytes and converting once costs about a quarter of what a ``to_ndarray`` per frame did."""
+    bytes and converting once costs about half of what a ``to_ndarray`` per frame and a
+    concatenation did (~0.5 of ~1.1 ms on top of the ~2.4 ms of decoding)."""
 
     def __init__(self, src: Source) -> None:
         self.src, self.channels = src, 1
