@@ -23,7 +23,9 @@ Run: ``python bench/step.py [--compile blocks] [--configs videomae] [--batch 256
 
 With ``--data <shards>`` the fast step is also fed by the real loader: printed are the loader's
 own rate (batches drawn with no GPU work) and the fed step's rate with the share of time the GPU
-waits for data.
+waits for data. ``--fbank`` says where the fbank is computed, as ``AVDataModule(fbank_compute)``
+(auto: on the device when it is a GPU, i.e. the workers ship waveforms and the fed step includes
+the fbank of each batch on the GPU).
 """
 
 from __future__ import annotations
@@ -281,6 +283,7 @@ def time_steps(step, batches, n: int, device: torch.device) -> tuple[float, floa
 def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: torch.device):
     """Endless batches from the real loader (only imported with --data)."""
     from avssl.data.datamodule import AVDataModule
+    from avssl.data.sampling import features_on_device
 
     dm = AVDataModule(
         data=args.data,
@@ -295,11 +298,19 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         # every epoch would restart the worker processes, which is not what training sees.
         batches_per_epoch=10**6,
         pin_memory=device.type == "cuda",
+        fbank_compute=fbank_compute(args, device),
     )
     dm.setup("fit")
     while True:
         for b in dm.train_dataloader():
-            yield b.to(device, non_blocking=True)
+            yield features_on_device(b.to(device, non_blocking=True), dm.fbank)
+
+
+def fbank_compute(args: argparse.Namespace, device: torch.device) -> str:
+    """Where the fed step's fbank is computed (``--fbank``; auto: the device if a GPU)."""
+    if args.fbank != "auto":
+        return args.fbank
+    return "device" if device.type == "cuda" else "loader"
 
 
 def batch_size(shape: Shape, fast: bool, args: argparse.Namespace) -> int:
@@ -345,6 +356,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         fed, wait = time_steps(step, source, args.steps, device)
         out.update(data_sps=B * args.steps / fed, wait=max(0.0, 1 - wall / fed))
         out["host_wait"] = wait / fed
+        out["fbank"] = fbank_compute(args, device)
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -375,7 +387,8 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
             print(
                 f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
                 f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
-                f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s"
+                f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
+                f"fbank in the {'loader' if r['fbank'] == 'loader' else 'step, on the device'}"
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]
@@ -425,6 +438,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
     p.add_argument("--data", default=None, help="prepared shards: feed the fast step from them")
     p.add_argument("--split", default="train1")
+    p.add_argument(
+        "--fbank",
+        default="auto",
+        choices=["auto", "loader", "device"],
+        help="with --data: fbank in the loader workers or on the device after the transfer "
+        "(auto: the device if it is a GPU)",
+    )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)

@@ -12,6 +12,10 @@ LINE = re.compile(
     r"\[bench loader\] (wall|cpu) *: avssl ([\d.]+) clips/s.*"
     r"naive ([\d.]+) clips/s, ratio ([\d.]+)x"
 )
+DEVICE = re.compile(
+    r"\[bench loader\] (wall|cpu) *: avssl with the fbank on the device ([\d.]+) clips/s "
+    r"per worker, ([\d.]+)x the fbank in the loader"
+)
 
 
 def test_bench_quick_prints_rates_and_ratio(synth):
@@ -23,3 +27,8 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     for _, ours, naive, ratio in rows:
         ours, naive, ratio = float(ours), float(naive), float(ratio)
         assert ours > 0 and naive > 0 and abs(ratio - ours / naive) <= 0.01 + 0.02 * ratio
+    device = [m.groups() for m in map(DEVICE.match, done.stdout.splitlines()) if m]
+    assert [r[0] for r in device] == ["wall", "cpu"], done.stdout
+    for (_, ours, _, _), (_, waves, ratio) in zip(rows, device):
+        assert float(waves) > 0
+        assert abs(float(ratio) - float(waves) / float(ours)) <= 0.01 + 0.02 * float(ratio)

@@ -25,6 +25,13 @@ class AVBatch:
             (``audio_mode="mismatched"``); None in other modes.
         clip_start: float ``[B]`` or ``[B, K]`` start time (s) of each video clip, or None.
         audio_start: float ``[B]`` or ``[B, K]`` start time (s) of each audio window, or None.
+        audio_wave: float ``[B, S]`` or ``[B, K, S]`` zero-padded waveform windows, set only by
+            a loader that leaves the fbank to the device (``fbank_on_device``; ``audio`` is then
+            an empty ``[B, (K,) 1, 0, F]`` placeholder until
+            :func:`avssl.data.sampling.features_on_device` fills it and clears these three).
+        audio_wave_len: long ``[B]`` or ``[B, K]`` valid samples of ``audio_wave``.
+        audio_bands: long ``[B, (K,) M, 3]`` SpecAugment bands (dim 0 time / 1 frequency,
+            start, width) to zero in the fbank computed from ``audio_wave``.
     """
 
     video: torch.Tensor
@@ -36,6 +43,9 @@ class AVBatch:
     audio_mismatched: torch.Tensor | None = None
     clip_start: torch.Tensor | None = None
     audio_start: torch.Tensor | None = None
+    audio_wave: torch.Tensor | None = None
+    audio_wave_len: torch.Tensor | None = None
+    audio_bands: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -8,7 +8,9 @@ evaluation yields every sample of a split exactly once across ranks and workers,
 (shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.sampling`).
 Corrupt samples are skipped and counted in ``AVBatch.extra["skipped"]`` (per batch) and
 ``extra["skipped_total"]`` (per rank, set by the DataModule after transfer) for the objective
-to log.
+to log. With ``fbank_compute="device"`` (the default ``"auto"`` picks it when training runs on
+a GPU) the workers ship waveform windows and the fbank is computed after the transfer, on the
+GPU, which takes about a quarter of a worker's time per CAV-MAE sample off the CPUs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from avssl.data.sampling import (
     TrainStream,
     build_processor,
     collate,
+    features_on_device,
 )
 from avssl.data.shards import SplitTable, dist_info, resolve, split_table
 from avssl.data.transforms import (
@@ -42,6 +45,7 @@ from avssl.data.transforms import (
 )
 
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
+FBANK_COMPUTE = ("auto", "loader", "device")
 # Each worker of our streams yields its own share (see sampling.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -137,6 +141,10 @@ class AVDataModule(pl.LightningDataModule):
             augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
             (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker).
+        fbank_compute: where the fbank of training and validation batches is computed:
+            "loader" (the workers), "device" (after the transfer to the training device, from
+            the waveform windows the workers ship; same values and SpecAugment bands), or
+            "auto" ("device" when the trainer runs on a GPU, else "loader").
     """
 
     def __init__(
@@ -168,6 +176,7 @@ class AVDataModule(pl.LightningDataModule):
         batches_per_epoch: int | None = None,
         seed: int = 0,
         pin_memory: bool = False,
+        fbank_compute: str = "auto",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -176,6 +185,8 @@ class AVDataModule(pl.LightningDataModule):
                 raise ValueError(f"{name} must be one of {list(PRESETS)}, got {preset!r}")
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
+        if fbank_compute not in FBANK_COMPUTE:
+            raise ValueError(f"fbank_compute must be one of {FBANK_COMPUTE}, got {fbank_compute!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
         ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
@@ -262,6 +273,14 @@ class AVDataModule(pl.LightningDataModule):
             prefetch_factor=2 if workers > 0 else None,
         )
 
+    def fbank_on_device(self) -> bool:
+        """Whether the workers leave the fbank to the training device (``fbank_compute``)."""
+        mode = self.hp.fbank_compute
+        if mode != "auto":
+            return mode == "device"
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self, rank: int | None = None, world_size: int | None = None):
         """Training loader; ``rank``/``world_size`` override torch.distributed/env (tests)."""
         rank, world = dist_info(rank, world_size)
@@ -272,6 +291,7 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.audio_mode,
             True,
             self.hp.augment,
+            fbank_on_device=self.fbank_on_device(),
         )
         table, *rest = self._stream_args(self.hp.train_split, rank, world)
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
@@ -293,6 +313,7 @@ class AVDataModule(pl.LightningDataModule):
             mode,
             False,
             self.hp.augment,
+            fbank_on_device=self.fbank_on_device(),
         )
         table, *rest = self._stream_args(self.hp.val_split, rank, world)
         return self._loader(EvalStream(table, proc, *rest))
@@ -309,8 +330,10 @@ class AVDataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
-        """Adds ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
+        """Computes the fbank of a batch that carries waveforms (``fbank_compute``), and adds
+        ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
         if isinstance(batch, AVBatch):
+            batch = features_on_device(batch, self.fbank)
             trainer = getattr(self, "trainer", None)
             if trainer is None or trainer.training:
                 self.skipped_total += int(batch.extra.get("skipped", 0))

@@ -8,7 +8,9 @@ frames, then normalised with dataset statistics. AudioMAE divides by ``2 * std``
 :func:`log_mel` computes the values of that kaldi call (tested to 1e-3 in the log domain)
 with the window and mel matrix built once per setting rather than on every call and without
 the frame energies it would discard: 3.3 ms instead of 5.1 ms for a 10 s clip on one CPU
-thread (a loader worker's).
+thread (a loader worker's). :func:`compute_fbank_batch` computes the same features for a batch
+of zero-padded waveforms on any device (the training step's GPU, when the loader ships
+waveforms: ``AVDataModule(fbank_compute="device")``).
 """
 
 from __future__ import annotations
@@ -81,17 +83,55 @@ def log_mel(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     min_len = cfg.samples_for_frames(1)
     if wave.shape[1] < min_len:
         wave = torch.nn.functional.pad(wave, (0, min_len - wave.shape[1]))
-    wave = wave - wave.mean()
+    return _frames_log_mel(wave - wave.mean(), cfg)[0]
+
+
+def log_mel_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """:func:`log_mel` of a batch of zero-padded waveforms, on whatever device they are.
+
+    Row ``i`` equals ``pad_or_crop(log_mel(waves[i, :lengths[i]]), T)`` where ``T`` is the
+    number of frames ``waves`` holds: frames past a recording's end are 0, as ``pad_or_crop``
+    pads. This lets the training step compute the features on the GPU from the waveform
+    windows the loader ships (``AVDataModule(fbank_compute="device")``).
+
+    Args:
+        waves: float ``[N, S]``, each recording from sample 0, zeros after its end.
+        lengths: ``[N]`` valid samples per row (a row of length 0 gives frames of 0).
+        cfg: front-end settings.
+
+    Returns:
+        ``[N, T, F]`` raw log-mel energies, ``T`` = kaldi frames in ``S`` samples (at least 1).
+    """
+    waves = waves.float()
+    min_len = cfg.samples_for_frames(1)
+    if waves.shape[1] < min_len:
+        waves = torch.nn.functional.pad(waves, (0, min_len - waves.shape[1]))
+    lengths = lengths.to(waves.device).long()
+    # log_mel zero-pads a recording shorter than one frame before taking its mean
+    span = lengths.clamp_min(min_len)
+    inside = torch.arange(waves.shape[1], device=waves.device) < span[:, None]  # [N, S]
+    mean = waves.sum(dim=1, keepdim=True) / span[:, None]
+    mel = _frames_log_mel(torch.where(inside, waves - mean, 0.0), cfg)  # [N, T, F]
+    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)
+    valid = torch.where(lengths > 0, 1 + (span - min_len) // shift, 0)  # frames per row
+    keep = torch.arange(mel.shape[1], device=mel.device) < valid[:, None]  # [N, T]
+    return torch.where(keep[..., None], mel, 0.0)
+
+
+def _frames_log_mel(waves: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """Kaldi framing (snip_edges), per-frame DC removal, preemphasis, Hann window, power
+    spectrum, mel projection and log of mean-removed waveforms ``[N, S]`` -> ``[N, T, F]``."""
     shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)  # kaldi truncates
     length = int(cfg.sample_rate * cfg.frame_length_ms / 1000.0)
     window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length)
-    frames = wave[0].unfold(0, length, shift)  # [T_frames, L], kaldi's snip_edges=True
-    frames = frames - frames.mean(dim=1, keepdim=True)  # remove_dc_offset
-    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift
-    frames = (frames - PREEMPHASIS * previous) * window  # [T_frames, L]
+    window, banks = window.to(waves.device), banks.to(waves.device)
+    frames = waves.unfold(1, length, shift)  # [N, T, L], kaldi's snip_edges=True
+    frames = frames - frames.mean(dim=2, keepdim=True)  # remove_dc_offset
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=2)  # replicate-padded shift
+    frames = (frames - PREEMPHASIS * previous) * window  # [N, T, L]
     spec = torch.fft.rfft(frames, n=n_fft)  # zero-padded to a power of 2
-    power = spec.real.square() + spec.imag.square()  # [T_frames, n_fft/2 + 1]
-    mel = power @ banks.T  # [T_frames, F]
+    power = spec.real.square() + spec.imag.square()  # [N, T, n_fft/2 + 1]
+    mel = power @ banks.T  # [N, T, F]
     return mel.clamp_min(torch.finfo(torch.float32).eps).log()
 
 
@@ -127,3 +167,13 @@ def normalize(fbank: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
 def compute_fbank(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     """Waveform -> normalised ``[Ta, F]`` fbank padded/cropped to ``cfg.target_frames``."""
     return normalize(pad_or_crop(log_mel(wave, cfg), cfg.target_frames), cfg)
+
+
+def compute_fbank_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig):
+    """Zero-padded waveforms ``[N, S]`` + valid lengths ``[N]`` -> normalised ``[N, Ta, F]``:
+    row ``i`` equals ``compute_fbank(waves[i, :lengths[i]], cfg)`` (for ``lengths[i] >= 1``)."""
+    mel = log_mel_batch(waves, lengths, cfg)
+    t = cfg.target_frames
+    if mel.shape[1] < t:
+        mel = torch.nn.functional.pad(mel, (0, 0, 0, t - mel.shape[1]))
+    return normalize(mel[:, :t], cfg)

@@ -13,6 +13,13 @@ The streams batch inside each DataLoader worker: ``TrainStream`` yields exactly
 ``batches_per_epoch`` batches per rank from resampled shards, ``EvalStream`` every sample of a
 split once (see :mod:`avssl.data.shards` for the splitting). A sample that fails to decode is
 skipped, logged, and counted in ``AVBatch.extra["skipped"]`` (with ``extra["skipped_keys"]``).
+
+With ``fbank_on_device`` the loader stops after the waveform transforms: a batch carries the
+zero-padded waveform windows (``AVBatch.audio_wave``, ``audio_wave_len``) instead of the fbank,
+and the SpecAugment bands drawn for them (``audio_bands``), and :func:`features_on_device`
+computes the same fbank where the batch is (the training step's GPU; ``AVDataModule`` calls it
+after the transfer) and zeroes the same bands: the batch equals the loader-computed one to float
+rounding, with the same random draws.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from avssl.data.decode import (
     open_media,
     probe_video,
 )
-from avssl.data.fbank import FbankConfig, compute_fbank
+from avssl.data.fbank import FbankConfig, compute_fbank, compute_fbank_batch
 from avssl.data.shards import ResampledKeys, ShardReader, SplitTable, eval_assignment, worker_info
 from avssl.data.transforms import (
     IMAGENET_MEAN,
@@ -67,15 +74,20 @@ class SampleProcessor:
         audio_mode: str = "aligned",
         train: bool = True,
         threads: int | None = None,
+        fbank_on_device: bool = False,
     ):
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
         if num_clips < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
+        if fbank_on_device and not all(hasattr(t, "draw") for t in spec_tf.transforms):
+            raise ValueError("fbank on the device supports only SpecAugment as fbank transform")
         self.spec, self.fbank, self.crop_size = spec, fbank, crop_size
         self.video_tf, self.wave_tf, self.spec_tf = video_tf, wave_tf, spec_tf
         self.k, self.audio_mode, self.train, self.threads = num_clips, audio_mode, train, threads
         self.window = fbank.samples_for_frames(fbank.target_frames)
+        self.fbank_on_device = fbank_on_device
+        self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if fbank_on_device else 0
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict:
         meta = json.loads(sample["json"])
@@ -125,16 +137,34 @@ class SampleProcessor:
             return torch.randint(0, last + 1, (self.k,), generator=gen).tolist()
         return [round(last / 2)] if self.k == 1 else np.linspace(0, last, self.k).round().tolist()
 
-    def _audio(self, wave, centres, gen) -> tuple[torch.Tensor | None, list[float]]:
+    def _audio(self, wave, centres, gen):
+        """``[K, 1, Ta, F]`` fbank, or with ``fbank_on_device`` a triple (``[K, window]``
+        zero-padded waveforms, ``[K]`` valid lengths, ``[K, M, 3]`` SpecAugment bands); and the
+        window start times."""
         if wave is None:
             return None, [0.0] * self.k
         starts = self._window_starts(len(wave), centres, gen)
+        seconds = [a / self.fbank.sample_rate for a in starts]
+        if self.fbank_on_device:
+            return self._waves(wave, starts, gen), seconds
         specs = []
         for a in starts:
             w = self.wave_tf(wave[int(a) : int(a) + self.window], gen)
             specs.append(self.spec_tf(compute_fbank(w, self.fbank), gen))  # [Ta, F]
-        audio = torch.stack(specs).unsqueeze(1)  # [K, 1, Ta, F]
-        return audio, [a / self.fbank.sample_rate for a in starts]
+        return torch.stack(specs).unsqueeze(1), seconds  # [K, 1, Ta, F]
+
+    def _waves(self, wave, starts, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The windows after the waveform transforms, zero-padded, their lengths and the
+        SpecAugment bands drawn for them (in the order the fbank path draws)."""
+        waves, lens = torch.zeros(self.k, self.window), torch.zeros(self.k, dtype=torch.long)
+        bands = torch.zeros(self.k, self.num_bands, 3, dtype=torch.long)
+        shape = (self.fbank.target_frames, self.fbank.num_mel_bins)
+        for i, a in enumerate(starts):
+            w = self.wave_tf(wave[int(a) : int(a) + self.window], gen)
+            waves[i, : len(w)], lens[i] = w, len(w)
+            drawn = [b for t in self.spec_tf.transforms for b in t.draw(*shape, gen)]
+            bands[i] = torch.tensor(drawn, dtype=torch.long).reshape(-1, 3)
+        return waves, lens, bands
 
 
 def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | None) -> list:
@@ -161,11 +191,13 @@ def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilab
     """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``)."""
     k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
     video = torch.zeros(len(items), k, 3, t, s, s)  # [B, K, C, T, H, W]
-    audio = torch.zeros(len(items), k, 1, proc.fbank.target_frames, f)  # [B, K, 1, Ta, F]
+    waves = _stack_waves(items, proc) if proc.fbank_on_device else None
+    frames = 0 if waves else proc.fbank.target_frames  # 0: filled after the transfer
+    audio = torch.zeros(len(items), k, 1, frames, f)  # [B, K, 1, Ta, F]
     for i, it in enumerate(items):
         if it["video"] is not None:
             video[i] = it["video"]
-        if it["audio"] is not None:
+        if it["audio"] is not None and not waves:
             audio[i] = it["audio"]
     if multilabel:
         label = torch.zeros(len(items), num_classes)
@@ -186,7 +218,55 @@ def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilab
         audio_mask=torch.tensor([it["audio"] is not None for it in items]),
         clip_start=squeeze(clip_start),
         audio_start=squeeze(audio_start),
+        audio_wave=squeeze(waves[0]) if waves else None,
+        audio_wave_len=squeeze(waves[1]) if waves else None,
+        audio_bands=squeeze(waves[2]) if waves else None,
     )
+
+
+def _stack_waves(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor, ...]:
+    """``[B, K, S]`` waveform windows, ``[B, K]`` lengths and ``[B, K, M, 3]`` SpecAugment
+    bands of items processed with ``fbank_on_device`` (zeros for items without audio)."""
+    n, k = len(items), proc.k
+    wave, lens = torch.zeros(n, k, proc.window), torch.zeros(n, k, dtype=torch.long)
+    bands = torch.zeros(n, k, proc.num_bands, 3, dtype=torch.long)
+    for i, it in enumerate(items):
+        if it["audio"] is not None:
+            wave[i], lens[i], bands[i] = it["audio"]
+    return wave, lens, bands
+
+
+def features_on_device(batch: AVBatch, cfg: FbankConfig) -> AVBatch:
+    """Fills ``batch.audio`` with the fbank of ``batch.audio_wave`` where the batch is (a no-op
+    for a batch without waveforms) and zeroes the SpecAugment bands of ``audio_bands``: the
+    values the loader would have computed, zeros where ``audio_mask`` is False. Drops the
+    waveforms and bands."""
+    wave, lens = batch.audio_wave, batch.audio_wave_len
+    if wave is None or lens is None:
+        return batch
+    lead = wave.shape[:-1]  # [B] or [B, K]
+    spec = compute_fbank_batch(wave.reshape(-1, wave.shape[-1]), lens.reshape(-1), cfg)
+    if batch.audio_bands is not None and batch.audio_bands.shape[-2] > 0:
+        spec = _zero_bands(spec, batch.audio_bands.reshape(-1, *batch.audio_bands.shape[-2:]))
+    spec = spec.reshape(*lead, 1, *spec.shape[1:])  # [B, (K,) 1, Ta, F]
+    if batch.audio_mask is not None:
+        keep = batch.audio_mask.to(spec.device).reshape(-1, *[1] * (spec.dim() - 1))
+        spec = torch.where(keep, spec, 0.0)
+    batch.audio, batch.audio_wave, batch.audio_wave_len, batch.audio_bands = spec, None, None, None
+    return batch
+
+
+def _zero_bands(spec: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+    """Zeroes ``bands`` ``[N, M, 3]`` (dim 0 = time / 1 = frequency, start, width) of ``spec``
+    ``[N, Ta, F]``, as :class:`~avssl.data.transforms.SpecAugment` does."""
+    bands = bands.to(spec.device)
+    dim, start, width = bands.unbind(-1)  # [N, M] each
+    out = []
+    for d, size in ((0, spec.shape[1]), (1, spec.shape[2])):
+        pos = torch.arange(size, device=spec.device)[None, None]  # [1, 1, size]
+        hit = (pos >= start[..., None]) & (pos < (start + width)[..., None])  # [N, M, size]
+        out.append((hit & (dim == d)[..., None]).any(dim=1))  # [N, size]
+    return torch.where(out[0][:, :, None] | out[1][:, None, :], 0.0, spec)
 
 
 def seed_for(*parts: int) -> int:
@@ -315,6 +395,7 @@ def build_processor(
     train: bool,
     augment: dict | None = None,
     threads: int | None = None,
+    fbank_on_device: bool = False,
 ) -> SampleProcessor:
     """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
     spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
@@ -333,4 +414,5 @@ def build_processor(
         audio_mode,
         train,
         threads,
+        fbank_on_device,
     )

@@ -211,13 +211,24 @@ class SpecAugment:
 
     def __call__(self, spec: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         spec = spec.clone()
-        for dim, width in ((1, self.freq_mask), (0, self.time_mask)):
-            size = spec.shape[dim]
+        for dim, start, w in self.draw(spec.shape[0], spec.shape[1], gen):
+            spec.narrow(dim, start, w).zero_()
+        return spec
+
+    def num_bands(self) -> int:
+        """How many bands :meth:`draw` returns."""
+        return self.num_masks * ((self.freq_mask > 0) + (self.time_mask > 0))
+
+    def draw(self, frames: int, bins: int, gen: torch.Generator | None = None) -> list:
+        """The bands ``(dim, start, width)`` (dim 0 = time, 1 = frequency) that ``__call__``
+        zeroes in a ``[frames, bins]`` fbank, drawn from ``gen`` in the same order."""
+        bands = []
+        for dim, width, size in ((1, self.freq_mask, bins), (0, self.time_mask, frames)):
             for _ in range(self.num_masks if width > 0 else 0):
                 w = int(torch.randint(0, min(width, size) + 1, (), generator=gen))
                 start = int(torch.randint(0, size - w + 1, (), generator=gen))
-                spec.narrow(dim, start, w).zero_()
-        return spec
+                bands.append((dim, start, w))
+        return bands
 
 
 def preset_options(preset: str, overrides: dict | None = None) -> dict:
