@@ -18,17 +18,8 @@ export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   df -h /dev/shm | tail -1; } 2>&1 | tee "$logs/env.log"
 
 # shards for the loader-fed run, built first so that nothing else runs beside the timings
-cat >"$work/gen.py" <<'PY'
-import os, sys
-from avssl.data.synthetic import generate
-if __name__ == "__main__":  # the generator's worker processes import this file
-    generate(sys.argv[1], num_classes=4, clips_per_class=16, fps=30, size=(340, 256),
-             min_duration=10.0, max_duration=10.0, no_audio_fraction=0.0, alt_fps_fraction=0.0,
-             alt_size_fraction=0.0, workers=len(os.sched_getaffinity(0)))
-PY
-python "$work/gen.py" "$work/raw" >"$logs/prep.log" 2>&1 &&
-python -m data_prep --dataset synthetic --root "$work/raw" --out "$work/shards" \
-  --workers "$(nproc)" --no-progress >>"$logs/prep.log" 2>&1 || echo "shard preparation failed"
+# shellcheck source=bench/gpu_shards.sh
+source "$(dirname "$0")/gpu_shards.sh"
 
 timeout 200 python bench/step.py --size "$size" --device "$device" --steps "$steps" \
   2>&1 | tee "$logs/step_eager.log"
