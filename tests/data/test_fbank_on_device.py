@@ -125,3 +125,31 @@ def test_trainer_steps_see_the_fbank(synth, small_args) -> None:
         enable_model_summary=False,
     ).fit(model, datamodule=dm)
     assert model.seen == [((2, 1, 128, 128), True)] * 2
+
+
+def test_features_on_device_in_chunks_with_a_clip_axis(monkeypatch) -> None:
+    from avssl.data import sampling
+
+    monkeypatch.setattr(sampling, "FBANK_CHUNK", 3)  # 8 rows: chunks of 3, 3, 2
+    cfg = FbankConfig(target_frames=32)
+    size = cfg.samples_for_frames(32)
+    waves = torch.randn(4, 2, size, generator=torch.Generator().manual_seed(1))
+    lens = torch.full((4, 2), size)
+    lens[1, 0] = 1000
+    batch = AVBatch(
+        video=torch.zeros(4, 2, 3, 1, 8, 8),
+        audio=torch.zeros(4, 2, 1, 0, 128),
+        key=list("abcd"),
+        audio_mask=torch.tensor([True, True, False, True]),
+        audio_wave=waves,
+        audio_wave_len=lens,
+        audio_bands=torch.tensor([[0, 5, 4], [1, 100, 28]]).expand(4, 2, 2, 3),
+    )
+    out = features_on_device(batch, cfg).audio
+    assert out.shape == (4, 2, 1, 32, 128)
+    for i, k in [(0, 0), (1, 0), (1, 1), (3, 1)]:
+        ref = compute_fbank(waves[i, k, : lens[i, k]], cfg)
+        ref[5:9] = 0  # the time band
+        ref[:, 100:] = 0  # the frequency band
+        torch.testing.assert_close(out[i, k, 0], ref, rtol=0, atol=1e-5)
+    assert torch.count_nonzero(out[2]) == 0  # no audio

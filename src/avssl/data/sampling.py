@@ -53,6 +53,7 @@ from avssl.data.transforms import (
 
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
+FBANK_CHUNK = 64  # rows per batched fbank call: ~135 MB of spectra at 1024 frames
 
 
 class SampleProcessor:
@@ -245,7 +246,10 @@ def features_on_device(batch: AVBatch, cfg: FbankConfig) -> AVBatch:
     if wave is None or lens is None:
         return batch
     lead = wave.shape[:-1]  # [B] or [B, K]
-    spec = compute_fbank_batch(wave.reshape(-1, wave.shape[-1]), lens.reshape(-1), cfg)
+    rows = zip(
+        wave.reshape(-1, wave.shape[-1]).split(FBANK_CHUNK), lens.reshape(-1).split(FBANK_CHUNK)
+    )
+    spec = torch.cat([compute_fbank_batch(w, n, cfg) for w, n in rows])  # [B*K, Ta, F]
     if batch.audio_bands is not None and batch.audio_bands.shape[-2] > 0:
         spec = _zero_bands(spec, batch.audio_bands.reshape(-1, *batch.audio_bands.shape[-2:]))
     spec = spec.reshape(*lead, 1, *spec.shape[1:])  # [B, (K,) 1, Ta, F]
