@@ -153,3 +153,34 @@ def test_features_on_device_in_chunks_with_a_clip_axis(monkeypatch) -> None:
         ref[:, 100:] = 0  # the frequency band
         torch.testing.assert_close(out[i, k, 0], ref, rtol=0, atol=1e-5)
     assert torch.count_nonzero(out[2]) == 0  # no audio
+
+
+@pytest.mark.gpu
+def test_features_on_a_gpu_match_the_cpu_and_do_not_sync() -> None:
+    cfg = FbankConfig(target_frames=1024)
+    size = cfg.samples_for_frames(1024)
+    waves = 0.1 * torch.randn(8, size, generator=torch.Generator().manual_seed(2))
+    lens = torch.tensor([size, size, 5000, 400, 399, 1, size, size])
+    bands = torch.tensor([[0, 10, 90], [1, 3, 20]]).expand(8, 2, 3)
+
+    def batch(device: str) -> AVBatch:
+        return AVBatch(
+            video=torch.zeros(8, 1),
+            audio=torch.zeros(8, 1, 0, 128),
+            key=[str(i) for i in range(8)],
+            audio_mask=torch.ones(8, dtype=torch.bool),
+            audio_wave=waves,
+            audio_wave_len=lens,
+            audio_bands=bands,
+        ).to(device)
+
+    cpu = features_on_device(batch("cpu"), cfg).audio
+    features_on_device(batch("cuda"), cfg)  # builds the tables on the GPU once
+    gpu_batch = batch("cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
+    try:
+        gpu = features_on_device(gpu_batch, cfg).audio
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=2e-3)  # cuFFT vs pocketfft

@@ -123,8 +123,7 @@ def _frames_log_mel(waves: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     spectrum, mel projection and log of mean-removed waveforms ``[N, S]`` -> ``[N, T, F]``."""
     shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)  # kaldi truncates
     length = int(cfg.sample_rate * cfg.frame_length_ms / 1000.0)
-    window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length)
-    window, banks = window.to(waves.device), banks.to(waves.device)
+    window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length, waves.device)
     frames = waves.unfold(1, length, shift)  # [N, T, L], kaldi's snip_edges=True
     frames = frames - frames.mean(dim=2, keepdim=True)  # remove_dc_offset
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=2)  # replicate-padded shift
@@ -136,15 +135,17 @@ def _frames_log_mel(waves: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _kaldi_tables(sample_rate: int, num_mel_bins: int, length: int):
+def _kaldi_tables(sample_rate: int, num_mel_bins: int, length: int, device: torch.device):
     """Kaldi's symmetric Hann window ``[L]``, mel filterbank ``[F, n_fft/2 + 1]`` (low 20 Hz,
-    high Nyquist, no VTLN, last column zero) and FFT size (``L`` up to a power of 2)."""
+    high Nyquist, no VTLN, last column zero) and FFT size (``L`` up to a power of 2), kept on
+    ``device`` (so that a GPU step does not copy them, and wait for the GPU, on every call)."""
     n_fft = 1 << (length - 1).bit_length()
     window = torch.hann_window(length, periodic=False)
     banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
         num_mel_bins, n_fft, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0
     )  # [F, n_fft/2]
-    return window, torch.nn.functional.pad(banks.float(), (0, 1)), n_fft
+    banks = torch.nn.functional.pad(banks.float(), (0, 1))
+    return window.to(device), banks.to(device), n_fft
 
 
 def pad_or_crop(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:
