@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from avssl.data import decode
 from avssl.data.decode import (
     ClipSpec,
     MediaError,
@@ -79,7 +80,13 @@ def test_past_the_end_repeats_the_last_frame_and_short_side(shard_sample):
     assert min(small.shape[2:4]) == 64
 
 
-def test_shard_flac_loads_exactly(shard_sample):
+@pytest.mark.parametrize("reader", ["libsndfile", "ffmpeg"])
+def test_shard_flac_loads_exactly(shard_sample, reader, monkeypatch):
+    if reader == "ffmpeg":
+        monkeypatch.setattr(decode, "soundfile", None)
+    else:
+        assert decode.soundfile is not None  # a declared dependency: the fast path is tested
+    assert (decode._shard_flac(shard_sample["flac"], 16000) is not None) == (reader != "ffmpeg")
     meta = json.loads(shard_sample["json"])
     wave, has_audio = load_audio(shard_sample["flac"], 16000)
     assert has_audio and wave.dtype == torch.float32
@@ -87,6 +94,63 @@ def test_shard_flac_loads_exactly(shard_sample):
     with open_media(shard_sample["flac"]) as c:
         raw = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)[0]
     assert np.allclose(wave.numpy(), raw / 32768.0)
+
+
+def _flac(path: Path, rate: int, channels: int, fmt: str = "s16") -> bytes:
+    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)  # 1 s
+    pcm = (np.tile(tone, (channels, 1)) * 0.5 * 32767).astype(np.int16)  # [C, S]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono" if channels == 1 else "stereo")
+        stream.format = fmt
+        frame = av.AudioFrame.from_ndarray(
+            pcm.T.reshape(1, -1).copy(), format="s16", layout=stream.layout.name
+        )
+        frame.rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path.read_bytes()
+
+
+def test_flac_that_libsndfile_does_not_take_goes_through_ffmpeg(tmp_path, shard_sample):
+    """Stereo, another rate, 24-bit, truncated or bit-flipped FLAC and non-FLAC bytes are
+    left to FFmpeg: the same result as without libsndfile (a MediaError for broken files)."""
+    flac = shard_sample["flac"]
+    flipped = bytearray(flac)
+    for i in range(2000, len(flipped), 997):
+        flipped[i] ^= 0xFF
+    cases = {
+        "stereo": _flac(tmp_path / "stereo.flac", 16000, 2),
+        "44.1 kHz": _flac(tmp_path / "rate.flac", 44100, 1),
+        "24-bit": _flac(tmp_path / "s32.flac", 16000, 1, "s32"),
+        "truncated": flac[: len(flac) // 2],
+        "bit flips": bytes(flipped),
+        "mp4": shard_sample["mp4"],
+    }
+    for name, data in cases.items():
+        assert decode._shard_flac(data, 16000) is None, name
+
+    def ffmpeg_only(data):
+        keep, decode.soundfile = decode.soundfile, None
+        try:
+            return load_audio(data, 16000)
+        except decode.MediaError as err:
+            return type(err)
+        finally:
+            decode.soundfile = keep
+
+    for name, data in cases.items():
+        try:
+            got = load_audio(data, 16000)
+        except decode.MediaError as err:
+            got = type(err)
+        ref = ffmpeg_only(data)
+        if isinstance(ref, tuple):
+            assert isinstance(got, tuple) and torch.equal(got[0], ref[0]), name
+        else:
+            assert got is ref, name
+    assert ffmpeg_only(cases["truncated"]) is decode.MediaError
 
 
 def test_same_rate_stereo_packed_int_and_planar_float_are_downmixed(tmp_path):
