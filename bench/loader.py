@@ -9,9 +9,10 @@ torch thread, malloc keeping freed memory) and one codec thread, i.e. what one w
   keyframe before the clip, decode forward, convert only the kept frames to RGB).
 - ``naive``: open the mp4 with PyAV, decode every frame to RGB, then pick the clip; the same
   transforms and the same fbank afterwards.
-- ``avssl, fbank on the device``: the loader's share when training on a GPU
-  (``AVDataModule(fbank_compute="device")``, the default there): the same SampleProcessor
-  shipping waveform windows, the fbank left to the GPU (not timed here).
+- ``avssl, features on the device``: the loader's share when training on a GPU
+  (``AVDataModule(features_on="device")``, the default there): the same SampleProcessor
+  shipping waveform windows and uint8 clips, the fbank, colour jitter and normalisation left
+  to the GPU (not timed here).
 
 Synthetic shards are built with ``data_prep`` (340x256 px, 30 fps, 10 s clips, like a
 prepared Kinetics/VGGSound clip) into ``--out`` (default: a temporary folder) unless
@@ -20,7 +21,11 @@ Targets (DESIGN section 7): avssl >= 3x naive and >= 25 clips/s per worker. Prin
 wall-clock second and per CPU second of this process (on a shared machine the CPU-time rate is
 what a dedicated core would give).
 
-Run: ``python bench/loader.py [--data DIR] [--clips 60] [--quick]``.
+``--dataloader`` also times whole batches of 16 through a DataLoader with one worker process
+(batching and the transfer to the main process included, the device's share left out), with
+everything in the worker and with the features left to the device, alternated.
+
+Run: ``python bench/loader.py [--data DIR] [--clips 60] [--quick] [--dataloader]``.
 """
 
 from __future__ import annotations
@@ -96,6 +101,29 @@ def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
     return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
 
 
+def dataloader_rates(data: Path, prep: dict, rounds: int, batches: int) -> dict[str, float]:
+    """Mean clips/s of batches of 16 drawn from a one-worker DataLoader, per ``features_on``."""
+    from avssl.data.datamodule import AVDataModule
+
+    rates: dict[str, list[float]] = {"loader": [], "device": []}
+    for _ in range(rounds):
+        for mode, got in rates.items():
+            dm = AVDataModule(data=str(data), train_split=None, batch_size=16, num_workers=1,
+                              num_frames=prep["num_frames"], frame_stride=prep["frame_stride"],
+                              crop_size=prep["crop_size"], features_on=mode,
+                              audio_frames=prep["fbank"]["target_frames"],
+                              batches_per_epoch=10**6)  # fmt: skip
+            batches_in = iter(dm.train_dataloader())
+            for _ in range(2):  # the worker's start and its first batches
+                next(batches_in)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                next(batches_in)
+            got.append(16 * batches / (time.perf_counter() - t0))
+            del batches_in
+    return {mode: sum(v) / len(v) for mode, v in rates.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="prepared shards to read (default: build)")
@@ -106,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--audio-seconds", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    ap.add_argument("--dataloader", action="store_true", help="also time a 1-worker DataLoader")
     args = ap.parse_args(argv)
     tune_worker_process()  # this process does what one DataLoader worker does
     if args.quick:
@@ -121,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(0)
         ours = rate(lambda s: proc(s, gen), samples, args.clips)
         wave_proc = build_processor(
-            prep, "train", 1, "aligned", train=True, threads=1, fbank_on_device=True
+            prep, "train", 1, "aligned", train=True, threads=1, on_device=True
         )
         waves = rate(lambda s: wave_proc(s, gen), samples, args.clips)
+        if args.dataloader:
+            rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
+            through = dataloader_rates(data, prep, rounds, n)
         naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
     what = f"{args.frames} frames (stride {args.stride}) at {args.crop} px"
     print(f"[bench loader] {what} + {args.audio_seconds:g} s fbank; {len(samples)} clips of {data}")
@@ -131,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench loader] {name:4s}: avssl {o:.1f} clips/s per worker (target >= 25), "
               f"naive {n:.1f} clips/s, ratio {o / n:.2f}x (target >= 3x)")  # fmt: skip
     for name, o, w in (("wall", ours[0], waves[0]), ("cpu", ours[1], waves[1])):
-        print(f"[bench loader] {name:4s}: avssl with the fbank on the device {w:.1f} clips/s "
-              f"per worker, {w / o:.2f}x the fbank in the loader")  # fmt: skip
+        print(f"[bench loader] {name:4s}: avssl with the features on the device {w:.1f} clips/s "
+              f"per worker, {w / o:.2f}x all in the loader")  # fmt: skip
+    if args.dataloader:
+        lo, dev = through["loader"], through["device"]
+        print(f"[bench loader] 1-worker DataLoader, batches of 16: all in the worker {lo:.1f} "
+              f"clips/s, features on the device {dev:.1f} clips/s, {dev / lo:.2f}x")  # fmt: skip
     return 0
 
 

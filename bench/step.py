@@ -23,9 +23,9 @@ Run: ``python bench/step.py [--compile blocks] [--configs videomae] [--batch 256
 
 With ``--data <shards>`` the fast step is also fed by the real loader: printed are the loader's
 own rate (batches drawn with no GPU work) and the fed step's rate with the share of time the GPU
-waits for data. ``--fbank`` says where the fbank is computed, as ``AVDataModule(fbank_compute)``
-(auto: on the device when it is a GPU, i.e. the workers ship waveforms and the fed step includes
-the fbank of each batch on the GPU).
+waits for data. ``--features`` says where the fbank, colour jitter and normalisation run, as
+``AVDataModule(features_on)`` (auto: on the device when it is a GPU, i.e. the workers ship
+waveforms and uint8 clips and the fed step includes finishing each batch on the GPU).
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         # every epoch would restart the worker processes, which is not what training sees.
         batches_per_epoch=10**6,
         pin_memory=device.type == "cuda",
-        fbank_compute=fbank_compute(args, device),
+        features_on=features_on(args, device),
     )
     dm.setup("fit")
     while True:
@@ -306,10 +306,10 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
             yield features_on_device(b.to(device, non_blocking=True), dm.fbank)
 
 
-def fbank_compute(args: argparse.Namespace, device: torch.device) -> str:
-    """Where the fed step's fbank is computed (``--fbank``; auto: the device if a GPU)."""
-    if args.fbank != "auto":
-        return args.fbank
+def features_on(args: argparse.Namespace, device: torch.device) -> str:
+    """Where the fed step's batches are finished (``--features``; auto: the device if a GPU)."""
+    if args.features != "auto":
+        return args.features
     return "device" if device.type == "cuda" else "loader"
 
 
@@ -356,7 +356,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         fed, wait = time_steps(step, source, args.steps, device)
         out.update(data_sps=B * args.steps / fed, wait=max(0.0, 1 - wall / fed))
         out["host_wait"] = wait / fed
-        out["fbank"] = fbank_compute(args, device)
+        out["features"] = features_on(args, device)
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -388,7 +388,7 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                 f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
                 f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
                 f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
-                f"fbank in the {'loader' if r['fbank'] == 'loader' else 'step, on the device'}"
+                f"features {'in the loader' if r['features'] == 'loader' else 'on the device'}"
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]
@@ -439,11 +439,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="prepared shards: feed the fast step from them")
     p.add_argument("--split", default="train1")
     p.add_argument(
-        "--fbank",
+        "--features",
         default="auto",
         choices=["auto", "loader", "device"],
-        help="with --data: fbank in the loader workers or on the device after the transfer "
-        "(auto: the device if it is a GPU)",
+        help="with --data: fbank, colour jitter and normalisation in the loader workers or on "
+        "the device after the transfer (auto: the device if it is a GPU)",
     )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

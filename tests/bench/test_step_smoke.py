@@ -118,14 +118,14 @@ def test_reference_configs_do_the_reference_work(name: str, expected: float) -> 
     assert gflop == pytest.approx(expected, rel=0.03)
 
 
-@pytest.mark.parametrize("fbank", ["loader", "device"])
-def test_fed_step_runs_from_shards_with_either_fbank(fbank: str, tmp_path_factory) -> None:
+@pytest.mark.parametrize("features", ["loader", "device"])
+def test_fed_step_runs_from_shards_with_features_either_place(features: str, tmp_path_factory):
     from tests.test_recipes import build_tiny_shards
 
     shards = build_tiny_shards(tmp_path_factory.getbasetemp())
     args = ["--device", "cpu", "--size", "tiny", "--configs", "cavmae", "--variants", "fast",
             "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
-            "--data", str(shards), "--split", "all", "--fbank", fbank]  # fmt: skip
+            "--data", str(shards), "--split", "all", "--features", features]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", HARNESS, str(SCRIPT), *args],
         cwd=ROOT,
@@ -136,5 +136,5 @@ def test_fed_step_runs_from_shards_with_either_fbank(fbank: str, tmp_path_factor
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     fed = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["+data"]]
     assert len(fed) == 1, proc.stdout
-    where = "fbank in the loader" if fbank == "loader" else "fbank in the step, on the device"
+    where = "features in the loader" if features == "loader" else "features on the device"
     assert fed[0].endswith(where) and float(fed[0].split()[2]) > 0, fed[0]

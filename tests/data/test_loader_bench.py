@@ -13,13 +13,17 @@ LINE = re.compile(
     r"naive ([\d.]+) clips/s, ratio ([\d.]+)x"
 )
 DEVICE = re.compile(
-    r"\[bench loader\] (wall|cpu) *: avssl with the fbank on the device ([\d.]+) clips/s "
-    r"per worker, ([\d.]+)x the fbank in the loader"
+    r"\[bench loader\] (wall|cpu) *: avssl with the features on the device ([\d.]+) clips/s "
+    r"per worker, ([\d.]+)x all in the loader"
+)
+THROUGH = re.compile(
+    r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
+    r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
 )
 
 
 def test_bench_quick_prints_rates_and_ratio(synth):
-    cmd = [sys.executable, str(BENCH), "--quick", "--data", str(synth)]
+    cmd = [sys.executable, str(BENCH), "--quick", "--data", str(synth), "--dataloader"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [m.groups() for m in map(LINE.match, done.stdout.splitlines()) if m]
@@ -32,3 +36,7 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     for (_, ours, _, _), (_, waves, ratio) in zip(rows, device):
         assert float(waves) > 0
         assert abs(float(ratio) - float(waves) / float(ours)) <= 0.01 + 0.02 * float(ratio)
+    through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
+    assert len(through) == 1, done.stdout
+    lo, dev, ratio = map(float, through[0])
+    assert lo > 0 and dev > 0 and abs(ratio - dev / lo) <= 0.01 + 0.02 * ratio

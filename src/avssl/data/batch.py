@@ -26,12 +26,16 @@ class AVBatch:
         clip_start: float ``[B]`` or ``[B, K]`` start time (s) of each video clip, or None.
         audio_start: float ``[B]`` or ``[B, K]`` start time (s) of each audio window, or None.
         audio_wave: float ``[B, S]`` or ``[B, K, S]`` zero-padded waveform windows, set only by
-            a loader that leaves the fbank to the device (``fbank_on_device``; ``audio`` is then
-            an empty ``[B, (K,) 1, 0, F]`` placeholder until
+            a loader that leaves the last steps to the training device (``on_device``; ``audio``
+            is then an empty ``[B, (K,) 1, 0, F]`` placeholder until
             :func:`avssl.data.sampling.features_on_device` fills it and clears these three).
         audio_wave_len: long ``[B]`` or ``[B, K]`` valid samples of ``audio_wave``.
         audio_bands: long ``[B, (K,) M, 3]`` SpecAugment bands (dim 0 time / 1 frequency,
             start, width) to zero in the fbank computed from ``audio_wave``.
+        video_u8: uint8 ``[B, (K,) T, H, W, 3]`` cropped, flipped clips, likewise (``video``
+            is then an empty ``[B, (K,) C, T, 0, 0]`` placeholder).
+        video_affine: float ``[B, (K,) 3, 6]`` colour matrix, offset and clamp bounds per
+            channel that turn ``video_u8`` into normalised, colour-jittered ``video``.
     """
 
     video: torch.Tensor
@@ -46,6 +50,8 @@ class AVBatch:
     audio_wave: torch.Tensor | None = None
     audio_wave_len: torch.Tensor | None = None
     audio_bands: torch.Tensor | None = None
+    video_u8: torch.Tensor | None = None
+    video_affine: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -8,9 +8,9 @@ evaluation yields every sample of a split exactly once across ranks and workers,
 (shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.sampling`).
 Corrupt samples are skipped and counted in ``AVBatch.extra["skipped"]`` (per batch) and
 ``extra["skipped_total"]`` (per rank, set by the DataModule after transfer) for the objective
-to log. With ``fbank_compute="device"`` (the default ``"auto"`` picks it when training runs on
-a GPU) the workers ship waveform windows and the fbank is computed after the transfer, on the
-GPU, which takes about a quarter of a worker's time per CAV-MAE sample off the CPUs.
+to log. With ``features_on="device"`` (the default ``"auto"`` picks it when training runs on
+a GPU) the workers ship waveform windows and uint8 clips, and the fbank, colour jitter and
+normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.sampling`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from avssl.data.transforms import (
 )
 
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
-FBANK_COMPUTE = ("auto", "loader", "device")
+FEATURES_ON = ("auto", "loader", "device")
 # Each worker of our streams yields its own share (see sampling.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -141,10 +141,11 @@ class AVDataModule(pl.LightningDataModule):
             augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
             (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker).
-        fbank_compute: where the fbank of training and validation batches is computed:
-            "loader" (the workers), "device" (after the transfer to the training device, from
-            the waveform windows the workers ship; same values and SpecAugment bands), or
-            "auto" ("device" when the trainer runs on a GPU, else "loader").
+        features_on: where training and validation batches get their last, per-pixel and
+            per-frame steps (fbank + SpecAugment, colour jitter + normalisation): "loader"
+            (the workers), "device" (after the transfer to the training device, from the
+            waveform windows and uint8 clips the workers ship; the same values and random
+            draws), or "auto" ("device" when the trainer runs on a GPU, else "loader").
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class AVDataModule(pl.LightningDataModule):
         batches_per_epoch: int | None = None,
         seed: int = 0,
         pin_memory: bool = False,
-        fbank_compute: str = "auto",
+        features_on: str = "auto",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -185,8 +186,8 @@ class AVDataModule(pl.LightningDataModule):
                 raise ValueError(f"{name} must be one of {list(PRESETS)}, got {preset!r}")
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
-        if fbank_compute not in FBANK_COMPUTE:
-            raise ValueError(f"fbank_compute must be one of {FBANK_COMPUTE}, got {fbank_compute!r}")
+        if features_on not in FEATURES_ON:
+            raise ValueError(f"features_on must be one of {FEATURES_ON}, got {features_on!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
         ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
@@ -273,9 +274,9 @@ class AVDataModule(pl.LightningDataModule):
             prefetch_factor=2 if workers > 0 else None,
         )
 
-    def fbank_on_device(self) -> bool:
-        """Whether the workers leave the fbank to the training device (``fbank_compute``)."""
-        mode = self.hp.fbank_compute
+    def on_device(self) -> bool:
+        """Whether the workers leave the last steps to the training device (``features_on``)."""
+        mode = self.hp.features_on
         if mode != "auto":
             return mode == "device"
         trainer = getattr(self, "trainer", None)
@@ -291,7 +292,7 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.audio_mode,
             True,
             self.hp.augment,
-            fbank_on_device=self.fbank_on_device(),
+            on_device=self.on_device(),
         )
         table, *rest = self._stream_args(self.hp.train_split, rank, world)
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
@@ -313,7 +314,7 @@ class AVDataModule(pl.LightningDataModule):
             mode,
             False,
             self.hp.augment,
-            fbank_on_device=self.fbank_on_device(),
+            on_device=self.on_device(),
         )
         table, *rest = self._stream_args(self.hp.val_split, rank, world)
         return self._loader(EvalStream(table, proc, *rest))
@@ -330,7 +331,7 @@ class AVDataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
-        """Computes the fbank of a batch that carries waveforms (``fbank_compute``), and adds
+        """Finishes a batch the workers left to the device (``features_on``), and adds
         ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
         if isinstance(batch, AVBatch):
             batch = features_on_device(batch, self.fbank)

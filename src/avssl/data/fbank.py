@@ -10,7 +10,7 @@ with the window and mel matrix built once per setting rather than on every call 
 the frame energies it would discard: 3.3 ms instead of 5.1 ms for a 10 s clip on one CPU
 thread (a loader worker's). :func:`compute_fbank_batch` computes the same features for a batch
 of zero-padded waveforms on any device (the training step's GPU, when the loader ships
-waveforms: ``AVDataModule(fbank_compute="device")``).
+waveforms: ``AVDataModule(features_on="device")``).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def log_mel_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig) 
     Row ``i`` equals ``pad_or_crop(log_mel(waves[i, :lengths[i]]), T)`` where ``T`` is the
     number of frames ``waves`` holds: frames past a recording's end are 0, as ``pad_or_crop``
     pads. This lets the training step compute the features on the GPU from the waveform
-    windows the loader ships (``AVDataModule(fbank_compute="device")``).
+    windows the loader ships (``AVDataModule(features_on="device")``).
 
     Args:
         waves: float ``[N, S]``, each recording from sample 0, zeros after its end.

@@ -14,12 +14,14 @@ The streams batch inside each DataLoader worker: ``TrainStream`` yields exactly
 split once (see :mod:`avssl.data.shards` for the splitting). A sample that fails to decode is
 skipped, logged, and counted in ``AVBatch.extra["skipped"]`` (with ``extra["skipped_keys"]``).
 
-With ``fbank_on_device`` the loader stops after the waveform transforms: a batch carries the
-zero-padded waveform windows (``AVBatch.audio_wave``, ``audio_wave_len``) instead of the fbank,
-and the SpecAugment bands drawn for them (``audio_bands``), and :func:`features_on_device`
-computes the same fbank where the batch is (the training step's GPU; ``AVDataModule`` calls it
-after the transfer) and zeroes the same bands: the batch equals the loader-computed one to float
-rounding, with the same random draws.
+With ``on_device`` the workers stop before the last, per-pixel and per-frame steps: a batch
+carries the zero-padded waveform windows after the waveform transforms (``AVBatch.audio_wave``,
+``audio_wave_len``) and the SpecAugment bands drawn for them (``audio_bands``) instead of the
+fbank, and the uint8 clips after cropping and flipping (``video_u8``) with their colour jitter +
+normalisation as one affine map (``video_affine``) instead of float clips (a quarter of the
+bytes to move between processes). :func:`features_on_device` finishes the batch where it is
+(the training step's GPU; ``AVDataModule`` calls it after the transfer): the same values as
+the workers compute, to float rounding, with the same random draws.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ from avssl.data.shards import ResampledKeys, ShardReader, SplitTable, eval_assig
 from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Compose,
+    Normalize,
+    apply_affine,
     build_audio_transforms,
     build_video_transform,
 )
 
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
-FBANK_CHUNK = 64  # rows per batched fbank call: ~135 MB of spectra at 1024 frames
+CHUNK = 64  # clips per batched call on the device (~135 MB of spectra at 1024 frames)
 
 
 class SampleProcessor:
@@ -75,20 +80,23 @@ class SampleProcessor:
         audio_mode: str = "aligned",
         train: bool = True,
         threads: int | None = None,
-        fbank_on_device: bool = False,
+        on_device: bool = False,
     ):
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
         if num_clips < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
-        if fbank_on_device and not all(hasattr(t, "draw") for t in spec_tf.transforms):
-            raise ValueError("fbank on the device supports only SpecAugment as fbank transform")
+        if on_device and not all(hasattr(t, "draw") for t in spec_tf.transforms):
+            raise ValueError("features on the device support only SpecAugment on the fbank")
+        if on_device and not isinstance(video_tf.transforms[-1], Normalize):
+            raise ValueError("features on the device need Normalize as the last video transform")
         self.spec, self.fbank, self.crop_size = spec, fbank, crop_size
         self.video_tf, self.wave_tf, self.spec_tf = video_tf, wave_tf, spec_tf
         self.k, self.audio_mode, self.train, self.threads = num_clips, audio_mode, train, threads
         self.window = fbank.samples_for_frames(fbank.target_frames)
-        self.fbank_on_device = fbank_on_device
-        self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if fbank_on_device else 0
+        self.on_device = on_device
+        self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if on_device else 0
+        self.video_geometry = Compose(video_tf.transforms[:-1]) if on_device else None
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict:
         meta = json.loads(sample["json"])
@@ -120,13 +128,15 @@ class SampleProcessor:
             times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
             frames = decode_frames_at(container, times, self.threads)
         t = self.spec.num_frames
-        clips = [
-            self.video_tf(torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])), gen)
-            for i in range(self.k)
-        ]  # K x [C, T, H, W]
+        clips = [torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])) for i in range(self.k)]
         centres = [s + self.spec.span_s(info.fps) / 2 for s in starts]
-        video = clips[0].unsqueeze(0) if self.k == 1 else torch.stack(clips)  # [K, C, T, H, W]
-        return video, starts, centres
+        if self.video_geometry is not None:  # on_device: uint8 clips + their colour affine
+            crops, maps = [], []  # K x [T, H, W, 3], K x [3, 6]; draws in video_tf's order
+            for c in clips:
+                crops.append(self.video_geometry(c, gen))
+                maps.append(self.video_tf.transforms[-1].affine(crops[-1], gen))
+            return (_stack(crops), _stack(maps)), starts, centres
+        return _stack([self.video_tf(c, gen) for c in clips]), starts, centres  # [K, C, T, H, W]
 
     def _window_starts(self, num: int, centres, gen) -> list[int]:
         """Start sample of each audio window (see the module docstring for the modes)."""
@@ -139,14 +149,14 @@ class SampleProcessor:
         return [round(last / 2)] if self.k == 1 else np.linspace(0, last, self.k).round().tolist()
 
     def _audio(self, wave, centres, gen):
-        """``[K, 1, Ta, F]`` fbank, or with ``fbank_on_device`` a triple (``[K, window]``
+        """``[K, 1, Ta, F]`` fbank, or with ``on_device`` a triple (``[K, window]``
         zero-padded waveforms, ``[K]`` valid lengths, ``[K, M, 3]`` SpecAugment bands); and the
         window start times."""
         if wave is None:
             return None, [0.0] * self.k
         starts = self._window_starts(len(wave), centres, gen)
         seconds = [a / self.fbank.sample_rate for a in starts]
-        if self.fbank_on_device:
+        if self.on_device:
             return self._waves(wave, starts, gen), seconds
         specs = []
         for a in starts:
@@ -166,6 +176,11 @@ class SampleProcessor:
             drawn = [b for t in self.spec_tf.transforms for b in t.draw(*shape, gen)]
             bands[i] = torch.tensor(drawn, dtype=torch.long).reshape(-1, 3)
         return waves, lens, bands
+
+
+def _stack(xs: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` without the copy for a single tensor (K = 1, the usual case)."""
+    return xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(xs)
 
 
 def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | None) -> list:
@@ -191,15 +206,16 @@ def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | 
 def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilabel: bool):
     """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``)."""
     k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
-    video = torch.zeros(len(items), k, 3, t, s, s)  # [B, K, C, T, H, W]
-    waves = _stack_waves(items, proc) if proc.fbank_on_device else None
-    frames = 0 if waves else proc.fbank.target_frames  # 0: filled after the transfer
-    audio = torch.zeros(len(items), k, 1, frames, f)  # [B, K, 1, Ta, F]
+    waves = _stack_waves(items, proc) if proc.on_device else None
+    clips = _stack_clips(items, proc) if proc.on_device else None
+    side = 0 if clips else s  # 0: placeholders, filled after the transfer (features_on_device)
+    video = torch.zeros(len(items), k, 3, t, side, side)  # [B, K, C, T, H, W]
+    audio = torch.zeros(len(items), k, 1, 0 if waves else proc.fbank.target_frames, f)
     for i, it in enumerate(items):
-        if it["video"] is not None:
+        if it["video"] is not None and not clips:
             video[i] = it["video"]
         if it["audio"] is not None and not waves:
-            audio[i] = it["audio"]
+            audio[i] = it["audio"]  # [B, K, 1, Ta, F]
     if multilabel:
         label = torch.zeros(len(items), num_classes)
         for i, it in enumerate(items):
@@ -222,12 +238,26 @@ def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilab
         audio_wave=squeeze(waves[0]) if waves else None,
         audio_wave_len=squeeze(waves[1]) if waves else None,
         audio_bands=squeeze(waves[2]) if waves else None,
+        video_u8=squeeze(clips[0]) if clips else None,
+        video_affine=squeeze(clips[1]) if clips else None,
     )
+
+
+def _stack_clips(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[B, K, T, H, W, 3]`` clips and ``[B, K, 3, 6]`` colour affine maps of items
+    processed with ``on_device`` (zeros for items without video)."""
+    n, k, t, s = len(items), proc.k, proc.spec.num_frames, proc.crop_size
+    clips = torch.zeros(n, k, t, s, s, 3, dtype=torch.uint8)
+    maps = torch.zeros(n, k, 3, 6)
+    for i, it in enumerate(items):
+        if it["video"] is not None:
+            clips[i], maps[i] = it["video"]
+    return clips, maps
 
 
 def _stack_waves(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor, ...]:
     """``[B, K, S]`` waveform windows, ``[B, K]`` lengths and ``[B, K, M, 3]`` SpecAugment
-    bands of items processed with ``fbank_on_device`` (zeros for items without audio)."""
+    bands of items processed with ``on_device`` (zeros for items without audio)."""
     n, k = len(items), proc.k
     wave, lens = torch.zeros(n, k, proc.window), torch.zeros(n, k, dtype=torch.long)
     bands = torch.zeros(n, k, proc.num_bands, 3, dtype=torch.long)
@@ -238,26 +268,37 @@ def _stack_waves(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor
 
 
 def features_on_device(batch: AVBatch, cfg: FbankConfig) -> AVBatch:
-    """Fills ``batch.audio`` with the fbank of ``batch.audio_wave`` where the batch is (a no-op
-    for a batch without waveforms) and zeroes the SpecAugment bands of ``audio_bands``: the
-    values the loader would have computed, zeros where ``audio_mask`` is False. Drops the
-    waveforms and bands."""
-    wave, lens = batch.audio_wave, batch.audio_wave_len
-    if wave is None or lens is None:
-        return batch
-    lead = wave.shape[:-1]  # [B] or [B, K]
-    rows = zip(
-        wave.reshape(-1, wave.shape[-1]).split(FBANK_CHUNK), lens.reshape(-1).split(FBANK_CHUNK)
-    )
-    spec = torch.cat([compute_fbank_batch(w, n, cfg) for w, n in rows])  # [B*K, Ta, F]
-    if batch.audio_bands is not None and batch.audio_bands.shape[-2] > 0:
-        spec = _zero_bands(spec, batch.audio_bands.reshape(-1, *batch.audio_bands.shape[-2:]))
-    spec = spec.reshape(*lead, 1, *spec.shape[1:])  # [B, (K,) 1, Ta, F]
-    if batch.audio_mask is not None:
-        keep = batch.audio_mask.to(spec.device).reshape(-1, *[1] * (spec.dim() - 1))
-        spec = torch.where(keep, spec, 0.0)
-    batch.audio, batch.audio_wave, batch.audio_wave_len, batch.audio_bands = spec, None, None, None
+    """Finishes a batch built with ``on_device`` where it is (a no-op for other batches): the
+    fbank of ``audio_wave`` with the SpecAugment bands of ``audio_bands`` zeroed, and the float
+    clips of ``video_u8`` through their ``video_affine`` maps; the values the workers would
+    have computed, zeros where ``audio_mask`` / ``video_mask`` is False. Drops the raw fields."""
+    wave, lens, bands = batch.audio_wave, batch.audio_wave_len, batch.audio_bands
+    if wave is not None and lens is not None:
+        lead = wave.shape[:-1]  # [B] or [B, K]
+        rows = zip(wave.reshape(-1, wave.shape[-1]).split(CHUNK), lens.reshape(-1).split(CHUNK))
+        spec = torch.cat([compute_fbank_batch(w, n, cfg) for w, n in rows])  # [B*K, Ta, F]
+        if bands is not None and bands.shape[-2] > 0:
+            spec = _zero_bands(spec, bands.reshape(-1, *bands.shape[-2:]))
+        spec = spec.reshape(*lead, 1, *spec.shape[1:])  # [B, (K,) 1, Ta, F]
+        batch.audio = _masked(spec, batch.audio_mask)
+        batch.audio_wave = batch.audio_wave_len = batch.audio_bands = None
+    clips, maps = batch.video_u8, batch.video_affine
+    if clips is not None and maps is not None:
+        lead = clips.shape[:-4]  # [B] or [B, K]
+        rows = zip(
+            clips.reshape(-1, *clips.shape[-4:]).split(CHUNK), maps.reshape(-1, 3, 6).split(CHUNK)
+        )
+        video = torch.cat([apply_affine(c, m) for c, m in rows])  # [B*K, C, T, H, W]
+        batch.video = _masked(video.reshape(*lead, *video.shape[1:]), batch.video_mask)
+        batch.video_u8 = batch.video_affine = None
     return batch
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``[B, ...]`` with the samples where ``mask`` ``[B]`` is False set to 0."""
+    if mask is None:
+        return x
+    return torch.where(mask.to(x.device).reshape(-1, *[1] * (x.dim() - 1)), x, 0.0)
 
 
 def _zero_bands(spec: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
@@ -399,7 +440,7 @@ def build_processor(
     train: bool,
     augment: dict | None = None,
     threads: int | None = None,
-    fbank_on_device: bool = False,
+    on_device: bool = False,
 ) -> SampleProcessor:
     """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
     spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
@@ -418,5 +459,5 @@ def build_processor(
         audio_mode,
         train,
         threads,
-        fbank_on_device,
+        on_device,
     )

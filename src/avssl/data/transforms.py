@@ -164,6 +164,19 @@ class Normalize:
             return y.view(3, t, h, w)
         return y.mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std).view(3, t, h, w)
 
+    def affine(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """What ``__call__`` would do to the uint8 clip ``x``, drawing the same random numbers,
+        as ``[3, 6]``: colour matrix (in normalised units per 0-255 value), offset, lower and
+        upper clamp bound per channel; :func:`apply_affine` applies it (on any device)."""
+        scale = 1.0 / (255.0 * self.std)  # [3, 1]
+        if self.jitter > 0 and _chance(gen, self.jitter_p):
+            mat, offset = self._jitter_affine(x, gen)
+            mat, offset = mat * scale, offset * scale - self.mean / self.std
+        else:
+            mat, offset = torch.diag(scale[:, 0]), -self.mean / self.std
+        lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
+        return torch.cat([mat, offset, lo, hi], dim=1)
+
     def _jitter_affine(self, x: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """(matrix [3, 3], offset [3, 1]) of brightness b, contrast c, saturation s:
         ``s_mat (c b x + (1 - c) b m)`` with ``m`` the mean grey level and
@@ -173,6 +186,17 @@ class Normalize:
         m = float((x[:, ::4, ::4].float() @ self.GREY).mean())  # grey mean on a subsample
         s_mat = s * torch.eye(3) + (1 - s) * self.GREY.expand(3, 3)
         return c * b * s_mat, torch.full((3, 1), (1 - c) * b * m)
+
+
+def apply_affine(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """uint8 clips ``[N, T, H, W, 3]`` and their :meth:`Normalize.affine` ``[N, 3, 6]`` ->
+    float ``[N, 3, T, H, W]``: colour matrix, offset, clamp (``Normalize.__call__``'s result to
+    float rounding; a clip without jitter is inside the bounds already)."""
+    n, t, h, w, _ = x.shape
+    y = x.permute(0, 4, 1, 2, 3).reshape(n, 3, t * h * w).float()  # [N, 3, THW]
+    y = torch.baddbmm(affine[:, :, 3:4], affine[:, :, :3], y)
+    y = torch.maximum(torch.minimum(y, affine[:, :, 5:6]), affine[:, :, 4:5])
+    return y.view(n, 3, t, h, w)
 
 
 class RandomGain:
