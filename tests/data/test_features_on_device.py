@@ -112,14 +112,19 @@ def test_missing_audio_or_video_gives_zeros_in_device_mode(
         assert torch.count_nonzero(b.video) == 0 and b.audio.abs().sum() > 0
 
 
-def test_features_on_option(synth, small_args) -> None:
+def test_features_on_and_pin_memory_options(synth, small_args) -> None:
     with pytest.raises(ValueError, match="features_on must be one of"):
         AVDataModule(str(synth), **small_args(features_on="gpu"))
     dm = AVDataModule(str(synth), **small_args())
     assert dm.hp.features_on == "auto" and not dm.on_device()  # no trainer: the loader
+    assert dm.train_dataloader().pin_memory is False
     for device, expected in (("cpu", False), ("cuda", True)):
         dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
         assert dm.on_device() is expected
+        assert dm.train_dataloader().pin_memory is expected  # pin_memory None: on a GPU
+    dm = AVDataModule(str(synth), **small_args(pin_memory=False, features_on="loader"))
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda")))
+    assert dm.train_dataloader().pin_memory is False and not dm.on_device()
 
 
 class _Probe(pl.LightningModule):

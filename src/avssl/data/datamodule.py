@@ -146,6 +146,8 @@ class AVDataModule(pl.LightningDataModule):
             (the workers), "device" (after the transfer to the training device, from the
             waveform windows and uint8 clips the workers ship; the same values and random
             draws), or "auto" ("device" when the trainer runs on a GPU, else "loader").
+        pin_memory: page-locked batches, for asynchronous copies to the GPU (None: when the
+            trainer runs on a GPU).
     """
 
     def __init__(
@@ -176,7 +178,7 @@ class AVDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         batches_per_epoch: int | None = None,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         features_on: str = "auto",
     ):
         super().__init__()
@@ -270,15 +272,16 @@ class AVDataModule(pl.LightningDataModule):
             stream,
             epoch_fn=epoch_fn,
             num_workers=workers,
-            pin_memory=self.hp.pin_memory,
+            pin_memory=self._on_gpu() if self.hp.pin_memory is None else self.hp.pin_memory,
             prefetch_factor=2 if workers > 0 else None,
         )
 
     def on_device(self) -> bool:
         """Whether the workers leave the last steps to the training device (``features_on``)."""
         mode = self.hp.features_on
-        if mode != "auto":
-            return mode == "device"
+        return self._on_gpu() if mode == "auto" else mode == "device"
+
+    def _on_gpu(self) -> bool:
         trainer = getattr(self, "trainer", None)
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
