@@ -190,3 +190,18 @@ def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cach
     probs = s.double().softmax(1).reshape(3, 2, 3).mean(1)
     assert got == pytest.approx(100 * (probs.argmax(1) == te.labels).double().mean().item())
     assert "softmax scores averaged over clips" in (out / "results.md").read_text()
+
+
+def test_inputs_finished_on_the_device_give_the_same_features(synthetic_data, tiny_bundle):
+    """run_encoders with the loader leaving fbank and normalisation to the device (what a GPU
+    gets by default) against the loader doing them, here both on the CPU."""
+    from avssl.evaluators._extract import run_encoders
+
+    bundle = load_encoder(tiny_bundle)
+    keys = (synthetic_data / "splits" / "test1.txt").read_text().split()
+    args = (bundle, str(synthetic_data), keys, ("audio", "video"), 2, 4, 0, "cpu", "fp32", False)
+    loader, device = run_encoders(*args, on_device=False), run_encoders(*args, on_device=True)
+    for m in ("audio", "video"):
+        assert loader[m].keys == device[m].keys and torch.equal(loader[m].mask, device[m].mask)
+        assert torch.equal(loader[m].labels, device[m].labels) and loader[m].mask.any()
+        torch.testing.assert_close(device[m].features, loader[m].features, rtol=1e-4, atol=1e-4)
