@@ -83,7 +83,7 @@ def log_mel(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     min_len = cfg.samples_for_frames(1)
     if wave.shape[1] < min_len:
         wave = torch.nn.functional.pad(wave, (0, min_len - wave.shape[1]))
-    return _frames_log_mel(wave - wave.mean(), cfg)[0]
+    return _frames_log_mel(wave[0] - wave.mean(), cfg)
 
 
 def log_mel_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
@@ -120,17 +120,18 @@ def log_mel_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig) 
 
 def _frames_log_mel(waves: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     """Kaldi framing (snip_edges), per-frame DC removal, preemphasis, Hann window, power
-    spectrum, mel projection and log of mean-removed waveforms ``[N, S]`` -> ``[N, T, F]``."""
+    spectrum, mel projection and log of mean-removed waveforms ``[..., S]`` -> ``[..., T, F]``
+    (one waveform ``[S]`` in a loader worker: 2-D intermediates are ~1.5x faster on a CPU)."""
     shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)  # kaldi truncates
     length = int(cfg.sample_rate * cfg.frame_length_ms / 1000.0)
     window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length, waves.device)
-    frames = waves.unfold(1, length, shift)  # [N, T, L], kaldi's snip_edges=True
-    frames = frames - frames.mean(dim=2, keepdim=True)  # remove_dc_offset
-    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=2)  # replicate-padded shift
-    frames = (frames - PREEMPHASIS * previous) * window  # [N, T, L]
+    frames = waves.unfold(-1, length, shift)  # [..., T, L], kaldi's snip_edges=True
+    frames = frames - frames.mean(dim=-1, keepdim=True)  # remove_dc_offset
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # replicate-padded shift
+    frames = (frames - PREEMPHASIS * previous) * window  # [..., T, L]
     spec = torch.fft.rfft(frames, n=n_fft)  # zero-padded to a power of 2
-    power = spec.real.square() + spec.imag.square()  # [N, T, n_fft/2 + 1]
-    mel = power @ banks.T  # [N, T, F]
+    power = spec.real.square() + spec.imag.square()  # [..., T, n_fft/2 + 1]
+    mel = power @ banks.T  # [..., T, F]
     return mel.clamp_min(torch.finfo(torch.float32).eps).log()
 
 
