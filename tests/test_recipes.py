@@ -119,6 +119,22 @@ def test_recipe_runs_with_debug_sizes(recipe, tiny_shards, tmp_path):
     assert all(finite)
 
 
+@pytest.mark.parametrize("recipe", ["mavil", "crisscross", "avc"])
+def test_recipe_runs_with_features_finished_on_the_device(recipe, tiny_shards, tmp_path):
+    """What a GPU run gets by default (``features_on: auto``), here forced on the CPU: the
+    workers ship waveforms and uint8 clips, the DataModule finishes them after the transfer
+    (CrissCross: two clips per sample; AVC: mismatched audio from other samples)."""
+    runs = tmp_path / "runs"
+    os.environ.pop("AVSSL_RUN_ID", None)
+    extra = ("--data.init_args.features_on", "device")
+    assert lightning_main(debug_args(recipe, tiny_shards, runs, *extra)) == 0
+    (last,) = runs.glob(f"{recipe}/*/checkpoints/last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == DEBUG_STEPS
+    finite = [torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert all(finite)
+
+
 DEMO_NAMES = [n for n in NAMES if not n.endswith("_stage2")]
 ROOT = RECIPES.parent
 
