@@ -36,6 +36,19 @@ def _load_step_module():
     return module
 
 
+def _run_script(args: list[str]) -> subprocess.CompletedProcess:
+    """Runs bench/step.py under HARNESS in a fresh interpreter; fails the test on exit != 0."""
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
 def _rows(out: str) -> dict[tuple[str, str], list[str]]:
     rows = {}
     for line in out.splitlines():
@@ -47,14 +60,7 @@ def _rows(out: str) -> dict[tuple[str, str], list[str]]:
 
 def test_step_bench_runs_on_cpu_at_tiny_size() -> None:
     args = ["--device", "cpu", "--size", "tiny", "--steps", "2", "--warmup", "1", "--threads", "1"]
-    proc = subprocess.run(
-        [sys.executable, "-c", HARNESS, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = _run_script(args)
     out = proc.stdout
     rows = _rows(out)
     for cfg in ("cavmae", "videomae"):
@@ -126,14 +132,7 @@ def test_fed_step_runs_from_shards_with_features_either_place(features: str, tmp
     args = ["--device", "cpu", "--size", "tiny", "--configs", "cavmae", "--variants", "fast",
             "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
             "--data", str(shards), "--split", "all", "--features", features]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", HARNESS, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = _run_script(args)
     fed = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["+data"]]
     assert len(fed) == 1, proc.stdout
     where = "features in the loader" if features == "loader" else "features on the device"
