@@ -16,7 +16,10 @@ torch thread, malloc keeping freed memory) and one codec thread, i.e. what one w
 
 Synthetic shards are built with ``data_prep`` (340x256 px, 30 fps, 10 s clips, like a
 prepared Kinetics/VGGSound clip) into ``--out`` (default: a temporary folder) unless
-``--data`` names prepared shards. ``--quick`` is a seconds-long smoke run on tiny clips.
+``--data`` names prepared shards. With built shards, the same clips are also prepared with
+``--tune none`` (into ``<out>-tune-none``) and the features-on-device path is timed on both,
+alternated: what data_prep's default x264 ``fastdecode`` tune buys the loader. ``--quick`` is
+a seconds-long smoke run on tiny clips.
 Targets (DESIGN section 7): avssl >= 3x naive and >= 25 clips/s per worker. Printed per
 wall-clock second and per CPU second of this process (on a shared machine the CPU-time rate is
 what a dedicated core would give).
@@ -49,13 +52,15 @@ from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table
 
 
-def build_shards(out: Path, quick: bool) -> Path:
-    """Synthetic shards for the benchmark (reused when ``out`` already holds them)."""
+def build_shards(out: Path, quick: bool, tune: str = "", raw: Path | None = None) -> Path:
+    """Synthetic shards for the benchmark (reused when ``out`` already holds them), encoded
+    with data_prep's defaults or x264 ``--tune tune``; clips generated into ``raw`` (default
+    ``out/raw``) unless already there."""
     from avssl.data.synthetic import generate
 
     if (out / "manifest.json").is_file():
         return out
-    raw = out / "raw"
+    raw = raw or out / "raw"
     size, secs, n = ((128, 96), 3.0, 2) if quick else ((340, 256), 10.0, 4)
     print(f"[bench] generating {2 * n} synthetic clips {size[0]}x{size[1]}, {secs:.0f} s in {raw}")
     generate(raw, num_classes=2, clips_per_class=n, fps=30, size=size, min_duration=secs,
@@ -63,6 +68,7 @@ def build_shards(out: Path, quick: bool) -> Path:
              alt_size_fraction=0.0, workers=1 if quick else 2)  # fmt: skip
     cmd = [sys.executable, "-m", "data_prep", "--dataset", "synthetic", "--root", str(raw),
            "--out", str(out), "--workers", "2", "--no-progress"]  # fmt: skip
+    cmd += ["--tune", tune] if tune else []
     subprocess.run(
         cmd, cwd=Path(__file__).resolve().parents[1], check=True, stdout=subprocess.DEVNULL
     )
@@ -99,6 +105,20 @@ def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
     for i in range(clips):
         fn(samples[i % len(samples)])
     return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
+
+
+def encoding_rates(plain: Path, samples: list[dict], proc, gen, clips: int):
+    """CPU-time clips/s of ``proc`` on ``samples`` (data_prep's default encoding) and on the same
+    clips from ``plain`` (``--tune none``), alternated over 3 rounds; and their mp4 bytes."""
+    by_key = {s["__key__"]: s for s in load_samples(plain, 16)}
+    base = [by_key[s["__key__"]] for s in samples]
+    got: dict[str, list[float]] = {"tuned": [], "plain": []}
+    for _ in range(3):
+        got["tuned"].append(rate(lambda s: proc(s, gen), samples, clips)[1])
+        got["plain"].append(rate(lambda s: proc(s, gen), base, clips)[1])
+    mean = {k: sum(v) / len(v) for k, v in got.items()}
+    size = [sum(len(s["mp4"]) for s in group) for group in (samples, base)]
+    return (mean["tuned"], mean["plain"]), size
 
 
 def dataloader_rates(data: Path, prep: dict, rounds: int, batches: int) -> dict[str, float]:
@@ -140,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clips, args.frames, args.crop = 3, 4, 64
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(args.data) if args.data else build_shards(Path(args.out or tmp), args.quick)
+        out = Path(args.out) if args.out else Path(tmp) / "shards"
+        data = Path(args.data) if args.data else build_shards(out, args.quick)
+        plain = None  # the same clips encoded without the fastdecode tune (baseline)
+        if not args.data:
+            plain = build_shards(out.with_name(out.name + "-tune-none"), args.quick, "none",
+                                 raw=out / "raw")  # fmt: skip
         samples = [s for s in load_samples(data, 16) if "mp4" in s and "flac" in s]
         fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
         prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
@@ -157,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
             through = dataloader_rates(data, prep, rounds, n)
         naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
+        if plain is not None:
+            coding = encoding_rates(plain, samples, wave_proc, gen, args.clips)
     what = f"{args.frames} frames (stride {args.stride}) at {args.crop} px"
     print(f"[bench loader] {what} + {args.audio_seconds:g} s fbank; {len(samples)} clips of {data}")
     for name, o, n in (("wall", ours[0], naive[0]), ("cpu", ours[1], naive[1])):
@@ -165,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, o, w in (("wall", ours[0], waves[0]), ("cpu", ours[1], waves[1])):
         print(f"[bench loader] {name:4s}: avssl with the features on the device {w:.1f} clips/s "
               f"per worker, {w / o:.2f}x all in the loader")  # fmt: skip
+    if plain is not None:
+        (tuned, untuned), (b_tuned, b_plain) = coding
+        grow = b_tuned / b_plain - 1
+        print(f"[bench loader] shard encoding, features on the device: x264 tune fastdecode "
+              f"(data_prep's default) {tuned:.1f} clips/s per worker (cpu), tune none "
+              f"{untuned:.1f}, {tuned / untuned:.2f}x; video bytes {grow:+.1%}")  # fmt: skip
     if args.dataloader:
         lo, dev = through["loader"], through["device"]
         print(f"[bench loader] 1-worker DataLoader, batches of 16: all in the worker {lo:.1f} "

@@ -23,6 +23,7 @@ GENERIC = (
     ("sample_rate", int, 16000),
     ("crf", int, 23),
     ("preset", str, "veryfast"),
+    ("tune", str, "fastdecode"),
     ("stats_clips", int, 2000),
 )
 SPECIFIC = (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from avssl.cli import UserError
-from avssl.data.writer import EncodeSettings, FbankStats, write_json
+from avssl.data.writer import EncodeSettings, FbankStats, check_tune, write_json
 from data_prep.common import Context, Item, Plan
 from data_prep.shards import run_shards
 
@@ -147,6 +147,7 @@ def prepare_dataset(
     sample_rate: int = 16000,
     crf: int = 23,
     preset: str = "veryfast",
+    tune: str = "fastdecode",
     stats_clips: int = 2000,
     progress: bool = True,
     log: Callable[[str], None] = _log,
@@ -161,7 +162,8 @@ def prepare_dataset(
         out: output folder (created); a rerun skips finished shards.
         workers: conversion processes.
         max_failures: only recorded in ``manifest["prep"]``; the CLI turns it into the exit code.
-        shard_size: samples per shard. short_side, max_fps, sample_rate, crf, preset: encoding.
+        shard_size: samples per shard. short_side, max_fps, sample_rate, crf, preset, tune:
+            encoding (tune: libx264's, "none" for none; see writer.X264_TUNES).
         stats_clips: clips (with audio) used for the fbank mean/std.
         progress: show progress bars. log: one-line messages.
         **options: dataset-specific options (pattern, csv, labels, layout, num_classes, ...).
@@ -171,6 +173,10 @@ def prepare_dataset(
     """
     adapter = _load_adapter(dataset)
     _check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures)
+    try:
+        tune = check_tune(tune)
+    except ValueError as err:
+        raise UserError(f"--tune: {err}") from None
     if out is None or str(out) == "":
         raise UserError("OUT (--out) is required")
     out = Path(out)
@@ -184,6 +190,7 @@ def prepare_dataset(
     for note in plan.notes:
         log(note)
     settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
+    settings.tune = tune or "none"
     settings.threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers > 1 else 0
     check = {
         **settings.to_dict(),

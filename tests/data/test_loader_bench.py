@@ -1,7 +1,9 @@
-"""Smoke test of ``bench/loader.py --quick`` on the session's synthetic shards."""
+"""Smoke tests of ``bench/loader.py --quick``: on the session's synthetic shards, and building
+its own shards with both encodings."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -40,3 +42,27 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])
     assert lo > 0 and dev > 0 and abs(ratio - dev / lo) <= 0.01 + 0.02 * ratio
+
+
+ENCODING = re.compile(
+    r"\[bench loader\] shard encoding, features on the device: x264 tune fastdecode "
+    r"\(data_prep's default\) ([\d.]+) clips/s per worker \(cpu\), tune none ([\d.]+), "
+    r"([\d.]+)x; video bytes ([+-][\d.]+)%"
+)
+
+
+def test_bench_builds_both_encodings_and_compares_them(tmp_path):
+    out = tmp_path / "shards"
+    cmd = [sys.executable, str(BENCH), "--quick", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tunes = [
+        json.loads((folder / "manifest.json").read_text())["prep"]["tune"]
+        for folder in (out, tmp_path / "shards-tune-none")
+    ]
+    assert tunes == ["fastdecode", "none"]
+    found = [m.groups() for m in map(ENCODING.match, done.stdout.splitlines()) if m]
+    assert len(found) == 1, done.stdout
+    tuned, plain, ratio, grow = map(float, found[0])
+    assert tuned > 0 and plain > 0 and abs(ratio - tuned / plain) <= 0.01 + 0.02 * ratio
+    assert grow != 0.0  # the same clips, encoded two ways: the bytes differ

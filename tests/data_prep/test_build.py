@@ -41,6 +41,7 @@ def test_real_clips_through_folder(tmp_path):
     out = tmp_path / "out"
     manifest = prepare_dataset("folder", root, None, out, progress=False)
     assert manifest["num_samples"] == 3 and manifest["num_failed"] == 0
+    assert manifest["prep"]["tune"] == "fastdecode" and manifest["prep"]["crf"] == 23
     samples = read_shards(out)
     for name, (duration, fps, has_audio, size) in REAL.items():
         key = f"folder/{name}"
@@ -106,6 +107,7 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
         ("foreign_option", "option --pattern does not apply"),
         ("bad_number", "--workers: expected int"),
         ("missing_splits", "SPLITS"),
+        ("bad_tune", "--tune: unknown x264 tune 'fastdecoding'"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
@@ -120,6 +122,7 @@ def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
         "foreign_option": ["--dataset", "folder", "--root", str(root), "--pattern", "{ytid}"],
         "bad_number": ["--dataset", "folder", "--root", str(root), "--workers", "two"],
         "missing_splits": ["--dataset", "ucf101", "--root", str(root), "--splits", str(root / "s")],
+        "bad_tune": ["--dataset", "folder", "--root", str(root), "--tune", "fastdecoding"],
     }[case]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

@@ -16,6 +16,7 @@ from avssl.data.writer import (
     FbankStats,
     MediaError,
     ShardWriter,
+    check_tune,
     convert,
     encode_flac,
     output_size,
@@ -64,6 +65,28 @@ def test_downscale_fps_keyframes_and_no_audio_stream(media):
     times, duration = keyframe_times(conv.mp4)
     gaps = np.diff([*times, duration])
     assert times[0] == 0.0 and gaps.max() <= 1.0 + 1e-6
+
+
+def x264_options(mp4: bytes) -> dict[str, str]:
+    """The settings libx264 writes into the stream (its SEI "options: k=v ..." string)."""
+    start = mp4.index(b"options: ") + len(b"options: ")
+    text = mp4[start : mp4.index(b"\x00", start)].decode("ascii", "replace")
+    return dict(kv.split("=", 1) for kv in text.split() if "=" in kv)
+
+
+def test_fastdecode_tune_by_default_and_none_turns_it_off(media):
+    tuned = x264_options(convert(media["big"], EncodeSettings()).mp4)
+    plain = x264_options(convert(media["big"], EncodeSettings(tune="none")).mp4)
+    # x264's fastdecode: CAVLC instead of CABAC, no deblocking, no weighted prediction
+    assert (tuned["cabac"], tuned["deblock"], tuned["weightb"]) == ("0", "0:0:0", "0")
+    assert plain["cabac"] == "1" and plain["deblock"].startswith("1:")
+
+
+def test_check_tune_names():
+    assert check_tune("none") == "" and check_tune("") == ""
+    assert check_tune(" fastdecode , zerolatency") == "fastdecode,zerolatency"
+    with pytest.raises(ValueError, match="unknown x264 tune 'fast'"):
+        check_tune("fastdecode,fast")
 
 
 def test_fps_capped_by_dropping_frames_uniformly(media):
