@@ -3,9 +3,10 @@
 Trains a ViT video encoder + linear head with cross-entropy on the training split of prepared
 shards (the loader's training augmentation, the demo's clip settings by default: 8 frames at
 8 fps, 64 px crops, ViT-Ti with 16 px patches and 2-frame tubelets, batch 16, AdamW 3e-4 with a
-10-step warm-up), then prints top-1 on training batches and on the held-out split. It is the
-ceiling a self-supervised objective's video features can hope for at the same budget: if the
-supervised encoder does not generalise, a linear probe of pretrained video features will not.
+10-step warm-up; ``--depth`` changes the number of blocks), then prints top-1 on training
+batches and on the held-out split. It is the ceiling a self-supervised objective's video
+features can hope for at the same budget: if the supervised encoder does not generalise, a
+linear probe of pretrained video features will not.
 
 Run: ``python bench/supervised_video.py --data shards/synthetic --steps 200``.
 Decoded training batches are cached in memory (``--pool`` of them, cycled), so that several
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
     p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--depth", type=int, default=None, help="blocks (default: the size's)")
     p.add_argument("--img", type=int, default=64)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--fps", type=float, default=8.0)
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "batch", "pool", "frames", "img", "patch"):
         if getattr(args, name) < 1:
             p.exit(1, f"supervised_video.py: --{name} must be >= 1\n")
+    if args.depth is not None and args.depth < 1:
+        p.exit(1, "supervised_video.py: --depth must be >= 1\n")
     return args
 
 
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s"
     )
     torch.manual_seed(args.seed)
-    enc = VideoViT(args.size, patch_size=args.patch, num_frames=args.frames, img_size=args.img)
+    enc = VideoViT(
+        args.size, args.patch, num_frames=args.frames, img_size=args.img, depth=args.depth
+    )
     head = nn.Linear(enc.embed_dim, classes)
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     seen = train[: min(len(train), args.steps, 16)]
     print(
-        f"[supervised video] ViT-{args.size[0].upper()}{args.size[1:]} {args.img} px, patch "
+        f"[supervised video] ViT-{args.size[0].upper()}{args.size[1:]} ({len(enc.blocks)} "
+        f"blocks) {args.img} px, patch "
         f"{args.patch}, {args.frames} frames, {args.steps} steps of {args.batch}, lr {args.lr:g}: "
         f"last loss {loss.item():.2f}, top-1 on trained batches {top1(seen):.1f} %, on the "
         f"held-out split {top1(test):.1f} % (chance {100 / classes:.1f} %), "

@@ -41,6 +41,8 @@ def test_supervised_video_trains_and_reports_both_accuracies(shards) -> None:
         "0",
         "--threads",
         "1",
+        "--depth",
+        "2",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -55,6 +57,7 @@ def test_supervised_video_trains_and_reports_both_accuracies(shards) -> None:
         r"trained batches ([\d.]+) %, on the held-out split ([\d.]+) % \(chance 33.3 %\)", out
     )
     assert m, out
+    assert "ViT-Tiny (2 blocks) 32 px" in out
     for value in map(float, m.groups()):
         assert 0.0 <= value <= 100.0
 
@@ -64,6 +67,7 @@ def test_supervised_video_trains_and_reports_both_accuracies(shards) -> None:
     [
         (["--data", "/no/such/shards"], "no prepared shards"),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--depth", "0"], "--depth must be >= 1"),
     ],
 )
 def test_supervised_video_rejects_bad_inputs(shards, args, message) -> None:
