@@ -55,7 +55,7 @@ from avssl.data.shards import ShardReader, resolve, split_table
 def build_shards(out: Path, quick: bool, tune: str = "", raw: Path | None = None) -> Path:
     """Synthetic shards for the benchmark (reused when ``out`` already holds them), encoded
     with data_prep's defaults or x264 ``--tune tune``; clips generated into ``raw`` (default
-    ``out/raw``) unless already there."""
+    ``out/raw``; clips already generated there with the same settings are reused)."""
     from avssl.data.synthetic import generate
 
     if (out / "manifest.json").is_file():

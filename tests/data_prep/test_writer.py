@@ -87,6 +87,8 @@ def test_check_tune_names():
     assert check_tune(" fastdecode , zerolatency") == "fastdecode,zerolatency"
     with pytest.raises(ValueError, match="unknown x264 tune 'fast'"):
         check_tune("fastdecode,fast")
+    with pytest.raises(ValueError, match="one of film, .* at a time"):
+        check_tune("film,grain,fastdecode")
 
 
 def test_fps_capped_by_dropping_frames_uniformly(media):

@@ -4,7 +4,7 @@ Video is re-encoded with PyAV/libx264 to a constant-frame-rate H.264 MP4 without
 side scaled down to ``short_side`` (never up; even dimensions), frame rate capped at ``max_fps``
 (frames dropped uniformly by timestamp), a keyframe at least every ``gop_seconds``, x264's
 ``fastdecode`` tune by default (no CABAC, no deblocking filter, no weighted prediction: the
-loader decodes these streams ~1.4-1.7x faster for ~5-10 % more bytes and ~0.3 dB less PSNR at
+loader decodes these streams ~1.4-1.7x faster for ~4-17 % more bytes and ~0.3 dB less PSNR at
 the same CRF, see data_prep/README.md). Audio is downmixed to mono, resampled to ``sample_rate``
 and stored as 16-bit FLAC, aligned to the first video frame. Short GOPs keep random clip access
 cheap for the loader.
@@ -31,7 +31,8 @@ MAX_BAD_PACKETS = 0.05
 MIN_FRAME_FRACTION = 0.9
 # Gaps in the frame timestamps up to this long are filled by repeating the last frame.
 MAX_GAP_SECONDS = 2
-# libx264's --tune values; several may be joined with commas ("none" = no tune).
+# libx264's --tune values ("none" = no tune): at most one of the first six (psychovisual
+# tunes), which may be joined by a comma with fastdecode and/or zerolatency.
 X264_TUNES = (
     "film",
     "animation",
@@ -55,6 +56,9 @@ def check_tune(tune: str) -> str:
             f"unknown x264 tune {bad[0]!r}; use none or one or more (comma-joined) of "
             + ", ".join(X264_TUNES)
         )
+    psy = [t for t in names if t in X264_TUNES[:6]]
+    if len(psy) > 1:
+        raise ValueError(f"x264 takes one of {', '.join(X264_TUNES[:6])} at a time, got {psy}")
     return ",".join(names)
 
 
