@@ -24,6 +24,9 @@ Targets (DESIGN section 7): avssl >= 3x naive and >= 25 clips/s per worker. Prin
 wall-clock second and per CPU second of this process (on a shared machine the CPU-time rate is
 what a dedicated core would give).
 
+It also times repeated sampling (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R
+entries, each with its own clip times and augmentation, from one decoded sample.
+
 ``--dataloader`` also times whole batches of 16 through a DataLoader with one worker process
 (batching and the transfer to the main process included, the device's share left out), with
 everything in the worker and with the features left to the device, alternated.
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-seconds", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     ap.add_argument("--dataloader", action="store_true", help="also time a 1-worker DataLoader")
+    ap.add_argument("--repeats", type=int, default=4, help="entries per sample, repeated sampling")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.clips < 1:
+        ap.error("--repeats and --clips must be >= 1")
     tune_worker_process()  # this process does what one DataLoader worker does
     if args.quick:
         args.clips, args.frames, args.crop = 3, 4, 64
@@ -178,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             prep, "train", 1, "aligned", train=True, threads=1, on_device=True
         )
         waves = rate(lambda s: wave_proc(s, gen), samples, args.clips)
+        rep_proc = build_processor(  # what TrainStream(repeats=R) runs once per decoded sample
+            prep, "train", args.repeats, "aligned", train=True, threads=1, on_device=True
+        )
+        reps = max(1, args.clips // args.repeats)
+        repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
         if args.dataloader:
             rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
             through = dataloader_rates(data, prep, rounds, n)
@@ -192,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, o, w in (("wall", ours[0], waves[0]), ("cpu", ours[1], waves[1])):
         print(f"[bench loader] {name:4s}: avssl with the features on the device {w:.1f} clips/s "
               f"per worker, {w / o:.2f}x all in the loader")  # fmt: skip
+    for name, w, r in (("wall", waves[0], repeated[0]), ("cpu", waves[1], repeated[1])):
+        print(f"[bench loader] {name:4s}: repeated sampling, {args.repeats} entries per decoded "
+              f"sample, features on the device {r:.1f} clips/s per worker, {r / w:.2f}x one "
+              f"entry per sample")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

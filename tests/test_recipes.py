@@ -135,6 +135,21 @@ def test_recipe_runs_with_features_finished_on_the_device(recipe, tiny_shards, t
     assert all(finite)
 
 
+def test_xkd_runs_with_repeated_sampling(tiny_shards, tmp_path):
+    """``repeated_sampling`` through the command line, with an objective without negatives
+    (XKD) and the features finished on the device: 2 entries per decoded sample."""
+    runs = tmp_path / "runs"
+    os.environ.pop("AVSSL_RUN_ID", None)
+    extra = ("--data.init_args.repeated_sampling", "2", "--data.init_args.features_on", "device")
+    assert lightning_main(debug_args("xkd", tiny_shards, runs, *extra)) == 0
+    (last,) = runs.glob("xkd/*/checkpoints/last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == DEBUG_STEPS
+    assert ckpt["datamodule_hyper_parameters"]["repeated_sampling"] == 2
+    finite = [torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert all(finite)
+
+
 DEMO_NAMES = [n for n in NAMES if not n.endswith("_stage2")]
 ROOT = RECIPES.parent
 

@@ -210,3 +210,43 @@ def test_bad_settings_are_rejected(synth, small_args):
         AVDataModule(str(synth), **small_args(train_preset="fancy"))
     with pytest.raises(ValueError, match="frame_stride or target_fps"):
         AVDataModule(str(synth), **small_args(target_fps=5.0))
+
+
+def test_repeated_sampling_gives_r_entries_per_decoded_sample(synth, small_args):
+    """R = 3 entries per decoded sample, batches of 4 (entries that do not fit open the next
+    batch), each entry with its own clip time and an aligned window around it; the features
+    finished on the device equal the workers' (same draws)."""
+    span, window = (3 * 2 + 1) / 25, (400 + 127 * 160) / 16000
+    got = {}
+    for where in ("loader", "device"):
+        args = small_args(batch_size=4, repeated_sampling=3, batches_per_epoch=3)
+        dm = AVDataModule(str(synth), **args, features_on=where)
+        got[where] = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
+    batches = got["loader"]
+    assert [len(b) for b in batches] == [4, 4, 4]
+    keys = [k for b in batches for k in b.key]
+    labels = torch.cat([b.label for b in batches]).tolist()
+    starts = torch.cat([b.clip_start for b in batches]).tolist()
+    runs = [slice(i, i + 3) for i in range(0, 12, 3)]  # 4 samples x 3 entries, in order
+    assert all(len(set(keys[r])) == 1 and len(set(labels[r])) == 1 for r in runs), keys
+    assert any(len(set(starts[r])) > 1 for r in runs), starts
+    assert all(x for b in batches for x in _clip_inside_window(b, span, window))
+    for a, b in zip(got["loader"], got["device"]):
+        assert a.key == b.key and torch.equal(a.clip_start, b.clip_start)
+        torch.testing.assert_close(b.video, a.video, atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.audio, a.audio, atol=1e-4, rtol=0)
+
+
+def test_repeated_sampling_bad_settings(synth, small_args):
+    with pytest.raises(ValueError, match="repeated_sampling must be >= 1"):
+        AVDataModule(str(synth), **small_args(repeated_sampling=0))
+    with pytest.raises(ValueError, match="mismatched"):
+        AVDataModule(str(synth), **small_args(repeated_sampling=2, audio_mode="mismatched"))
+
+
+def test_repeated_sampling_keeps_the_k_axis(synth, small_args):
+    args = small_args(batch_size=4, clips_per_video=2, repeated_sampling=2, batches_per_epoch=1)
+    (b,) = list(AVDataModule(str(synth), **args).train_dataloader())
+    assert b.video.shape == (4, 2, 3, 4, 32, 32) and b.audio.shape == (4, 2, 1, 128, 128)
+    assert b.key[0] == b.key[1] and b.key[2] == b.key[3]
+    assert b.clip_start.shape == (4, 2)

@@ -18,6 +18,10 @@ DEVICE = re.compile(
     r"\[bench loader\] (wall|cpu) *: avssl with the features on the device ([\d.]+) clips/s "
     r"per worker, ([\d.]+)x all in the loader"
 )
+REPEATED = re.compile(
+    r"\[bench loader\] (wall|cpu) *: repeated sampling, 4 entries per decoded sample, features "
+    r"on the device ([\d.]+) clips/s per worker, ([\d.]+)x one entry per sample"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -38,6 +42,11 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     for (_, ours, _, _), (_, waves, ratio) in zip(rows, device):
         assert float(waves) > 0
         assert abs(float(ratio) - float(waves) / float(ours)) <= 0.01 + 0.02 * float(ratio)
+    repeated = [m.groups() for m in map(REPEATED.match, done.stdout.splitlines()) if m]
+    assert [r[0] for r in repeated] == ["wall", "cpu"], done.stdout
+    for (_, waves, _), (_, rate, ratio) in zip(device, repeated):
+        assert float(rate) > 0
+        assert abs(float(ratio) - float(rate) / float(waves)) <= 0.01 + 0.02 * float(ratio)
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -148,6 +148,13 @@ class AVDataModule(pl.LightningDataModule):
             draws), or "auto" ("device" when the trainer runs on a GPU, else "loader").
         pin_memory: page-locked batches, for asynchronous copies to the GPU (None: when the
             trainer runs on a GPU).
+        repeated_sampling: R training batch entries from each decoded sample (MAE-ST's repeated
+            sampling, https://arxiv.org/abs/2205.09113): each entry has its own clip times,
+            audio windows and augmentation, but the video is opened and the audio decoded once
+            for all R. ``batch_size`` counts entries (a batch of 16 with R = 4 holds 4 samples)
+            and so does an epoch. For objectives without negatives (masked reconstruction,
+            XKD); with batch or memory-bank negatives the R entries of a sample are each
+            other's negatives, and ``audio_mode: mismatched`` refuses R > 1.
     """
 
     def __init__(
@@ -180,6 +187,7 @@ class AVDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool | None = None,
         features_on: str = "auto",
+        repeated_sampling: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -192,6 +200,10 @@ class AVDataModule(pl.LightningDataModule):
             raise ValueError(f"features_on must be one of {FEATURES_ON}, got {features_on!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        if repeated_sampling < 1:
+            raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
+        if repeated_sampling > 1 and audio_mode == "mismatched":
+            raise ValueError("repeated_sampling > 1 does not go with audio_mode 'mismatched'")
         ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
         self.source = resolve(data)  # missing paths fail here, at start
         self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
@@ -301,7 +313,9 @@ class AVDataModule(pl.LightningDataModule):
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
             table.num_samples, self.hp.batch_size, world
         )
-        stream = TrainStream(table, proc, *rest, batches_per_epoch=bpe)
+        stream = TrainStream(
+            table, proc, *rest, batches_per_epoch=bpe, repeats=self.hp.repeated_sampling
+        )
         return self._loader(stream, self._epoch)
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None):

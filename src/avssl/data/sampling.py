@@ -13,6 +13,10 @@ The streams batch inside each DataLoader worker: ``TrainStream`` yields exactly
 ``batches_per_epoch`` batches per rank from resampled shards, ``EvalStream`` every sample of a
 split once (see :mod:`avssl.data.shards` for the splitting). A sample that fails to decode is
 skipped, logged, and counted in ``AVBatch.extra["skipped"]`` (with ``extra["skipped_keys"]``).
+``TrainStream(repeats=R)`` is repeated sampling (MAE-ST, Feichtenhofer et al. 2022,
+https://arxiv.org/abs/2205.09113): R batch entries from each decoded sample, each with its own
+random clip times, audio windows and augmentation, so the mp4 is opened and the audio decoded
+once for R entries; entries left over when a batch is full open the worker's next batch.
 
 With ``on_device`` the workers stop before the last, per-pixel and per-frame steps: a batch
 carries the zero-padded waveform windows after the waveform transforms (``AVBatch.audio_wave``,
@@ -26,6 +30,7 @@ the workers compute, to float rounding, with the same random draws.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -346,9 +351,9 @@ class _Stream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _process(self, reader, shard: str, key: str, gen) -> dict | None:
+    def _process(self, reader, shard: str, key: str, gen, proc=None) -> dict | None:
         try:
-            return self.proc(reader.read(shard, key), gen)
+            return (proc or self.proc)(reader.read(shard, key), gen)
         except Exception as err:  # noqa: BLE001 (any decoding failure = a corrupt sample)
             log.warning("skipping corrupt sample %s in %s: %s", key, shard, err)
             return None
@@ -364,12 +369,45 @@ class _Stream(IterableDataset):
         return batch
 
 
-class TrainStream(_Stream):
-    """Endless resampled shards cut to exactly ``batches_per_epoch`` batches per rank."""
+def split_repeats(item: dict, repeats: int, k: int) -> list[dict]:
+    """The ``repeats`` entries of an item processed with ``repeats * k`` clips: entry ``r``
+    holds clips ``r k .. (r + 1) k - 1`` (with their audio); key and label are shared."""
 
-    def __init__(self, *args, batches_per_epoch: int, **kwargs):
+    def part(x, r: int):
+        if x is None:
+            return None
+        if isinstance(x, tuple):
+            return tuple(part(v, r) for v in x)
+        return x[r * k : (r + 1) * k]
+
+    shared = ("key", "label")
+    return [{n: v if n in shared else part(v, r) for n, v in item.items()} for r in range(repeats)]
+
+
+class TrainStream(_Stream):
+    """Endless resampled shards cut to exactly ``batches_per_epoch`` batches per rank;
+    ``repeats`` > 1: repeated sampling (module docstring)."""
+
+    def __init__(self, *args, batches_per_epoch: int, repeats: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batches_per_epoch = batches_per_epoch
+        if repeats < 1:
+            raise ValueError(f"repeated_sampling must be >= 1, got {repeats}")
+        if repeats > 1 and self.proc.audio_mode == "mismatched":
+            raise ValueError(
+                "repeated_sampling > 1 does not go with audio_mode 'mismatched' (an entry could "
+                "take the audio of its own video as the mismatched one)"
+            )
+        self.batches_per_epoch, self.repeats = batches_per_epoch, repeats
+        self._repeated = copy.copy(self.proc)  # decodes all the clips of the R entries at once
+        self._repeated.k = self.proc.k * repeats
+
+    def _entries(self, reader, shard: str, key: str, gen) -> list[dict] | None:
+        """The batch entries of one sample (None when it fails to decode)."""
+        if self.repeats == 1:
+            item = self._process(reader, shard, key, gen)
+            return None if item is None else [item]
+        item = self._process(reader, shard, key, gen, self._repeated)
+        return None if item is None else split_repeats(item, self.repeats, self.proc.k)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -382,18 +420,21 @@ class TrainStream(_Stream):
         gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch, self.rank, worker))
         slot, slots = self.rank * num_workers + worker, self.world * num_workers
         keys, reader = ResampledKeys(self.table, slot, slots, gen), ShardReader()
+        pending: list[dict] = []  # entries of a repeated sample that did not fit the last batch
         for _ in range(count):
-            items: list[dict] = []
+            items, pending = pending[: self.batch_size], pending[self.batch_size :]
             skipped: list[str] = []
             while len(items) < self.batch_size:
                 shard, key = next(keys)
-                item = self._process(reader, shard, key, gen)
-                if item is None:
+                entries = self._entries(reader, shard, key, gen)
+                if entries is None:
                     skipped.append(key)
                     if len(skipped) > 10 * self.batch_size + 100:
                         raise RuntimeError(f"too many corrupt samples for one batch (last: {key})")
                 else:
-                    items.append(item)
+                    room = self.batch_size - len(items)
+                    items += entries[:room]
+                    pending += entries[room:]
             yield self._batch(items, gen, skipped)
         reader.close()
 
