@@ -299,6 +299,7 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         batches_per_epoch=10**6,
         pin_memory=device.type == "cuda",
         features_on=features_on(args, device),
+        repeated_sampling=args.repeats,
     )
     dm.setup("fit")
     while True:
@@ -357,6 +358,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         out.update(data_sps=B * args.steps / fed, wait=max(0.0, 1 - wall / fed))
         out["host_wait"] = wait / fed
         out["features"] = features_on(args, device)
+        out["repeats"] = args.repeats
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -389,6 +391,7 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                 f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
                 f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
                 f"features {'in the loader' if r['features'] == 'loader' else 'on the device'}"
+                + (f"; {r['repeats']} entries per decoded sample" if r["repeats"] > 1 else "")
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]
@@ -445,6 +448,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --data: fbank, colour jitter and normalisation in the loader workers or on "
         "the device after the transfer (auto: the device if it is a GPU)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --data: repeated sampling, entries per decoded sample (AVDataModule's "
+        "repeated_sampling)",
+    )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
@@ -468,6 +478,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.data and "://" not in args.data and "{" not in args.data:
         if not os.path.exists(args.data):
             raise SystemExit(f"bench/step.py: --data {args.data}: no such prepared dataset folder")
+    if args.repeats < 1:
+        raise SystemExit(f"bench/step.py: --repeats must be >= 1, got {args.repeats}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench/step.py: --device cuda but no CUDA GPU is visible")
     if args.sdpa == "flex" and (args.compile == "none" or not args.device.startswith("cuda")):

@@ -124,16 +124,21 @@ def test_reference_configs_do_the_reference_work(name: str, expected: float) -> 
     assert gflop == pytest.approx(expected, rel=0.03)
 
 
-@pytest.mark.parametrize("features", ["loader", "device"])
-def test_fed_step_runs_from_shards_with_features_either_place(features: str, tmp_path_factory):
+@pytest.mark.parametrize("features,repeats", [("loader", 1), ("device", 1), ("device", 2)])
+def test_fed_step_runs_from_shards_with_features_either_place(
+    features: str, repeats: int, tmp_path_factory
+):
     from tests.test_recipes import build_tiny_shards
 
     shards = build_tiny_shards(tmp_path_factory.getbasetemp())
     args = ["--device", "cpu", "--size", "tiny", "--configs", "cavmae", "--variants", "fast",
             "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
-            "--data", str(shards), "--split", "all", "--features", features]  # fmt: skip
+            "--data", str(shards), "--split", "all", "--features", features,
+            "--repeats", str(repeats)]  # fmt: skip
     proc = _run_script(args)
     fed = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["+data"]]
     assert len(fed) == 1, proc.stdout
     where = "features in the loader" if features == "loader" else "features on the device"
+    if repeats > 1:
+        where += f"; {repeats} entries per decoded sample"
     assert fed[0].endswith(where) and float(fed[0].split()[2]) > 0, fed[0]
