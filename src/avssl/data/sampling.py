@@ -16,7 +16,8 @@ skipped, logged, and counted in ``AVBatch.extra["skipped"]`` (with ``extra["skip
 ``TrainStream(repeats=R)`` is repeated sampling (MAE-ST, Feichtenhofer et al. 2022,
 https://arxiv.org/abs/2205.09113): R batch entries from each decoded sample, each with its own
 random clip times, audio windows and augmentation, so the mp4 is opened and the audio decoded
-once for R entries; entries left over when a batch is full open the worker's next batch.
+once for R entries; entries left over when a batch is full open the worker's next batch (at
+the end of an epoch they are dropped: the keys are resampled anyway).
 
 With ``on_device`` the workers stop before the last, per-pixel and per-frame steps: a batch
 carries the zero-padded waveform windows after the waveform transforms (``AVBatch.audio_wave``,
