@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU run (issue 8): the compiled CAV-MAE and VideoMAE steps fed by the real loader on all
 # cores, with the fbank, colour jitter and normalisation in the loader workers and on the GPU
-# after the transfer (features_on), one after the other in the same run, then the VideoMAE step
-# with repeated sampling (4 entries per decoded clip); one worker's rate in this process for
-# each before.
-# Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~7 minutes)
+# after the transfer (features_on), one after the other in the same run, then the CAV-MAE step
+# with its frame on a keyframe (--keyframe-starts) and the VideoMAE step with repeated sampling
+# (4 entries per decoded clip); one worker's rate in this process for each before.
+# Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~8 minutes)
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run). Batches: the fast defaults
 # (CAV-MAE 128, VideoMAE 64), as in gpu_run.sh.
 set -u
@@ -22,6 +22,12 @@ if [ -f "$work/shards/manifest.json" ]; then
       --compile blocks --variants fast --configs cavmae,videomae --data "$work/shards" \
       --workers "$(nproc)" --features "$features" 2>&1 | grep -v "^#   \|Warn\|^W1"
   done | tee "$logs/step_fed.log"
+  # the CAV-MAE step fed with its frame taken from the shards' keyframes (CAV-MAE's sampling:
+  # one of the frames extracted at 1 fps); a one-frame clip then decodes one frame
+  timeout 100 python bench/step.py --size "$size" --device "$device" --steps 10 \
+    --compile blocks --variants fast --configs cavmae --data "$work/shards" \
+    --workers "$(nproc)" --features device --keyframe-starts 2>&1 | grep -v "^#   \|Warn\|^W1" \
+    | tee -a "$logs/step_fed.log"
   # repeated sampling (4 entries per decoded clip) for the reconstruction-only VideoMAE step
   timeout 120 python bench/step.py --size "$size" --device "$device" --steps 10 \
     --compile blocks --variants fast --configs videomae --data "$work/shards" \

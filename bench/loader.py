@@ -24,8 +24,11 @@ Targets (DESIGN section 7): avssl >= 3x naive and >= 25 clips/s per worker. Prin
 wall-clock second and per CPU second of this process (on a shared machine the CPU-time rate is
 what a dedicated core would give).
 
-It also times repeated sampling (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R
-entries, each with its own clip times and augmentation, from one decoded sample.
+It also times clips that start on the keyframe before each random start
+(``AVDataModule(keyframe_starts=True)``; with ``--frames 1`` a clip is one keyframe, CAV-MAE's
+one-of-the-1-fps-frames sampling) against random starts, alternated, and repeated sampling
+(``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
+times and augmentation, from one decoded sample.
 
 ``--dataloader`` also times whole batches of 16 through a DataLoader with one worker process
 (batching and the transfer to the main process included, the device's share left out), with
@@ -110,16 +113,25 @@ def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
     return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
 
 
+def alternated(runs: dict, clips: int, rounds: int = 3) -> dict[str, float]:
+    """Mean CPU-time clips/s of each ``runs[name] = (fn, samples)``, alternated over rounds."""
+    got: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (fn, samples) in runs.items():
+            got[name].append(rate(fn, samples, clips)[1])
+    return {name: sum(v) / len(v) for name, v in got.items()}
+
+
 def encoding_rates(plain: Path, samples: list[dict], proc, gen, clips: int):
     """CPU-time clips/s of ``proc`` on ``samples`` (data_prep's default encoding) and on the same
     clips from ``plain`` (``--tune none``), alternated over 3 rounds; and their mp4 bytes."""
     by_key = {s["__key__"]: s for s in load_samples(plain, 16)}
     base = [by_key[s["__key__"]] for s in samples]
-    got: dict[str, list[float]] = {"tuned": [], "plain": []}
-    for _ in range(3):
-        got["tuned"].append(rate(lambda s: proc(s, gen), samples, clips)[1])
-        got["plain"].append(rate(lambda s: proc(s, gen), base, clips)[1])
-    mean = {k: sum(v) / len(v) for k, v in got.items()}
+
+    def fn(s):
+        return proc(s, gen)
+
+    mean = alternated({"tuned": (fn, samples), "plain": (fn, base)}, clips)
     size = [sum(len(s["mp4"]) for s in group) for group in (samples, base)]
     return (mean["tuned"], mean["plain"]), size
 
@@ -187,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         rep_proc = build_processor(  # what TrainStream(repeats=R) runs once per decoded sample
             prep, "train", args.repeats, "aligned", train=True, threads=1, on_device=True
         )
+        key_proc = build_processor(
+            prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
+            keyframe_starts=True,
+        )  # fmt: skip
+        runs = {"random": (lambda s: wave_proc(s, gen), samples),
+                "keyframe": (lambda s: key_proc(s, gen), samples)}  # fmt: skip
+        starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
         repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
         if args.dataloader:
@@ -207,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench loader] {name:4s}: repeated sampling, {args.repeats} entries per decoded "
               f"sample, features on the device {r:.1f} clips/s per worker, {r / w:.2f}x one "
               f"entry per sample")  # fmt: skip
+    print(f"[bench loader] cpu : clips starting on keyframes (keyframe_starts), features on the "
+          f"device {starts['keyframe']:.1f} clips/s per worker, {starts['random']:.1f} from "
+          f"random starts, {starts['keyframe'] / starts['random']:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

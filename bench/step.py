@@ -26,6 +26,9 @@ own rate (batches drawn with no GPU work) and the fed step's rate with the share
 waits for data. ``--features`` says where the fbank, colour jitter and normalisation run, as
 ``AVDataModule(features_on)`` (auto: on the device when it is a GPU, i.e. the workers ship
 waveforms and uint8 clips and the fed step includes finishing each batch on the GPU).
+``--repeats R`` feeds it with repeated sampling and ``--keyframe-starts`` with clips that start
+on keyframes (for the one-frame CAV-MAE shape: one of the shards' keyframes, at least one per
+second, as CAV-MAE's frames extracted at 1 fps).
 """
 
 from __future__ import annotations
@@ -300,6 +303,7 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         pin_memory=device.type == "cuda",
         features_on=features_on(args, device),
         repeated_sampling=args.repeats,
+        keyframe_starts=args.keyframe_starts,
     )
     dm.setup("fit")
     while True:
@@ -359,6 +363,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         out["host_wait"] = wait / fed
         out["features"] = features_on(args, device)
         out["repeats"] = args.repeats
+        out["keyframes"] = args.keyframe_starts
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -392,6 +397,7 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                 f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
                 f"features {'in the loader' if r['features'] == 'loader' else 'on the device'}"
                 + (f"; {r['repeats']} entries per decoded sample" if r["repeats"] > 1 else "")
+                + ("; clips start on keyframes" if r["keyframes"] else "")
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]
@@ -454,6 +460,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="with --data: repeated sampling, entries per decoded sample (AVDataModule's "
         "repeated_sampling)",
+    )
+    p.add_argument(
+        "--keyframe-starts",
+        action="store_true",
+        help="with --data: clips start on the keyframe at or before each random start "
+        "(AVDataModule's keyframe_starts; for one frame: CAV-MAE's one of the 1-fps frames)",
     )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

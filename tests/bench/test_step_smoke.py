@@ -124,9 +124,12 @@ def test_reference_configs_do_the_reference_work(name: str, expected: float) -> 
     assert gflop == pytest.approx(expected, rel=0.03)
 
 
-@pytest.mark.parametrize("features,repeats", [("loader", 1), ("device", 1), ("device", 2)])
+@pytest.mark.parametrize(
+    "features,repeats,keyframes",
+    [("loader", 1, False), ("device", 1, True), ("device", 2, False)],
+)
 def test_fed_step_runs_from_shards_with_features_either_place(
-    features: str, repeats: int, tmp_path_factory
+    features: str, repeats: int, keyframes: bool, tmp_path_factory
 ):
     from tests.test_recipes import build_tiny_shards
 
@@ -134,11 +137,13 @@ def test_fed_step_runs_from_shards_with_features_either_place(
     args = ["--device", "cpu", "--size", "tiny", "--configs", "cavmae", "--variants", "fast",
             "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
             "--data", str(shards), "--split", "all", "--features", features,
-            "--repeats", str(repeats)]  # fmt: skip
+            "--repeats", str(repeats)] + ["--keyframe-starts"] * keyframes  # fmt: skip
     proc = _run_script(args)
     fed = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["+data"]]
     assert len(fed) == 1, proc.stdout
     where = "features in the loader" if features == "loader" else "features on the device"
     if repeats > 1:
         where += f"; {repeats} entries per decoded sample"
+    if keyframes:
+        where += "; clips start on keyframes"
     assert fed[0].endswith(where) and float(fed[0].split()[2]) > 0, fed[0]

@@ -9,7 +9,8 @@ import torch
 
 from avssl.data.batch import AVBatch
 from avssl.data.datamodule import AVDataModule, make_eval_loader
-from avssl.data.shards import resolve, split_table
+from avssl.data.decode import open_media
+from avssl.data.shards import ShardReader, resolve, split_table
 
 
 def split_keys(folder, split):
@@ -250,3 +251,32 @@ def test_repeated_sampling_keeps_the_k_axis(synth, small_args):
     assert b.video.shape == (4, 2, 3, 4, 32, 32) and b.audio.shape == (4, 2, 1, 128, 128)
     assert b.key[0] == b.key[1] and b.key[2] == b.key[3]
     assert b.clip_start.shape == (4, 2)
+
+
+def _keyframe_times(mp4: bytes) -> set[float]:
+    with open_media(mp4) as c:
+        s = c.streams.video[0]
+        return {round(float(p.pts * p.time_base), 4) for p in c.demux(s) if p.is_keyframe}
+
+
+def test_keyframe_starts_put_training_clips_on_keyframes(synth, small_args):
+    """With keyframe_starts every training clip starts on one of its video's keyframes (also
+    with repeated sampling); without, starts fall between keyframes too; validation clips are
+    the centred ones either way."""
+    reader = ShardReader()
+    keyframes = {
+        k: _keyframe_times(reader.read(s, k)["mp4"])
+        for s, k in split_table(resolve(synth), None).ordered()
+    }
+    on_key = {}
+    for flag in (True, False):
+        args = small_args(batch_size=4, repeated_sampling=2, batches_per_epoch=6, val_split="test1")
+        dm = AVDataModule(str(synth), **args, keyframe_starts=flag)
+        starts = [(k, round(float(t), 4)) for b in dm.train_dataloader()
+                  for k, t in zip(b.key, b.clip_start)]  # fmt: skip
+        on_key[flag] = [t in keyframes[k] for k, t in starts]
+        val = [float(t) for b in dm.val_dataloader() for t in b.clip_start]
+        on_key[f"val{flag}"] = val
+    assert len(on_key[True]) == 24 and all(on_key[True])
+    assert not all(on_key[False])
+    assert on_key["valTrue"] == on_key["valFalse"]

@@ -14,12 +14,14 @@ from avssl.data import decode
 from avssl.data.decode import (
     ClipSpec,
     MediaError,
+    decode_clips_on_keyframes,
     decode_video_clips,
     load_audio,
     open_media,
     probe_video,
 )
 from avssl.data.shards import ShardReader, resolve, split_table
+from avssl.data.writer import EncodeSettings, convert
 
 MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
 if not MEDIA.is_dir():
@@ -78,6 +80,70 @@ def test_past_the_end_repeats_the_last_frame_and_short_side(shard_sample):
     assert np.array_equal(clip[2], frames[-1]) and np.array_equal(clip[3], frames[-1])
     small = decode_video_clips(mp4, [0.0], 2, short_side=64)
     assert min(small.shape[2:4]) == 64
+
+
+def keyframe_times(src) -> list[float]:
+    """Times (s from the stream start) of the video stream's keyframes, from the demuxer."""
+    with open_media(src) as c:
+        s = c.streams.video[0]
+        t0 = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        return sorted(
+            float(p.pts * p.time_base) - t0
+            for p in c.demux(s)
+            if p.is_keyframe and p.pts is not None
+        )
+
+
+def check_clips_on_keyframes(src, fps: float, starts: list[float]) -> list[float]:
+    """Decodes 3-frame clips (stride 2) on keyframes and checks them against a full decode:
+    each clip starts on the last keyframe at or before its requested start. Returns the
+    clips' starts."""
+    keys, frames = keyframe_times(src), naive_frames(src)
+    spec = ClipSpec(3, frame_stride=2)
+    with open_media(src) as c:
+        got, clip_starts = decode_clips_on_keyframes(c, starts, spec.frame_times(0.0, fps), 1)
+    want = [max(k for k in keys if k <= s + 1e-6) for s in starts]
+    assert clip_starts == pytest.approx(want, abs=1e-6)
+    assert np.array_equal(np.stack(got), expected_clips(frames, clip_starts, spec, fps))
+    return clip_starts
+
+
+def test_clips_on_keyframes_start_on_the_keyframe_before(shard_sample):
+    mp4 = shard_sample["mp4"]
+    fps = json.loads(shard_sample["json"])["fps"]
+    keys = keyframe_times(mp4)
+    assert len(keys) >= 2 and keys[0] == 0.0  # a keyframe at least every second
+    # mid-GOP, one frame before a keyframe, on one, and a clip that runs past the end
+    starts = [keys[1] - 1 / fps, keys[1] + 0.4, keys[1], 0.0, keys[-1] + 1 / fps]
+    check_clips_on_keyframes(mp4, fps, starts)
+    frames = naive_frames(mp4)
+    with open_media(mp4) as c:
+        last, _ = decode_clips_on_keyframes(c, [keys[-1]], [0.0, len(frames) / fps], 1)
+    assert np.array_equal(last[1], frames[-1])  # past the end: the last frame
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="shared/media not available")
+@pytest.mark.parametrize("name", ["audioset_clip_h264_aac.mp4", "kinetics_clip_h264_noaudio.mp4"])
+def test_clips_on_keyframes_real_h264(name):
+    """Real clips as data_prep stores them (re-encoded with a keyframe at least every second)."""
+    mp4 = convert(MEDIA / name, EncodeSettings()).mp4
+    with open_media(mp4) as c:
+        fps = probe_video(c).fps
+    starts = check_clips_on_keyframes(mp4, fps, [0.3, 2.5, 4.1, 7.9])
+    assert len(set(starts)) == 4 and all(s > r - 1.0 for s, r in zip(starts, [0.3, 2.5, 4.1, 7.9]))
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="shared/media not available")
+def test_clips_on_keyframes_avi_start_where_asked():
+    """AVI timestamps are not trusted for seeking: the clips start at the requested times."""
+    path = MEDIA / "ucf_style_mpeg4_mp3.avi"
+    with open_media(path) as c:
+        fps = probe_video(c).fps
+    spec, starts = ClipSpec(3, frame_stride=2), [round(2.3 * fps) / fps, 0.0]
+    with open_media(path) as c:
+        got, clip_starts = decode_clips_on_keyframes(c, starts, spec.frame_times(0.0, fps), 1)
+    assert clip_starts == starts
+    assert np.array_equal(np.stack(got), expected_clips(naive_frames(path), starts, spec, fps))
 
 
 @pytest.mark.parametrize("reader", ["libsndfile", "ffmpeg"])

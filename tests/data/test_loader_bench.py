@@ -22,6 +22,10 @@ REPEATED = re.compile(
     r"\[bench loader\] (wall|cpu) *: repeated sampling, 4 entries per decoded sample, features "
     r"on the device ([\d.]+) clips/s per worker, ([\d.]+)x one entry per sample"
 )
+KEYFRAMES = re.compile(
+    r"\[bench loader\] cpu : clips starting on keyframes \(keyframe_starts\), features on the "
+    r"device ([\d.]+) clips/s per worker, ([\d.]+) from random starts, ([\d.]+)x"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -47,6 +51,10 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     for (_, waves, _), (_, rate, ratio) in zip(device, repeated):
         assert float(rate) > 0
         assert abs(float(ratio) - float(rate) / float(waves)) <= 0.01 + 0.02 * float(ratio)
+    keyframes = [m.groups() for m in map(KEYFRAMES.match, done.stdout.splitlines()) if m]
+    assert len(keyframes) == 1, done.stdout
+    key, rnd, ratio = map(float, keyframes[0])
+    assert key > 0 and rnd > 0 and abs(ratio - key / rnd) <= 0.01 + 0.02 * ratio
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -155,6 +155,12 @@ class AVDataModule(pl.LightningDataModule):
             and so does an epoch. For objectives without negatives (masked reconstruction,
             XKD); with batch or memory-bank negatives the R entries of a sample are each
             other's negatives, and ``audio_mode: mismatched`` refuses R > 1.
+        keyframe_starts: training clips start on the keyframe at or before each random start
+            (shards keep one at least every second), so nothing before the keyframe is
+            decoded and a one-frame clip decodes one frame: CAV-MAE's sampling of one of the
+            frames extracted at 1 fps (Gong et al. 2023, https://arxiv.org/abs/2210.07839),
+            from the shards' keyframes. Fewer distinct start times per video; validation and
+            evaluation clips are unchanged. Default off.
     """
 
     def __init__(
@@ -188,6 +194,7 @@ class AVDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         features_on: str = "auto",
         repeated_sampling: int = 1,
+        keyframe_starts: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -308,6 +315,7 @@ class AVDataModule(pl.LightningDataModule):
             True,
             self.hp.augment,
             on_device=self.on_device(),
+            keyframe_starts=self.hp.keyframe_starts,
         )
         table, *rest = self._stream_args(self.hp.train_split, rank, world)
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(

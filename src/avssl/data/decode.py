@@ -15,6 +15,7 @@ constant-rate video), counting frames from the keyframe reached by the seek.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,74 @@ class _FrameSeeker:
             if self.can_seek and self._next_time() - ft > self.seek_gap_s:
                 return False
         return True
+
+
+def decode_clips_on_keyframes(
+    container: av.container.InputContainer,
+    starts: list[float],
+    offsets: list[float],
+    threads: int | None = None,
+) -> tuple[list[np.ndarray], list[float]]:
+    """Clips that start on the keyframe at or before each of ``starts`` (seconds).
+
+    For every start: one seek to the keyframe at or before it; the clip's frames are the ones
+    shown at ``keyframe time + offsets`` (``offsets[0]`` is normally 0, so a one-frame clip is
+    the keyframe itself and nothing else is decoded). Shards keep a keyframe at least every
+    second, so the starts land on a grid of at least one frame per second, like CAV-MAE's
+    frames extracted at 1 fps, without decoding the frames between the keyframe and a random
+    start. Where a seek cannot be trusted (AVI, a seek past the start, frames without
+    timestamps) the clip starts at the requested time instead (``decode_frames_at``).
+
+    Returns the ``len(starts) * len(offsets)`` RGB frames, clip by clip, and each clip's start.
+    """
+    stream = container.streams.video[0]
+    _configure_threads(stream, threads)
+    if stream.time_base is None:
+        raise MediaError("video stream without a time base")
+    time_base, t0 = float(stream.time_base), _start_time(stream)
+    fps = _stream_fps(stream)
+    can_seek = "avi" not in container.format.name.split(",")
+    frames: list[np.ndarray] = []
+    clip_starts: list[float] = []
+    for start in starts:
+        got = None
+        if can_seek:
+            got = _clip_from_keyframe(container, stream, start, offsets, fps, t0, time_base)
+        if got is None:
+            times = [start + o for o in offsets]
+            got = _FrameSeeker(container, stream, times, seek_gap_s=1.0).run(), start
+        frames += got[0]
+        clip_starts.append(got[1])
+    return frames, clip_starts
+
+
+def _clip_from_keyframe(container, stream, start, offsets, fps, t0, time_base):
+    """(frames, keyframe time) of one :func:`decode_clips_on_keyframes` clip, or None when
+    the seek does not land on a frame at or before ``start``."""
+    tol = 0.5 / fps
+    container.seek(int(round((start + t0) / time_base)), stream=stream, backward=True)
+    decoded = container.decode(stream)
+    first = next(decoded, None)
+    if first is None or first.pts is None:
+        return None
+    anchor = max(0.0, first.pts * time_base - t0)
+    if anchor > start + tol:
+        return None
+    times = [anchor + o for o in offsets]
+    out: list[np.ndarray] = []
+    last = first
+    for n, frame in enumerate(itertools.chain([first], decoded)):
+        last, ft = frame, anchor + n / fps
+        if ft < times[len(out)] - tol:
+            continue
+        img = frame.to_ndarray(format="rgb24")  # only kept frames are converted
+        while len(out) < len(times) and ft >= times[len(out)] - tol:
+            out.append(img)
+        if len(out) == len(times):
+            break
+    if len(out) < len(times):  # past the end: the last frame stands in
+        out += [last.to_ndarray(format="rgb24")] * (len(times) - len(out))
+    return out, anchor
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:

@@ -45,6 +45,7 @@ from avssl.data.batch import AVBatch
 from avssl.data.decode import (
     ClipSpec,
     MediaError,
+    decode_clips_on_keyframes,
     decode_frames_at,
     load_audio,
     open_media,
@@ -70,8 +71,10 @@ CHUNK = 64  # clips per batched call on the device (~135 MB of spectra at 1024 f
 class SampleProcessor:
     """Turns one shard sample (``{"__key__", "mp4", "flac", "json"}`` bytes) into tensors.
 
-    Training draws ``num_clips`` random clip times; evaluation takes ``num_clips`` uniformly
-    spaced ones. Raises on corrupt media (the streams count and skip those).
+    Training draws ``num_clips`` random clip times (with ``keyframe_starts``, each moved back
+    to the keyframe at or before it, see ``decode_clips_on_keyframes``); evaluation takes
+    ``num_clips`` uniformly spaced ones. Raises on corrupt media (the streams count and skip
+    those).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class SampleProcessor:
         train: bool = True,
         threads: int | None = None,
         on_device: bool = False,
+        keyframe_starts: bool = False,
     ):
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
@@ -100,7 +104,7 @@ class SampleProcessor:
         self.video_tf, self.wave_tf, self.spec_tf = video_tf, wave_tf, spec_tf
         self.k, self.audio_mode, self.train, self.threads = num_clips, audio_mode, train, threads
         self.window = fbank.samples_for_frames(fbank.target_frames)
-        self.on_device = on_device
+        self.on_device, self.keyframe_starts = on_device, keyframe_starts
         self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if on_device else 0
         self.video_geometry = Compose(video_tf.transforms[:-1]) if on_device else None
 
@@ -131,8 +135,12 @@ class SampleProcessor:
                 starts = self.spec.random_starts(duration, info.fps, self.k, gen)
             else:
                 starts = self.spec.uniform_starts(duration, info.fps, self.k)
-            times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
-            frames = decode_frames_at(container, times, self.threads)
+            if self.train and self.keyframe_starts:
+                offsets = self.spec.frame_times(0.0, info.fps)
+                frames, starts = decode_clips_on_keyframes(container, starts, offsets, self.threads)
+            else:
+                times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
+                frames = decode_frames_at(container, times, self.threads)
         t = self.spec.num_frames
         clips = [torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])) for i in range(self.k)]
         centres = [s + self.spec.span_s(info.fps) / 2 for s in starts]
@@ -483,6 +491,7 @@ def build_processor(
     augment: dict | None = None,
     threads: int | None = None,
     on_device: bool = False,
+    keyframe_starts: bool = False,
 ) -> SampleProcessor:
     """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
     spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
@@ -502,4 +511,5 @@ def build_processor(
         train,
         threads,
         on_device,
+        keyframe_starts,
     )
