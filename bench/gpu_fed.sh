@@ -3,7 +3,8 @@
 # cores, with the fbank, colour jitter and normalisation in the loader workers and on the GPU
 # after the transfer (features_on), one after the other in the same run, then the CAV-MAE step
 # with its frame on a keyframe (--keyframe-starts) and the VideoMAE step with repeated sampling
-# (4 entries per decoded clip); one worker's rate in this process for each before.
+# (4 entries per decoded clip); one worker's rate in this process for each before. The VideoMAE
+# step loads video only (bench/step.py: AVDataModule(modalities=["video"])).
 # Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~8 minutes)
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run). Batches: the fast defaults
 # (CAV-MAE 128, VideoMAE 64), as in gpu_run.sh.

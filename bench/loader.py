@@ -26,7 +26,9 @@ what a dedicated core would give).
 
 It also times clips that start on the keyframe before each random start
 (``AVDataModule(keyframe_starts=True)``; with ``--frames 1`` a clip is one keyframe, CAV-MAE's
-one-of-the-1-fps-frames sampling) against random starts, alternated, and repeated sampling
+one-of-the-1-fps-frames sampling) and clips without their audio (``modalities=["video"]``,
+what a video-only step such as VideoMAE's loads) against the same clips with their audio,
+alternated, and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
 
@@ -203,8 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
             keyframe_starts=True,
         )  # fmt: skip
+        video_proc = build_processor(  # a video-only step (VideoMAE): no audio decoded
+            prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
+            modalities=("video",),
+        )  # fmt: skip
         runs = {"random": (lambda s: wave_proc(s, gen), samples),
-                "keyframe": (lambda s: key_proc(s, gen), samples)}  # fmt: skip
+                "keyframe": (lambda s: key_proc(s, gen), samples),
+                "video": (lambda s: video_proc(s, gen), samples)}  # fmt: skip
         starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
         repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : clips starting on keyframes (keyframe_starts), features on the "
           f"device {starts['keyframe']:.1f} clips/s per worker, {starts['random']:.1f} from "
           f"random starts, {starts['keyframe'] / starts['random']:.2f}x")  # fmt: skip
+    print(f"[bench loader] cpu : video only (modalities [video]), features on the device "
+          f"{starts['video']:.1f} clips/s per worker, {starts['random']:.1f} with the audio, "
+          f"{starts['video'] / starts['random']:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

@@ -148,6 +148,14 @@ def test_user_errors_exit_2_with_one_line(shards, tmp_path, capsys):
     args = debug_args("mavil", shards, tmp_path, "--data.init_args.train_split=nosplit")
     assert cli.main(args) == 2
     assert "nosplit" in capsys.readouterr().err
+    args = debug_args("mavil", shards, tmp_path, "--data.init_args.modalities=[video]")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "MAViL trains on audio and video but data.init_args.modalities loads only" in err
+    args = debug_args("mavil", shards, tmp_path, "--data.init_args.modalities=[depth]")
+    assert cli.main(args) == 2
+    assert "modalities must be a non-empty subset" in capsys.readouterr().err
 
 
 @pytest.mark.slow

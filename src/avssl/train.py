@@ -161,6 +161,14 @@ class AVSSLCLI(LightningCLI):
     def before_fit(self) -> None:
         """Checks the run folder, splits and shards before training starts (one-line errors)."""
         self._check_fresh_checkpoint_dir()
+        loaded = getattr(self.datamodule, "modalities", None)
+        if isinstance(self.model, AVObjective) and loaded is not None:
+            missing = [m for m in self.model.modalities if m not in loaded]
+            if missing:
+                raise UserError(
+                    f"{type(self.model).__name__} trains on {' and '.join(self.model.modalities)}"
+                    f" but data.init_args.modalities loads only {list(loaded)}"
+                )
         try:
             self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
         except (FileNotFoundError, ValueError) as err:

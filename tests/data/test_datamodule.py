@@ -280,3 +280,50 @@ def test_keyframe_starts_put_training_clips_on_keyframes(synth, small_args):
     assert len(on_key[True]) == 24 and all(on_key[True])
     assert not all(on_key[False])
     assert on_key["valTrue"] == on_key["valFalse"]
+
+
+@pytest.mark.parametrize("where", ["loader", "device"])
+def test_one_modality_is_neither_decoded_nor_shipped(synth, small_args, where, monkeypatch):
+    """modalities=["video"]: no FLAC decoded, an empty audio member with its mask False;
+    ["audio"]: no mp4 opened, an empty video member; the loaded member as with both."""
+    import avssl.data.sampling as sampling  # noqa: PLC0415
+
+    calls = {"audio": 0, "video": 0}
+    real_audio, real_open = sampling.load_audio, sampling.open_media
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(sampling, "load_audio", counting("audio", real_audio))
+    monkeypatch.setattr(sampling, "open_media", counting("video", real_open))
+    got = {}
+    for mods in (["video"], ["audio"], ["audio", "video"]):
+        calls.update(audio=0, video=0)
+        args = small_args(batches_per_epoch=2, modalities=mods, features_on=where)
+        dm = AVDataModule(str(synth), **args)
+        got[tuple(mods)] = [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]
+        assert (calls["audio"] > 0) == ("audio" in mods) and (calls["video"] > 0) == (
+            "video" in mods
+        ), (mods, calls)
+    both = got[("audio", "video")]
+    for b, full in zip(got[("video",)], both):
+        assert b.audio.shape == (2, 1, 0, 128) and not b.audio_mask.any()
+        assert b.audio_wave is None and b.video.shape == full.video.shape
+        assert b.video_mask.all() and b.video.abs().sum() > 0
+    for b, full in zip(got[("audio",)], both):
+        assert b.video.shape == (2, 3, 4, 0, 0) and not b.video_mask.any()
+        assert b.video_u8 is None and b.audio.shape == full.audio.shape
+        assert b.audio[b.audio_mask].abs().sum() > 0
+
+
+def test_bad_modalities_are_rejected(synth, small_args):
+    with pytest.raises(ValueError, match="non-empty subset"):
+        AVDataModule(str(synth), **small_args(modalities=["depth"]))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        AVDataModule(str(synth), **small_args(modalities=[]))
+    with pytest.raises(ValueError, match="needs 'audio'"):
+        AVDataModule(str(synth), **small_args(modalities=["video"], audio_mode="mismatched"))

@@ -26,6 +26,10 @@ KEYFRAMES = re.compile(
     r"\[bench loader\] cpu : clips starting on keyframes \(keyframe_starts\), features on the "
     r"device ([\d.]+) clips/s per worker, ([\d.]+) from random starts, ([\d.]+)x"
 )
+VIDEO_ONLY = re.compile(
+    r"\[bench loader\] cpu : video only \(modalities \[video\]\), features on the device "
+    r"([\d.]+) clips/s per worker, ([\d.]+) with the audio, ([\d.]+)x"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -55,6 +59,10 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     assert len(keyframes) == 1, done.stdout
     key, rnd, ratio = map(float, keyframes[0])
     assert key > 0 and rnd > 0 and abs(ratio - key / rnd) <= 0.01 + 0.02 * ratio
+    video = [m.groups() for m in map(VIDEO_ONLY.match, done.stdout.splitlines()) if m]
+    assert len(video) == 1, done.stdout
+    alone, both, ratio = map(float, video[0])
+    assert alone > 0 and abs(both - rnd) < 1e-6 and abs(ratio - alone / both) <= 0.01 + 0.02 * ratio
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

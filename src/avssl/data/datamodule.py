@@ -31,9 +31,11 @@ from avssl.data.decode import ClipSpec
 from avssl.data.fbank import FbankConfig
 from avssl.data.sampling import (
     AUDIO_MODES,
+    MODALITIES,
     EvalStream,
     TrainStream,
     build_processor,
+    check_modalities,
     collate,
     features_on_device,
 )
@@ -161,6 +163,11 @@ class AVDataModule(pl.LightningDataModule):
             frames extracted at 1 fps (Gong et al. 2023, https://arxiv.org/abs/2210.07839),
             from the shards' keyframes. Fewer distinct start times per video; validation and
             evaluation clips are unchanged. Default off.
+        modalities: what training and validation batches carry, ``["audio", "video"]``
+            (default), ``["video"]`` or ``["audio"]``: the other member is neither decoded nor
+            shipped (an empty ``[B, 1, 0, F]`` / ``[B, C, T, 0, 0]`` tensor, mask False), for
+            single-modality objectives such as a VideoMAE or AudioMAE step. The audio-visual
+            objectives refuse a run without both (``avssl pretrain`` says so at start).
     """
 
     def __init__(
@@ -195,6 +202,7 @@ class AVDataModule(pl.LightningDataModule):
         features_on: str = "auto",
         repeated_sampling: int = 1,
         keyframe_starts: bool = False,
+        modalities: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -211,6 +219,9 @@ class AVDataModule(pl.LightningDataModule):
             raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
         if repeated_sampling > 1 and audio_mode == "mismatched":
             raise ValueError("repeated_sampling > 1 does not go with audio_mode 'mismatched'")
+        self.modalities = check_modalities(
+            MODALITIES if modalities is None else modalities, audio_mode
+        )
         ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
         self.source = resolve(data)  # missing paths fail here, at start
         self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
@@ -316,6 +327,7 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.augment,
             on_device=self.on_device(),
             keyframe_starts=self.hp.keyframe_starts,
+            modalities=self.modalities,
         )
         table, *rest = self._stream_args(self.hp.train_split, rank, world)
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
@@ -340,6 +352,7 @@ class AVDataModule(pl.LightningDataModule):
             False,
             self.hp.augment,
             on_device=self.on_device(),
+            modalities=self.modalities,
         )
         table, *rest = self._stream_args(self.hp.val_split, rank, world)
         return self._loader(EvalStream(table, proc, *rest))

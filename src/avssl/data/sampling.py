@@ -65,6 +65,23 @@ from avssl.data.transforms import (
 
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
+MODALITIES = ("audio", "video")
+
+
+def check_modalities(modalities, audio_mode: str = "aligned") -> tuple[str, ...]:
+    """The loaded modalities as a tuple in ``MODALITIES`` order; ValueError for an empty or
+    unknown list, or mismatched audio without audio."""
+    given = [modalities] if isinstance(modalities, str) else list(modalities)
+    unknown = [m for m in given if m not in MODALITIES]
+    if unknown or not given:
+        raise ValueError(
+            f"modalities must be a non-empty subset of {list(MODALITIES)}, got {given}"
+        )
+    if audio_mode == "mismatched" and "audio" not in given:
+        raise ValueError("audio_mode 'mismatched' needs 'audio' in modalities")
+    return tuple(m for m in MODALITIES if m in given)
+
+
 CHUNK = 64  # clips per batched call on the device (~135 MB of spectra at 1024 frames)
 
 
@@ -91,6 +108,7 @@ class SampleProcessor:
         threads: int | None = None,
         on_device: bool = False,
         keyframe_starts: bool = False,
+        modalities: tuple[str, ...] = MODALITIES,
     ):
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
@@ -105,6 +123,7 @@ class SampleProcessor:
         self.k, self.audio_mode, self.train, self.threads = num_clips, audio_mode, train, threads
         self.window = fbank.samples_for_frames(fbank.target_frames)
         self.on_device, self.keyframe_starts = on_device, keyframe_starts
+        self.modalities = check_modalities(modalities, audio_mode)
         self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if on_device else 0
         self.video_geometry = Compose(video_tf.transforms[:-1]) if on_device else None
 
@@ -112,12 +131,12 @@ class SampleProcessor:
         meta = json.loads(sample["json"])
         out = {"key": meta.get("id", sample["__key__"]), "label": meta.get("label", -1)}
         wave = None
-        if "flac" in sample and meta.get("has_audio", True):
+        if "flac" in sample and meta.get("has_audio", True) and "audio" in self.modalities:
             wave, has_audio = load_audio(sample["flac"], self.fbank.sample_rate)
             if not has_audio:
                 raise MediaError(f"{out['key']}: flac member has no audio stream")
             wave = wave if len(wave) else None  # an empty recording counts as missing audio
-        if "mp4" in sample and meta.get("has_video", True):
+        if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
             out["video"], starts, centres = self._video(sample["mp4"], gen)
         else:
             out["video"], starts, centres = None, [0.0] * self.k, None
@@ -220,11 +239,14 @@ def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | 
 def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilabel: bool):
     """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``)."""
     k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
-    waves = _stack_waves(items, proc) if proc.on_device else None
-    clips = _stack_clips(items, proc) if proc.on_device else None
-    side = 0 if clips else s  # 0: placeholders, filled after the transfer (features_on_device)
+    has_audio, has_video = "audio" in proc.modalities, "video" in proc.modalities
+    waves = _stack_waves(items, proc) if proc.on_device and has_audio else None
+    clips = _stack_clips(items, proc) if proc.on_device and has_video else None
+    # 0: placeholders, filled after the transfer (features_on_device), or a modality not loaded
+    side = 0 if clips or not has_video else s
     video = torch.zeros(len(items), k, 3, t, side, side)  # [B, K, C, T, H, W]
-    audio = torch.zeros(len(items), k, 1, 0 if waves else proc.fbank.target_frames, f)
+    frames = 0 if waves or not has_audio else proc.fbank.target_frames
+    audio = torch.zeros(len(items), k, 1, frames, f)
     for i, it in enumerate(items):
         if it["video"] is not None and not clips:
             video[i] = it["video"]
@@ -492,6 +514,7 @@ def build_processor(
     threads: int | None = None,
     on_device: bool = False,
     keyframe_starts: bool = False,
+    modalities: tuple[str, ...] = MODALITIES,
 ) -> SampleProcessor:
     """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
     spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
@@ -512,4 +535,5 @@ def build_processor(
         threads,
         on_device,
         keyframe_starts,
+        modalities,
     )

@@ -96,6 +96,9 @@ class AVObjective(pl.LightningModule):
     strings, lists, dicts) so that checkpoints load with ``torch.load(weights_only=True)``.
     """
 
+    #: the batch members the objective trains on (``AVDataModule(modalities)`` must load them)
+    modalities: tuple[str, ...] = ("audio", "video")
+
     def __init__(
         self,
         base_lr: float = 1.5e-4,
