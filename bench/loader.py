@@ -28,6 +28,7 @@ It also times clips that start on the keyframe before each random start
 (``AVDataModule(keyframe_starts=True)``; with ``--frames 1`` a clip is one keyframe, CAV-MAE's
 one-of-the-1-fps-frames sampling) and clips without their audio (``modalities=["video"]``,
 what a video-only step such as VideoMAE's loads) against the same clips with their audio,
+3.2 s audio windows (VATT's) decoded alone against cut from the whole decoded recording,
 alternated, and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
@@ -209,7 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
             modalities=("video",),
         )  # fmt: skip
+        short = {**prep, "fbank": FbankConfig(target_frames=320).to_dict()}  # VATT's 3.2 s
+        by_window, whole = (
+            build_processor(short, "train", 1, "aligned", train=True, threads=1, on_device=True)
+            for _ in range(2)
+        )
+        whole.audio_windows = False  # the recording decoded whole, the window cut from it
         runs = {"random": (lambda s: wave_proc(s, gen), samples),
+                "window": (lambda s: by_window(s, gen), samples),
+                "whole": (lambda s: whole(s, gen), samples),
                 "keyframe": (lambda s: key_proc(s, gen), samples),
                 "video": (lambda s: video_proc(s, gen), samples)}  # fmt: skip
         starts = alternated(runs, args.clips)
@@ -239,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : video only (modalities [video]), features on the device "
           f"{starts['video']:.1f} clips/s per worker, {starts['random']:.1f} with the audio, "
           f"{starts['video'] / starts['random']:.2f}x")  # fmt: skip
+    print(f"[bench loader] cpu : 3.2 s audio windows decoded alone (FlacWindows), features on "
+          f"the device {starts['window']:.1f} clips/s per worker, {starts['whole']:.1f} "
+          f"decoding the whole recording, {starts['window'] / starts['whole']:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

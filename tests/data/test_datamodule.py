@@ -284,12 +284,12 @@ def test_keyframe_starts_put_training_clips_on_keyframes(synth, small_args):
 
 @pytest.mark.parametrize("where", ["loader", "device"])
 def test_one_modality_is_neither_decoded_nor_shipped(synth, small_args, where, monkeypatch):
-    """modalities=["video"]: no FLAC decoded, an empty audio member with its mask False;
+    """modalities=["video"]: no FLAC read, an empty audio member with its mask False;
     ["audio"]: no mp4 opened, an empty video member; the loaded member as with both."""
     import avssl.data.sampling as sampling  # noqa: PLC0415
 
     calls = {"audio": 0, "video": 0}
-    real_audio, real_open = sampling.load_audio, sampling.open_media
+    real_audio, real_open = sampling.SampleProcessor._recording, sampling.open_media
 
     def counting(name, fn):
         def wrapped(*a, **k):
@@ -298,7 +298,7 @@ def test_one_modality_is_neither_decoded_nor_shipped(synth, small_args, where, m
 
         return wrapped
 
-    monkeypatch.setattr(sampling, "load_audio", counting("audio", real_audio))
+    monkeypatch.setattr(sampling.SampleProcessor, "_recording", counting("audio", real_audio))
     monkeypatch.setattr(sampling, "open_media", counting("video", real_open))
     got = {}
     for mods in (["video"], ["audio"], ["audio", "video"]):
@@ -327,3 +327,30 @@ def test_bad_modalities_are_rejected(synth, small_args):
         AVDataModule(str(synth), **small_args(modalities=[]))
     with pytest.raises(ValueError, match="needs 'audio'"):
         AVDataModule(str(synth), **small_args(modalities=["video"], audio_mode="mismatched"))
+
+
+def test_windowed_flac_gives_the_same_samples_as_a_whole_decode(synth, small_args):
+    """Audio windows shorter than the recording are decoded alone (FlacWindows): the same
+    processed samples, random draws included, as cutting them from the whole recording."""
+    from avssl.data.sampling import build_processor  # noqa: PLC0415
+
+    reader = ShardReader()
+    samples = [reader.read(s, k) for s, k in split_table(resolve(synth), None).ordered()]
+    for on_device in (False, True):
+        dm = AVDataModule(str(synth), **small_args(clips_per_video=2, audio_frames=40))
+        outs = []
+        for windows in (True, False):
+            proc = build_processor(dm.preprocessing(), "train", 2, "aligned", True,
+                                   on_device=on_device)  # fmt: skip
+            sizes = [json.loads(s["json"]).get("audio_num_samples", 0) for s in samples]
+            assert proc.k * proc.window < min(n for n in sizes if n)  # the windowed path
+            proc.audio_windows = windows
+            gen = torch.Generator().manual_seed(0)
+            outs.append([proc(s, gen) for s in samples])
+        for a, b in zip(*outs):
+            assert a["audio_start"] == b["audio_start"] and a["clip_start"] == b["clip_start"]
+            if a["audio"] is None:
+                assert b["audio"] is None
+                continue
+            pairs = zip(a["audio"], b["audio"]) if on_device else [(a["audio"], b["audio"])]
+            assert all(torch.equal(x, y) for x, y in pairs)

@@ -13,6 +13,7 @@ import torch
 from avssl.data import decode
 from avssl.data.decode import (
     ClipSpec,
+    FlacWindows,
     MediaError,
     decode_clips_on_keyframes,
     decode_video_clips,
@@ -217,6 +218,33 @@ def test_flac_that_libsndfile_does_not_take_goes_through_ffmpeg(tmp_path, shard_
         else:
             assert got is ref, name
     assert ffmpeg_only(cases["truncated"]) is decode.MediaError
+
+
+def test_flac_windows_equal_slices_of_the_whole_recording(shard_sample):
+    flac = shard_sample["flac"]
+    whole, _ = load_audio(flac, 16000)
+    n = len(whole)
+    with FlacWindows.open(flac, 16000) as windows:
+        assert len(windows) == n == json.loads(shard_sample["json"])["audio_num_samples"]
+        for a, b in [(0, 100), (n // 3, n // 3 + 4321), (n - 5000, n), (n - 100, n + 500)]:
+            assert torch.equal(windows[a:b], whole[a:b]), (a, b)
+    assert FlacWindows.open(shard_sample["mp4"], 16000) is None  # not FLAC
+    assert FlacWindows.open(flac, 44100) is None  # another rate: the FFmpeg path resamples
+
+
+def test_flac_windows_of_a_truncated_file(shard_sample):
+    """The header still promises every sample: a window in the part that is left decodes as
+    in the intact file (corruption outside the windows is not seen, as for video frames
+    outside a clip); one past the cut falls back to a whole decode, which fails as without
+    windows (MediaError: the loader skips and counts the sample)."""
+    flac = shard_sample["flac"]
+    whole, _ = load_audio(flac, 16000)
+    cut = flac[: len(flac) // 2]
+    with FlacWindows.open(cut, 16000) as windows:
+        assert len(windows) == len(whole)
+        assert torch.equal(windows[100:2100], whole[100:2100])
+        with pytest.raises(MediaError):
+            windows[len(whole) - 2000 : len(whole)]
 
 
 def test_same_rate_stereo_packed_int_and_planar_float_are_downmixed(tmp_path):

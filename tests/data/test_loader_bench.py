@@ -30,6 +30,10 @@ VIDEO_ONLY = re.compile(
     r"\[bench loader\] cpu : video only \(modalities \[video\]\), features on the device "
     r"([\d.]+) clips/s per worker, ([\d.]+) with the audio, ([\d.]+)x"
 )
+WINDOWS = re.compile(
+    r"\[bench loader\] cpu : 3.2 s audio windows decoded alone \(FlacWindows\), features on "
+    r"the device ([\d.]+) clips/s per worker, ([\d.]+) decoding the whole recording, ([\d.]+)x"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -63,6 +67,10 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     assert len(video) == 1, done.stdout
     alone, both, ratio = map(float, video[0])
     assert alone > 0 and abs(both - rnd) < 1e-6 and abs(ratio - alone / both) <= 0.01 + 0.02 * ratio
+    windows = [m.groups() for m in map(WINDOWS.match, done.stdout.splitlines()) if m]
+    assert len(windows) == 1, done.stdout
+    alone, whole, ratio = map(float, windows[0])
+    assert alone > 0 and whole > 0 and abs(ratio - alone / whole) <= 0.01 + 0.02 * ratio
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -400,19 +400,93 @@ class _RawSamples:
         return x[0] if len(x) == 1 else x.mean(axis=0)  # [C, S] -> [S]
 
 
-def _shard_flac(src: Source, sample_rate: int) -> torch.Tensor | None:
-    """``[S]`` float samples of mono 16-bit FLAC bytes at ``sample_rate`` read by libsndfile,
-    or None (not such a file, no ``soundfile``, or libsndfile fails: FFmpeg decides then)."""
+def _open_shard_flac(src: Source, sample_rate: int):
+    """An open ``soundfile.SoundFile`` on mono 16-bit FLAC bytes at ``sample_rate``, or None
+    (not such a file, no ``soundfile``, or libsndfile refuses it: FFmpeg decides then)."""
     if soundfile is None or not isinstance(src, bytes | bytearray) or src[:4] != b"fLaC":
         return None
     try:
-        with soundfile.SoundFile(io.BytesIO(src)) as f:
-            if f.channels != 1 or f.samplerate != sample_rate or f.subtype != "PCM_16":
-                return None
-            wave = f.read(dtype="float32")  # int16 / 32768, as the FFmpeg path converts
+        f = soundfile.SoundFile(io.BytesIO(src))
     except (RuntimeError, ValueError):  # LibsndfileError is a RuntimeError
         return None
+    if f.channels != 1 or f.samplerate != sample_rate or f.subtype != "PCM_16":
+        f.close()
+        return None
+    return f
+
+
+def _shard_flac(src: Source, sample_rate: int) -> torch.Tensor | None:
+    """``[S]`` float samples of mono 16-bit FLAC bytes at ``sample_rate`` read by libsndfile,
+    or None (not such a file, no ``soundfile``, or libsndfile fails: FFmpeg decides then)."""
+    f = _open_shard_flac(src, sample_rate)
+    if f is None:
+        return None
+    try:
+        with f:
+            wave = f.read(dtype="float32")  # int16 / 32768, as the FFmpeg path converts
+    except (RuntimeError, ValueError):
+        return None
     return torch.from_numpy(wave) if len(wave) else None
+
+
+class FlacWindows:
+    """Shard FLAC (mono, 16-bit, at the loader's rate) decoded window by window.
+
+    ``len()`` is the sample count of the FLAC header and ``windows[a:b]`` decodes samples
+    ``a`` to ``b - 1`` only, after a seek (libsndfile seeks to the exact sample): the same
+    values as slicing the whole decoded recording, for the part a short window needs (a 3.2 s
+    window of a 10 s clip decodes in ~40 % of the time of the whole clip). When a read fails
+    or returns fewer samples than the header promises (a truncated file), the recording is
+    decoded whole once with :func:`load_audio`, what the loader does without windows, and
+    the windows are cut from that (moved back to end at its end where the header promised
+    more). Use as a context manager (closes the file).
+    """
+
+    def __init__(self, f, src: bytes, sample_rate: int) -> None:
+        self._f, self._src, self._rate = f, src, sample_rate
+        self._n = int(f.frames)
+        self._whole: torch.Tensor | None = None
+
+    @classmethod
+    def open(cls, src: Source, sample_rate: int) -> FlacWindows | None:
+        """Windows over ``src``, or None when libsndfile does not take it or the header
+        gives no sample count (the caller decodes it whole)."""
+        if not isinstance(src, bytes | bytearray):
+            return None
+        f = _open_shard_flac(src, sample_rate)
+        if f is None:
+            return None
+        if f.frames <= 0:
+            f.close()
+            return None
+        return cls(f, bytes(src), sample_rate)
+
+    def __len__(self) -> int:
+        return self._n if self._whole is None else len(self._whole)
+
+    def __getitem__(self, span: slice) -> torch.Tensor:
+        a, b, _ = span.indices(len(self))
+        if self._whole is None and b > a:
+            try:
+                self._f.seek(a)
+                got = self._f.read(b - a, dtype="float32")
+                if len(got) == b - a:
+                    return torch.from_numpy(got)
+            except (RuntimeError, ValueError):
+                pass
+            self._whole, _ = load_audio(self._src, self._rate)
+            shift = max(0, b - len(self._whole))  # kept inside the recording, as the loader's
+            a, b = max(0, a - shift), b - shift  # window starts are
+        return self._whole[a:b] if self._whole is not None else torch.zeros(0)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> FlacWindows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, bool]:

@@ -44,6 +44,7 @@ from torch.utils.data import IterableDataset
 from avssl.data.batch import AVBatch
 from avssl.data.decode import (
     ClipSpec,
+    FlacWindows,
     MediaError,
     decode_clips_on_keyframes,
     decode_frames_at,
@@ -124,25 +125,43 @@ class SampleProcessor:
         self.window = fbank.samples_for_frames(fbank.target_frames)
         self.on_device, self.keyframe_starts = on_device, keyframe_starts
         self.modalities = check_modalities(modalities, audio_mode)
+        self.audio_windows = True  # shard FLAC decoded per window (bench/loader.py: False)
         self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if on_device else 0
         self.video_geometry = Compose(video_tf.transforms[:-1]) if on_device else None
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict:
         meta = json.loads(sample["json"])
         out = {"key": meta.get("id", sample["__key__"]), "label": meta.get("label", -1)}
-        wave = None
+        wave: torch.Tensor | FlacWindows | None = None
+        windows = None
         if "flac" in sample and meta.get("has_audio", True) and "audio" in self.modalities:
-            wave, has_audio = load_audio(sample["flac"], self.fbank.sample_rate)
-            if not has_audio:
-                raise MediaError(f"{out['key']}: flac member has no audio stream")
-            wave = wave if len(wave) else None  # an empty recording counts as missing audio
-        if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
-            out["video"], starts, centres = self._video(sample["mp4"], gen)
-        else:
-            out["video"], starts, centres = None, [0.0] * self.k, None
-        out["clip_start"] = starts
-        out["audio"], out["audio_start"] = self._audio(wave, centres, gen)
+            wave = windows = self._recording(sample["flac"], out["key"])
+        try:
+            if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
+                out["video"], starts, centres = self._video(sample["mp4"], gen)
+            else:
+                out["video"], starts, centres = None, [0.0] * self.k, None
+            out["clip_start"] = starts
+            out["audio"], out["audio_start"] = self._audio(wave, centres, gen)
+        finally:
+            if isinstance(windows, FlacWindows):
+                windows.close()
         return out
+
+    def _recording(self, flac: bytes, key: str) -> torch.Tensor | FlacWindows | None:
+        """The sample's audio: shard FLAC read window by window when the windows cover less
+        than the recording (``FlacWindows``), else decoded whole; None when it is empty."""
+        if self.audio_windows:
+            windows = FlacWindows.open(flac, self.fbank.sample_rate)
+            if windows is not None and self.k * self.window < len(windows):
+                return windows
+            if windows is not None:  # the windows cover it all: one read of the whole
+                with windows:
+                    return windows[0 : len(windows)]
+        wave, has_audio = load_audio(flac, self.fbank.sample_rate)
+        if not has_audio:
+            raise MediaError(f"{key}: flac member has no audio stream")
+        return wave if len(wave) else None  # an empty recording counts as missing audio
 
     def _video(self, data: bytes, gen: torch.Generator):
         with open_media(data) as container:
