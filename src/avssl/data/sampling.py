@@ -157,7 +157,8 @@ class SampleProcessor:
                 return windows
             if windows is not None:  # the windows cover it all: one read of the whole
                 with windows:
-                    return windows[0 : len(windows)]
+                    whole = windows[0 : len(windows)]
+                return whole if len(whole) else None
         wave, has_audio = load_audio(flac, self.fbank.sample_rate)
         if not has_audio:
             raise MediaError(f"{key}: flac member has no audio stream")
