@@ -29,6 +29,8 @@ It also times clips that start on the keyframe before each random start
 one-of-the-1-fps-frames sampling) and clips without their audio (``modalities=["video"]``,
 what a video-only step such as VideoMAE's loads) against the same clips with their audio,
 3.2 s audio windows (VATT's) decoded alone against cut from the whole decoded recording,
+frames converted to RGB through one swscale context per thread (``decode.to_rgb``) against
+PyAV's per-frame ``to_ndarray``,
 alternated, and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
@@ -54,6 +56,7 @@ import av
 import numpy as np
 import torch
 
+from avssl.data import decode
 from avssl.data.datamodule import build_processor, tune_worker_process
 from avssl.data.decode import load_audio
 from avssl.data.fbank import FbankConfig
@@ -114,6 +117,21 @@ def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
     for i in range(clips):
         fn(samples[i % len(samples)])
     return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
+
+
+def per_frame_rgb(fn):
+    """``fn`` with the frames converted by PyAV's ``to_ndarray(format="rgb24")``, which sets up
+    a new swscale context for every frame (what the loader did before ``decode.to_rgb``)."""
+
+    def run(sample):
+        keep = decode.to_rgb
+        decode.to_rgb = lambda frame: frame.to_ndarray(format="rgb24")
+        try:
+            return fn(sample)
+        finally:
+            decode.to_rgb = keep
+
+    return run
 
 
 def alternated(runs: dict, clips: int, rounds: int = 3) -> dict[str, float]:
@@ -217,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         whole.audio_windows = False  # the recording decoded whole, the window cut from it
         runs = {"random": (lambda s: wave_proc(s, gen), samples),
+                "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
                 "window": (lambda s: by_window(s, gen), samples),
                 "whole": (lambda s: whole(s, gen), samples),
                 "keyframe": (lambda s: key_proc(s, gen), samples),
@@ -245,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : clips starting on keyframes (keyframe_starts), features on the "
           f"device {starts['keyframe']:.1f} clips/s per worker, {starts['random']:.1f} from "
           f"random starts, {starts['keyframe'] / starts['random']:.2f}x")  # fmt: skip
+    shared, per_frame = starts["random"], starts["per_frame"]
+    print(f"[bench loader] cpu : RGB through one swscale context per thread (to_rgb), features "
+          f"on the device {shared:.1f} clips/s per worker, {per_frame:.1f} with PyAV's "
+          f"per-frame to_ndarray, {shared / per_frame:.2f}x")  # fmt: skip
     print(f"[bench loader] cpu : video only (modalities [video]), features on the device "
           f"{starts['video']:.1f} clips/s per worker, {starts['random']:.1f} with the audio, "
           f"{starts['video'] / starts['random']:.2f}x")  # fmt: skip

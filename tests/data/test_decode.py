@@ -20,6 +20,7 @@ from avssl.data.decode import (
     load_audio,
     open_media,
     probe_video,
+    to_rgb,
 )
 from avssl.data.shards import ShardReader, resolve, split_table
 from avssl.data.writer import EncodeSettings, convert
@@ -63,6 +64,48 @@ def test_clips_equal_naive_decode_with_seeks(shard_sample):
     assert clips.shape == (4, 5, info.height, info.width, 3) and clips.dtype == torch.uint8
     want = expected_clips(frames, starts, spec, info.fps)
     assert np.array_equal(clips.reshape(-1, *clips.shape[2:]).numpy(), want)
+
+
+def test_to_rgb_equals_to_ndarray_when_the_frame_size_changes(shard_sample, tmp_path):
+    """The per-thread reformatter gives PyAV's per-frame conversion, also when frames of
+    another size or pixel format come between (its context is rebuilt)."""
+    other = tmp_path / "other.mp4"
+    with av.open(str(other), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 36, "yuv420p"
+        for i in range(3):
+            img = np.full((36, 48, 3), 40 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with open_media(shard_sample["mp4"]) as a, open_media(other) as b:
+        frames = [f for pair in zip(a.decode(video=0), b.decode(video=0)) for f in pair]
+    assert len({(f.width, f.height) for f in frames}) == 2
+    for frame in frames:
+        assert np.array_equal(to_rgb(frame), frame.to_ndarray(format="rgb24"))
+
+
+def _decode_in_child(mp4: bytes) -> None:
+    decode_video_clips(mp4, [0.0], 2)
+
+
+def test_frames_convert_in_a_process_forked_after_the_parent_converted(shard_sample):
+    """DataLoader workers are forked: the converter a worker inherits must not wait for
+    conversion threads that exist only in the parent (it hung before to_rgb kept one
+    single-threaded converter per process)."""
+    import multiprocessing  # noqa: PLC0415
+
+    decode_video_clips(shard_sample["mp4"], [0.0], 2)  # the parent converts first
+    child = multiprocessing.get_context("fork").Process(
+        target=_decode_in_child, args=(shard_sample["mp4"],)
+    )
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
 
 
 def test_target_fps_resamples_by_nearest_frame(shard_sample):

@@ -34,6 +34,11 @@ WINDOWS = re.compile(
     r"\[bench loader\] cpu : 3.2 s audio windows decoded alone \(FlacWindows\), features on "
     r"the device ([\d.]+) clips/s per worker, ([\d.]+) decoding the whole recording, ([\d.]+)x"
 )
+RGB = re.compile(
+    r"\[bench loader\] cpu : RGB through one swscale context per thread \(to_rgb\), features "
+    r"on the device ([\d.]+) clips/s per worker, ([\d.]+) with PyAV's per-frame to_ndarray, "
+    r"([\d.]+)x"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -71,6 +76,11 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     assert len(windows) == 1, done.stdout
     alone, whole, ratio = map(float, windows[0])
     assert alone > 0 and whole > 0 and abs(ratio - alone / whole) <= 0.01 + 0.02 * ratio
+    rgb = [m.groups() for m in map(RGB.match, done.stdout.splitlines()) if m]
+    assert len(rgb) == 1, done.stdout
+    shared, per_frame, ratio = map(float, rgb[0])
+    assert shared == rnd and per_frame > 0
+    assert abs(ratio - shared / per_frame) <= 0.01 + 0.02 * ratio
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -24,6 +24,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 # A stream may lose this fraction of its packets to decode errors before the file is rejected.
 MAX_BAD_PACKETS = 0.05
@@ -129,6 +130,9 @@ class _VideoEncoder:
         self.out: Any = None
         self.ostream: Any = None
         self.last: Any = None
+        # one single-threaded swscale context for the whole clip (frame.reformat would set
+        # one up per frame, each with its own pool of threads)
+        self.reformatter = VideoReformatter()
 
     def _open(self, frame: Any) -> None:
         self.size = output_size(frame.width, frame.height, self.settings.short_side)
@@ -171,7 +175,9 @@ class _VideoEncoder:
         if target < self.emitted:
             return
         w, h = self.size
-        img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+        img = self.reformatter.reformat(
+            frame, width=w, height=h, format="yuv420p", interpolation="AREA", threads=1
+        )
         while self.last is not None and self.emitted < target:  # duplicate over a gap
             self._emit(self.last)
         self._emit(img)
