@@ -1,4 +1,5 @@
-"""Random AVBatches for the objective tests (imported as ``tests.objectives.batches``)."""
+"""Random AVBatches and a fixed-batch training loop for the objective tests (imported as
+``tests.objectives.batches``)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,16 @@ def make_batch(
         video_mask=torch.ones(B, dtype=torch.bool),
         audio_mask=torch.ones(B, dtype=torch.bool),
     )
+
+
+def train_steps(model, batch: AVBatch, params, lr: float = 2e-3, steps: int = 6) -> list[float]:
+    """AdamW steps of ``model.compute_losses`` on one fixed batch; the loss before each step."""
+    opt = torch.optim.AdamW(params, lr=lr)
+    hist = []
+    for _ in range(steps):
+        loss = model.compute_losses(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hist.append(float(loss))
+    return hist

@@ -11,7 +11,7 @@ import torch
 from avssl.losses.contrastive import info_nce
 from avssl.objectives.base import param_groups
 from avssl.objectives.contrastive import AVContrastive, _memory_nce
-from tests.objectives.batches import make_batch
+from tests.objectives.batches import make_batch, train_steps
 
 TINY = dict(size="tiny", depth=1, proj_dim=16, proj_hidden_dim=32)
 
@@ -54,23 +54,10 @@ def test_missing_audio_rows_are_left_out(batch):
     assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
 
 
-def _train(model: AVContrastive, batch, params, lr: float, steps: int) -> list[float]:
-    """AdamW steps on one fixed batch; the loss before each step."""
-    opt = torch.optim.AdamW(params, lr=lr)
-    hist = []
-    for _ in range(steps):
-        loss = model.compute_losses(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        hist.append(float(loss))
-    return hist
-
-
 def test_steps_lower_the_loss(batch):
     for kw in (dict(), dict(memory_bank=True, bank_negatives=8)):
         model = _model(**kw).train()
-        hist = _train(model, batch, param_groups(model, 0.0), 2e-3, 6)
+        hist = train_steps(model, batch, param_groups(model, 0.0), 2e-3, 6)
         assert hist[-1] < 0.7 * hist[0], (kw, hist)
 
 
@@ -161,5 +148,5 @@ def test_vatt_memorises_a_fixed_batch():
     demo's synthetic set the loss stays near ln B across *different* clips; this test separates
     that from a broken loss."""
     model = _model(drop_token=0.5).train()
-    losses = _train(model, make_batch(B=8, seed=3), model.parameters(), 1e-3, 40)
+    losses = train_steps(model, make_batch(B=8, seed=3), model.parameters(), 1e-3, 40)
     assert sum(losses[-5:]) / 5 < 0.25 * losses[0], losses

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from avssl.objectives.avc import AVC
 from avssl.objectives.base import param_groups
 from avssl.objectives.crisscross import CrissCross, simsiam_loss
-from tests.objectives.batches import make_batch
+from tests.objectives.batches import make_batch, train_steps
 
 TINY = dict(size="tiny", depth=1)
 
@@ -21,18 +21,6 @@ def _two_clips(B: int = 4):
     b.audio = torch.stack([b.audio, b.audio.flip(2)], dim=1)  # [B, K=2, 1, Ta, F]
     b.video = torch.stack([b.video, b.video.flip(3)], dim=1)  # [B, K=2, C, T, H, W]
     return b
-
-
-def _steps(model, batch, n: int = 6, lr: float = 2e-3) -> list[float]:
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=lr)
-    hist = []
-    for _ in range(n):
-        loss = model.compute_losses(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        hist.append(float(loss))
-    return hist
 
 
 # ---------------------------------------------------------------- AVC
@@ -74,7 +62,7 @@ def test_avc_hand_value_and_learning(batch):
         torch.nn.init.zeros_(p)  # uniform prediction: CE = ln 2 for every pair
     with torch.no_grad():
         assert float(model.compute_losses(batch)["loss"]) == pytest.approx(math.log(2), abs=1e-6)
-    hist = _steps(model, batch)
+    hist = train_steps(model, batch, param_groups(model, 0.0))
     assert hist[-1] < 0.9 * hist[0], hist
 
 
@@ -130,5 +118,5 @@ def test_crisscross_predictors_learn_fixed_targets():
     torch.manual_seed(0)
     model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8)
     model.requires_grad_(False).predictor.requires_grad_(True)
-    hist = _steps(model, _two_clips(), n=8, lr=1e-2)
+    hist = train_steps(model, _two_clips(), param_groups(model, 0.0), lr=1e-2, steps=8)
     assert hist[-1] < hist[0] - 0.2, hist

@@ -133,9 +133,8 @@ class SampleProcessor:
         meta = json.loads(sample["json"])
         out = {"key": meta.get("id", sample["__key__"]), "label": meta.get("label", -1)}
         wave: torch.Tensor | FlacWindows | None = None
-        windows = None
         if "flac" in sample and meta.get("has_audio", True) and "audio" in self.modalities:
-            wave = windows = self._recording(sample["flac"], out["key"])
+            wave = self._recording(sample["flac"], out["key"])
         try:
             if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
                 out["video"], starts, centres = self._video(sample["mp4"], gen)
@@ -144,8 +143,8 @@ class SampleProcessor:
             out["clip_start"] = starts
             out["audio"], out["audio_start"] = self._audio(wave, centres, gen)
         finally:
-            if isinstance(windows, FlacWindows):
-                windows.close()
+            if isinstance(wave, FlacWindows):
+                wave.close()
         return out
 
     def _recording(self, flac: bytes, key: str) -> torch.Tensor | FlacWindows | None:
