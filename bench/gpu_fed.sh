@@ -3,8 +3,10 @@
 # cores, with the fbank, colour jitter and normalisation in the loader workers and on the GPU
 # after the transfer (features_on), one after the other in the same run, then the CAV-MAE step
 # with its frame on a keyframe (--keyframe-starts) and the VideoMAE step with repeated sampling
-# (4 entries per decoded clip); one worker's rate in this process for each before. The VideoMAE
-# step loads video only (bench/step.py: AVDataModule(modalities=["video"])).
+# (4 entries per decoded clip), then the CAV-MAE step on keyframes from the same clips prepared
+# with their audio as WAV (data_prep --audio-codec wav: read without decoding); one worker's
+# rate in this process for each before. The VideoMAE step loads video only (bench/step.py:
+# AVDataModule(modalities=["video"])).
 # Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~8 minutes)
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run). Batches: the fast defaults
 # (CAV-MAE 128, VideoMAE 64), as in gpu_run.sh.
@@ -18,17 +20,25 @@ if [ -f "$work/shards/manifest.json" ]; then
   for frames in 1 16; do
     timeout 90 python bench/loader.py --data "$work/shards" --frames "$frames" --clips 40 --dataloader
   done 2>&1 | grep "^\[bench" | tee "$logs/loader.log"
-  for features in loader device; do
-    timeout 200 python bench/step.py --size "$size" --device "$device" --steps 10 \
-      --compile blocks --variants fast --configs cavmae,videomae --data "$work/shards" \
-      --workers "$(nproc)" --features "$features" 2>&1 | grep -v "^#   \|Warn\|^W1"
-  done | tee "$logs/step_fed.log"
+  # (the features computed in the loader workers instead: the H200 run of 2026-11-26, which
+  # waited for data 69 % of the time)
+  timeout 200 python bench/step.py --size "$size" --device "$device" --steps 10 \
+    --compile blocks --variants fast --configs cavmae,videomae --data "$work/shards" \
+    --workers "$(nproc)" --features device 2>&1 | grep -v "^#   \|Warn\|^W1" \
+    | tee "$logs/step_fed.log"
   # the CAV-MAE step fed with its frame taken from the shards' keyframes (CAV-MAE's sampling:
   # one of the frames extracted at 1 fps); a one-frame clip then decodes one frame
   timeout 100 python bench/step.py --size "$size" --device "$device" --steps 10 \
     --compile blocks --variants fast --configs cavmae --data "$work/shards" \
     --workers "$(nproc)" --features device --keyframe-starts 2>&1 | grep -v "^#   \|Warn\|^W1" \
     | tee -a "$logs/step_fed.log"
+  # the same clips with WAV audio: CAV-MAE's 10 s window is then read, not decoded
+  python -m data_prep --dataset synthetic --root "$work/raw" --out "$work/shards-wav" \
+    --workers "$(nproc)" --no-progress --audio-codec wav >>"$logs/prep.log" 2>&1 &&
+    timeout 100 python bench/step.py --size "$size" --device "$device" --steps 10 \
+      --compile blocks --variants fast --configs cavmae --data "$work/shards-wav" \
+      --workers "$(nproc)" --features device --keyframe-starts 2>&1 \
+      | grep -v "^#   \|Warn\|^W1" | tee -a "$logs/step_fed.log"
   # repeated sampling (4 entries per decoded clip) for the reconstruction-only VideoMAE step
   timeout 120 python bench/step.py --size "$size" --device "$device" --steps 10 \
     --compile blocks --variants fast --configs videomae --data "$work/shards" \

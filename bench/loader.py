@@ -31,7 +31,9 @@ what a video-only step such as VideoMAE's loads) against the same clips with the
 3.2 s audio windows (VATT's) decoded alone against cut from the whole decoded recording,
 frames converted to RGB through one swscale context per thread (``decode.to_rgb``) against
 PyAV's per-frame ``to_ndarray``,
-alternated, and repeated sampling
+alternated, shard audio stored as 16-bit PCM WAV (``data_prep --audio-codec wav``, read in place
+without decoding) against FLAC, for these clips and for CAV-MAE's sample (one frame from a
+keyframe + the 10 s window), alternated, and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
 
@@ -54,6 +56,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import soundfile
 import torch
 
 from avssl.data import decode
@@ -62,6 +65,7 @@ from avssl.data.decode import load_audio
 from avssl.data.fbank import FbankConfig
 from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table
+from avssl.data.writer import encode_wav
 
 
 def build_shards(out: Path, quick: bool, tune: str = "", raw: Path | None = None) -> Path:
@@ -91,6 +95,18 @@ def load_samples(data: Path, limit: int) -> list[dict]:
     reader = ShardReader()
     items = split_table(resolve(data), None).ordered()[:limit]
     return [reader.read(shard, key) for shard, key in items]
+
+
+def as_wav(samples: list[dict]) -> list[dict]:
+    """The samples with their FLAC member replaced by a WAV member of the same samples (what
+    ``data_prep --audio-codec wav`` writes)."""
+    out = []
+    for s in samples:
+        pcm, rate = soundfile.read(io.BytesIO(s["flac"]), dtype="int16")
+        wav = {k: v for k, v in s.items() if k != "flac"}
+        wav["wav"] = encode_wav(pcm, rate)
+        out.append(wav)
+    return out
 
 
 def naive_clip(proc: SampleProcessor, sample: dict, gen: torch.Generator) -> None:
@@ -206,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             plain = build_shards(out.with_name(out.name + "-tune-none"), args.quick, "none",
                                  raw=out / "raw")  # fmt: skip
         samples = [s for s in load_samples(data, 16) if "mp4" in s and "flac" in s]
+        if not samples:
+            ap.error(f"{data}: no samples with both an mp4 and a flac member among the first 16")
         fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
         prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
                 "video_mean": [0.485, 0.456, 0.406], "video_std": [0.229, 0.224, 0.225],
@@ -234,12 +252,20 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(2)
         )
         whole.audio_windows = False  # the recording decoded whole, the window cut from it
+        wavs = as_wav(samples)
+        cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
+            {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
+            "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
+        )  # fmt: skip
         runs = {"random": (lambda s: wave_proc(s, gen), samples),
                 "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
                 "window": (lambda s: by_window(s, gen), samples),
                 "whole": (lambda s: whole(s, gen), samples),
                 "keyframe": (lambda s: key_proc(s, gen), samples),
-                "video": (lambda s: video_proc(s, gen), samples)}  # fmt: skip
+                "video": (lambda s: video_proc(s, gen), samples),
+                "wav": (lambda s: wave_proc(s, gen), wavs),
+                "cavmae_flac": (lambda s: cavmae(s, gen), samples),
+                "cavmae_wav": (lambda s: cavmae(s, gen), wavs)}  # fmt: skip
         starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
         repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
@@ -274,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : 3.2 s audio windows decoded alone (FlacWindows), features on "
           f"the device {starts['window']:.1f} clips/s per worker, {starts['whole']:.1f} "
           f"decoding the whole recording, {starts['window'] / starts['whole']:.2f}x")  # fmt: skip
+    wav, flac = starts["wav"], starts["random"]
+    print(f"[bench loader] cpu : shard audio as WAV (--audio-codec wav), features on the device "
+          f"{wav:.1f} clips/s per worker, {flac:.1f} from FLAC, {wav / flac:.2f}x")  # fmt: skip
+    wav, flac = starts["cavmae_wav"], starts["cavmae_flac"]
+    print(f"[bench loader] cpu : shard audio as WAV, CAV-MAE's sample (1 frame from a keyframe + "
+          f"10 s), features on the device {wav:.1f} clips/s per worker, {flac:.1f} from FLAC, "
+          f"{wav / flac:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

@@ -37,10 +37,12 @@ import argparse
 import gc
 import importlib.util
 import itertools
+import json
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -367,6 +369,9 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         out["repeats"] = args.repeats
         out["keyframes"] = args.keyframe_starts
         out["modalities"] = shape.modalities
+        manifest = Path(args.data) / "manifest.json"  # a folder (not a shard URL pattern)
+        prep = json.loads(manifest.read_text()).get("prep", {}) if manifest.is_file() else {}
+        out["audio_codec"] = prep.get("audio_codec", "flac")
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -402,6 +407,11 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                 + (f"; {r['repeats']} entries per decoded sample" if r["repeats"] > 1 else "")
                 + ("; clips start on keyframes" if r["keyframes"] else "")
                 + ("" if len(r["modalities"]) == 2 else f"; {r['modalities'][0]} only")
+                + (
+                    "; WAV audio"
+                    if r["audio_codec"] == "wav" and "audio" in r["modalities"]
+                    else ""
+                )
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]

@@ -24,6 +24,7 @@ GENERIC = (
     ("crf", int, 23),
     ("preset", str, "veryfast"),
     ("tune", str, "fastdecode"),
+    ("audio_codec", str, "flac"),
     ("stats_clips", int, 2000),
 )
 SPECIFIC = (

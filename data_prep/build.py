@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from avssl.cli import UserError
-from avssl.data.writer import EncodeSettings, FbankStats, check_tune, write_json
+from avssl.data.writer import AUDIO_CODECS, EncodeSettings, FbankStats, check_tune, write_json
 from data_prep.common import Context, Item, Plan
 from data_prep.shards import run_shards
 
@@ -148,6 +148,7 @@ def prepare_dataset(
     crf: int = 23,
     preset: str = "veryfast",
     tune: str = "fastdecode",
+    audio_codec: str = "flac",
     stats_clips: int = 2000,
     progress: bool = True,
     log: Callable[[str], None] = _log,
@@ -164,6 +165,8 @@ def prepare_dataset(
         max_failures: only recorded in ``manifest["prep"]``; the CLI turns it into the exit code.
         shard_size: samples per shard. short_side, max_fps, sample_rate, crf, preset, tune:
             encoding (tune: libx264's, "none" for none; see writer.X264_TUNES).
+        audio_codec: the audio member, "flac" (lossless, smaller) or "wav" (16-bit PCM, the
+            same samples; the loader reads it without decoding).
         stats_clips: clips (with audio) used for the fbank mean/std.
         progress: show progress bars. log: one-line messages.
         **options: dataset-specific options (pattern, csv, labels, layout, num_classes, ...).
@@ -177,6 +180,10 @@ def prepare_dataset(
         tune = check_tune(tune)
     except ValueError as err:
         raise UserError(f"--tune: {err}") from None
+    if audio_codec not in AUDIO_CODECS:
+        raise UserError(
+            f"--audio-codec must be one of {', '.join(AUDIO_CODECS)}, got {audio_codec!r}"
+        )
     if out is None or str(out) == "":
         raise UserError("OUT (--out) is required")
     out = Path(out)
@@ -191,6 +198,7 @@ def prepare_dataset(
         log(note)
     settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
     settings.tune = tune or "none"
+    settings.audio_codec = audio_codec
     settings.threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers > 1 else 0
     check = {
         **settings.to_dict(),
@@ -202,7 +210,6 @@ def prepare_dataset(
     prep = {
         **check,
         "video_codec": "h264",
-        "audio_codec": "flac",
         "shard_size": shard_size,
         "max_failures": max_failures,
         "root": str(root_p) if root_p else None,

@@ -56,8 +56,8 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
     members = {}
     if conv.mp4 is not None:
         members["mp4"] = conv.mp4
-    if conv.flac is not None:
-        members["flac"] = conv.flac
+    if conv.audio is not None:
+        members[conv.audio_codec] = conv.audio
     members["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
     result["members"] = members
     if task["stats"] and conv.wave is not None:

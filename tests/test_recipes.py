@@ -26,15 +26,19 @@ NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in NOT_RECIP
 DEBUG_STEPS = 4  # recipes/debug.yaml: trainer.max_steps
 
 
-def build_tiny_shards(base: Path) -> Path:
-    """Synthetic shards (3 classes x 4 clips) built once per session under ``base``."""
-    out = base / "avssl_tiny_synthetic"
+def build_tiny_shards(base: Path, audio_codec: str = "flac") -> Path:
+    """Synthetic shards (3 classes x 4 clips) built once per session under ``base`` (with WAV
+    audio: the same clips, prepared again)."""
+    out = base / ("avssl_tiny_synthetic" + ("" if audio_codec == "flac" else f"_{audio_codec}"))
     if not (out / "manifest.json").is_file():
         from data_prep import prepare_dataset
 
+        root = base / "avssl_tiny_synthetic" / "raw"
         prepare_dataset(
             "synthetic",
+            root=root if root.is_dir() else None,
             out=out,
+            audio_codec=audio_codec,
             workers=1,
             num_classes=3,
             clips_per_class=4,

@@ -39,6 +39,14 @@ RGB = re.compile(
     r"on the device ([\d.]+) clips/s per worker, ([\d.]+) with PyAV's per-frame to_ndarray, "
     r"([\d.]+)x"
 )
+WAV = re.compile(
+    r"\[bench loader\] cpu : shard audio as WAV \(--audio-codec wav\), features on the device "
+    r"([\d.]+) clips/s per worker, ([\d.]+) from FLAC, ([\d.]+)x"
+)
+WAV_CAVMAE = re.compile(
+    r"\[bench loader\] cpu : shard audio as WAV, CAV-MAE's sample \(1 frame from a keyframe \+ "
+    r"10 s\), features on the device ([\d.]+) clips/s per worker, ([\d.]+) from FLAC, ([\d.]+)x"
+)
 THROUGH = re.compile(
     r"\[bench loader\] 1-worker DataLoader, batches of 16: all in the worker ([\d.]+) "
     r"clips/s, features on the device ([\d.]+) clips/s, ([\d.]+)x"
@@ -80,6 +88,9 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     _one_ratio_line(WINDOWS, done.stdout)
     shared, _, _ = _one_ratio_line(RGB, done.stdout)
     assert shared == rnd
+    _, flac, _ = _one_ratio_line(WAV, done.stdout)
+    assert flac == rnd
+    _one_ratio_line(WAV_CAVMAE, done.stdout)
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -42,6 +42,7 @@ def test_real_clips_through_folder(tmp_path):
     manifest = prepare_dataset("folder", root, None, out, progress=False)
     assert manifest["num_samples"] == 3 and manifest["num_failed"] == 0
     assert manifest["prep"]["tune"] == "fastdecode" and manifest["prep"]["crf"] == 23
+    assert manifest["prep"]["audio_codec"] == "flac"
     samples = read_shards(out)
     for name, (duration, fps, has_audio, size) in REAL.items():
         key = f"folder/{name}"
@@ -108,6 +109,7 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
         ("bad_number", "--workers: expected int"),
         ("missing_splits", "SPLITS"),
         ("bad_tune", "--tune: unknown x264 tune 'fastdecoding'"),
+        ("bad_audio_codec", "--audio-codec must be one of flac, wav, got 'mp3'"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
@@ -123,6 +125,7 @@ def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
         "bad_number": ["--dataset", "folder", "--root", str(root), "--workers", "two"],
         "missing_splits": ["--dataset", "ucf101", "--root", str(root), "--splits", str(root / "s")],
         "bad_tune": ["--dataset", "folder", "--root", str(root), "--tune", "fastdecoding"],
+        "bad_audio_codec": ["--dataset", "folder", "--root", str(root), "--audio-codec", "mp3"],
     }[case]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

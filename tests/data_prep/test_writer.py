@@ -19,6 +19,7 @@ from avssl.data.writer import (
     check_tune,
     convert,
     encode_flac,
+    encode_wav,
     output_size,
 )
 
@@ -102,7 +103,8 @@ def test_fps_capped_by_dropping_frames_uniformly(media):
 def test_audio_is_mono_16k_flac_aligned(media):
     conv = convert(media["av"], EncodeSettings())
     assert conv.meta["has_audio"] and conv.meta["audio_sample_rate"] == 16000
-    data, rate, channels = decode_audio(conv.flac)
+    assert conv.audio_codec == "flac" and conv.audio[:4] == b"fLaC"
+    data, rate, channels = decode_audio(conv.audio)
     assert rate == 16000 and channels == 1
     assert len(data) == conv.meta["audio_num_samples"]
     assert abs(len(data) / 16000 - 1.2) < 0.1  # 1.2 s tone
@@ -135,11 +137,22 @@ def test_bad_media_reasons(media, name, reason):
         convert(media[name], EncodeSettings())
 
 
-def test_flac_roundtrip_exact():
-    samples = (np.sin(np.arange(20000) / 7) * 12000).astype(np.int16)
-    data, rate, channels = decode_audio(encode_flac(samples, 16000))
+@pytest.mark.parametrize("encode", [encode_flac, encode_wav])
+def test_audio_roundtrip_exact(encode):
+    samples = (np.sin(np.arange(20001) / 7) * 12000).astype(np.int16)  # odd count: padded chunk
+    data, rate, channels = decode_audio(encode(samples, 16000))
     assert rate == 16000 and channels == 1
     np.testing.assert_array_equal(data, samples)
+
+
+def test_wav_audio_codec_stores_the_flac_samples(media):
+    """``audio_codec="wav"``: a 16-bit PCM WAV member with the samples FLAC stores."""
+    flac = convert(media["av"], EncodeSettings())
+    wav = convert(media["av"], EncodeSettings(audio_codec="wav"))
+    assert wav.audio_codec == "wav" and wav.audio[:4] == b"RIFF" and wav.audio[8:12] == b"WAVE"
+    assert wav.mp4 == flac.mp4 and wav.meta == flac.meta
+    np.testing.assert_array_equal(decode_audio(wav.audio)[0], decode_audio(flac.audio)[0])
+    np.testing.assert_array_equal(wav.wave, flac.wave)
 
 
 def test_shard_writer_renames_on_close_only(tmp_path):

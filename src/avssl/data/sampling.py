@@ -46,6 +46,7 @@ from avssl.data.decode import (
     ClipSpec,
     FlacWindows,
     MediaError,
+    PcmWave,
     decode_clips_on_keyframes,
     decode_frames_at,
     load_audio,
@@ -67,6 +68,7 @@ from avssl.data.transforms import (
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
 MODALITIES = ("audio", "video")
+AUDIO_MEMBERS = ("flac", "wav")  # a shard sample's audio: FLAC (data_prep's default) or WAV
 
 
 def check_modalities(modalities, audio_mode: str = "aligned") -> tuple[str, ...]:
@@ -87,7 +89,8 @@ CHUNK = 64  # clips per batched call on the device (~135 MB of spectra at 1024 f
 
 
 class SampleProcessor:
-    """Turns one shard sample (``{"__key__", "mp4", "flac", "json"}`` bytes) into tensors.
+    """Turns one shard sample (``{"__key__", "mp4", "flac" or "wav", "json"}`` bytes) into
+    tensors.
 
     Training draws ``num_clips`` random clip times (with ``keyframe_starts``, each moved back
     to the keyframe at or before it, see ``decode_clips_on_keyframes``); evaluation takes
@@ -132,9 +135,10 @@ class SampleProcessor:
     def __call__(self, sample: dict, gen: torch.Generator) -> dict:
         meta = json.loads(sample["json"])
         out = {"key": meta.get("id", sample["__key__"]), "label": meta.get("label", -1)}
-        wave: torch.Tensor | FlacWindows | None = None
-        if "flac" in sample and meta.get("has_audio", True) and "audio" in self.modalities:
-            wave = self._recording(sample["flac"], out["key"])
+        wave: torch.Tensor | FlacWindows | PcmWave | None = None
+        member = next((m for m in AUDIO_MEMBERS if m in sample), None)
+        if member and meta.get("has_audio", True) and "audio" in self.modalities:
+            wave = self._recording(sample[member], out["key"], member)
         try:
             if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
                 out["video"], starts, centres = self._video(sample["mp4"], gen)
@@ -147,20 +151,27 @@ class SampleProcessor:
                 wave.close()
         return out
 
-    def _recording(self, flac: bytes, key: str) -> torch.Tensor | FlacWindows | None:
-        """The sample's audio: shard FLAC read window by window when the windows cover less
-        than the recording (``FlacWindows``), else decoded whole; None when it is empty."""
+    def _recording(self, data: bytes, key: str, member: str = "flac"):
+        """The sample's audio: shard WAV read in place (``PcmWave``), shard FLAC read window by
+        window when the windows cover less than the recording (``FlacWindows``), else decoded
+        whole; None when it is empty."""
+        try:
+            pcm = PcmWave.open(data, self.fbank.sample_rate)
+        except MediaError as err:
+            raise MediaError(f"{key}: {err}") from None
+        if pcm is not None:
+            return pcm if len(pcm) else None
         if self.audio_windows:
-            windows = FlacWindows.open(flac, self.fbank.sample_rate)
+            windows = FlacWindows.open(data, self.fbank.sample_rate)
             if windows is not None and self.k * self.window < len(windows):
                 return windows
             if windows is not None:  # the windows cover it all: one read of the whole
                 with windows:
                     whole = windows[0 : len(windows)]
                 return whole if len(whole) else None
-        wave, has_audio = load_audio(flac, self.fbank.sample_rate)
+        wave, has_audio = load_audio(data, self.fbank.sample_rate)
         if not has_audio:
-            raise MediaError(f"{key}: flac member has no audio stream")
+            raise MediaError(f"{key}: {member} member has no audio stream")
         return wave if len(wave) else None  # an empty recording counts as missing audio
 
     def _video(self, data: bytes, gen: torch.Generator):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tarfile
+import wave as wavfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -44,6 +45,8 @@ X264_TUNES = (
     "fastdecode",
     "zerolatency",
 )
+# Shard audio members: FLAC (lossless, ~30-60 % of WAV's bytes) or WAV (read without decoding).
+AUDIO_CODECS = ("flac", "wav")
 
 
 def check_tune(tune: str) -> str:
@@ -78,6 +81,7 @@ class EncodeSettings:
     preset: str = "veryfast"
     gop_seconds: float = 1.0
     tune: str = "fastdecode"
+    audio_codec: str = "flac"
     threads: int = 0
 
     def to_dict(self) -> dict:
@@ -88,12 +92,14 @@ class EncodeSettings:
 
 @dataclass
 class Converted:
-    """Result of :func:`convert`: member bytes, metadata and the mono float waveform."""
+    """Result of :func:`convert`: member bytes (``audio`` under the member name
+    ``audio_codec``), metadata and the mono float waveform."""
 
     mp4: bytes | None
-    flac: bytes | None
+    audio: bytes | None
     meta: dict[str, Any]
     wave: np.ndarray | None
+    audio_codec: str = "flac"
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -238,6 +244,17 @@ def encode_flac(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono int16 samples ``[S]`` -> 16-bit PCM WAV file bytes (a 44-byte RIFF header)."""
+    buf = io.BytesIO()
+    with wavfile.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+    return buf.getvalue()
+
+
 def _open(path: Path) -> Any:
     if not path.is_file():
         raise MediaError("file not found")
@@ -314,7 +331,7 @@ def _finish_audio(acol: _AudioCollector, counts: dict[str, Any]) -> np.ndarray:
 def convert(
     path: str | Path, settings: EncodeSettings, want_video: bool = True, require_video: bool = True
 ) -> Converted:
-    """Transcodes one media file to shard members (H.264 mp4 without audio, mono FLAC).
+    """Transcodes one media file to shard members (H.264 mp4 without audio, mono FLAC or WAV).
 
     Raises:
         MediaError: unreadable, zero-byte, truncated or codec-less file, no video stream when
@@ -346,9 +363,12 @@ def convert(
     meta["audio_num_samples"] = n
     if mp4 is None:
         meta["duration"] = round(n / settings.sample_rate, 4)
-    flac = encode_flac(samples, settings.sample_rate) if samples is not None else None
+    audio = None
+    if samples is not None:
+        encode = encode_wav if settings.audio_codec == "wav" else encode_flac
+        audio = encode(samples, settings.sample_rate)
     wave = samples.astype(np.float32) / 32768.0 if samples is not None else None
-    return Converted(mp4=mp4, flac=flac, meta=meta, wave=wave)
+    return Converted(mp4=mp4, audio=audio, meta=meta, wave=wave, audio_codec=settings.audio_codec)
 
 
 class ShardWriter:
