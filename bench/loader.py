@@ -39,7 +39,9 @@ times and augmentation, from one decoded sample.
 
 ``--dataloader`` also times whole batches of 16 through a DataLoader with one worker process
 (batching and the transfer to the main process included, the device's share left out), with
-everything in the worker and with the features left to the device, alternated.
+everything in the worker and with the features left to the device, alternated. ``--scan
+1,8,16`` times batches of 64 through DataLoaders with those numbers of workers (features on the
+device): how the loader scales with the cores.
 
 Run: ``python bench/loader.py [--data DIR] [--clips 60] [--quick] [--dataloader]``.
 """
@@ -65,7 +67,7 @@ from avssl.data.decode import load_audio
 from avssl.data.fbank import FbankConfig
 from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table
-from avssl.data.writer import encode_wav
+from avssl.data.writer import encode_flac, encode_wav
 
 
 def build_shards(out: Path, quick: bool, tune: str = "", raw: Path | None = None) -> Path:
@@ -97,15 +99,19 @@ def load_samples(data: Path, limit: int) -> list[dict]:
     return [reader.read(shard, key) for shard, key in items]
 
 
-def as_wav(samples: list[dict]) -> list[dict]:
-    """The samples with their FLAC member replaced by a WAV member of the same samples (what
-    ``data_prep --audio-codec wav`` writes)."""
+def with_audio(samples: list[dict], codec: str) -> list[dict]:
+    """The samples with their audio member in ``codec`` ("flac" or "wav", what
+    ``data_prep --audio-codec`` writes), the same samples."""
     out = []
     for s in samples:
-        pcm, rate = soundfile.read(io.BytesIO(s["flac"]), dtype="int16")
-        wav = {k: v for k, v in s.items() if k != "flac"}
-        wav["wav"] = encode_wav(pcm, rate)
-        out.append(wav)
+        have = "flac" if "flac" in s else "wav"
+        if have == codec:
+            out.append(s)
+            continue
+        pcm, rate = soundfile.read(io.BytesIO(s[have]), dtype="int16")
+        converted = {k: v for k, v in s.items() if k != have}
+        converted[codec] = encode_wav(pcm, rate) if codec == "wav" else encode_flac(pcm, rate)
+        out.append(converted)
     return out
 
 
@@ -120,7 +126,7 @@ def naive_clip(proc: SampleProcessor, sample: dict, gen: torch.Generator) -> Non
     start = spec.random_starts(len(frames) / fps, fps, 1, gen)[0]
     idx = [min(len(frames) - 1, round(t * fps)) for t in spec.frame_times(start, fps)]
     proc.video_tf(torch.from_numpy(np.stack([frames[i] for i in idx])), gen)
-    wave, _ = load_audio(sample["flac"], proc.fbank.sample_rate)
+    wave, _ = load_audio(sample.get("flac", sample.get("wav")), proc.fbank.sample_rate)
     proc._audio(wave, [start + spec.span_s(fps) / 2], gen)
 
 
@@ -196,6 +202,30 @@ def dataloader_rates(data: Path, prep: dict, rounds: int, batches: int) -> dict[
     return {mode: sum(v) / len(v) for mode, v in rates.items()}
 
 
+def scan_rates(data: Path, prep: dict, workers: list[int], batch: int, batches: int) -> list:
+    """Clips/s of a DataLoader with each number of workers (features on the device, clips on
+    keyframes for one frame): how the loader scales with the cores (on a shared-core machine
+    this includes hyperthreads and the main process's share)."""
+    from avssl.data.datamodule import AVDataModule
+
+    got = []
+    for n in workers:
+        dm = AVDataModule(data=str(data), train_split=None, batch_size=batch, num_workers=n,
+                          num_frames=prep["num_frames"], frame_stride=prep["frame_stride"],
+                          crop_size=prep["crop_size"], features_on="device",
+                          audio_frames=prep["fbank"]["target_frames"], batches_per_epoch=10**6,
+                          keyframe_starts=prep["num_frames"] == 1)  # fmt: skip
+        batches_in = iter(dm.train_dataloader())
+        for _ in range(2 * n):  # the workers' start and their first batches
+            next(batches_in)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(batches_in)
+        got.append((n, batch * batches / (time.perf_counter() - t0)))
+        del batches_in
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="prepared shards to read (default: build)")
@@ -208,7 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     ap.add_argument("--dataloader", action="store_true", help="also time a 1-worker DataLoader")
     ap.add_argument("--repeats", type=int, default=4, help="entries per sample, repeated sampling")
+    ap.add_argument("--scan", default="", help="also time DataLoaders with these worker counts")
     args = ap.parse_args(argv)
+    try:
+        scan = [int(n) for n in args.scan.split(",") if n.strip()]
+    except ValueError:
+        ap.error(f"--scan takes worker counts joined by commas, got {args.scan!r}")
+    if any(n < 1 for n in scan):
+        ap.error(f"--scan: worker counts must be >= 1, got {args.scan!r}")
     if args.repeats < 1 or args.clips < 1:
         ap.error("--repeats and --clips must be >= 1")
     tune_worker_process()  # this process does what one DataLoader worker does
@@ -221,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             plain = build_shards(out.with_name(out.name + "-tune-none"), args.quick, "none",
                                  raw=out / "raw")  # fmt: skip
-        samples = [s for s in load_samples(data, 16) if "mp4" in s and "flac" in s]
+        samples = [s for s in load_samples(data, 16) if "mp4" in s and ("flac" in s or "wav" in s)]
         if not samples:
-            ap.error(f"{data}: no samples with both an mp4 and a flac member among the first 16")
+            ap.error(f"{data}: no samples with both video and audio among the first 16")
         fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
         prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
                 "video_mean": [0.485, 0.456, 0.406], "video_std": [0.229, 0.224, 0.225],
@@ -252,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(2)
         )
         whole.audio_windows = False  # the recording decoded whole, the window cut from it
-        wavs = as_wav(samples)
+        wavs, flacs = with_audio(samples, "wav"), with_audio(samples, "flac")
         cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
             {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
             "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
@@ -264,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 "keyframe": (lambda s: key_proc(s, gen), samples),
                 "video": (lambda s: video_proc(s, gen), samples),
                 "wav": (lambda s: wave_proc(s, gen), wavs),
-                "cavmae_flac": (lambda s: cavmae(s, gen), samples),
+                "flac": (lambda s: wave_proc(s, gen), flacs),
+                "cavmae_flac": (lambda s: cavmae(s, gen), flacs),
                 "cavmae_wav": (lambda s: cavmae(s, gen), wavs)}  # fmt: skip
         starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
@@ -272,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataloader:
             rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
             through = dataloader_rates(data, prep, rounds, n)
+        if scan:
+            scanned = scan_rates(data, prep, scan, 8 if args.quick else 64, 2 if args.quick else 10)
         naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
         if plain is not None:
             coding = encoding_rates(plain, samples, wave_proc, gen, args.clips)
@@ -300,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : 3.2 s audio windows decoded alone (FlacWindows), features on "
           f"the device {starts['window']:.1f} clips/s per worker, {starts['whole']:.1f} "
           f"decoding the whole recording, {starts['window'] / starts['whole']:.2f}x")  # fmt: skip
-    wav, flac = starts["wav"], starts["random"]
+    wav, flac = starts["wav"], starts["flac"]
     print(f"[bench loader] cpu : shard audio as WAV (--audio-codec wav), features on the device "
           f"{wav:.1f} clips/s per worker, {flac:.1f} from FLAC, {wav / flac:.2f}x")  # fmt: skip
     wav, flac = starts["cavmae_wav"], starts["cavmae_flac"]
@@ -313,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench loader] shard encoding, features on the device: x264 tune fastdecode "
               f"(data_prep's default) {tuned:.1f} clips/s per worker (cpu), tune none "
               f"{untuned:.1f}, {tuned / untuned:.2f}x; video bytes {grow:+.1%}")  # fmt: skip
+    for n, r in scanned if scan else []:
+        print(f"[bench loader] DataLoader with {n} workers, features on the device: {r:.1f} "
+              f"clips/s, {r / n:.1f} per worker")  # fmt: skip
     if args.dataloader:
         lo, dev = through["loader"], through["device"]
         print(f"[bench loader] 1-worker DataLoader, batches of 16: all in the worker {lo:.1f} "
