@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         runs = {"random": (lambda s: wave_proc(s, gen), samples),
                 "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
-                "window": (lambda s: by_window(s, gen), samples),
-                "whole": (lambda s: whole(s, gen), samples),
+                "window": (lambda s: by_window(s, gen), flacs),  # FLAC even from WAV shards
+                "whole": (lambda s: whole(s, gen), flacs),
                 "keyframe": (lambda s: key_proc(s, gen), samples),
                 "video": (lambda s: video_proc(s, gen), samples),
                 "wav": (lambda s: wave_proc(s, gen), wavs),

@@ -45,7 +45,8 @@ X264_TUNES = (
     "fastdecode",
     "zerolatency",
 )
-# Shard audio members: FLAC (lossless, ~30-60 % of WAV's bytes) or WAV (read without decoding).
+# Shard audio members: FLAC (lossless; 66-74 % of WAV's bytes on the clips measured, see
+# data_prep/README.md) or WAV (read without decoding).
 AUDIO_CODECS = ("flac", "wav")
 
 
