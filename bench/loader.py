@@ -33,7 +33,8 @@ frames converted to RGB through one swscale context per thread (``decode.to_rgb`
 PyAV's per-frame ``to_ndarray``,
 alternated, shard audio stored as 16-bit PCM WAV (``data_prep --audio-codec wav``, read in place
 without decoding) against FLAC, for these clips and for CAV-MAE's sample (one frame from a
-keyframe + the 10 s window), alternated, and repeated sampling
+keyframe + the 10 s window), that sample's frame taken from JPEG frames at 1 fps
+(``data_prep --jpeg-fps 1``) against the mp4's keyframes, alternated, and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -67,7 +69,7 @@ from avssl.data.decode import load_audio
 from avssl.data.fbank import FbankConfig
 from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table
-from avssl.data.writer import encode_flac, encode_wav
+from avssl.data.writer import EncodeSettings, JpegFrames, encode_flac, encode_wav
 
 
 def build_shards(out: Path, quick: bool, tune: str = "", raw: Path | None = None) -> Path:
@@ -111,6 +113,24 @@ def with_audio(samples: list[dict], codec: str) -> list[dict]:
         pcm, rate = soundfile.read(io.BytesIO(s[have]), dtype="int16")
         converted = {k: v for k, v in s.items() if k != have}
         converted[codec] = encode_wav(pcm, rate) if codec == "wav" else encode_flac(pcm, rate)
+        out.append(converted)
+    return out
+
+
+def with_jpeg_frames(samples: list[dict], fps: float) -> list[dict]:
+    """The samples with their mp4 replaced by JPEG frames at ``fps`` (what ``data_prep
+    --jpeg-fps`` writes, here from the mp4's decoded frames instead of the source's)."""
+    out = []
+    for s in samples:
+        with av.open(io.BytesIO(s["mp4"])) as c:
+            stream = c.streams.video[0]
+            sink = JpegFrames(stream, EncodeSettings(short_side=10**4, jpeg_fps=fps))
+            for frame in c.decode(stream):
+                sink.push(frame)
+        jpegs, info = sink.finish()
+        converted = {k: v for k, v in s.items() if k != "mp4"}
+        converted.update({f"f{i:03d}.jpg": data for i, data in enumerate(jpegs)})
+        converted["json"] = json.dumps({**json.loads(s["json"]), **info}).encode()
         out.append(converted)
     return out
 
@@ -290,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         whole.audio_windows = False  # the recording decoded whole, the window cut from it
         wavs, flacs = with_audio(samples, "wav"), with_audio(samples, "flac")
+        jpegs = with_jpeg_frames(wavs, 1.0)
         cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
             {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
             "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
@@ -303,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 "wav": (lambda s: wave_proc(s, gen), wavs),
                 "flac": (lambda s: wave_proc(s, gen), flacs),
                 "cavmae_flac": (lambda s: cavmae(s, gen), flacs),
-                "cavmae_wav": (lambda s: cavmae(s, gen), wavs)}  # fmt: skip
+                "cavmae_wav": (lambda s: cavmae(s, gen), wavs),
+                "cavmae_jpeg": (lambda s: cavmae(s, gen), jpegs)}  # fmt: skip
         starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
         repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
@@ -347,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : shard audio as WAV, CAV-MAE's sample (1 frame from a keyframe + "
           f"10 s), features on the device {wav:.1f} clips/s per worker, {flac:.1f} from FLAC, "
           f"{wav / flac:.2f}x")  # fmt: skip
+    jpeg, mp4 = starts["cavmae_jpeg"], starts["cavmae_wav"]
+    print(f"[bench loader] cpu : CAV-MAE's sample with WAV audio, its frame from JPEG frames at 1 "
+          f"fps (--jpeg-fps 1), features on the device {jpeg:.1f} clips/s per worker, {mp4:.1f} "
+          f"from the mp4's keyframes, {jpeg / mp4:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

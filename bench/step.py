@@ -372,6 +372,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         manifest = Path(args.data) / "manifest.json"  # a folder (not a shard URL pattern)
         prep = json.loads(manifest.read_text()).get("prep", {}) if manifest.is_file() else {}
         out["audio_codec"] = prep.get("audio_codec", "flac")
+        out["jpeg_fps"] = float(prep.get("jpeg_fps") or 0)
     del model, step, fixed, source
     torch._dynamo.reset()  # compiled graphs hold the model
     gc.collect()
@@ -412,6 +413,7 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                     if r["audio_codec"] == "wav" and "audio" in r["modalities"]
                     else ""
                 )
+                + (f"; JPEG frames at {r['jpeg_fps']:g} fps" if r["jpeg_fps"] > 0 else "")
             )
     if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
         ratio = results["fast"]["sps"] / results["baseline"]["sps"]

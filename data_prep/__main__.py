@@ -25,6 +25,7 @@ GENERIC = (
     ("preset", str, "veryfast"),
     ("tune", str, "fastdecode"),
     ("audio_codec", str, "flac"),
+    ("jpeg_fps", float, 0.0),
     ("stats_clips", int, 2000),
 )
 SPECIFIC = (

@@ -149,6 +149,7 @@ def prepare_dataset(
     preset: str = "veryfast",
     tune: str = "fastdecode",
     audio_codec: str = "flac",
+    jpeg_fps: float = 0.0,
     stats_clips: int = 2000,
     progress: bool = True,
     log: Callable[[str], None] = _log,
@@ -167,6 +168,8 @@ def prepare_dataset(
             encoding (tune: libx264's, "none" for none; see writer.X264_TUNES).
         audio_codec: the audio member, "flac" (lossless, smaller) or "wav" (16-bit PCM, the
             same samples; the loader reads it without decoding).
+        jpeg_fps: > 0 keeps the video as one JPEG frame per ``1 / jpeg_fps`` seconds instead
+            of the mp4 (sparse-frame recipes); 0 (default) writes the mp4.
         stats_clips: clips (with audio) used for the fbank mean/std.
         progress: show progress bars. log: one-line messages.
         **options: dataset-specific options (pattern, csv, labels, layout, num_classes, ...).
@@ -184,6 +187,8 @@ def prepare_dataset(
         raise UserError(
             f"--audio-codec must be one of {', '.join(AUDIO_CODECS)}, got {audio_codec!r}"
         )
+    if not 0 <= float(jpeg_fps) <= float(max_fps):
+        raise UserError(f"--jpeg-fps must be 0 (mp4) or within (0, max-fps], got {jpeg_fps}")
     if out is None or str(out) == "":
         raise UserError("OUT (--out) is required")
     out = Path(out)
@@ -199,6 +204,7 @@ def prepare_dataset(
     settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
     settings.tune = tune or "none"
     settings.audio_codec = audio_codec
+    settings.jpeg_fps = float(jpeg_fps)
     settings.threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers > 1 else 0
     check = {
         **settings.to_dict(),
@@ -209,7 +215,7 @@ def prepare_dataset(
     sidecars = _convert(plan, out, settings, check, int(workers), int(shard_size), progress, log)
     prep = {
         **check,
-        "video_codec": "h264",
+        "video_codec": "mjpeg" if float(jpeg_fps) > 0 else "h264",
         "shard_size": shard_size,
         "max_failures": max_failures,
         "root": str(root_p) if root_p else None,

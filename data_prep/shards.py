@@ -56,6 +56,8 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
     members = {}
     if conv.mp4 is not None:
         members["mp4"] = conv.mp4
+    for i, jpeg in enumerate(conv.frames or []):
+        members[f"f{i:03d}.jpg"] = jpeg
     if conv.audio is not None:
         members[conv.audio_codec] = conv.audio
     members["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")

@@ -26,10 +26,13 @@ NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in NOT_RECIP
 DEBUG_STEPS = 4  # recipes/debug.yaml: trainer.max_steps
 
 
-def build_tiny_shards(base: Path, audio_codec: str = "flac") -> Path:
+def build_tiny_shards(base: Path, audio_codec: str = "flac", jpeg_fps: float = 0.0) -> Path:
     """Synthetic shards (3 classes x 4 clips) built once per session under ``base`` (with WAV
-    audio: the same clips, prepared again)."""
-    out = base / ("avssl_tiny_synthetic" + ("" if audio_codec == "flac" else f"_{audio_codec}"))
+    audio or JPEG frames: the same clips, prepared again)."""
+    variant = ("" if audio_codec == "flac" else f"_{audio_codec}") + (
+        f"_jpeg{jpeg_fps:g}" if jpeg_fps else ""
+    )
+    out = base / ("avssl_tiny_synthetic" + variant)
     if not (out / "manifest.json").is_file():
         from data_prep import prepare_dataset
 
@@ -39,6 +42,7 @@ def build_tiny_shards(base: Path, audio_codec: str = "flac") -> Path:
             root=root if root.is_dir() else None,
             out=out,
             audio_codec=audio_codec,
+            jpeg_fps=jpeg_fps,
             workers=1,
             num_classes=3,
             clips_per_class=4,

@@ -126,14 +126,22 @@ def test_reference_configs_do_the_reference_work(name: str, expected: float) -> 
 
 @pytest.mark.parametrize(
     "features,repeats,keyframes,audio",
-    [("loader", 1, False, "flac"), ("device", 1, True, "wav"), ("device", 2, False, "flac")],
+    [
+        ("loader", 1, False, "flac"),
+        ("device", 1, True, "wav"),
+        ("device", 2, False, "flac"),
+        ("device", 1, False, "jpeg"),
+    ],
 )
 def test_fed_step_runs_from_shards_with_features_either_place(
     features: str, repeats: int, keyframes: bool, audio: str, tmp_path_factory
 ):
     from tests.test_recipes import build_tiny_shards
 
-    shards = build_tiny_shards(tmp_path_factory.getbasetemp(), audio)
+    jpeg = audio == "jpeg"  # JPEG frames at 1 fps with WAV audio
+    shards = build_tiny_shards(
+        tmp_path_factory.getbasetemp(), "wav" if jpeg else audio, 1.0 if jpeg else 0.0
+    )
     args = ["--device", "cpu", "--size", "tiny", "--configs", "cavmae", "--variants", "fast",
             "--steps", "2", "--warmup", "1", "--threads", "1", "--workers", "1",
             "--data", str(shards), "--split", "all", "--features", features,
@@ -146,6 +154,8 @@ def test_fed_step_runs_from_shards_with_features_either_place(
         where += f"; {repeats} entries per decoded sample"
     if keyframes:
         where += "; clips start on keyframes"
-    if audio == "wav":
+    if audio in ("wav", "jpeg"):
         where += "; WAV audio"
+    if jpeg:
+        where += "; JPEG frames at 1 fps"
     assert fed[0].endswith(where) and float(fed[0].split()[2]) > 0, fed[0]

@@ -47,6 +47,11 @@ WAV_CAVMAE = re.compile(
     r"\[bench loader\] cpu : shard audio as WAV, CAV-MAE's sample \(1 frame from a keyframe \+ "
     r"10 s\), features on the device ([\d.]+) clips/s per worker, ([\d.]+) from FLAC, ([\d.]+)x"
 )
+JPEG = re.compile(
+    r"\[bench loader\] cpu : CAV-MAE's sample with WAV audio, its frame from JPEG frames at 1 "
+    r"fps \(--jpeg-fps 1\), features on the device ([\d.]+) clips/s per worker, ([\d.]+) from "
+    r"the mp4's keyframes, ([\d.]+)x"
+)
 SCAN = re.compile(
     r"\[bench loader\] DataLoader with (\d+) workers, features on the device: ([\d.]+) "
     r"clips/s, ([\d.]+) per worker"
@@ -93,7 +98,9 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     shared, _, _ = _one_ratio_line(RGB, done.stdout)
     assert shared == rnd
     _one_ratio_line(WAV, done.stdout)
-    _one_ratio_line(WAV_CAVMAE, done.stdout)
+    _, mp4, _ = _one_ratio_line(JPEG, done.stdout)
+    wav, _, _ = _one_ratio_line(WAV_CAVMAE, done.stdout)
+    assert mp4 == wav  # the same run, printed twice
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])

@@ -110,6 +110,8 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
         ("missing_splits", "SPLITS"),
         ("bad_tune", "--tune: unknown x264 tune 'fastdecoding'"),
         ("bad_audio_codec", "--audio-codec must be one of flac, wav, got 'mp3'"),
+        ("negative_jpeg_fps", "--jpeg-fps must be 0 (mp4) or within (0, max-fps], got -1.0"),
+        ("jpeg_fps_over_max", "--jpeg-fps must be 0 (mp4) or within (0, max-fps], got 60.0"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
@@ -126,6 +128,8 @@ def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
         "missing_splits": ["--dataset", "ucf101", "--root", str(root), "--splits", str(root / "s")],
         "bad_tune": ["--dataset", "folder", "--root", str(root), "--tune", "fastdecoding"],
         "bad_audio_codec": ["--dataset", "folder", "--root", str(root), "--audio-codec", "mp3"],
+        "negative_jpeg_fps": ["--dataset", "folder", "--root", str(root), "--jpeg-fps", "-1"],
+        "jpeg_fps_over_max": ["--dataset", "folder", "--root", str(root), "--jpeg-fps", "60"],
     }[case]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

@@ -199,3 +199,27 @@ def test_timestamp_gaps_filled_short_closed_long(tmp_path, jump, expected):
             out.mux(packet)
     conv = convert(path, EncodeSettings())
     assert conv.meta["fps"] == 10.0 and conv.meta["num_frames"] == expected
+
+
+@pytest.mark.parametrize(
+    "name,jpeg_fps,expected", [("av", 2, [0, 5, 10]), ("fast", 4, [0, 15, 30, 45])]
+)
+def test_jpeg_frames_are_the_source_frames_nearest_each_time(media, name, jpeg_fps, expected):
+    """``jpeg_fps``: one JPEG per 1 / jpeg_fps s, each the source frame shown then (frame i of
+    the test clips has green level 13 i mod 256 and a white column at 7 i mod width)."""
+    from avssl.data.decode import decode_jpeg
+
+    conv = convert(media[name], EncodeSettings(jpeg_fps=jpeg_fps))
+    assert conv.mp4 is None and conv.frames is not None
+    assert len(conv.frames) == len(expected) == conv.meta["num_frames"]
+    assert conv.meta["fps"] == jpeg_fps and conv.meta["video_format"] == "jpeg"
+    assert conv.meta["has_video"] is True
+    for i, data in zip(expected, conv.frames, strict=True):
+        assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+        rgb = decode_jpeg(data).astype(float)
+        assert abs(rgb[..., 1].mean() - (13 * i) % 256) < 6, i
+        assert np.argmax(rgb[..., 0].mean(axis=0)) == (7 * i) % rgb.shape[1], i
+    flac = convert(media[name], EncodeSettings())
+    assert conv.meta["duration"] == pytest.approx(flac.meta["duration"], abs=0.02)
+    if flac.audio is not None:
+        assert conv.audio == flac.audio  # aligned to the same first frame

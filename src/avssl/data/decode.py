@@ -64,6 +64,23 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return held[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB ``[H, W, 3]`` uint8 of one JPEG image (a shard's ``fNNN.jpg`` member), decoded by
+    FFmpeg's mjpeg decoder on one thread; MediaError when it does not decode or lacks its
+    end marker (a truncated image, which the decoder would fill in without complaint)."""
+    if bytes(data[-2:]) != b"\xff\xd9" and bytes(data).rstrip(b"\0")[-2:] != b"\xff\xd9":
+        raise MediaError("JPEG frame truncated (no end-of-image marker)")
+    ctx = av.CodecContext.create("mjpeg", "r")
+    ctx.thread_count = 1
+    try:
+        frames = ctx.decode(av.Packet(bytes(data)))
+    except (av.FFmpegError, ValueError) as err:
+        raise MediaError(f"JPEG frame does not decode ({err})") from err
+    if not frames:
+        raise MediaError("JPEG frame does not decode (no image)")
+    return to_rgb(frames[0])
+
+
 def _name(src: Source) -> str:
     return str(src) if isinstance(src, (str, Path)) else f"<{type(src).__name__} media>"
 

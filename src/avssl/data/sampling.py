@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -49,6 +50,7 @@ from avssl.data.decode import (
     PcmWave,
     decode_clips_on_keyframes,
     decode_frames_at,
+    decode_jpeg,
     load_audio,
     open_media,
     probe_video,
@@ -68,6 +70,7 @@ from avssl.data.transforms import (
 log = logging.getLogger(__name__)
 AUDIO_MODES = ("aligned", "random", "mismatched")
 MODALITIES = ("audio", "video")
+JPEG_FIRST = "f000.jpg"  # a sample whose video is JPEG frames (data_prep --jpeg-fps)
 AUDIO_MEMBERS = ("flac", "wav")  # a shard sample's audio: FLAC (data_prep's default) or WAV
 
 
@@ -140,8 +143,9 @@ class SampleProcessor:
         if member and meta.get("has_audio", True) and "audio" in self.modalities:
             wave = self._recording(sample[member], out["key"], member)
         try:
-            if "mp4" in sample and meta.get("has_video", True) and "video" in self.modalities:
-                out["video"], starts, centres = self._video(sample["mp4"], gen)
+            frames = "mp4" in sample or JPEG_FIRST in sample
+            if frames and meta.get("has_video", True) and "video" in self.modalities:
+                out["video"], starts, centres = self._video(sample, meta, gen)
             else:
                 out["video"], starts, centres = None, [0.0] * self.k, None
             out["clip_start"] = starts
@@ -174,25 +178,19 @@ class SampleProcessor:
             raise MediaError(f"{key}: {member} member has no audio stream")
         return wave if len(wave) else None  # an empty recording counts as missing audio
 
-    def _video(self, data: bytes, gen: torch.Generator):
-        with open_media(data) as container:
-            info = probe_video(container)
-            if info is None:
-                raise MediaError("mp4 member has no video stream")
-            duration = info.num_frames / info.fps
-            if self.train:
-                starts = self.spec.random_starts(duration, info.fps, self.k, gen)
-            else:
-                starts = self.spec.uniform_starts(duration, info.fps, self.k)
-            if self.train and self.keyframe_starts:
-                offsets = self.spec.frame_times(0.0, info.fps)
-                frames, starts = decode_clips_on_keyframes(container, starts, offsets, self.threads)
-            else:
-                times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
-                frames = decode_frames_at(container, times, self.threads)
+    def _starts(self, duration: float, fps: float, gen: torch.Generator) -> list[float]:
+        if self.train:
+            return self.spec.random_starts(duration, fps, self.k, gen)
+        return self.spec.uniform_starts(duration, fps, self.k)
+
+    def _video(self, sample: dict, meta: dict, gen: torch.Generator):
+        if "mp4" in sample:
+            frames, starts, fps = self._mp4_frames(sample["mp4"], gen)
+        else:
+            frames, starts, fps = self._jpeg_frames(sample, meta, gen)
         t = self.spec.num_frames
         clips = [torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])) for i in range(self.k)]
-        centres = [s + self.spec.span_s(info.fps) / 2 for s in starts]
+        centres = [s + self.spec.span_s(fps) / 2 for s in starts]
         if self.video_geometry is not None:  # on_device: uint8 clips + their colour affine
             crops, maps = [], []  # K x [T, H, W, 3], K x [3, 6]; draws in video_tf's order
             for c in clips:
@@ -200,6 +198,38 @@ class SampleProcessor:
                 maps.append(self.video_tf.transforms[-1].affine(crops[-1], gen))
             return (_stack(crops), _stack(maps)), starts, centres
         return _stack([self.video_tf(c, gen) for c in clips]), starts, centres  # [K, C, T, H, W]
+
+    def _mp4_frames(self, data: bytes, gen: torch.Generator):
+        with open_media(data) as container:
+            info = probe_video(container)
+            if info is None:
+                raise MediaError("mp4 member has no video stream")
+            starts = self._starts(info.num_frames / info.fps, info.fps, gen)
+            if self.train and self.keyframe_starts:
+                offsets = self.spec.frame_times(0.0, info.fps)
+                frames, starts = decode_clips_on_keyframes(container, starts, offsets, self.threads)
+            else:
+                times = [t for s in starts for t in self.spec.frame_times(s, info.fps)]
+                frames = decode_frames_at(container, times, self.threads)
+        return frames, starts, info.fps
+
+    def _jpeg_frames(self, sample: dict, meta: dict, gen: torch.Generator):
+        """Frames of a sample stored as JPEG images at ``meta["fps"]`` (``f000.jpg``, ...):
+        each requested time takes the image shown then (the nearest, as for mp4 frames),
+        decoded once however many times it is used."""
+        fps, n = float(meta.get("fps") or 0), int(meta.get("num_frames") or 0)
+        if fps <= 0 or n <= 0:
+            raise MediaError("JPEG frames without fps / num_frames in the json")
+        starts = self._starts(float(meta.get("duration") or n / fps), fps, gen)
+        times = [t for s in starts for t in self.spec.frame_times(s, fps)]
+        index = [min(n - 1, max(0, math.ceil(t * fps - 0.5 - 1e-6))) for t in times]
+        images = {}
+        for i in dict.fromkeys(index):
+            name = f"f{i:03d}.jpg"
+            if name not in sample:
+                raise MediaError(f"{name} missing ({n} JPEG frames in the json)")
+            images[i] = decode_jpeg(sample[name])
+        return [images[i] for i in index], starts, fps
 
     def _window_starts(self, num: int, centres, gen) -> list[int]:
         """Start sample of each audio window (see the module docstring for the modes)."""

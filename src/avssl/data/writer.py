@@ -83,6 +83,7 @@ class EncodeSettings:
     gop_seconds: float = 1.0
     tune: str = "fastdecode"
     audio_codec: str = "flac"
+    jpeg_fps: float = 0.0
     threads: int = 0
 
     def to_dict(self) -> dict:
@@ -94,13 +95,15 @@ class EncodeSettings:
 @dataclass
 class Converted:
     """Result of :func:`convert`: member bytes (``audio`` under the member name
-    ``audio_codec``), metadata and the mono float waveform."""
+    ``audio_codec``; ``frames`` as ``f000.jpg``, ``f001.jpg``, ... with ``jpeg_fps``), metadata
+    and the mono float waveform."""
 
     mp4: bytes | None
     audio: bytes | None
     meta: dict[str, Any]
     wave: np.ndarray | None
     audio_codec: str = "flac"
+    frames: list[bytes] | None = None  # JPEG frames instead of the mp4 (``jpeg_fps`` > 0)
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -202,6 +205,70 @@ class _VideoEncoder:
         info = {"fps": float(self.rate), "width": w, "height": h, "num_frames": self.emitted}
         info["duration"] = round(self.emitted / float(self.rate), 4)
         return self.buf.getvalue(), info
+
+
+JPEG_QSCALE = 2  # FFmpeg's mjpeg quantiser scale (``-q:v 2``: its highest-quality setting)
+
+
+def encode_jpeg(frame: Any) -> bytes:
+    """One video frame (any size and pixel format) -> baseline JPEG bytes (4:2:0)."""
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frame.width, frame.height, "yuvj420p"
+    ctx.time_base = Fraction(1, 1)
+    ctx.options = {"qmin": str(JPEG_QSCALE), "qmax": str(JPEG_QSCALE)}
+    img = frame if frame.format.name == "yuvj420p" else frame.reformat(format="yuvj420p")
+    return b"".join(bytes(p) for p in [*ctx.encode(img), *ctx.encode(None)])
+
+
+class JpegFrames:
+    """Keeps the frames shown at ``k / jpeg_fps`` seconds (k = 0, 1, ...) as JPEG images: the
+    shard format's alternative for sparse-frame recipes (DESIGN section 3). Frame ``k`` is the
+    first decoded frame at or after ``k / jpeg_fps`` minus half a source frame (the nearest
+    one for constant-rate video), scaled as the mp4 would be."""
+
+    def __init__(self, stream: Any, settings: EncodeSettings) -> None:
+        self.settings = settings
+        self.src = _stream_rate(stream) or Fraction(25)
+        self.rate = min(Fraction(settings.jpeg_fps).limit_denominator(1001), self.src)
+        self.declared = int(stream.frames or 0)
+        self.decoded = 0
+        self.t0: Fraction | None = None
+        self.t_last = Fraction(0)
+        self.jpegs: list[bytes] = []
+        self.size: tuple[int, int] | None = None
+        self.reformatter = VideoReformatter()
+
+    def push(self, frame: Any) -> None:
+        self.decoded += 1
+        if frame.pts is None:
+            t = Fraction(self.decoded - 1) / self.src
+        else:
+            t = Fraction(frame.pts) * Fraction(frame.time_base)
+        if self.t0 is None:
+            self.t0 = t
+            self.size = output_size(frame.width, frame.height, self.settings.short_side)
+        t -= self.t0
+        self.t_last = max(self.t_last, t)
+        img = None
+        while t >= Fraction(len(self.jpegs)) / self.rate - 1 / (2 * self.src):
+            if img is None:
+                w, h = self.size  # type: ignore[misc]
+                img = self.reformatter.reformat(
+                    frame, width=w, height=h, format="yuvj420p", interpolation="AREA", threads=1
+                )
+                data = encode_jpeg(img)
+            self.jpegs.append(data)  # a gap longer than 1 / jpeg_fps repeats the frame
+
+    def finish(self) -> tuple[list[bytes], dict[str, Any]]:
+        if not self.jpegs:
+            raise MediaError("video stream has no decodable frames")
+        if self.declared > 10 and self.decoded < MIN_FRAME_FRACTION * self.declared:
+            raise MediaError(f"truncated: decoded {self.decoded} of {self.declared} frames")
+        w, h = self.size  # type: ignore[misc]
+        info = {"fps": float(self.rate), "width": w, "height": h, "num_frames": len(self.jpegs)}
+        info["duration"] = round(float(self.t_last + 1 / self.src), 4)
+        info["video_format"] = "jpeg"
+        return self.jpegs, info
 
 
 class _AudioCollector:
@@ -315,7 +382,7 @@ def _align(samples: np.ndarray, offset_s: float, sample_rate: int) -> np.ndarray
     return samples[-shift:] if shift < 0 else samples
 
 
-def _finish_video(venc: _VideoEncoder, counts: dict[str, Any]) -> tuple[bytes, dict]:
+def _finish_video(venc: Any, counts: dict[str, Any]) -> tuple[Any, dict]:
     if counts["v_errors"] > MAX_BAD_PACKETS * max(counts["v_packets"], 1):
         raise MediaError(f"video decode errors in {counts['v_errors']} packets")
     return venc.finish()
@@ -345,13 +412,17 @@ def convert(
             raise MediaError("no video stream")
         if video is None and audio is None:
             raise MediaError("no audio or video stream")
-        venc = _VideoEncoder(video, settings) if video is not None else None
+        sink = JpegFrames if settings.jpeg_fps > 0 else _VideoEncoder
+        venc = sink(video, settings) if video is not None else None
         acol = _AudioCollector(settings.sample_rate) if audio is not None else None
         try:
             counts = _demux(container, video, audio, venc, acol)
         except av.FFmpegError as err:
             raise MediaError(f"demux error ({err})") from err
     mp4, info = _finish_video(venc, counts) if venc is not None else (None, {})
+    frames = None
+    if isinstance(venc, JpegFrames):
+        mp4, frames = None, mp4
     samples = None
     if acol is not None:
         samples = _finish_audio(acol, counts)
@@ -359,17 +430,17 @@ def convert(
             samples = _align(samples, acol.t0 - float(venc.t0), settings.sample_rate)
     n = int(samples.size) if samples is not None else 0
     meta: dict[str, Any] = {"fps": None, "width": None, "height": None, "num_frames": 0}
-    meta.update(info, has_video=mp4 is not None, has_audio=samples is not None)
+    meta.update(info, has_video=venc is not None, has_audio=samples is not None)
     meta["audio_sample_rate"] = settings.sample_rate if samples is not None else None
     meta["audio_num_samples"] = n
-    if mp4 is None:
+    if venc is None:
         meta["duration"] = round(n / settings.sample_rate, 4)
     audio = None
     if samples is not None:
         encode = encode_wav if settings.audio_codec == "wav" else encode_flac
         audio = encode(samples, settings.sample_rate)
     wave = samples.astype(np.float32) / 32768.0 if samples is not None else None
-    return Converted(mp4=mp4, audio=audio, meta=meta, wave=wave, audio_codec=settings.audio_codec)
+    return Converted(mp4, audio, meta, wave, settings.audio_codec, frames)
 
 
 class ShardWriter:
