@@ -7,11 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from avssl.data.datamodule import AVDataModule, make_eval_loader
-from avssl.data.decode import decode_jpeg
+from avssl.data.decode import decode_jpeg, open_media, to_rgb
 from avssl.data.sampling import build_processor
 from avssl.data.shards import ShardReader, resolve, split_table
 from tests.data.conftest import CLIPS_PER_CLASS, NUM_CLASSES, SHARD_SIZE, rewrite
@@ -57,6 +58,12 @@ def test_prepared_samples_hold_one_jpeg_per_half_second(synth, jpeg_synth):
         assert meta["num_frames"] == math.floor(mp4_meta["num_frames"] / mp4_meta["fps"] * FPS
                                                 - 1e-9) + 1  # fmt: skip
         assert (meta["width"], meta["height"]) == (mp4_meta["width"], mp4_meta["height"])
+        # the same picture as the mp4's first frame (both coded from the source's first frame;
+        # a colour-range slip would cost > 10 dB)
+        with open_media(ref["mp4"]) as c:
+            first = to_rgb(next(c.decode(video=0))).astype(np.float64)
+        mse = np.mean((decode_jpeg(s["f000.jpg"]).astype(np.float64) - first) ** 2)
+        assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 30
 
 
 def test_processor_takes_the_image_shown_at_each_time(jpeg_synth):
