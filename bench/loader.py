@@ -34,7 +34,9 @@ PyAV's per-frame ``to_ndarray``,
 alternated, shard audio stored as 16-bit PCM WAV (``data_prep --audio-codec wav``, read in place
 without decoding) against FLAC, for these clips and for CAV-MAE's sample (one frame from a
 keyframe + the 10 s window), that sample's frame taken from JPEG frames at 1 fps
-(``data_prep --jpeg-fps 1``) against the mp4's keyframes, alternated, and repeated sampling
+(``data_prep --jpeg-fps 1``) against the mp4's keyframes, video-only clips from JPEG frames
+stored at the rate the clip samples (fps / stride) against the mp4, alternated, and repeated
+sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
 
@@ -117,14 +119,16 @@ def with_audio(samples: list[dict], codec: str) -> list[dict]:
     return out
 
 
-def with_jpeg_frames(samples: list[dict], fps: float) -> list[dict]:
-    """The samples with their mp4 replaced by JPEG frames at ``fps`` (what ``data_prep
-    --jpeg-fps`` writes, here from the mp4's decoded frames instead of the source's)."""
+def with_jpeg_frames(samples: list[dict], fps: float = 0.0, stride: int = 1) -> list[dict]:
+    """The samples with their mp4 replaced by JPEG frames at ``fps`` (0: each sample's own
+    frame rate / ``stride``), what ``data_prep --jpeg-fps`` writes, here from the mp4's decoded
+    frames instead of the source's."""
     out = []
     for s in samples:
+        rate = fps or json.loads(s["json"])["fps"] / stride
         with av.open(io.BytesIO(s["mp4"])) as c:
             stream = c.streams.video[0]
-            sink = JpegFrames(stream, EncodeSettings(short_side=10**4, jpeg_fps=fps))
+            sink = JpegFrames(stream, EncodeSettings(short_side=10**4, jpeg_fps=rate))
             for frame in c.decode(stream):
                 sink.push(frame)
         jpegs, info = sink.finish()
@@ -311,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         whole.audio_windows = False  # the recording decoded whole, the window cut from it
         wavs, flacs = with_audio(samples, "wav"), with_audio(samples, "flac")
         jpegs = with_jpeg_frames(wavs, 1.0)
+        # these clips' frames stored as JPEG at the rate the clip samples (fps / stride)
+        dense = with_jpeg_frames(samples, stride=args.stride)
+        dense_proc = build_processor(  # stride 1 over the stored images: the same frame times
+            {**prep, "frame_stride": 1}, "train", 1, "aligned", train=True, threads=1,
+            on_device=True, modalities=("video",),
+        )  # fmt: skip
         cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
             {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
             "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
@@ -325,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 "flac": (lambda s: wave_proc(s, gen), flacs),
                 "cavmae_flac": (lambda s: cavmae(s, gen), flacs),
                 "cavmae_wav": (lambda s: cavmae(s, gen), wavs),
-                "cavmae_jpeg": (lambda s: cavmae(s, gen), jpegs)}  # fmt: skip
+                "cavmae_jpeg": (lambda s: cavmae(s, gen), jpegs),
+                "video_jpeg": (lambda s: dense_proc(s, gen), dense)}  # fmt: skip
         starts = alternated(runs, args.clips)
         reps = max(1, args.clips // args.repeats)
         repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
@@ -373,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : CAV-MAE's sample with WAV audio, its frame from JPEG frames at 1 "
           f"fps (--jpeg-fps 1), features on the device {jpeg:.1f} clips/s per worker, {mp4:.1f} "
           f"from the mp4's keyframes, {jpeg / mp4:.2f}x")  # fmt: skip
+    jpeg, mp4 = starts["video_jpeg"], starts["video"]
+    grow = sum(len(v) for x in dense for k, v in x.items() if k.endswith(".jpg"))
+    grow = grow / sum(len(x["mp4"]) for x in samples)
+    print(f"[bench loader] cpu : video only, frames as JPEG at fps / {args.stride} (--jpeg-fps, "
+          f"stride 1), features on the device {jpeg:.1f} clips/s per worker, {mp4:.1f} from the "
+          f"mp4 (stride {args.stride}), {jpeg / mp4:.2f}x; video bytes {grow:.2f}x")  # fmt: skip
     if plain is not None:
         (tuned, untuned), (b_tuned, b_plain) = coding
         grow = b_tuned / b_plain - 1

@@ -52,6 +52,11 @@ JPEG = re.compile(
     r"fps \(--jpeg-fps 1\), features on the device ([\d.]+) clips/s per worker, ([\d.]+) from "
     r"the mp4's keyframes, ([\d.]+)x"
 )
+DENSE_JPEG = re.compile(
+    r"\[bench loader\] cpu : video only, frames as JPEG at fps / \d+ \(--jpeg-fps, stride 1\), "
+    r"features on the device ([\d.]+) clips/s per worker, ([\d.]+) from the mp4 \(stride \d+\), "
+    r"([\d.]+)x; video bytes [\d.]+x"
+)
 SCAN = re.compile(
     r"\[bench loader\] DataLoader with (\d+) workers, features on the device: ([\d.]+) "
     r"clips/s, ([\d.]+) per worker"
@@ -101,6 +106,9 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     _, mp4, _ = _one_ratio_line(JPEG, done.stdout)
     wav, _, _ = _one_ratio_line(WAV_CAVMAE, done.stdout)
     assert mp4 == wav  # the same run, printed twice
+    _, from_mp4, _ = _one_ratio_line(DENSE_JPEG, done.stdout)
+    video, _, _ = _one_ratio_line(VIDEO_ONLY, done.stdout)
+    assert from_mp4 == video  # the same run, printed twice
     through = [m.groups() for m in map(THROUGH.match, done.stdout.splitlines()) if m]
     assert len(through) == 1, done.stdout
     lo, dev, ratio = map(float, through[0])
