@@ -184,8 +184,9 @@ def test_fbank_stats_match_direct_computation():
     assert std == pytest.approx(allv.std(unbiased=False).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("jpeg_fps", [0, 10])  # the mp4, or JPEG frames at the same rate
 @pytest.mark.parametrize("jump,expected", [(5, 15), (50, 10)])
-def test_timestamp_gaps_filled_short_closed_long(tmp_path, jump, expected):
+def test_timestamp_gaps_filled_short_closed_long(tmp_path, jump, expected, jpeg_fps):
     path = tmp_path / "gap.mp4"
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=10)
@@ -197,8 +198,9 @@ def test_timestamp_gaps_filled_short_closed_long(tmp_path, jump, expected):
                 out.mux(packet)
         for packet in v.encode():
             out.mux(packet)
-    conv = convert(path, EncodeSettings())
+    conv = convert(path, EncodeSettings(jpeg_fps=jpeg_fps))
     assert conv.meta["fps"] == 10.0 and conv.meta["num_frames"] == expected
+    assert len(conv.frames or []) == (expected if jpeg_fps else 0)
 
 
 @pytest.mark.parametrize(

@@ -224,7 +224,8 @@ class JpegFrames:
     """Keeps the frames shown at ``k / jpeg_fps`` seconds (k = 0, 1, ...) as JPEG images: the
     shard format's alternative for sparse-frame recipes (DESIGN section 3). Frame ``k`` is the
     first decoded frame at or after ``k / jpeg_fps`` minus half a source frame (the nearest
-    one for constant-rate video), scaled as the mp4 would be."""
+    one for constant-rate video), scaled as the mp4 would be; timestamp gaps are filled or
+    closed as in the mp4 (``MAX_GAP_SECONDS``)."""
 
     def __init__(self, stream: Any, settings: EncodeSettings) -> None:
         self.settings = settings
@@ -248,6 +249,9 @@ class JpegFrames:
             self.t0 = t
             self.size = output_size(frame.width, frame.height, self.settings.short_side)
         t -= self.t0
+        if t - self.t_last > MAX_GAP_SECONDS:  # a timestamp jump: close it, as the mp4 does
+            self.t0 += t - self.t_last - 1 / self.src
+            t = self.t_last + 1 / self.src
         self.t_last = max(self.t_last, t)
         img = None
         while t >= Fraction(len(self.jpegs)) / self.rate - 1 / (2 * self.src):
