@@ -15,12 +15,11 @@ import pytest
 NUM_CLASSES, CLIPS_PER_CLASS, SHARD_SIZE = 3, 4, 5  # 12 samples in 3 shards (5, 5, 2)
 
 
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prepared synthetic dataset folder (shard format v1) made by data_prep."""
+def prepare(out: Path, **options) -> Path:
+    """The session's synthetic set prepared by data_prep into ``out`` (``options``: a ROOT of
+    clips already generated, other encoding settings)."""
     from data_prep import prepare_dataset
 
-    out = tmp_path_factory.mktemp("synth") / "prepared"
     prepare_dataset(
         "synthetic",
         out=out,
@@ -30,8 +29,40 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shard_size=SHARD_SIZE,
         progress=False,
         log=lambda msg: None,
+        **options,
     )
     return out
+
+
+def samples_of(data: Path) -> list[dict]:
+    """Every sample of a prepared folder (members as bytes), in key order."""
+    from avssl.data.shards import ShardReader, resolve, split_table
+
+    reader = ShardReader()
+    return [reader.read(s, k) for s, k in split_table(resolve(data), None).ordered()]
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared synthetic dataset folder (shard format v1) made by data_prep."""
+    return prepare(tmp_path_factory.mktemp("synth") / "prepared")
+
+
+@pytest.fixture(scope="session")
+def wav_synth(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clips of ``synth`` prepared again with ``audio_codec="wav"``."""
+    out = tmp_path_factory.mktemp("wav") / "prepared"
+    return prepare(out, root=synth / "raw", audio_codec="wav")
+
+
+JPEG_FPS = 2
+
+
+@pytest.fixture(scope="session")
+def jpeg_synth(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clips of ``synth`` prepared again with two JPEG frames per second."""
+    out = tmp_path_factory.mktemp("jpeg") / "prepared"
+    return prepare(out, root=synth / "raw", jpeg_fps=JPEG_FPS)
 
 
 def read_samples(tar_path: Path) -> list[dict]:

@@ -22,8 +22,8 @@ from avssl.data.decode import (
     probe_video,
     to_rgb,
 )
-from avssl.data.shards import ShardReader, resolve, split_table
 from avssl.data.writer import EncodeSettings, convert
+from tests.data.conftest import samples_of
 
 MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
 if not MEDIA.is_dir():
@@ -44,8 +44,7 @@ def expected_clips(frames, starts, spec: ClipSpec, fps: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def shard_sample(synth) -> dict:
     """The longest sample of the synthetic shards (members as bytes)."""
-    reader = ShardReader()
-    samples = [reader.read(s, k) for s, k in split_table(resolve(synth), None).ordered()]
+    samples = samples_of(synth)
     return max(samples, key=lambda s: json.loads(s["json"])["num_frames"])
 
 

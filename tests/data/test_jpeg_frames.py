@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,36 +13,8 @@ import torch
 from avssl.data.datamodule import AVDataModule, make_eval_loader
 from avssl.data.decode import decode_jpeg, open_media, to_rgb
 from avssl.data.sampling import build_processor
-from avssl.data.shards import ShardReader, resolve, split_table
-from tests.data.conftest import CLIPS_PER_CLASS, NUM_CLASSES, SHARD_SIZE, rewrite
-
-FPS = 2
-
-
-@pytest.fixture(scope="session")
-def jpeg_synth(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The clips of ``synth`` prepared again with two JPEG frames per second."""
-    from data_prep import prepare_dataset
-
-    out = tmp_path_factory.mktemp("jpeg") / "prepared"
-    prepare_dataset(
-        "synthetic",
-        root=synth / "raw",
-        out=out,
-        workers=1,
-        num_classes=NUM_CLASSES,
-        clips_per_class=CLIPS_PER_CLASS,
-        shard_size=SHARD_SIZE,
-        jpeg_fps=FPS,
-        progress=False,
-        log=lambda msg: None,
-    )
-    return out
-
-
-def samples_of(data: Path) -> list[dict]:
-    reader = ShardReader()
-    return [reader.read(s, k) for s, k in split_table(resolve(data), None).ordered()]
+from tests.data.conftest import JPEG_FPS as FPS
+from tests.data.conftest import rewrite, samples_of
 
 
 def test_prepared_samples_hold_one_jpeg_per_half_second(synth, jpeg_synth):

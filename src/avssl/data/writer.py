@@ -124,6 +124,21 @@ def _stream_rate(stream: Any) -> Fraction | None:
     return None
 
 
+def _frame_time(frame: Any, decoded: int, rate: Fraction) -> Fraction:
+    """The frame's time in seconds: its timestamp, else its decode count at ``rate``."""
+    if frame.pts is None:
+        return Fraction(decoded - 1) / rate
+    return Fraction(frame.pts) * Fraction(frame.time_base)
+
+
+def _check_decoded(kept: int, decoded: int, declared: int) -> None:
+    """MediaError when no frame was kept, or far fewer decoded than the header declares."""
+    if kept == 0:
+        raise MediaError("video stream has no decodable frames")
+    if declared > 10 and decoded < MIN_FRAME_FRACTION * declared:
+        raise MediaError(f"truncated: decoded {decoded} of {declared} frames")
+
+
 class _VideoEncoder:
     """Streams decoded frames into a constant-frame-rate H.264 MP4 in memory."""
 
@@ -172,10 +187,7 @@ class _VideoEncoder:
         self.decoded += 1
         if self.out is None:
             self._open(frame)
-        if frame.pts is None:
-            t = Fraction(self.decoded - 1) / self.rate
-        else:
-            t = Fraction(frame.pts) * Fraction(frame.time_base)
+        t = _frame_time(frame, self.decoded, self.rate)
         if self.t0 is None:
             self.t0 = t
         target = math.ceil((t - self.t0) * self.rate - Fraction(1, 2))  # ties round down
@@ -194,10 +206,7 @@ class _VideoEncoder:
         self.last = img
 
     def finish(self) -> tuple[bytes, dict[str, Any]]:
-        if self.out is None or self.emitted == 0:
-            raise MediaError("video stream has no decodable frames")
-        if self.declared > 10 and self.decoded < MIN_FRAME_FRACTION * self.declared:
-            raise MediaError(f"truncated: decoded {self.decoded} of {self.declared} frames")
+        _check_decoded(self.emitted, self.decoded, self.declared)  # emitted > 0: opened
         for packet in self.ostream.encode():
             self.out.mux(packet)
         self.out.close()
@@ -241,10 +250,7 @@ class JpegFrames:
 
     def push(self, frame: Any) -> None:
         self.decoded += 1
-        if frame.pts is None:
-            t = Fraction(self.decoded - 1) / self.src
-        else:
-            t = Fraction(frame.pts) * Fraction(frame.time_base)
+        t = _frame_time(frame, self.decoded, self.src)
         if self.t0 is None:
             self.t0 = t
             self.size = output_size(frame.width, frame.height, self.settings.short_side)
@@ -264,10 +270,7 @@ class JpegFrames:
             self.jpegs.append(data)  # a gap longer than 1 / jpeg_fps repeats the frame
 
     def finish(self) -> tuple[list[bytes], dict[str, Any]]:
-        if not self.jpegs:
-            raise MediaError("video stream has no decodable frames")
-        if self.declared > 10 and self.decoded < MIN_FRAME_FRACTION * self.declared:
-            raise MediaError(f"truncated: decoded {self.decoded} of {self.declared} frames")
+        _check_decoded(len(self.jpegs), self.decoded, self.declared)
         w, h = self.size  # type: ignore[misc]
         info = {"fps": float(self.rate), "width": w, "height": h, "num_frames": len(self.jpegs)}
         info["duration"] = round(float(self.t_last + 1 / self.src), 4)
