@@ -33,12 +33,12 @@ RUN_ID = os.environ.get("AVSSL_DEMO_RUN", "demo")
 PROTOCOL = "synthetic_linear"
 
 
-def _avssl(*args: str, env: dict | None = None) -> None:
+def _avssl(*args: str, env: dict | None = None, tag: str = "[demo]") -> None:
     cmd = [sys.executable, "-m", "avssl.cli", *args]
-    print(f"[demo] $ avssl {' '.join(args)}", flush=True)
+    print(f"{tag} $ avssl {' '.join(args)}", flush=True)
     result = subprocess.run(cmd, env={**os.environ, **(env or {})})
     if result.returncode != 0:
-        raise SystemExit(f"[demo] step failed (exit {result.returncode}): avssl {' '.join(args)}")
+        raise SystemExit(f"{tag} step failed (exit {result.returncode}): avssl {' '.join(args)}")
 
 
 def _generator_version(shards: Path) -> int | None:

@@ -1,0 +1,191 @@
+"""What VATT's audio encoder learns when its video side knows the class (issue 6's VATT analysis).
+
+VATT (Akbari et al. 2021, https://arxiv.org/abs/2104.11178) teaches each encoder only through the
+other modality. At the demo's budget the video ViT does not learn the synthetic shapes (see
+``bench/supervised_video.py``), and VATT's audio-video loss stays near ln B. This script asks
+whether that is the objective's limit or the video encoder's: it trains the recipe's model at the
+demo's settings (``recipes/_base.yaml`` + ``recipes/<recipe>.yaml`` + the demo overlays: the same
+sizes, batch, steps, learning rate, warm-up + cosine schedule, DropToken, heads, temperature and
+loader) with one change, ``--video oracle``: the video branch is a learned embedding of the clip's
+*class label* fed to the video projection head, so the video side carries the class and nothing
+else. ``--video vit`` keeps the real video ViT (the control: the objective's own loss).
+
+The trained checkpoint (whose untrained video encoder equals the random-init baseline's: both
+start from seed 0) then goes through the demo's own steps: ``avssl export`` (trained and
+``--random-init``) and ``avssl eval --protocol synthetic_linear``, and the demo's table is printed.
+Only the audio column (and the joint one through it) measures the oracle's effect.
+
+Run: ``python bench/oracle_video.py [--video oracle|vit] [--steps 200]`` (about 5 min on 2 CPU
+cores with the oracle; results in ``eval_out/oracle/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+OBJECTIVE = "avssl.objectives.contrastive.AVContrastive"
+TAG = "[oracle video]"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="vatt", help="an AVContrastive batch-NCE recipe")
+    p.add_argument("--data", default="shards/synthetic", help="prepared shards (data_prep)")
+    p.add_argument("--video", default="oracle", choices=["oracle", "vit"])
+    p.add_argument("--steps", type=int, default=None, help="default: the demo's max_steps")
+    p.add_argument("--out", default="eval_out/oracle", help="checkpoint, encoders and results")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the demo uses 1)")
+    p.add_argument(
+        "--config", action="append", default=[], help="a config added after the demo's ones"
+    )
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data, "manifest.json")):
+        p.exit(1, f"oracle_video.py: --data {args.data}: no prepared shards (manifest.json)\n")
+    if not os.path.isfile(os.path.join("recipes", f"{args.recipe}.yaml")):
+        p.exit(1, f"oracle_video.py: --recipe {args.recipe}: no recipes/{args.recipe}.yaml\n")
+    for path in args.config:
+        if not os.path.isfile(path):
+            p.exit(1, f"oracle_video.py: --config {path}: no such file\n")
+    if args.steps is not None and args.steps < 1:
+        p.exit(1, "oracle_video.py: --steps must be >= 1\n")
+    return args
+
+
+def _merge(into: dict, new: dict) -> dict:
+    for k, v in new.items():
+        into[k] = _merge(dict(into.get(k) or {}), v) if isinstance(v, dict) else v
+    return into
+
+
+def demo_config(recipe: str, extra: list[str]) -> dict:
+    """``_base`` + the recipe + the demo overlays (+ ``extra``), merged as LightningCLI does."""
+    from avssl.demo import overlays
+
+    cfg: dict = {}
+    for path in ["recipes/_base.yaml", f"recipes/{recipe}.yaml", *overlays(recipe), *extra]:
+        _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return cfg
+
+
+def oracle_losses(model: Any, emb: nn.Embedding, batch: Any) -> torch.Tensor:
+    """VATT's NCE with the video features replaced by a class embedding (through the video
+    projection head); the audio branch is the objective's own (DropToken included)."""
+    from avssl.objectives._mavil_parts import flatten_inputs, masked_info_nce
+    from avssl.objectives.contrastive import pooled
+
+    audio, _, a_ok, _ = flatten_inputs(batch)
+    label = batch.label.repeat_interleave(len(audio) // len(batch.label))  # K clips: [B K]
+    za = model.audio_proj(pooled(model.audio_encoder, audio, model.drop_token))
+    zv = model.video_proj(emb(label.clamp_min(0)))
+    valid = a_ok.float() * (label >= 0).float()  # unlabelled clips (-1) take no part
+    return masked_info_nce(za, zv, valid, model.temperature(), False)
+
+
+def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: float) -> list:
+    """The objective's optimiser and schedule (AdamW, warm-up + cosine); returns the losses."""
+    from avssl.objectives.base import WarmupCosine, param_groups
+
+    params = param_groups(model, model.weight_decay)
+    if emb is not None:
+        params += param_groups(emb, model.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, betas=model.betas)
+    warmup = model.warmup_steps
+    warmup = int(round(model.warmup_fraction * steps)) if warmup is None else warmup
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, steps, model.min_lr_ratio))
+    model.train()
+    losses: list[float] = []
+    while len(losses) < steps:
+        for batch in loader:
+            if emb is None:
+                loss = model.compute_losses(batch)["loss"]  # the objective's own loss
+            else:
+                loss = oracle_losses(model, emb, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            if len(losses) >= steps:
+                break
+    return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from avssl.data.datamodule import AVDataModule
+    from avssl.demo import PROTOCOL, _avssl, _results, _table
+    from avssl.objectives.contrastive import AVContrastive
+
+    cfg = demo_config(args.recipe, args.config)
+    if cfg["model"]["class_path"] != OBJECTIVE or cfg["model"]["init_args"].get("memory_bank"):
+        print(f"oracle_video.py: {args.recipe} is not a batch-NCE AVContrastive recipe",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    torch.set_num_threads(args.threads)
+    steps = args.steps or int(cfg["trainer"]["max_steps"])
+    data_args = dict(cfg["data"]["init_args"], data=args.data)
+    if args.video == "oracle":
+        data_args["modalities"] = ["audio"]  # the oracle needs no frames: none are decoded
+    dm = AVDataModule(**data_args)
+    dm.setup("fit")
+    torch.manual_seed(0)  # the random-init export rebuilds the objective from seed 0 too
+    model = AVContrastive(**cfg["model"]["init_args"])
+    emb = None
+    if args.video == "oracle":
+        torch.manual_seed(1)
+        emb = nn.Embedding(_num_classes(args.data), model.video_encoder.embed_dim)
+    lr = float(model.lr) if model.lr is not None else model.base_lr * dm.hp.batch_size / 256
+    t0 = time.time()
+    losses = train(model, emb, dm.train_dataloader(), steps, lr)
+    first, last = _mean(losses[:10]), _mean(losses[-10:])
+    print(f"{TAG} {args.recipe}, video {args.video}: {steps} steps of "
+          f"{dm.hp.batch_size} in {time.time() - t0:.0f} s, lr {lr:g}; audio-video NCE mean of "
+          f"the first 10 steps {first:.3f}, of the last 10 {last:.3f} (ln {dm.hp.batch_size} = "
+          f"{math.log(dm.hp.batch_size):.3f})", flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / f"{args.video}.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "global_step": steps,
+            "avssl": {"objective": OBJECTIVE, "recipe": args.recipe, "data": dm.preprocessing()},
+        },
+        ckpt,
+    )
+    rows = {}
+    for name, extra in (("random", ["--random-init"]), (args.video, [])):
+        enc = out / f"encoders-{name}"
+        _avssl("export", "--ckpt", str(ckpt), "--out", str(enc), *extra, tag=TAG)
+        _avssl("eval", "--protocol", PROTOCOL, "--encoder", str(enc), "--data", args.data,
+               "--out", str(out / f"eval-{name}"), tag=TAG)  # fmt: skip
+        rows[name] = _results(out / f"eval-{name}")
+    table = _table(rows["random"], rows[args.video], f"{args.recipe} (video {args.video})")
+    (out / f"summary-{args.video}.md").write_text(table + "\n")
+    print("\n" + table + "\n")
+    return 0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _num_classes(data: str) -> int:
+    import json
+
+    return len(json.loads(Path(data, "manifest.json").read_text())["classes"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
