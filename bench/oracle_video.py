@@ -9,14 +9,16 @@ sizes, batch, steps, learning rate, warm-up + cosine schedule, DropToken, heads,
 loader) with one change, ``--video oracle``: the video branch is a learned embedding of the clip's
 *class label* fed to the video projection head, so the video side carries the class and nothing
 else. ``--video vit`` keeps the real video ViT (the control: the objective's own loss).
+``--wrong P`` makes the oracle name another class for a fixed fraction P of the clips: how
+often the video side must be right.
 
 The trained checkpoint (whose untrained video encoder equals the random-init baseline's: both
 start from seed 0) then goes through the demo's own steps: ``avssl export`` (trained and
 ``--random-init``) and ``avssl eval --protocol synthetic_linear``, and the demo's table is printed.
 Only the audio column (and the joint one through it) measures the oracle's effect.
 
-Run: ``python bench/oracle_video.py [--video oracle|vit] [--steps 200]`` (about 5 min on 2 CPU
-cores with the oracle; results in ``eval_out/oracle/``).
+Run: ``python bench/oracle_video.py [--video oracle|vit] [--wrong P] [--steps 200]`` (about 3 min
+on 2 CPU cores; results in ``eval_out/oracle/``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -42,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recipe", default="vatt", help="an AVContrastive batch-NCE recipe")
     p.add_argument("--data", default="shards/synthetic", help="prepared shards (data_prep)")
     p.add_argument("--video", default="oracle", choices=["oracle", "vit"])
+    p.add_argument(
+        "--wrong", type=float, default=0.0, help="oracle: fraction of clips given a wrong class"
+    )
     p.add_argument("--steps", type=int, default=None, help="default: the demo's max_steps")
     p.add_argument("--out", default="eval_out/oracle", help="checkpoint, encoders and results")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the demo uses 1)")
@@ -56,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for path in args.config:
         if not os.path.isfile(path):
             p.exit(1, f"oracle_video.py: --config {path}: no such file\n")
+    if not 0.0 <= args.wrong <= 1.0 or (args.wrong and args.video != "oracle"):
+        p.exit(1, "oracle_video.py: --wrong must be in [0, 1], with --video oracle\n")
     if args.steps is not None and args.steps < 1:
         p.exit(1, "oracle_video.py: --steps must be >= 1\n")
     return args
@@ -77,21 +85,36 @@ def demo_config(recipe: str, extra: list[str]) -> dict:
     return cfg
 
 
-def oracle_losses(model: Any, emb: nn.Embedding, batch: Any) -> torch.Tensor:
+def seen_label(key: str, label: int, wrong: float, num_classes: int) -> int:
+    """The class the oracle shows for a clip: its own, or for a fixed ``wrong`` fraction of the
+    clips (chosen by key, the same every epoch, as a video encoder that fails on them) another
+    class drawn uniformly."""
+    rng = random.Random(key)
+    if label < 0 or rng.random() >= wrong:
+        return label
+    return (label + rng.randrange(1, num_classes)) % num_classes
+
+
+def oracle_losses(model: Any, emb: nn.Embedding, batch: Any, wrong: float = 0.0) -> torch.Tensor:
     """VATT's NCE with the video features replaced by a class embedding (through the video
     projection head); the audio branch is the objective's own (DropToken included)."""
     from avssl.objectives._mavil_parts import flatten_inputs, masked_info_nce
     from avssl.objectives.contrastive import pooled
 
     audio, _, a_ok, _ = flatten_inputs(batch)
-    label = batch.label.repeat_interleave(len(audio) // len(batch.label))  # K clips: [B K]
+    label = batch.label
+    if wrong > 0:
+        n = emb.num_embeddings
+        label = torch.tensor([seen_label(k, int(y), wrong, n) for k, y in zip(batch.key, label)])
+    label = label.repeat_interleave(len(audio) // len(label))  # K clips: [B K]
     za = model.audio_proj(pooled(model.audio_encoder, audio, model.drop_token))
     zv = model.video_proj(emb(label.clamp_min(0)))
     valid = a_ok.float() * (label >= 0).float()  # unlabelled clips (-1) take no part
     return masked_info_nce(za, zv, valid, model.temperature(), False)
 
 
-def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: float) -> list:
+def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: float,
+          wrong: float = 0.0) -> list:  # fmt: skip
     """The objective's optimiser and schedule (AdamW, warm-up + cosine); returns the losses."""
     from avssl.objectives.base import WarmupCosine, param_groups
 
@@ -109,7 +132,7 @@ def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: flo
             if emb is None:
                 loss = model.compute_losses(batch)["loss"]  # the objective's own loss
             else:
-                loss = oracle_losses(model, emb, batch)
+                loss = oracle_losses(model, emb, batch, wrong)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -123,7 +146,6 @@ def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: flo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from avssl.data.datamodule import AVDataModule
-    from avssl.demo import PROTOCOL, _avssl, _results, _table
     from avssl.objectives.contrastive import AVContrastive
 
     cfg = demo_config(args.recipe, args.config)
@@ -144,17 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.video == "oracle":
         torch.manual_seed(1)
         emb = nn.Embedding(_num_classes(args.data), model.video_encoder.embed_dim)
+    name = f"oracle-wrong{args.wrong:g}" if args.wrong else args.video
     lr = float(model.lr) if model.lr is not None else model.base_lr * dm.hp.batch_size / 256
     t0 = time.time()
-    losses = train(model, emb, dm.train_dataloader(), steps, lr)
+    losses = train(model, emb, dm.train_dataloader(), steps, lr, args.wrong)
     first, last = _mean(losses[:10]), _mean(losses[-10:])
-    print(f"{TAG} {args.recipe}, video {args.video}: {steps} steps of "
+    print(f"{TAG} {args.recipe}, video {name}: {steps} steps of "
           f"{dm.hp.batch_size} in {time.time() - t0:.0f} s, lr {lr:g}; audio-video NCE mean of "
           f"the first 10 steps {first:.3f}, of the last 10 {last:.3f} (ln {dm.hp.batch_size} = "
           f"{math.log(dm.hp.batch_size):.3f})", flush=True)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / f"{args.video}.ckpt"
+    ckpt = out / f"{name}.ckpt"
     torch.save(
         {
             "state_dict": model.state_dict(),
@@ -164,17 +187,26 @@ def main(argv: list[str] | None = None) -> int:
         },
         ckpt,
     )
-    rows = {}
-    for name, extra in (("random", ["--random-init"]), (args.video, [])):
-        enc = out / f"encoders-{name}"
-        _avssl("export", "--ckpt", str(ckpt), "--out", str(enc), *extra, tag=TAG)
-        _avssl("eval", "--protocol", PROTOCOL, "--encoder", str(enc), "--data", args.data,
-               "--out", str(out / f"eval-{name}"), tag=TAG)  # fmt: skip
-        rows[name] = _results(out / f"eval-{name}")
-    table = _table(rows["random"], rows[args.video], f"{args.recipe} (video {args.video})")
-    (out / f"summary-{args.video}.md").write_text(table + "\n")
+    table = export_and_probe(ckpt, out, name, args.data, f"{args.recipe} (video {name})")
     print("\n" + table + "\n")
     return 0
+
+
+def export_and_probe(ckpt: Path, out: Path, name: str, data: str, label: str) -> str:
+    """The demo's steps 3 and 4 on ``ckpt``: export it and its random init, probe both with the
+    demo's protocol; returns the demo's table (also written to ``out/summary-<name>.md``)."""
+    from avssl.demo import PROTOCOL, _avssl, _results, _table
+
+    rows = {}
+    for run, extra in (("random", ["--random-init"]), (name, [])):
+        enc = out / f"encoders-{run}"
+        _avssl("export", "--ckpt", str(ckpt), "--out", str(enc), *extra, tag=TAG)
+        _avssl("eval", "--protocol", PROTOCOL, "--encoder", str(enc), "--data", data,
+               "--out", str(out / f"eval-{run}"), tag=TAG)  # fmt: skip
+        rows[run] = _results(out / f"eval-{run}")
+    table = _table(rows["random"], rows[name], label)
+    (out / f"summary-{name}.md").write_text(table + "\n")
+    return table
 
 
 def _mean(values: list[float]) -> float:

@@ -83,6 +83,21 @@ def test_the_oracle_loss_is_the_nce_of_audio_against_class_embeddings() -> None:
     assert got.item() == pytest.approx(info_nce(za, zv, temperature=0.07).item(), rel=1e-5)
 
 
+def test_seen_label_is_wrong_for_a_fixed_fraction_of_clips() -> None:
+    script = _script()
+    keys = [f"synthetic/c{i}" for i in range(2000)]
+    labels = [i % 10 for i in range(2000)]
+    seen = [script.seen_label(k, y, 0.3, 10) for k, y in zip(keys, labels)]
+    wrong = [s != y for s, y in zip(seen, labels)]
+    assert 0.27 < sum(wrong) / len(wrong) < 0.33  # never the true class when wrong
+    assert seen == [script.seen_label(k, y, 0.3, 10) for k, y in zip(keys, labels)]  # every epoch
+    assert all(0 <= s < 10 for s in seen)
+    assert [script.seen_label(k, y, 0.0, 10) for k, y in zip(keys, labels)] == labels
+    assert all(s != y for s, y in zip((script.seen_label(k, y, 1.0, 10) for k, y in
+                                       zip(keys, labels)), labels))  # fmt: skip
+    assert script.seen_label("synthetic/x", -1, 1.0, 10) == -1  # unlabelled stays unlabelled
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -90,6 +105,8 @@ def test_the_oracle_loss_is_the_nce_of_audio_against_class_embeddings() -> None:
         (["--recipe", "nope"], "no recipes/nope.yaml"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--config", "/no/such.yaml"], "no such file"),
+        (["--wrong", "1.5"], "--wrong must be in [0, 1]"),
+        (["--wrong", "0.5", "--video", "vit"], "with --video oracle"),
     ],
 )
 def test_bad_inputs_exit_1_with_one_line(shards, args, message) -> None:
