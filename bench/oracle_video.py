@@ -24,6 +24,7 @@ on 2 CPU cores; results in ``eval_out/oracle/``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -128,6 +129,7 @@ def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: flo
     model.train()
     losses: list[float] = []
     while len(losses) < steps:
+        size = len(losses)
         for batch in loader:
             if emb is None:
                 loss = model.compute_losses(batch)["loss"]  # the objective's own loss
@@ -140,6 +142,8 @@ def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: flo
             losses.append(loss.item())
             if len(losses) >= steps:
                 break
+        if len(losses) == size:
+            raise SystemExit("oracle_video.py: the training split gave no batches")
     return losses
 
 
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = demo_config(args.recipe, args.config)
     if cfg["model"]["class_path"] != OBJECTIVE or cfg["model"]["init_args"].get("memory_bank"):
         print(f"oracle_video.py: {args.recipe} is not a batch-NCE AVContrastive recipe",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if args.video == "oracle" and _manifest(args.data).get("multilabel"):
+        print(f"oracle_video.py: {args.data} is multi-label; the oracle needs one class per clip",
               file=sys.stderr)  # fmt: skip
         return 1
     torch.set_num_threads(args.threads)
@@ -213,10 +221,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _num_classes(data: str) -> int:
-    import json
+def _manifest(data: str) -> dict:
+    return json.loads(Path(data, "manifest.json").read_text())
 
-    return len(json.loads(Path(data, "manifest.json").read_text())["classes"])
+
+def _num_classes(data: str) -> int:
+    return len(_manifest(data)["classes"])
 
 
 if __name__ == "__main__":

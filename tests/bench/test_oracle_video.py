@@ -121,3 +121,10 @@ def test_refuses_a_recipe_that_is_not_batch_nce(shards, tmp_path) -> None:
     proc = _run("--data", str(shards), "--recipe", "avid", "--out", str(tmp_path))
     assert proc.returncode == 1
     assert "avid is not a batch-NCE AVContrastive recipe" in proc.stderr
+
+
+def test_refuses_multilabel_data_for_the_oracle(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"multilabel": True, "classes": ["a"]}))
+    proc = _run("--data", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert "is multi-label; the oracle needs one class per clip" in proc.stderr
