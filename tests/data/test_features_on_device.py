@@ -48,10 +48,10 @@ def test_specaugment_draw_gives_the_bands_call_zeroes() -> None:
     assert SpecAugment(freq_mask=0, time_mask=8).num_bands() == 1
 
 
-@pytest.mark.parametrize("jitter", [0.0, 0.4])
-def test_normalize_affine_map_gives_what_normalize_gives(jitter: float) -> None:
+@pytest.mark.parametrize("jitter, grey_p", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.5), (0.4, 0.5)])
+def test_normalize_affine_map_gives_what_normalize_gives(jitter: float, grey_p: float) -> None:
     x = torch.randint(0, 256, (4, 24, 24, 3), dtype=torch.uint8)
-    norm = Normalize(jitter=jitter, jitter_p=0.5)
+    norm = Normalize(jitter=jitter, jitter_p=0.5, grey_p=grey_p)
     for seed in range(6):
         ref = norm(x, torch.Generator().manual_seed(seed))
         maps = norm.affine(x, torch.Generator().manual_seed(seed))

@@ -145,3 +145,40 @@ def test_fused_jitter_matches_step_by_step_reference():
     y = s * y + (1 - s) * (y @ grey_w)[..., None]  # saturation towards per-pixel grey
     y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
     assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
+
+
+def test_grey_scale_after_the_jitter_matches_a_step_by_step_reference():
+    x = torch.randint(0, 256, (2, 8, 12, 3), dtype=torch.uint8, generator=gen(7))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    grey_w = torch.tensor([0.299, 0.587, 0.114])
+    for seed in range(8):
+        out = Normalize(mean, std, jitter=0.4, jitter_p=1.0, grey_p=0.5)(x, gen(seed))
+        g = gen(seed)
+        torch.rand((), generator=g)  # the jitter_p draw
+        b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
+        y = x.float() / 255 * b
+        m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
+        y = c * y + (1 - c) * m
+        y = s * y + (1 - s) * (y @ grey_w)[..., None]
+        if float(torch.rand((), generator=g)) < 0.5:  # the grey_p draw, after the jitter's
+            y = (y @ grey_w)[..., None].expand_as(y)
+        y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
+        assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
+
+
+def test_grey_scale_gives_equal_channels_and_off_draws_nothing():
+    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8, generator=gen(1))
+    out = Normalize(mean=(0, 0, 0), std=(1, 1, 1), grey_p=1.0)(x, gen(0))
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])
+    expect = (x.float() / 255) @ torch.tensor([0.299, 0.587, 0.114])
+    assert torch.allclose(out[0], expect, atol=1e-5)
+    # grey_p 0 draws nothing: after the jitter's 4 draws (p + 3 factors) the stream is where
+    # four plain draws leave it; grey_p > 0 draws once more
+    for grey_p, draws in ((0.0, 4), (0.5, 5)):
+        g, ref = gen(5), gen(5)
+        Normalize(jitter=0.4, jitter_p=1.0, grey_p=grey_p)(x, g)
+        torch.rand(draws, generator=ref)
+        assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=ref))
+    train = build_video_transform("train", 16, overrides={"grey_p": 1.0})
+    y = train(x, gen(2))
+    assert torch.allclose(y[0] * 0.229 + 0.485, y[1] * 0.224 + 0.456, atol=1e-5)

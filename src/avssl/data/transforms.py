@@ -8,8 +8,9 @@ the normalised fbank ``[Ta, F]`` (SpecAugment, https://arxiv.org/abs/1904.08779)
 
 Presets:
     train: random-resized crop (area 0.25-1, aspect 3/4-4/3), horizontal flip p=0.5, colour
-        jitter 0.4 (p=0.8), normalise; audio gain +-6 dB (p=0.5), white noise at 10-40 dB SNR
-        (p=0.3), SpecAugment one 24-bin frequency mask and one 96-frame time mask.
+        jitter 0.4 (p=0.8), random grey-scale (``grey_p``, default 0: off), normalise; audio
+        gain +-6 dB (p=0.5), white noise at 10-40 dB SNR (p=0.3), SpecAugment one 24-bin
+        frequency mask and one 96-frame time mask.
     eval: resize the short side to the crop size, centre crop, normalise; no audio changes.
     none: like eval (no augmentation at all); as a training preset the loader still draws
         random clip times.
@@ -34,6 +35,7 @@ PRESETS: dict[str, dict] = {
         "flip_p": 0.5,
         "jitter": 0.4,
         "jitter_p": 0.8,
+        "grey_p": 0.0,  # random grey-scale (SimCLR, CVRL: 0.2); off by default
         "gain_db": 6.0,
         "gain_p": 0.5,
         "noise_snr_db": (10.0, 40.0),
@@ -136,26 +138,32 @@ class RandomHorizontalFlip:
 class Normalize:
     """uint8 ``[T, H, W, 3]`` -> float ``[C, T, H, W]``: ``(x / 255 - mean) / std``, with an
     optional colour jitter (brightness, contrast, saturation factors drawn from
-    ``[1 - j, 1 + j]``, applied in that order with probability ``jitter_p``) fused in.
+    ``[1 - j, 1 + j]``, applied in that order with probability ``jitter_p``) and an optional
+    grey-scale conversion (probability ``grey_p``, after the jitter, as SimCLR's
+    https://arxiv.org/abs/2002.05709 and CVRL's https://arxiv.org/abs/2008.03800 do) fused in.
 
-    The three jitter steps and the normalisation are linear in the pixel values, so they run
-    as one 3x3 colour matrix plus offset, clamped once to the valid range at the end
-    (torchvision clamps after each step).
+    The jitter steps, the grey-scale conversion and the normalisation are linear in the pixel
+    values, so they run as one 3x3 colour matrix plus offset, clamped once to the valid range
+    at the end (torchvision clamps after each step). With ``grey_p`` 0 no random number is
+    drawn for it, so the other draws are those of a Normalize without it.
     """
 
     GREY = torch.tensor([0.299, 0.587, 0.114])
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, jitter=0.0, jitter_p=0.8):
+    def __init__(
+        self, mean=IMAGENET_MEAN, std=IMAGENET_STD, jitter=0.0, jitter_p=0.8, grey_p=0.0
+    ) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1)
-        self.jitter, self.jitter_p = jitter, jitter_p
+        self.jitter, self.jitter_p, self.grey_p = jitter, jitter_p, grey_p
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         t, h, w, _ = x.shape
         y = torch.empty(3, t * h * w)
         y.view(3, t, h, w).copy_(x.permute(3, 0, 1, 2))  # [T, H, W, 3] -> float [C, T*H*W]
-        if self.jitter > 0 and _chance(gen, self.jitter_p):
-            mat, offset = self._jitter_affine(x, gen)  # in [0, 255] units
+        colour = self._colour_affine(x, gen)
+        if colour is not None:
+            mat, offset = colour  # in [0, 255] units
             y = torch.addmm(offset / (255.0 * self.std) - self.mean / self.std,
                             mat / (255.0 * self.std), y)  # fmt: skip
             for c in range(3):  # clamp to the normalised image of [0, 1]
@@ -169,13 +177,25 @@ class Normalize:
         as ``[3, 6]``: colour matrix (in normalised units per 0-255 value), offset, lower and
         upper clamp bound per channel; :func:`apply_affine` applies it (on any device)."""
         scale = 1.0 / (255.0 * self.std)  # [3, 1]
-        if self.jitter > 0 and _chance(gen, self.jitter_p):
-            mat, offset = self._jitter_affine(x, gen)
-            mat, offset = mat * scale, offset * scale - self.mean / self.std
+        colour = self._colour_affine(x, gen)
+        if colour is not None:
+            mat, offset = colour[0] * scale, colour[1] * scale - self.mean / self.std
         else:
             mat, offset = torch.diag(scale[:, 0]), -self.mean / self.std
         lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
         return torch.cat([mat, offset, lo, hi], dim=1)
+
+    def _colour_affine(self, x: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(matrix [3, 3], offset [3, 1]) in 0-255 units of the jitter and grey-scale drawn
+        for this clip, or None when neither applies."""
+        colour = None
+        if self.jitter > 0 and _chance(gen, self.jitter_p):
+            colour = self._jitter_affine(x, gen)
+        if self.grey_p > 0 and _chance(gen, self.grey_p):
+            grey = self.GREY.expand(3, 3)  # every channel becomes the luma
+            colour = (grey, torch.zeros(3, 1)) if colour is None else (
+                grey @ colour[0], grey @ colour[1])  # fmt: skip
+        return colour
 
     def _jitter_affine(self, x: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """(matrix [3, 3], offset [3, 1]) of brightness b, contrast c, saturation s:
@@ -282,7 +302,7 @@ def build_video_transform(
     steps: list = [crop]
     if o["flip_p"] > 0:
         steps.append(RandomHorizontalFlip(o["flip_p"]))
-    steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"]))
+    steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"], o["grey_p"]))
     return Compose(steps)
 
 
