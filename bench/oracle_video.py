@@ -117,15 +117,8 @@ def oracle_losses(model: Any, emb: nn.Embedding, batch: Any, wrong: float = 0.0)
 def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: float,
           wrong: float = 0.0) -> list:  # fmt: skip
     """The objective's optimiser and schedule (AdamW, warm-up + cosine); returns the losses."""
-    from avssl.objectives.base import WarmupCosine, param_groups
-
-    params = param_groups(model, model.weight_decay)
-    if emb is not None:
-        params += param_groups(emb, model.weight_decay)
-    opt = torch.optim.AdamW(params, lr=lr, betas=model.betas)
-    warmup = model.warmup_steps
-    warmup = int(round(model.warmup_fraction * steps)) if warmup is None else warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, steps, model.min_lr_ratio))
+    params_of = None if emb is None else nn.ModuleList([model, emb])
+    opt, sched = model.build_optimizer(lr, steps, params_of)
     model.train()
     losses: list[float] = []
     while len(losses) < steps:
@@ -175,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(1)
         emb = nn.Embedding(_num_classes(args.data), model.video_encoder.embed_dim)
     name = f"oracle-wrong{args.wrong:g}" if args.wrong else args.video
-    lr = float(model.lr) if model.lr is not None else model.base_lr * dm.hp.batch_size / 256
+    lr = model.resolve_lr(dm.hp.batch_size)  # one process, no accumulation
     t0 = time.time()
     losses = train(model, emb, dm.train_dataloader(), steps, lr, args.wrong)
     first, last = _mean(losses[:10]), _mean(losses[-10:])

@@ -154,7 +154,16 @@ class AVObjective(pl.LightningModule):
         return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     def configure_optimizers(self) -> Any:
-        eff = self.effective_batch_size()
+        lr = self.resolve_lr(self.effective_batch_size())
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            raise ValueError("set trainer.max_steps (or max_epochs with a sized loader)")
+        opt, sched = self.build_optimizer(lr, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def resolve_lr(self, eff: int | None) -> float:
+        """The peak learning rate for effective batch ``eff`` (None: unknown): ``lr`` when set,
+        else ``base_lr * eff / 256``; stored as ``used_lr`` and logged."""
         if self.lr is not None:
             lr = self.lr
         elif eff is None:
@@ -164,19 +173,21 @@ class AVObjective(pl.LightningModule):
             lr = self.base_lr * eff / 256
         self.used_lr = lr
         rank_zero_info(f"[avssl] lr {lr:.3g} (base_lr {self.base_lr:g}, effective batch {eff})")
+        return lr
+
+    def build_optimizer(
+        self, lr: float, total_steps: int, params_of: nn.Module | None = None
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW over ``params_of`` (default: this module; weight decay as :func:`param_groups`)
+        and its per-step warm-up + cosine schedule over ``total_steps``."""
         fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(
-            param_groups(self, self.weight_decay), lr=lr, betas=self.betas, fused=fused
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total <= 0:
-            raise ValueError("set trainer.max_steps (or max_epochs with a sized loader)")
+        groups = param_groups(self if params_of is None else params_of, self.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas, fused=fused)
         warmup = self.warmup_steps
         if warmup is None:
-            warmup = int(round(self.warmup_fraction * total))
-        schedule = WarmupCosine(warmup, total, self.min_lr_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            warmup = int(round(self.warmup_fraction * total_steps))
+        schedule = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     def on_fit_start(self) -> None:
         """Logs the hyper-parameters as ``model/<name>``; gives every rank its own RNG stream
