@@ -10,7 +10,7 @@ import torch
 
 from avssl.losses.contrastive import info_nce
 from avssl.objectives.base import param_groups
-from avssl.objectives.contrastive import AVContrastive, _memory_nce
+from avssl.objectives.contrastive import AVContrastive, _memory_nce, bank_negative_rows
 from tests.objectives.batches import make_batch, train_steps
 
 TINY = dict(size="tiny", depth=1, proj_dim=16, proj_hidden_dim=32)
@@ -111,6 +111,24 @@ def test_memory_nce_hand_value_and_loop_reference():
     got = _memory_nce(z, bank, rows, neg, torch.tensor(0.07), torch.ones(5))
     want = ref_memory_nce(z.numpy(), bank.numpy(), rows.numpy(), neg.numpy(), 0.07)
     assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_bank_negatives_never_hold_the_anchors_own_row():
+    torch.manual_seed(0)
+    rows = torch.tensor([0, 4, 9, 4])
+    neg = bank_negative_rows(rows, 10, 5000)
+    assert neg.shape == (4, 5000) and neg.dtype == torch.long
+    assert not (neg == rows[:, None]).any()  # the positive is never a negative
+    for i, r in enumerate(rows.tolist()):  # every other row is drawn, about uniformly
+        counts = torch.bincount(neg[i], minlength=10).float()
+        assert counts[r] == 0 and counts.sum() == 5000
+        others = torch.cat([counts[:r], counts[r + 1 :]])
+        assert others.min() > 0.8 * 5000 / 9 and others.max() < 1.2 * 5000 / 9
+    assert bank_negative_rows(torch.tensor([0]), 1, 8).shape == (1, 0)  # nothing to contrast
+    model = _model(memory_bank=True, bank_negatives=16).train()  # through the objective
+    b = make_batch(B=1)
+    out = model.compute_losses(b)  # a one-row bank: no negatives, a zero loss, no error
+    assert float(out["nce_av"]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bank_rows_grow_lazily_and_update_by_momentum():

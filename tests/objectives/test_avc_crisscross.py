@@ -93,9 +93,10 @@ def test_crisscross_terms_and_pairs():
     with torch.no_grad():  # async term by hand: video clip 1 with audio clip 2 and vice versa
         z, p = {}, {}
         for m, enc in (("audio", model.audio_encoder), ("video", model.video_encoder)):
-            z[m] = model.projector[m](enc(getattr(b, m).flatten(0, 1)))  # [B K, E]
-            p[m] = model.predictor[m](z[m]).reshape(4, 2, -1)  # [B, K, E]
-            z[m] = z[m].reshape(4, 2, -1)
+            x = getattr(b, m)  # [B, K, ...]: each clip index through the heads on its own
+            zs = [model.projector[m](enc(x[:, c])) for c in range(2)]  # K x [B, E]
+            z[m] = torch.stack(zs, dim=1)  # [B, K, E]
+            p[m] = torch.stack([model.predictor[m](zc) for zc in zs], dim=1)
 
         def term(cv: int, ca: int) -> torch.Tensor:
             zv, pv, za, pa = (
@@ -110,6 +111,38 @@ def test_crisscross_terms_and_pairs():
     assert float(out["async"]) == pytest.approx(float(want), rel=1e-4)
     with pytest.raises(ValueError, match="clips_per_video: 2"):
         model.compute_losses(make_batch())
+
+
+def test_crisscross_heads_are_simsiams_with_per_view_batch_norm():
+    torch.manual_seed(0)
+    model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8)
+    proj, pred = model.projector["video"], model.predictor["video"]
+    norms = [m for m in proj if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 3 and norms[-1].affine is False and norms[0].affine is True
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in pred) == 1
+    assert isinstance(pred[-1], torch.nn.Linear) and pred[-1].out_features == 32
+    # training-mode batch statistics are per clip index: compute_losses sends each clip index
+    # through the projector on its own, so changing clip 2 of every sample leaves clip 1's
+    # projections as they were (one batch norm over both clips would move them)
+    seen: list[torch.Tensor] = []
+    proj.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    b = _two_clips()
+    losses = model.compute_losses(b)
+    b.video[:, 1] = torch.randn_like(b.video[:, 1]) * 3 + 1
+    losses2 = model.compute_losses(b)
+    assert [tuple(z.shape) for z in seen] == [(4, 32)] * 4  # 2 calls x 2 clip indices
+    assert torch.allclose(seen[0], seen[2], atol=1e-5) and not torch.allclose(seen[1], seen[3])
+    assert not torch.allclose(losses["intra"], losses2["intra"])
+    with torch.no_grad():  # the same rows normalised together with clip 2's do differ
+        feats = model.video_encoder(b.video.flatten(0, 1)).reshape(4, 2, -1)
+        mixed = proj(feats.flatten(0, 1)).reshape(4, 2, -1)[:, 0]
+    assert not torch.allclose(mixed, seen[0], atol=1e-3)
+    plain = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    assert torch.isfinite(plain.compute_losses(b)["loss"])
+    with pytest.raises(ValueError, match="at least 2 samples"):  # BN cannot train on one row
+        model.compute_losses(_two_clips(B=1))
+    assert torch.isfinite(plain.compute_losses(_two_clips(B=1))["loss"])
 
 
 def test_crisscross_predictors_learn_fixed_targets():

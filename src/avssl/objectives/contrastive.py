@@ -187,7 +187,7 @@ class AVContrastive(AVObjective):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         rows = rows_all[rank * len(keys) : (rank + 1) * len(keys)]  # this rank's samples
         filled = len(self.bank_index)
-        neg = torch.randint(filled, (len(keys), self.bank_negatives), device=self.device)
+        neg = bank_negative_rows(rows, filled, self.bank_negatives)
         ok = a_ok * v_ok
         loss_v = _memory_nce(zv, self.bank["audio"], rows, neg, t, ok)
         loss_a = _memory_nce(za, self.bank["video"], rows, neg, t, ok)
@@ -228,6 +228,21 @@ class AVContrastive(AVObjective):
             "which": "online",
             "note": note,
         }
+
+
+def bank_negative_rows(rows: torch.Tensor, filled: int, count: int) -> torch.Tensor:
+    """``[B, count]`` bank rows drawn uniformly from the ``filled`` rows other than each
+    anchor's own row ``rows [B]`` (its positive); ``[B, 0]`` when the bank holds one row.
+
+    AVID samples its negatives uniformly from a memory of the whole training set (Kinetics),
+    where drawing the anchor's own memory is negligible; on a few hundred clips 1024 uniform
+    draws would hold the positive about 4 times each and cap the loss near ln(5), so it is
+    excluded: draw from ``filled - 1`` rows and skip the anchor's.
+    """
+    if filled < 2:
+        return rows.new_zeros(len(rows), 0)
+    neg = torch.randint(filled - 1, (len(rows), count), device=rows.device)
+    return neg + (neg >= rows[:, None]).long()
 
 
 def _memory_nce(

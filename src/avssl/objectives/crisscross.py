@@ -12,7 +12,13 @@ cosine ``D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2`` with a stop-gradient on the tar
   same recording; with ``audio_mode: random`` every audio window is anywhere in the recording).
 
 Loss ``intra_weight * L_intra + sync_weight * L_sync + async_weight * L_async``, each term the
-mean of its pairs. Projector and predictor are MLPs without batch norm here (SimSiam uses BN).
+mean of its pairs. Projector and predictor are SimSiam's (``batch_norm: true``, the default): a
+3-layer projector with batch norm after every layer (the last one without affine parameters) and
+a 2-layer bottleneck predictor with batch norm on its hidden layer; batch statistics are taken
+over each clip index separately, as SimSiam normalises each view's batch on its own (SimSiam's
+Table 5: without these norms its ImageNet linear probe falls from 67.4 to 34.6 %). With
+``batch_norm: false`` both are Linear-GELU-Linear MLPs. Multi-GPU runs should add
+``--trainer.sync_batchnorm true`` (SimSiam uses synchronised batch norm; it needs GPUs).
 """
 
 from __future__ import annotations
@@ -27,6 +33,30 @@ from avssl.data.batch import AVBatch
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective
 from avssl.objectives.contrastive import projection_head
+
+
+def simsiam_projector(dim: int, hidden: int, out: int) -> nn.Module:
+    """SimSiam's projector: (Linear-BN-ReLU) x 2, then Linear-BN without affine parameters."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out, bias=False),
+        nn.BatchNorm1d(out, affine=False),
+    )
+
+
+def simsiam_predictor(dim: int, hidden: int) -> nn.Module:
+    """SimSiam's bottleneck predictor: Linear-BN-ReLU, then Linear (with bias)."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, dim),
+    )
 
 
 def simsiam_loss(p1, z1, p2, z2, valid: torch.Tensor) -> torch.Tensor:
@@ -46,6 +76,8 @@ class CrissCross(AVObjective):
         proj_dim, proj_hidden_dim: projector output and hidden widths.
         pred_hidden_dim: predictor bottleneck width (SimSiam: proj_dim / 4).
         intra_weight, sync_weight, async_weight: term weights.
+        batch_norm: SimSiam's projector and predictor with batch norm (True) or plain
+            Linear-GELU-Linear MLPs (False).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -65,17 +97,21 @@ class CrissCross(AVObjective):
         intra_weight: float = 1.0,
         sync_weight: float = 1.0,
         async_weight: float = 1.0,
+        batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
         dim = self.audio_encoder.embed_dim
-        self.projector = nn.ModuleDict(
-            {m: projection_head(dim, proj_hidden_dim, proj_dim) for m in ("audio", "video")}
-        )
-        self.predictor = nn.ModuleDict(
-            {m: projection_head(proj_dim, pred_hidden_dim, proj_dim) for m in ("audio", "video")}
-        )
+        modalities = ("audio", "video")
+        if batch_norm:
+            proj = {m: simsiam_projector(dim, proj_hidden_dim, proj_dim) for m in modalities}
+            pred = {m: simsiam_predictor(proj_dim, pred_hidden_dim) for m in modalities}
+        else:
+            proj = {m: projection_head(dim, proj_hidden_dim, proj_dim) for m in modalities}
+            pred = {m: projection_head(proj_dim, pred_hidden_dim, proj_dim) for m in modalities}
+        self.projector, self.predictor = nn.ModuleDict(proj), nn.ModuleDict(pred)
+        self.batch_norm = batch_norm
         self.weights = {"intra": intra_weight, "sync": sync_weight, "async": async_weight}
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
@@ -83,14 +119,22 @@ class CrissCross(AVObjective):
             raise ValueError(
                 "CrissCross needs 2 clips per sample: set data.init_args.clips_per_video: 2"
             )
+        if self.batch_norm and self.training and len(batch) < 2:
+            raise ValueError(
+                "CrissCross with batch_norm: true needs at least 2 samples per batch on each "
+                "device (SimSiam's batch norm); raise data.init_args.batch_size or set "
+                "model.init_args.batch_norm: false"
+            )
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         k = batch.video.shape[1]
         z, p = {}, {}
         for m, x in (("audio", audio), ("video", video)):
             enc = self.audio_encoder if m == "audio" else self.video_encoder
-            zm = self.projector[m](enc(x))  # [B K, E]
-            z[m] = zm.reshape(len(batch), k, -1)  # [B, K, E]
-            p[m] = self.predictor[m](zm).reshape(len(batch), k, -1)
+            feats = enc(x).reshape(len(batch), k, -1)  # [B, K, D]
+            # one view (clip index) at a time through the heads: per-view batch statistics
+            zs = [self.projector[m](feats[:, c]) for c in range(k)]  # K x [B, E]
+            z[m] = torch.stack(zs, dim=1)  # [B, K, E]
+            p[m] = torch.stack([self.predictor[m](zc) for zc in zs], dim=1)
         ok = {"audio": a_ok.reshape(-1, k), "video": v_ok.reshape(-1, k)}  # [B, K]
 
         def pair(m1: str, c1: int, m2: str, c2: int) -> torch.Tensor:
