@@ -236,8 +236,8 @@ def bank_negative_rows(rows: torch.Tensor, filled: int, count: int) -> torch.Ten
 
     AVID samples its negatives uniformly from a memory of the whole training set (Kinetics),
     where drawing the anchor's own memory is negligible; on a few hundred clips 1024 uniform
-    draws would hold the positive about 4 times each and cap the loss near ln(5), so it is
-    excluded: draw from ``filled - 1`` rows and skip the anchor's.
+    draws would hold the positive about 4 times each, which puts a floor of about ln(5) under
+    the loss, so it is excluded: draw from ``filled - 1`` rows and skip the anchor's.
     """
     if filled < 2:
         return rows.new_zeros(len(rows), 0)
