@@ -64,7 +64,8 @@ eval: $(STAMP)
 	  $(if $(OUT),--out "$(OUT)",) $(ARGS)
 
 demo: $(STAMP)
-	$(PY) -m avssl.demo --recipe "$(RECIPE)" $(if $(strip $(ARGS)),-- $(ARGS),)
+	$(PY) -m avssl.demo --recipe "$(RECIPE)" $(if $(strip $(DATA)),--data "$(DATA)",) \
+	  $(if $(strip $(ARGS)),-- $(ARGS),)
 
 bench: $(STAMP)
 	$(PY) bench/loader.py

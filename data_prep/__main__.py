@@ -36,6 +36,7 @@ SPECIFIC = (
     ("num_classes", int),
     ("clips_per_class", int),
     ("seed", int),
+    ("visual_nuisance", str),
 )
 
 

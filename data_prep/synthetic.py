@@ -16,7 +16,7 @@ from avssl.cli import UserError
 from data_prep.common import Context, Plan, make_key
 from data_prep.ucf101 import collect_ucf_layout
 
-OPTIONS = ("num_classes", "clips_per_class", "seed")
+OPTIONS = {"num_classes": int, "clips_per_class": int, "seed": int, "visual_nuisance": str}
 META_NAME = "synthetic_meta.json"
 
 
@@ -43,7 +43,9 @@ def _generate(ctx: Context, raw: Path, gen_opts: dict) -> None:
 
 def collect(ctx: Context) -> Plan:
     raw = ctx.root if ctx.root is not None else ctx.out / "raw"
-    gen_opts = {k: int(ctx.options[k]) for k in OPTIONS if ctx.options.get(k) is not None}
+    gen_opts = {
+        k: kind(ctx.options[k]) for k, kind in OPTIONS.items() if ctx.options.get(k) is not None
+    }
     generated = bool(gen_opts) or not (raw / META_NAME).is_file()
     if generated:
         if ctx.root is not None and ctx.root.exists() and not ctx.root.is_dir():

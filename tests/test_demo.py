@@ -30,7 +30,7 @@ def test_prep_rebuilds_only_shards_of_an_older_generator(tmp_path, monkeypatch, 
         returncode = 0
 
     monkeypatch.setattr(demo.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done())
-    demo._prep()
+    demo._prep(shards)
     if rebuilt:
         assert not shards.exists()  # the stale folder was removed before data_prep ran
         assert calls and calls[0][1:5] == ["-m", "data_prep", "--dataset", "synthetic"]
@@ -58,7 +58,7 @@ def test_demo_commands_and_ablation_options(tmp_path, monkeypatch, extra):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "eval_out" / "demo").mkdir(parents=True)
     calls: list[tuple[tuple[str, ...], dict | None]] = []
-    monkeypatch.setattr(demo, "_prep", lambda: None)
+    monkeypatch.setattr(demo, "_prep", lambda data: None)
     # a previous demo run of the same name is removed before pretraining (it would make the
     # pretraining stop: a fresh run never writes into another run's checkpoint folder)
     old = tmp_path / "runs" / "vatt" / (f"{demo.RUN_ID}-args" if extra else demo.RUN_ID)
@@ -101,3 +101,35 @@ def test_demo_commands_and_ablation_options(tmp_path, monkeypatch, extra):
     # an ablation leaves the plain demo's summary alone
     if extra:
         assert not (tmp_path / "eval_out" / "demo" / "summary-vatt.md").exists()
+
+
+def test_demo_on_other_shards_names_its_run_and_checks_them(tmp_path, monkeypatch):
+    # make demo DATA=shards/synthetic_plain: every step reads those shards, the run, encoders
+    # and summary carry the folder's name, and the default demo's outputs are left alone
+    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval_out" / "demo").mkdir(parents=True)
+    plain = tmp_path / "shards" / "synthetic_plain"
+    with pytest.raises(SystemExit, match="no prepared shards.*make prep DATASET=synthetic"):
+        demo.main(["--recipe", "xdc", "--data", str(plain)])
+    (plain / "splits").mkdir(parents=True)
+    (plain / "manifest.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no train1/test1 splits"):
+        demo.main(["--recipe", "xdc", "--data", str(plain)])
+    (plain / "splits" / "test1.txt").write_text("k\n")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((*args, env)))
+    monkeypatch.setattr(demo, "_results", lambda folder: _fake_results({"video": 20.0}))
+    assert demo.main(["--recipe", "xdc", "--data", str(plain)]) == 0
+    pretrain, *rest = calls
+    assert pretrain[:5] == ("pretrain", "--recipe", "xdc", "--data", str(plain))
+    assert pretrain[-1]["AVSSL_RUN_ID"] == f"{demo.RUN_ID}@synthetic_plain"
+    evals = [c for c in rest if c[0] == "eval"]
+    assert len(evals) == 2 and all(c[c.index("--data") + 1] == str(plain) for c in evals)
+    assert [c[c.index("--out") + 1] for c in rest if c[0] == "export"] == [
+        "encoders/demo-xdc@synthetic_plain",
+        "encoders/demo-xdc@synthetic_plain-random",
+    ]
+    summary = tmp_path / "eval_out" / "demo" / "summary-xdc@synthetic_plain.md"
+    assert f"shards: `{plain}`" in summary.read_text()
+    assert not (tmp_path / "eval_out" / "demo" / "summary-xdc.md").exists()

@@ -13,6 +13,11 @@ the pretraining command after the demo's configs, for ablations at the demo's bu
 is named ``<recipe>-args`` (run folder, encoders, ``eval_out/demo/summary-<recipe>-args.md``,
 which records the options) and leaves the plain demo's results alone.
 
+``--data <folder>`` (``make demo RECIPE=vatt DATA=shards/synthetic_plain``) runs the same check
+on other prepared synthetic shards, e.g. the control set ``make prep DATASET=synthetic
+OUT=shards/synthetic_plain PREP_ARGS="--visual-nuisance plain"``; the run is then named
+``<recipe>@<folder name>`` (``-args`` after it with options).
+
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
 """
@@ -51,7 +56,20 @@ def _generator_version(shards: Path) -> int | None:
         return None
 
 
-def _prep() -> None:
+def _prep(data: Path) -> None:
+    if data != SHARDS:  # the user's own synthetic shards: used as they are
+        if not (data / "manifest.json").is_file():
+            raise SystemExit(
+                f"[demo] {data} holds no prepared shards (no manifest.json): make prep "
+                f"DATASET=synthetic OUT={data} [PREP_ARGS=...] first"
+            )
+        if not (data / "splits" / "test1.txt").is_file():
+            raise SystemExit(
+                f"[demo] {data} has no train1/test1 splits: the demo's protocol needs the "
+                "synthetic dataset's three splits"
+            )
+        print(f"[demo] 1/4 using the prepared shards in {data}", flush=True)
+        return
     if (SHARDS / "manifest.json").is_file():
         from avssl.data.synthetic import META_VERSION
 
@@ -119,17 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         epilog="options after -- are added to the pretraining command (ablations)",
     )
     ap.add_argument("--recipe", default="mavil", help="recipe name in recipes/ (default: mavil)")
-    recipe = ap.parse_args(argv[:cut]).recipe
+    ap.add_argument(
+        "--data", default="", help=f"prepared synthetic shards (default: {SHARDS}, built if absent)"
+    )
+    args = ap.parse_args(argv[:cut])
+    recipe, data = args.recipe, Path(args.data) if args.data.strip() else SHARDS
     usable = demo_recipes()
     if recipe not in usable:
         raise SystemExit(
             f"[demo] unknown or unusable recipe {recipe!r} (one of: {', '.join(usable)})"
         )
-    name = f"{recipe}-args" if extra else recipe  # an ablation keeps the plain demo's results
-    run_id = f"{RUN_ID}-args" if extra else RUN_ID
+    # an ablation or another set keeps the plain demo's results
+    on = "" if data == SHARDS else f"@{data.resolve().name}"
+    name = f"{recipe}{on}-args" if extra else f"{recipe}{on}"
+    run_id = f"{RUN_ID}{on}-args" if extra else f"{RUN_ID}{on}"
     t0 = time.time()
-    _prep()
-    print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset", flush=True)
+    _prep(data)
+    print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset {data}", flush=True)
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
     configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo]     removing the previous demo run {run_dir}/", flush=True)
         shutil.rmtree(run_dir)
     _avssl(
-        "pretrain", "--recipe", recipe, "--data", str(SHARDS), "--", *configs, *extra,
+        "pretrain", "--recipe", recipe, "--data", str(data), "--", *configs, *extra,
         # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
         env={"AVSSL_RUN_ID": run_id, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )  # fmt: skip
@@ -152,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     for enc in (random, trained):
         out = Path("eval_out/demo") / enc
         _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{enc}",
-               "--data", str(SHARDS), "--out", str(out))  # fmt: skip
+               "--data", str(data), "--out", str(out))  # fmt: skip
         rows[enc] = _results(out)
     table = _table(rows[random], rows[trained], recipe)
     if extra:
         table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
+    if on:
+        table = f"shards: `{data}`\n\n" + table
     summary = Path("eval_out/demo") / ("summary.md" if name == "mavil" else f"summary-{name}.md")
     summary.write_text(table + "\n")
     print("\n" + table + "\n")

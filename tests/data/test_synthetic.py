@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from avssl.data.synthetic import (
     generate,
     load_meta,
 )
-from avssl.data.synthetic_plan import held_out_groups
+from avssl.data.synthetic_plan import PLAIN_VISUAL, held_out_groups
 from avssl.data.synthetic_render import (
     DISTRACTOR_S,
     FLASH_MIX,
@@ -274,3 +275,31 @@ def test_class_recoverable_from_each_modality(meta: dict, decoded: list) -> None
         [_audio_feature(a, r, c) for c, (_, a, r) in zip(meta["clips"], decoded) if a is not None]
     )
     assert _leave_one_out_nearest_centroid(audio, labels[has]) >= 0.8
+
+
+def test_plain_visual_nuisance_fixes_the_screen_and_keeps_the_rest(tmp_path, meta) -> None:
+    # the control set: colours, background, position and size are constant on screen; every
+    # other per-clip value (timing, motion speed, audio) is the default set's for the same seed
+    plain_root = generate(tmp_path / "plain", workers=1, visual_nuisance="plain", **SMALL)
+    plain = load_meta(plain_root)
+    assert plain["settings"]["visual_nuisance"] == "plain"
+    assert meta["settings"]["visual_nuisance"] == "full"
+    fixed = set(PLAIN_VISUAL)
+    for full_clip, clip in zip(meta["clips"], plain["clips"]):
+        nz, full_nz = clip["nuisance"], full_clip["nuisance"]
+        assert {k: nz[k] for k in fixed} == PLAIN_VISUAL
+        assert {k: v for k, v in nz.items() if k not in fixed} == {
+            k: v for k, v in full_nz.items() if k not in fixed
+        }
+        assert clip["events"] == full_clip["events"] and clip["seed"] == full_clip["seed"]
+        assert clip["distractors"] == full_clip["distractors"]
+    # the default set varies what the plain one holds fixed
+    assert len({json.dumps(c["nuisance"]["object_rgb"]) for c in meta["clips"]}) > 1
+    # decoded: a flat background of the plain grey away from the object
+    clip = plain["clips"][0]
+    frames, _, _ = _decode(plain_root / clip["file"])
+    bg = round(PLAIN_VISUAL["bg_rgb"][0] * 255)
+    corner = frames[:, :6, :6].astype(int)  # the object starts at the centre, never reaches it
+    assert np.abs(corner - bg).max() <= 3
+    with pytest.raises(ValueError, match="visual_nuisance must be one of full, plain"):
+        generate(tmp_path / "bad", workers=1, visual_nuisance="none", **SMALL)

@@ -229,3 +229,10 @@ def test_synthetic_generator(tmp_path):
     samples = read_shards(out)
     meta = sample_json(samples, next(iter(samples)))
     assert "events" in meta["synthetic"] and meta["source"] == "synthetic"
+
+
+def test_synthetic_bad_visual_nuisance_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="synthetic: synthetic visual_nuisance must be one of"):
+        prepare_dataset(
+            "synthetic", None, None, tmp_path / "out", progress=False, visual_nuisance="dim"
+        )

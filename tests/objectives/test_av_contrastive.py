@@ -160,11 +160,32 @@ def test_bank_state_round_trips_through_a_checkpoint(tmp_path, batch):
         assert torch.equal(fresh.bank[m], model.bank[m][: len(batch.key)])
 
 
-def test_vatt_memorises_a_fixed_batch():
+@pytest.mark.parametrize("heads", ["mlp", "fac"])
+def test_vatt_memorises_a_fixed_batch(heads):
     """The NCE, its projections and their gradients are wired so that a fixed batch of 8
-    audio-video pairs is learned (DropToken on, as VATT): the loss falls to a quarter. On the
-    demo's synthetic set the loss stays near ln B across *different* clips; this test separates
-    that from a broken loss."""
-    model = _model(drop_token=0.5).train()
+    audio-video pairs is learned (DropToken on, as VATT): the loss falls to a quarter. This
+    separates a broken loss from one that does not find a correspondence across clips."""
+    model = _model(drop_token=0.5, heads=heads).train()
     losses = train_steps(model, make_batch(B=8, seed=3), model.parameters(), 1e-3, 40)
     assert sum(losses[-5:]) / 5 < 0.25 * losses[0], losses
+
+
+def test_fac_heads_are_mmv_vatt_heads(batch):
+    # VATT's audio-video heads (MMV's FAC): video Linear-BN-ReLU-Linear-BN, audio one Linear
+    model = _model(heads="fac").train()
+    assert isinstance(model.audio_proj, torch.nn.Linear) and model.audio_proj.out_features == 16
+    layers = list(model.video_proj)
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert all(m.bias is None for m in layers if isinstance(m, torch.nn.Linear))
+    za, zv = model.embed(batch.audio, batch.video)
+    assert za.shape == zv.shape == (len(batch), 16)
+    # in training the video embeddings are standardised over the batch (what keeps them apart)
+    assert zv.mean(0).abs().max() < 1e-5
+    assert torch.allclose(zv.std(0, unbiased=False), torch.ones(16), atol=1e-2)
+    out = model.compute_losses(batch)
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="heads: fac needs at least 2 samples"):
+        model.compute_losses(make_batch(B=1))
+    with pytest.raises(ValueError, match="heads must be one of mlp, fac"):
+        _model(heads="bn")

@@ -122,6 +122,7 @@ def generate(
     alt_size_fraction: float = 0.05,
     stereo_fraction: float = 0.3,
     alt_rate_fraction: float = 0.2,
+    visual_nuisance: str = "full",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -144,6 +145,10 @@ def generate(
         sample_rate: audio rate of most clips; ``alt_sample_rate`` of ``alt_rate_fraction``.
         no_audio_fraction: clips written without an audio stream.
         stereo_fraction: clips with stereo audio (panned), the rest mono.
+        visual_nuisance: "full" (default): colours, background texture, position and size vary
+            per clip; "plain": those are fixed (a light grey object of mid size starting at the
+            centre of a flat dark background), a control set that is easier to see; the audio,
+            the timing and the motion speed are the same as in "full" for the same seed.
         overwrite: regenerate even when a complete dataset with these settings exists.
         progress: called as ``progress(done, total)`` after each clip.
 
@@ -168,6 +173,7 @@ def generate(
         alt_size_fraction=alt_size_fraction,
         stereo_fraction=stereo_fraction,
         alt_rate_fraction=alt_rate_fraction,
+        visual_nuisance=visual_nuisance,
     )
     root = Path(root)
     if not overwrite and _is_complete(root, settings):

@@ -27,6 +27,18 @@ NOISE_DB = (-35.0, -15.0)  # background noise relative to the notes' peak
 DETUNE = 5.0  # semitones either way: pitch is a nuisance, the timbre names the class
 DISTRACTOR_RATE = 1.0  # off-screen sounds per second (Poisson), other classes' timbres
 DISTRACTOR_DB = (-12.0, -3.0)  # their level relative to the on-screen notes
+VISUAL_NUISANCE = ("full", "plain")
+# "plain" video: what the class does not fix is held constant on screen (a light grey object of
+# mid size starting at the centre of a flat dark background); motion speed and phase, the flash
+# and all of the audio stay as in "full". A control set, easier to see than the default one.
+PLAIN_VISUAL = {
+    "object_rgb": [0.85, 0.85, 0.85],
+    "bg_rgb": [0.15, 0.15, 0.15],
+    "bg_rgb2": [0.15, 0.15, 0.15],
+    "texture": "gradient",
+    "center": [0.5, 0.5],
+    "size": round(sum(SIZE_RANGE) / 2, 4),
+}
 
 
 def validate_settings(**kw) -> dict:
@@ -58,6 +70,11 @@ def validate_settings(**kw) -> dict:
     for key in ("stereo_fraction", "alt_rate_fraction"):
         if not 0.0 <= s[key] <= 1.0:
             raise ValueError(f"synthetic {key} must be in [0, 1], got {s[key]}")
+    if s["visual_nuisance"] not in VISUAL_NUISANCE:
+        raise ValueError(
+            f"synthetic visual_nuisance must be one of {', '.join(VISUAL_NUISANCE)}, "
+            f"got {s['visual_nuisance']!r}"
+        )
     return s
 
 
@@ -103,12 +120,15 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
     return obj, cols[0], cols[1]
 
 
-def _nuisance(rng: np.random.Generator, rhythm: list[float]) -> dict:
-    """Per-clip nuisance values, independent of the class except the phase range (one cycle)."""
+def _nuisance(rng: np.random.Generator, rhythm: list[float], visual: str = "full") -> dict:
+    """Per-clip nuisance values, independent of the class except the phase range (one cycle).
+
+    ``visual="plain"`` replaces the on-screen ones by :data:`PLAIN_VISUAL` after drawing them
+    all, so every other value (and the rest of the clip's stream) is the same as in "full"."""
     obj, bg1, bg2 = _colour_pair(rng)
     tempo = rng.uniform(0.92, 1.08)
     r4 = lambda v: round(float(v), 4)
-    return {
+    nz = {
         "object_rgb": [r4(v) for v in obj],
         "bg_rgb": [r4(v) for v in bg1],
         "bg_rgb2": [r4(v) for v in bg2],
@@ -127,6 +147,9 @@ def _nuisance(rng: np.random.Generator, rhythm: list[float]) -> dict:
         "tempo": r4(tempo),
         "phase": r4(rng.uniform(0.0, sum(rhythm) * tempo)),
     }
+    if visual == "plain":
+        nz.update(PLAIN_VISUAL)
+    return nz
 
 
 def _events(rhythm: list[float], tempo: float, phase: float, num_frames: int, fps: int):
@@ -166,7 +189,7 @@ def _plan_one(s: dict, cls: dict, label: int, j: int, var: dict, groups: int) ->
     rng = np.random.default_rng([s["seed"], label, j])
     fps, (width, height) = var["fps"], var["size"]
     num_frames = int(round(rng.uniform(s["min_duration"], s["max_duration"]) * fps))
-    nz = _nuisance(rng, cls["rhythm"])
+    nz = _nuisance(rng, cls["rhythm"], s.get("visual_nuisance", "full"))
     group, index = j % groups + 1, j // groups + 1
     audio = var["has_audio"]
     return {

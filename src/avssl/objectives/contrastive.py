@@ -44,6 +44,23 @@ def projection_head(dim: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+HEADS = ("mlp", "fac")
+
+
+def fac_video_head(dim: int, out: int) -> nn.Module:
+    """The video-to-audio-video head of MMV's fine-and-coarse (FAC) design, which VATT uses:
+    Linear-BN-ReLU-Linear-BN, both linear layers ``out`` wide and without bias (Alayrac et al.
+    2020, https://arxiv.org/abs/2006.16228). The batch norms standardise each output dimension
+    over the batch, which keeps the video embeddings of a batch apart."""
+    return nn.Sequential(
+        nn.Linear(dim, out, bias=False),
+        nn.BatchNorm1d(out),
+        nn.ReLU(),
+        nn.Linear(out, out, bias=False),
+        nn.BatchNorm1d(out),
+    )
+
+
 def pooled(encoder: ViTEncoder, x: torch.Tensor, drop: float) -> torch.Tensor:
     """Mean-pooled features ``[B, D]``; with ``drop > 0`` only a random subset of tokens is fed
     to the encoder (DropToken, VATT)."""
@@ -63,7 +80,10 @@ class AVContrastive(AVObjective):
         size, depth, patch_size, tubelet_size: encoder architecture (see ``AudioViT``/``VideoViT``).
         audio_frames, num_mel_bins, num_frames, img_size: default input sizes (cache/export).
         proj_dim: width of the common space (VATT: 512 for audio-video).
-        proj_hidden_dim: hidden width of the projection MLPs (0 = linear heads).
+        proj_hidden_dim: hidden width of the projection MLPs (0 = linear heads); ``heads="mlp"``.
+        heads: "mlp" = the same head for both modalities (``proj_hidden_dim``); "fac" = MMV's
+            FAC audio-video heads as VATT has them: video Linear-BN-ReLU-Linear-BN
+            (:func:`fac_video_head`), audio one Linear (needs >= 2 samples per device batch).
         temperature: NCE temperature (0.07, VATT and AVID); initial value when learnable.
         learnable_temperature: learn ``log(1/T)`` (CLIP style), T clamped to >= 0.01.
         drop_token: fraction of input tokens dropped before the encoders in training (VATT: 0.5).
@@ -88,6 +108,7 @@ class AVContrastive(AVObjective):
         img_size: int = 224,
         proj_dim: int = 512,
         proj_hidden_dim: int = 2048,
+        heads: str = "mlp",
         temperature: float = 0.07,
         learnable_temperature: bool = False,
         drop_token: float = 0.0,
@@ -102,9 +123,16 @@ class AVContrastive(AVObjective):
         if not 0.0 <= drop_token < 1.0:
             raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
         self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
         dim = self.audio_encoder.embed_dim
-        self.audio_proj = projection_head(dim, proj_hidden_dim, proj_dim)
-        self.video_proj = projection_head(dim, proj_hidden_dim, proj_dim)
+        self.heads = heads
+        if heads == "fac":
+            self.audio_proj: nn.Module = nn.Linear(dim, proj_dim)
+            self.video_proj: nn.Module = fac_video_head(dim, proj_dim)
+        else:
+            self.audio_proj = projection_head(dim, proj_hidden_dim, proj_dim)
+            self.video_proj = projection_head(dim, proj_hidden_dim, proj_dim)
         log_inv_t = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.log_inv_temp = nn.Parameter(log_inv_t)
@@ -128,6 +156,11 @@ class AVContrastive(AVObjective):
         return za, zv
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        if self.heads == "fac" and self.training and len(batch) < 2:
+            raise ValueError(
+                "AVContrastive with heads: fac needs at least 2 samples per batch on each device "
+                "(batch norm in the video head); raise data.init_args.batch_size"
+            )
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         k = batch.audio.shape[1] if batch.audio.ndim == 5 else 1
         za, zv = self.embed(audio, video)  # [B K, P] each
