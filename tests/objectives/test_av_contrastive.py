@@ -187,5 +187,18 @@ def test_fac_heads_are_mmv_vatt_heads(batch):
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="heads: fac needs at least 2 samples"):
         model.compute_losses(make_batch(B=1))
-    with pytest.raises(ValueError, match="heads must be one of mlp, fac"):
+    with pytest.raises(ValueError, match="heads must be one of mlp, fac, avid"):
         _model(heads="bn")
+
+
+def test_avid_heads_are_avids_mlp(batch):
+    # AVID's code: Linear-ReLU-Linear-ReLU-Linear on both modalities, hidden proj_hidden_dim
+    model = _model(heads="avid", memory_bank=True, bank_negatives=8)
+    for head in (model.audio_proj, model.video_proj):
+        layers = list(head)
+        assert [type(m).__name__ for m in layers] == ["Linear", "ReLU"] * 2 + ["Linear"]
+        assert [m.out_features for m in layers if isinstance(m, torch.nn.Linear)] == [32, 32, 16]
+    out = model.train().compute_losses(batch)
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="heads: avid needs proj_hidden_dim > 0"):
+        _model(heads="avid", proj_hidden_dim=0)

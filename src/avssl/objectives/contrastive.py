@@ -44,7 +44,20 @@ def projection_head(dim: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
-HEADS = ("mlp", "fac")
+HEADS = ("mlp", "fac", "avid")
+
+
+def avid_head(dim: int, hidden: int, out: int) -> nn.Module:
+    """AVID's projection head (both modalities): Linear-ReLU-Linear-ReLU-Linear, two hidden
+    layers ``hidden`` wide (AVID's Kinetics config: 512, 512, then 128; Morgado et al. 2021,
+    https://arxiv.org/abs/2004.12943, and its public code)."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out),
+    )
 
 
 def fac_video_head(dim: int, out: int) -> nn.Module:
@@ -83,7 +96,9 @@ class AVContrastive(AVObjective):
         proj_hidden_dim: hidden width of the projection MLPs (0 = linear heads); ``heads="mlp"``.
         heads: "mlp" = the same head for both modalities (``proj_hidden_dim``); "fac" = MMV's
             FAC audio-video heads as VATT has them: video Linear-BN-ReLU-Linear-BN
-            (:func:`fac_video_head`), audio one Linear (needs >= 2 samples per device batch).
+            (:func:`fac_video_head`), audio one Linear (needs >= 2 samples per device batch);
+            "avid" = AVID's heads on both modalities (:func:`avid_head`, ``proj_hidden_dim``
+            wide).
         temperature: NCE temperature (0.07, VATT and AVID); initial value when learnable.
         learnable_temperature: learn ``log(1/T)`` (CLIP style), T clamped to >= 0.01.
         drop_token: fraction of input tokens dropped before the encoders in training (VATT: 0.5).
@@ -130,6 +145,11 @@ class AVContrastive(AVObjective):
         if heads == "fac":
             self.audio_proj: nn.Module = nn.Linear(dim, proj_dim)
             self.video_proj: nn.Module = fac_video_head(dim, proj_dim)
+        elif heads == "avid":
+            if proj_hidden_dim <= 0:
+                raise ValueError(f"heads: avid needs proj_hidden_dim > 0, got {proj_hidden_dim}")
+            self.audio_proj = avid_head(dim, proj_hidden_dim, proj_dim)
+            self.video_proj = avid_head(dim, proj_hidden_dim, proj_dim)
         else:
             self.audio_proj = projection_head(dim, proj_hidden_dim, proj_dim)
             self.video_proj = projection_head(dim, proj_hidden_dim, proj_dim)
