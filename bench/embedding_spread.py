@@ -28,10 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from oracle_video import OBJECTIVE, demo_config  # noqa: E402
-
 TAG = "[embedding spread]"
 
 
@@ -63,12 +59,13 @@ def cosine_spread(x: torch.Tensor) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from avssl.data.datamodule import AVDataModule
+    from avssl.demo import demo_config
     from avssl.export_ckpt import rebuild_objective
     from avssl.objectives._mavil_parts import flatten_inputs
     from avssl.objectives.contrastive import AVContrastive, pooled
 
     cfg = demo_config(args.recipe, args.config)
-    if cfg["model"]["class_path"] != OBJECTIVE:
+    if cfg["model"]["class_path"] != f"{AVContrastive.__module__}.{AVContrastive.__name__}":
         print(f"embedding_spread.py: {args.recipe} is not an AVContrastive recipe", file=sys.stderr)
         return 1
     if args.ckpt:  # rebuilt as `avssl export` does

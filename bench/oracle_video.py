@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 OBJECTIVE = "avssl.objectives.contrastive.AVContrastive"
@@ -68,22 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.steps is not None and args.steps < 1:
         p.exit(1, "oracle_video.py: --steps must be >= 1\n")
     return args
-
-
-def _merge(into: dict, new: dict) -> dict:
-    for k, v in new.items():
-        into[k] = _merge(dict(into.get(k) or {}), v) if isinstance(v, dict) else v
-    return into
-
-
-def demo_config(recipe: str, extra: list[str]) -> dict:
-    """``_base`` + the recipe + the demo overlays (+ ``extra``), merged as LightningCLI does."""
-    from avssl.demo import overlays
-
-    cfg: dict = {}
-    for path in ["recipes/_base.yaml", f"recipes/{recipe}.yaml", *overlays(recipe), *extra]:
-        _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return cfg
 
 
 def seen_label(key: str, label: int, wrong: float, num_classes: int) -> int:
@@ -143,6 +126,7 @@ def train(model: Any, emb: nn.Embedding | None, loader: Any, steps: int, lr: flo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from avssl.data.datamodule import AVDataModule
+    from avssl.demo import demo_config
     from avssl.objectives.contrastive import AVContrastive
 
     cfg = demo_config(args.recipe, args.config)

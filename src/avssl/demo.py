@@ -128,6 +128,25 @@ def overlays(recipe: str) -> list[str]:
     return ["recipes/demo.yaml"] + ([str(own)] if own.is_file() else [])
 
 
+def _merge(into: dict, new: dict) -> dict:
+    for k, v in new.items():
+        into[k] = _merge(dict(into.get(k) or {}), v) if isinstance(v, dict) else v
+    return into
+
+
+def demo_config(recipe: str, extra: list[str] | None = None) -> dict:
+    """The demo's pretraining config as one dict: ``recipes/_base.yaml`` + the recipe + the
+    demo overlays (+ ``extra`` files), merged key by key as LightningCLI does (for the
+    analysis scripts in ``bench/`` that rebuild the demo's model and loader)."""
+    import yaml
+
+    cfg: dict = {}
+    paths = ["recipes/_base.yaml", f"recipes/{recipe}.yaml", *overlays(recipe), *(extra or [])]
+    for path in paths:
+        _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
