@@ -160,6 +160,48 @@ def test_bank_state_round_trips_through_a_checkpoint(tmp_path, batch):
         assert torch.equal(fresh.bank[m], model.bank[m][: len(batch.key)])
 
 
+@pytest.mark.parametrize("cross, within", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 1.0)])
+def test_avid_variants_weigh_cross_and_within_modal_memory_terms(batch, cross, within):
+    """Cross-AVID (1 / 0), Self-AVID (0 / 1), Joint-AVID (1 / 1): the loss is the weighted mean
+    of the cross-modal terms (each modality against the other's memories) and the within-modal
+    ones (against its own), weights normalised by their sum as AVID's code does."""
+    model = _model(memory_bank=True, bank_negatives=6, cross_weight=cross, within_weight=within)
+    model.train()
+    model.compute_losses(batch)  # fills the bank: the next batch has memories to compare with
+    bank = {m: b.clone() for m, b in model.bank.items()}
+    torch.manual_seed(5)  # the same negative draws below
+    out = model.compute_losses(batch)
+    torch.manual_seed(5)
+    neg = bank_negative_rows(torch.arange(len(batch)), len(batch), 6)
+    with torch.no_grad():
+        za, zv = model.embed(batch.audio, batch.video)  # no DropToken: the same features
+    rows, t, ok = torch.arange(len(batch)), torch.tensor(0.07), torch.ones(len(batch))
+    term = {
+        (q, m): float(_memory_nce(z, bank[m], rows, neg, t, ok))
+        for q, z in (("audio", za), ("video", zv))
+        for m in ("audio", "video")
+    }
+    nce_av = 0.5 * (term["video", "audio"] + term["audio", "video"])
+    nce_within = 0.5 * (term["video", "video"] + term["audio", "audio"])
+    assert float(out["nce_av"]) == pytest.approx(nce_av, rel=1e-4)
+    assert ("nce_within" in out) == (within > 0)
+    if within > 0:
+        assert float(out["nce_within"]) == pytest.approx(nce_within, rel=1e-4)
+    want = (cross * nce_av + within * nce_within) / (cross + within)
+    assert float(out["loss"]) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("cross, within", [(0.0, 0.0), (-1.0, 1.0), (1.0, -0.5)])
+def test_avid_weights_reject_bad_values(cross, within):
+    with pytest.raises(ValueError, match="cross_weight and within_weight"):
+        _model(memory_bank=True, cross_weight=cross, within_weight=within)
+
+
+def test_avid_weights_need_the_memory_bank():
+    with pytest.raises(ValueError, match="memory_bank: true"):
+        _model(memory_bank=False, within_weight=1.0)
+
+
 @pytest.mark.parametrize("heads", ["mlp", "fac"])
 def test_vatt_memorises_a_fixed_batch(heads):
     """The NCE, its projections and their gradients are wired so that a fixed batch of 8

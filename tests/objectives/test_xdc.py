@@ -78,6 +78,39 @@ def test_each_head_predicts_the_other_modalitys_clusters():
     assert float(model.compute_losses(b)["loss"]) == 0.0
 
 
+@torch.no_grad()
+def test_mdc_heads_also_predict_their_own_modalitys_clusters():
+    """``within_weight`` (XDC's multi-head variant MDC at 1): a second head per encoder predicts
+    that encoder's own clusters; the loss is half the sum of the cross terms and the weighted
+    own terms. Without it there are no such heads (XDC)."""
+    assert set(_model().heads) == {"audio", "video"}
+    model = _model(within_weight=0.5).train()
+    assert set(model.heads) == {"audio", "video", "audio_self", "video_self"}
+    batches = _batches()
+    model.recluster(batches, epoch=0)
+    b = batches[2]
+    out = model.compute_losses(b)
+    fa, fv = model.audio_encoder(b.audio), model.video_encoder(b.video)
+    want = {}
+    for name, head, f, target in (
+        ("audio_predicts_video", "audio", fa, "video"),
+        ("video_predicts_audio", "video", fv, "audio"),
+        ("audio_predicts_audio", "audio_self", fa, "audio"),
+        ("video_predicts_video", "video_self", fv, "video"),
+    ):
+        logits = model.heads[head](f)
+        want[name] = float(cluster_cross_entropy(logits, model.targets(b.key, target)))
+        assert float(out[name]) == pytest.approx(want[name], rel=1e-5)
+    cross = want["audio_predicts_video"] + want["video_predicts_audio"]
+    own = want["audio_predicts_audio"] + want["video_predicts_video"]
+    assert float(out["loss"]) == pytest.approx(0.5 * (cross + 0.5 * own), rel=1e-5)
+    w = model.heads["video_self"].weight.clone()
+    model.recluster(batches, epoch=1)  # the own-cluster heads are re-initialised too
+    assert not torch.equal(w, model.heads["video_self"].weight)
+    with pytest.raises(ValueError, match="within_weight must be >= 0"):
+        _model(within_weight=-1.0)
+
+
 def test_heads_are_reinitialised_and_too_many_clusters_are_capped():
     model = _model()
     batches = _batches()

@@ -9,7 +9,11 @@
   feature with the *memory* of the audio of the same sample (positive) and with 1024 memories of
   random other samples (negatives), T 0.07, and vice versa; memories are slow averages
   ``m <- normalize(0.5 m + 0.5 f)`` of past features. AVID's NCE is a binary noise-contrastive
-  estimate; we use the softmax (InfoNCE) form over 1 positive + the negatives.
+  estimate; we use the softmax (InfoNCE) form over 1 positive + the negatives. AVID's variants
+  weigh the cross-modal terms (video vs audio memories and back) and the within-modal ones
+  (video vs video memories, audio vs audio memories) by ``cross_weight`` and ``within_weight``,
+  normalised by their sum as AVID's code does: Cross-AVID 1 / 0 (the paper's choice), Self-AVID
+  0 / 1, Joint-AVID 1 / 1.
 
 AVID memory bank, as implemented: one entry per *training sample*, found by its sample key
 through a key -> row table that grows lazily (a new key gets the next row, initialised with its
@@ -108,6 +112,9 @@ class AVContrastive(AVObjective):
         memory_bank: False = VATT batch NCE; True = AVID memory-bank NCE.
         bank_negatives: negatives drawn from the bank per anchor (AVID: 1024).
         bank_momentum: memory update momentum (AVID: 0.5).
+        cross_weight, within_weight: memory-bank mode: weights of AVID's cross-modal and
+            within-modal terms, normalised by their sum (Cross-AVID 1 / 0, Self-AVID 0 / 1,
+            Joint-AVID 1 / 1).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -132,11 +139,23 @@ class AVContrastive(AVObjective):
         memory_bank: bool = False,
         bank_negatives: int = 1024,
         bank_momentum: float = 0.5,
+        cross_weight: float = 1.0,
+        within_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= drop_token < 1.0:
             raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
+        if min(cross_weight, within_weight) < 0 or cross_weight + within_weight <= 0:
+            raise ValueError(
+                "cross_weight and within_weight must be >= 0 with a positive sum, got "
+                f"{cross_weight} and {within_weight}"
+            )
+        if not memory_bank and (cross_weight, within_weight) != (1.0, 0.0):
+            raise ValueError(
+                "cross_weight and within_weight weigh AVID's memory-bank terms (memory_bank: "
+                "true); batch mode has intra_weight for within-modal terms"
+            )
         self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
         if heads not in HEADS:
             raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
@@ -161,6 +180,8 @@ class AVContrastive(AVObjective):
         self.drop_token, self.intra_weight = drop_token, intra_weight
         self.gather_negatives, self.memory_bank = gather_negatives, memory_bank
         self.bank_negatives, self.bank_momentum = bank_negatives, bank_momentum
+        total = cross_weight + within_weight
+        self.bank_weights = (cross_weight / total, within_weight / total)
         self.bank_index: dict[str, int] = {}  # sample key -> bank row
         self.bank: dict[str, torch.Tensor] = {}  # modality -> [rows, proj_dim], L2-normalised
 
@@ -197,7 +218,7 @@ class AVContrastive(AVObjective):
                 for i in range(k)
             ]  # one term per clip slot: clips of one sample are never each other's negatives
             losses = {"nce_av": torch.stack(av).mean()}
-        total = losses["nce_av"]
+        total = losses.pop("bank_loss", losses["nce_av"])
         if self.intra_weight > 0:
             if k < 2:
                 raise ValueError(
@@ -234,7 +255,9 @@ class AVContrastive(AVObjective):
         return rows
 
     def _bank_losses(self, keys, za, zv, a_ok, v_ok, t) -> dict[str, torch.Tensor]:
-        """Cross-AVID: video vs audio memories and audio vs video memories."""
+        """AVID: video vs audio memories and audio vs video memories (cross-modal,
+        ``nce_av``), video vs video and audio vs audio memories (within-modal, ``nce_within``);
+        ``bank_loss`` weighs them as the module docstring says."""
         all_keys, feats = _gather_keys_and_feats(keys, {"audio": za.detach(), "video": zv.detach()})
         rows_all = self._bank_rows(all_keys, feats)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -242,11 +265,23 @@ class AVContrastive(AVObjective):
         filled = len(self.bank_index)
         neg = bank_negative_rows(rows, filled, self.bank_negatives)
         ok = a_ok * v_ok
-        loss_v = _memory_nce(zv, self.bank["audio"], rows, neg, t, ok)
-        loss_a = _memory_nce(za, self.bank["video"], rows, neg, t, ok)
+        w_cross, w_within = self.bank_weights
+        out = {"bank_rows": torch.tensor(float(filled))}
+        out["nce_av"] = 0.5 * (
+            _memory_nce(zv, self.bank["audio"], rows, neg, t, ok)
+            + _memory_nce(za, self.bank["video"], rows, neg, t, ok)
+        )
+        total = w_cross * out["nce_av"]
+        if w_within > 0:  # a modality's own memory: needs only that modality
+            out["nce_within"] = 0.5 * (
+                _memory_nce(zv, self.bank["video"], rows, neg, t, v_ok)
+                + _memory_nce(za, self.bank["audio"], rows, neg, t, a_ok)
+            )
+            total = total + w_within * out["nce_within"]
         if self.training:
             self._bank_update(rows_all, feats)
-        return {"nce_av": 0.5 * (loss_v + loss_a), "bank_rows": torch.tensor(float(filled))}
+        out["bank_loss"] = total
+        return out
 
     @torch.no_grad()
     def _bank_update(self, rows: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:

@@ -10,7 +10,9 @@ key; samples outside the subset, or without the other modality, have target -1 a
 As in DeepCluster (Caron et al. 2018, https://arxiv.org/abs/1807.05520) the classification heads
 are re-initialised after each re-clustering, because cluster ids carry no meaning across runs of
 k-means. Features are L2-normalised before k-means by default (DeepCluster also PCA-whitens; we
-do not).
+do not). ``within_weight > 0`` adds a second head to each encoder that predicts its *own*
+modality's clusters, weighted by ``within_weight``: XDC's multi-head variant MDC at 1 (the paper
+compares it with XDC, its choice, and with single-modality deep clustering).
 
 Cluster state (key table, assignments, centroids, epoch of the clustering) is saved in
 ``checkpoint["xdc"]`` and restored on resume; a resumed run re-clusters only when the interval
@@ -53,6 +55,8 @@ class XDC(AVObjective):
         normalize_features: L2-normalise features before k-means.
         head_hidden_dim: hidden width of the cluster-prediction heads (0: linear, as XDC).
         cluster_batch_size: batch size of the embedding pass (None: the training batch size).
+        within_weight: weight of the heads that predict each encoder's own clusters (0: XDC;
+            1: MDC, XDC's multi-head variant).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -74,17 +78,21 @@ class XDC(AVObjective):
         normalize_features: bool = True,
         head_hidden_dim: int = 0,
         cluster_batch_size: int | None = None,
+        within_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if num_clusters < 2 or recluster_every < 1:
             raise ValueError("XDC: num_clusters must be >= 2 and recluster_every >= 1")
+        if within_weight < 0:
+            raise ValueError(f"XDC: within_weight must be >= 0, got {within_weight}")
         self.cfg = dict(self.hparams)
         self.audio_encoder, self.video_encoder = build_encoders(self.cfg)
         dim = self.audio_encoder.embed_dim
+        names = [*MODALITIES, *(f"{m}_self" for m in MODALITIES if within_weight > 0)]
         self.heads = nn.ModuleDict(
-            {m: projection_head(dim, head_hidden_dim, num_clusters) for m in MODALITIES}
-        )
+            {n: projection_head(dim, head_hidden_dim, num_clusters) for n in names}
+        )  # "audio": audio features -> video clusters; "audio_self": -> audio clusters
         self.cluster_keys: list[str] = []
         self.key_row: dict[str, int] = {}
         self.assignments: dict[str, torch.Tensor] = {}  # modality -> long [N], -1 = missing
@@ -193,18 +201,27 @@ class XDC(AVObjective):
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         k = len(audio) // len(batch)
-        logits = {
-            "audio": self.heads["audio"](self.audio_encoder(audio)),  # [B K, C]
-            "video": self.heads["video"](self.video_encoder(video)),
-        }
+        feats = {"audio": self.audio_encoder(audio), "video": self.video_encoder(video)}  # [B K, D]
         ok = {"audio": a_ok > 0.5, "video": v_ok > 0.5}
+        w = self.cfg["within_weight"]
         losses = {}
         for m in MODALITIES:  # head of m predicts the clusters of the other modality
             target = self.targets(batch.key, OTHER[m]).repeat_interleave(k).to(self.device)
             target[~ok[m]] = -1  # no input of m
-            losses[f"{m}_predicts_{OTHER[m]}"] = cluster_cross_entropy(logits[m], target)
+            losses[f"{m}_predicts_{OTHER[m]}"] = cluster_cross_entropy(
+                self.heads[m](feats[m]), target
+            )
             losses[f"known_{OTHER[m]}_targets"] = (target >= 0).float().mean()
-        losses["loss"] = 0.5 * (losses["audio_predicts_video"] + losses["video_predicts_audio"])
+            if w > 0:  # MDC: and its own modality's clusters
+                own = self.targets(batch.key, m).repeat_interleave(k).to(self.device)
+                own[~ok[m]] = -1
+                losses[f"{m}_predicts_{m}"] = cluster_cross_entropy(
+                    self.heads[f"{m}_self"](feats[m]), own
+                )
+        total = losses["audio_predicts_video"] + losses["video_predicts_audio"]
+        if w > 0:
+            total = total + w * (losses["audio_predicts_audio"] + losses["video_predicts_video"])
+        losses["loss"] = 0.5 * total
         return losses
 
     # ----------------------------------------------------------------- checkpoints, export
