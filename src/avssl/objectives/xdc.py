@@ -204,20 +204,21 @@ class XDC(AVObjective):
         feats = {"audio": self.audio_encoder(audio), "video": self.video_encoder(video)}  # [B K, D]
         ok = {"audio": a_ok > 0.5, "video": v_ok > 0.5}
         w = self.cfg["within_weight"]
+        # each modality's cluster ids [B K], looked up once; -1 where the sample has none
+        ids = {
+            m: self.targets(batch.key, m).repeat_interleave(k).to(self.device) for m in MODALITIES
+        }
         losses = {}
-        for m in MODALITIES:  # head of m predicts the clusters of the other modality
-            target = self.targets(batch.key, OTHER[m]).repeat_interleave(k).to(self.device)
-            target[~ok[m]] = -1  # no input of m
-            losses[f"{m}_predicts_{OTHER[m]}"] = cluster_cross_entropy(
-                self.heads[m](feats[m]), target
-            )
-            losses[f"known_{OTHER[m]}_targets"] = (target >= 0).float().mean()
-            if w > 0:  # MDC: and its own modality's clusters
-                own = self.targets(batch.key, m).repeat_interleave(k).to(self.device)
-                own[~ok[m]] = -1
-                losses[f"{m}_predicts_{m}"] = cluster_cross_entropy(
-                    self.heads[f"{m}_self"](feats[m]), own
+        for m in MODALITIES:  # head of m predicts the clusters of the other modality (and, MDC,
+            # its own): no target where m's input is missing
+            aims = [(OTHER[m], m)] + ([(m, f"{m}_self")] if w > 0 else [])
+            for of, head in aims:
+                target = ids[of].masked_fill(~ok[m], -1)
+                losses[f"{m}_predicts_{of}"] = cluster_cross_entropy(
+                    self.heads[head](feats[m]), target
                 )
+                if of != m:
+                    losses[f"known_{of}_targets"] = (target >= 0).float().mean()
         total = losses["audio_predicts_video"] + losses["video_predicts_audio"]
         if w > 0:
             total = total + w * (losses["audio_predicts_audio"] + losses["video_predicts_video"])
