@@ -8,7 +8,9 @@
 # sample in one worker and through DataLoaders of 1 to all cores' workers (how the loader
 # scales); after them one worker's VideoMAE sample. The VideoMAE step loads video only
 # (bench/step.py: AVDataModule(modalities=["video"])).
-# Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~8 minutes)
+# Usage on a GPU machine (repo root): bash bench/gpu_fed.sh [LOG_DIR]   (~5 minutes on an H200)
+# Its run of 2026-11-28 (bench/results/h200-2026-11-28-fed.md) had the workers at the training
+# process's niceness; step.py now runs them at AVDataModule's GPU default, niceness 10.
 # SIZE=tiny DEVICE=cpu runs the same sequence on a CPU (a dry run). Batches: the fast defaults
 # (CAV-MAE 128, VideoMAE 64), as in gpu_run.sh.
 set -u

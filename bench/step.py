@@ -296,6 +296,7 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
         train_split=args.split,
         batch_size=batch,
         num_workers=args.workers,
+        worker_nice=worker_nice(args, device),
         num_frames=shape.frames,
         crop_size=shape.img,
         audio_frames=shape.audio[0],
@@ -313,6 +314,15 @@ def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: tor
     while True:
         for b in dm.train_dataloader():
             yield features_on_device(b.to(device, non_blocking=True), dm.fbank)
+
+
+def worker_nice(args: argparse.Namespace, device: torch.device) -> int:
+    """The workers' niceness (``--worker-nice``; default: AVDataModule's, 10 on a GPU)."""
+    if args.worker_nice is not None:
+        return args.worker_nice
+    from avssl.data.datamodule import GPU_WORKER_NICE  # only with --data (imports PyAV)
+
+    return GPU_WORKER_NICE if device.type == "cuda" else 0
 
 
 def features_on(args: argparse.Namespace, device: torch.device) -> str:
@@ -367,6 +377,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
         out["host_wait"] = wait / fed
         out["features"] = features_on(args, device)
         out["repeats"] = args.repeats
+        out["workers"], out["nice"] = args.workers, worker_nice(args, device)
         out["keyframes"] = args.keyframe_starts
         out["modalities"] = shape.modalities
         manifest = Path(args.data) / "manifest.json"  # a folder (not a shard URL pattern)
@@ -404,6 +415,7 @@ def report(name: str, results: dict[str, dict], peak: float | None, size: str = 
                 f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
                 f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
                 f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
+                f"{r['workers']} workers" + (f" at nice {r['nice']}" if r["nice"] else "") + "; "
                 f"features {'in the loader' if r['features'] == 'loader' else 'on the device'}"
                 + (f"; {r['repeats']} entries per decoded sample" if r["repeats"] > 1 else "")
                 + ("; clips start on keyframes" if r["keyframes"] else "")
@@ -485,6 +497,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="loader workers' niceness above the training process's (AVDataModule.worker_nice;"
+        " default: as in training, 10 on a GPU, else 0)",
+    )
     args = p.parse_args(argv)
     if args.size is None:
         args.size = "base" if args.device.startswith("cuda") else "tiny"

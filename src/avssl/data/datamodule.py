@@ -16,7 +16,9 @@ normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -48,17 +50,22 @@ from avssl.data.transforms import (
 
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
 FEATURES_ON = ("auto", "loader", "device")
+GPU_WORKER_NICE = 10  # AVDataModule's worker_nice default when training on a GPU
 # Each worker of our streams yields its own share (see sampling.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
-def tune_worker_process() -> None:
+def tune_worker_process(nice: int = 0) -> None:
     """Settings for one DataLoader worker: one torch thread (decoding already uses one codec
     thread per worker, see ``avssl.data.decode.default_threads``), and glibc malloc told to keep
     freed memory (mmap threshold 128 MB, trim threshold 1 GB) so that the ~10 MB clip buffers
-    allocated for every sample do not page-fault afresh each time (~30 % of a worker's time)."""
+    allocated for every sample do not page-fault afresh each time (~30 % of a worker's time).
+    ``nice`` > 0 lowers the worker's scheduling priority by that much (``os.nice``), so that
+    the training process, which launches the GPU's kernels, is not kept waiting for a core."""
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
@@ -68,15 +75,23 @@ def tune_worker_process() -> None:
             pass
 
 
-def _worker_init(_: int) -> None:
-    tune_worker_process()
+def _worker_init(_: int, nice: int = 0) -> None:
+    tune_worker_process(nice)
 
 
 class EpochLoader(DataLoader):
-    """DataLoader that tells its stream the epoch (from ``epoch_fn`` or its own count)."""
+    """DataLoader that tells its stream the epoch (from ``epoch_fn`` or its own count);
+    ``worker_nice``: see ``tune_worker_process``."""
 
-    def __init__(self, dataset, epoch_fn: Callable[[], int] | None = None, **kwargs):
-        super().__init__(dataset, batch_size=None, worker_init_fn=_worker_init, **kwargs)
+    def __init__(
+        self,
+        dataset,
+        epoch_fn: Callable[[], int] | None = None,
+        worker_nice: int = 0,
+        **kwargs,
+    ):
+        init = functools.partial(_worker_init, nice=worker_nice)
+        super().__init__(dataset, batch_size=None, worker_init_fn=init, **kwargs)
         self.epoch_fn, self._count = epoch_fn, 0
 
     def __iter__(self):
@@ -168,6 +183,12 @@ class AVDataModule(pl.LightningDataModule):
             shipped (an empty ``[B, 1, 0, F]`` / ``[B, C, T, 0, 0]`` tensor, mask False), for
             single-modality objectives such as a VideoMAE or AudioMAE step. The audio-visual
             objectives refuse a run without both (``avssl pretrain`` says so at start).
+        worker_nice: how much lower the loader workers' scheduling priority is than the
+            training process's (0..19, ``os.nice``; 0 = the same; None: ``GPU_WORKER_NICE``
+            when the trainer runs on a GPU, else 0). With as many busy workers as cores, the
+            process that launches the GPU's kernels otherwise waits for a core: on one H200
+            with 16 workers on 16 cores, niceness 10 took the loader-fed CAV-MAE step from
+            474 to 688 samples/s (``bench/results/h200-2026-11-28-fed.md``).
     """
 
     def __init__(
@@ -203,6 +224,7 @@ class AVDataModule(pl.LightningDataModule):
         repeated_sampling: int = 1,
         keyframe_starts: bool = False,
         modalities: list[str] | None = None,
+        worker_nice: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -215,6 +237,8 @@ class AVDataModule(pl.LightningDataModule):
             raise ValueError(f"features_on must be one of {FEATURES_ON}, got {features_on!r}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        if worker_nice is not None and not 0 <= worker_nice <= 19:
+            raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
         if repeated_sampling < 1:
             raise ValueError(f"repeated_sampling must be >= 1, got {repeated_sampling}")
         if repeated_sampling > 1 and audio_mode == "mismatched":
@@ -302,9 +326,16 @@ class AVDataModule(pl.LightningDataModule):
             stream,
             epoch_fn=epoch_fn,
             num_workers=workers,
+            worker_nice=self.worker_nice(),
             pin_memory=self._on_gpu() if self.hp.pin_memory is None else self.hp.pin_memory,
             prefetch_factor=2 if workers > 0 else None,
         )
+
+    def worker_nice(self) -> int:
+        """The workers' niceness (``worker_nice``; None: ``GPU_WORKER_NICE`` on a GPU, else 0)."""
+        if self.hp.worker_nice is not None:
+            return self.hp.worker_nice
+        return GPU_WORKER_NICE if self._on_gpu() else 0
 
     def on_device(self) -> bool:
         """Whether the workers leave the last steps to the training device (``features_on``)."""
