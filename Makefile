@@ -17,6 +17,7 @@ PREP_ARGS ?=
 RECIPE ?= mavil
 DATA ?=
 ARGS ?=
+SEEDS ?=
 RESUME ?=
 CKPT ?=
 ONNX ?=
@@ -65,6 +66,7 @@ eval: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m avssl.demo --recipe "$(RECIPE)" $(if $(strip $(DATA)),--data "$(DATA)",) \
+	  $(if $(strip $(SEEDS)),--seeds "$(SEEDS)",) \
 	  $(if $(strip $(ARGS)),-- $(ARGS),)
 
 bench: $(STAMP)

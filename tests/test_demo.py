@@ -133,3 +133,44 @@ def test_demo_on_other_shards_names_its_run_and_checks_them(tmp_path, monkeypatc
     summary = tmp_path / "eval_out" / "demo" / "summary-xdc@synthetic_plain.md"
     assert f"shards: `{plain}`" in summary.read_text()
     assert not (tmp_path / "eval_out" / "demo" / "summary-xdc.md").exists()
+
+
+def test_demo_with_several_seeds_reports_each_and_the_spread(tmp_path, monkeypatch):
+    # make demo RECIPE=vatt SEEDS=3: three pretrainings with seeds 0, 1, 2 in their own run
+    # folders, one random-init baseline, and a table with every seed and the gains' spread
+    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval_out" / "demo").mkdir(parents=True)
+    monkeypatch.setattr(demo, "_prep", lambda data: None)
+    calls: list[tuple] = []
+    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((args, env)))
+    top1 = {"random": 40.0, "seed0": 52.0, "seed1": 47.0, "seed2": 45.0}
+
+    def fake_results(folder):
+        return _fake_results({"audio": next(v for k, v in top1.items() if str(folder).endswith(k))})
+
+    monkeypatch.setattr(demo, "_results", fake_results)
+    assert demo.main(["--recipe", "vatt", "--seeds", "3"]) == 0
+    pretrains = [(args, env) for args, env in calls if args[0] == "pretrain"]
+    assert [env["AVSSL_RUN_ID"] for _, env in pretrains] == [
+        f"{demo.RUN_ID}-seeds3-seed{k}" for k in range(3)
+    ]
+    assert [args[-2:] for args, _ in pretrains] == [("--seed_everything", str(k)) for k in range(3)]
+    exports = [args for args, _ in calls if args[0] == "export"]
+    assert [a[a.index("--out") + 1] for a in exports] == [
+        *(f"encoders/demo-vatt-seeds3-seed{k}" for k in range(3)),
+        "encoders/demo-vatt-seeds3-random",
+    ]
+    assert "--random-init" in exports[-1] and "-seeds3-seed0/" in exports[-1][2]
+    evals = [args for args, _ in calls if args[0] == "eval"]
+    assert len(evals) == 4  # the baseline once, then each seed
+    text = (tmp_path / "eval_out" / "demo" / "summary-vatt-seeds3.md").read_text()
+    # gains +12, +7, +5: mean +8.0, sample sd sqrt(((4)^2 + 1 + 9) / 2) = 3.6, lowest +5
+    assert "| audio | 40.0 | 52.0, 47.0, 45.0 | +8.0 +- 3.6 | +5.0 | +12.0, +7.0, +5.0 |" in text
+    assert not (tmp_path / "eval_out" / "demo" / "summary-vatt.md").exists()
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_demo_rejects_bad_seed_counts(bad):
+    with pytest.raises(SystemExit, match="SEEDS must be a whole number >= 1"):
+        demo.main(["--recipe", "vatt", "--seeds", bad])

@@ -18,6 +18,11 @@ on other prepared synthetic shards, e.g. the control set ``make prep DATASET=syn
 OUT=shards/synthetic_plain PREP_ARGS="--visual-nuisance plain"``; the run is then named
 ``<recipe>@<folder name>`` (``-args`` after it with options).
 
+``--seeds N`` (``make demo SEEDS=3``) pretrains N times with ``--seed_everything 0..N-1``
+(runs ``<run id>-seed<k>``), evaluates each against the one random-init baseline and reports
+every seed's top-1 with the gains' mean, sample standard deviation and minimum, named
+``<recipe>...-seeds<N>``: one run of the check moves by several points with the seed alone.
+
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
 """
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -147,6 +153,51 @@ def demo_config(recipe: str, extra: list[str] | None = None) -> dict:
     return cfg
 
 
+def _pretrain(recipe: str, data: Path, run_id: str, extra: list[str]) -> Path:
+    """Pretrains into ``runs/<recipe>/<run_id>/`` (replacing a previous demo run of that id);
+    returns its last checkpoint."""
+    configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
+    run_dir = Path("runs") / recipe / run_id
+    if run_dir.exists():  # the demo owns this run id; pretraining refuses a used folder
+        print(f"[demo]     removing the previous demo run {run_dir}/", flush=True)
+        shutil.rmtree(run_dir)
+    _avssl(
+        "pretrain", "--recipe", recipe, "--data", str(data), "--", *configs, *extra,
+        # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
+        env={"AVSSL_RUN_ID": run_id, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )  # fmt: skip
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _evaluate(enc: str, data: Path) -> dict:
+    out = Path("eval_out/demo") / enc
+    _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{enc}",
+           "--data", str(data), "--out", str(out))  # fmt: skip
+    return _results(out)
+
+
+def _seeds_table(random: dict, trained: list[dict], recipe: str) -> str:
+    """Markdown table for several seeds: per feature kind the random-init top-1, each seed's
+    pretrained top-1, and the gains' mean, sample standard deviation, minimum and values."""
+    n = len(trained)
+    lines = [
+        f"| features | random init top-1 (%) | {recipe}-pretrained top-1 (%), seeds 0-{n - 1} "
+        "| gain, mean +- sd (points) | gain, lowest | gains per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in trained[0]["summary"]:
+        base = random["summary"][kind]["top1"]
+        tops = [t["summary"][kind]["top1"] for t in trained]
+        gains = [t - base for t in tops]
+        mean = statistics.fmean(gains)
+        sd = statistics.stdev(gains)
+        lines.append(
+            f"| {kind} | {base:.1f} | {', '.join(f'{t:.1f}' for t in tops)} | {mean:+.1f} +- "
+            f"{sd:.1f} | {min(gains):+.1f} | {', '.join(f'{g:+.1f}' for g in gains)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -159,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--data", default="", help=f"prepared synthetic shards (default: {SHARDS}, built if absent)"
     )
+    ap.add_argument(
+        "--seeds",
+        default="1",
+        help="pretrain with seeds 0..N-1 (--seed_everything) and report the gains' mean and "
+        "spread (default 1: the recipe's seed, 0)",
+    )
     args = ap.parse_args(argv[:cut])
     recipe, data = args.recipe, Path(args.data) if args.data.strip() else SHARDS
     usable = demo_recipes()
@@ -166,38 +223,39 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"[demo] unknown or unusable recipe {recipe!r} (one of: {', '.join(usable)})"
         )
-    # an ablation or another set keeps the plain demo's results
+    seeds = int(args.seeds) if args.seeds.strip().isdigit() else 0
+    if seeds < 1:
+        raise SystemExit(f"[demo] SEEDS must be a whole number >= 1, got {args.seeds!r}")
+    # an ablation, another set or several seeds keep the plain demo's results
     on = "" if data == SHARDS else f"@{data.resolve().name}"
-    name = f"{recipe}{on}-args" if extra else f"{recipe}{on}"
-    run_id = f"{RUN_ID}{on}-args" if extra else f"{RUN_ID}{on}"
+    tail = on + ("-args" if extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
+    name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
     t0 = time.time()
     _prep(data)
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset {data}", flush=True)
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
-    configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
-    run_dir = Path("runs") / recipe / run_id
-    if run_dir.exists():  # the demo owns this run id; pretraining refuses a used folder
-        print(f"[demo]     removing the previous demo run {run_dir}/", flush=True)
-        shutil.rmtree(run_dir)
-    _avssl(
-        "pretrain", "--recipe", recipe, "--data", str(data), "--", *configs, *extra,
-        # one torch thread: on 2 cores, 2 threads beside a loader worker oversubscribe
-        env={"AVSSL_RUN_ID": run_id, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
-    )  # fmt: skip
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if seeds == 1:
+        ckpts = [_pretrain(recipe, data, run_id, extra)]
+        trained = [f"demo-{name}"]
+    else:
+        ckpts, trained = [], []
+        for k in range(seeds):
+            print(f"[demo]     seed {k} of 0-{seeds - 1}", flush=True)
+            ckpts.append(
+                _pretrain(recipe, data, f"{run_id}-seed{k}", [*extra, "--seed_everything", str(k)])
+            )
+            trained.append(f"demo-{name}-seed{k}")
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
-    trained, random = f"demo-{name}", f"demo-{name}-random"
-    _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{trained}")
-    _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{random}", "--random-init")
-    print(f"[demo] 4/4 evaluating both with the {PROTOCOL} protocol", flush=True)
-    rows = {}
-    for enc in (random, trained):
-        out = Path("eval_out/demo") / enc
-        _avssl("eval", "--protocol", PROTOCOL, "--encoder", f"encoders/{enc}",
-               "--data", str(data), "--out", str(out))  # fmt: skip
-        rows[enc] = _results(out)
-    table = _table(rows[random], rows[trained], recipe)
+    random = f"demo-{name}-random"
+    for ckpt, enc in zip(ckpts, trained):
+        _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{enc}")
+    # the baseline is seeded (export --random-init): the same weights whatever the run's seed
+    _avssl("export", "--ckpt", str(ckpts[0]), "--out", f"encoders/{random}", "--random-init")
+    print(f"[demo] 4/4 evaluating them with the {PROTOCOL} protocol", flush=True)
+    base = _evaluate(random, data)
+    rows = [_evaluate(enc, data) for enc in trained]
+    table = _table(base, rows[0], recipe) if seeds == 1 else _seeds_table(base, rows, recipe)
     if extra:
         table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
     if on:
@@ -205,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = Path("eval_out/demo") / ("summary.md" if name == "mavil" else f"summary-{name}.md")
     summary.write_text(table + "\n")
     print("\n" + table + "\n")
+    runs = f"runs/{recipe}/{run_id}" + ("-seed*" if seeds > 1 else "")
     print(f"[demo] done in {time.time() - t0:.0f} s; results in {summary}, "
-          f"checkpoints in runs/{recipe}/{run_id}/, encoders in encoders/")  # fmt: skip
+          f"checkpoints in {runs}/, encoders in encoders/")  # fmt: skip
     return 0
 
 
