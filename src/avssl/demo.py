@@ -235,17 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset {data}", flush=True)
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
-    if seeds == 1:
-        ckpts = [_pretrain(recipe, data, run_id, extra)]
-        trained = [f"demo-{name}"]
-    else:
-        ckpts, trained = [], []
-        for k in range(seeds):
+    ckpts, trained = [], []
+    for k in range(seeds):  # one seed: the recipe's, under the plain names
+        suffix, seed = (f"-seed{k}", ["--seed_everything", str(k)]) if seeds > 1 else ("", [])
+        if seeds > 1:
             print(f"[demo]     seed {k} of 0-{seeds - 1}", flush=True)
-            ckpts.append(
-                _pretrain(recipe, data, f"{run_id}-seed{k}", [*extra, "--seed_everything", str(k)])
-            )
-            trained.append(f"demo-{name}-seed{k}")
+        ckpts.append(_pretrain(recipe, data, f"{run_id}{suffix}", [*extra, *seed]))
+        trained.append(f"demo-{name}{suffix}")
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
     random = f"demo-{name}-random"
     for ckpt, enc in zip(ckpts, trained):
