@@ -125,6 +125,9 @@ class ImageLogger(pl.Callback):
         visualize = getattr(pl_module, "visualize", None)
         if tb is None or visualize is None:
             return
+        mark = getattr(pl_module, "mark_graph_step", None)
+        if mark is not None:  # compile="graphs": this forward is a step of its own
+            mark()
         with torch.no_grad():
             images = visualize(batch)
         for name, img in images.items():

@@ -110,6 +110,29 @@ def test_compile_mode_and_flex_reach_the_fast_step(monkeypatch) -> None:
     assert seen[-1] == {} and not any(m.flex for m in layers)
 
 
+def test_cuda_graph_modes_mark_every_step(monkeypatch) -> None:
+    """With ``--compile-mode reduce-overhead`` (CUDA graphs replayed) each step is marked as a new
+    one before its forward, so graph outputs of the last step may be overwritten; the default
+    mode marks nothing (checked without compiling: compile_blocks is recorded)."""
+    step = _load_step_module()
+    seen: list[dict] = []
+    marks: list[int] = []
+    monkeypatch.setattr(step, "compile_blocks", lambda model, **kw: seen.append(kw) or 0)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    shape = step.shapes("tiny")["videomae"]
+    batch = step.random_batch(shape, 2, torch.device("cpu"))
+    for mode, expected in (("reduce-overhead", 3), ("default", 0)):
+        marks.clear()
+        args = step.parse_args(["--device", "cpu", "--size", "tiny", "--compile", "blocks"])
+        args.compile_mode = mode
+        model = step.build("videomae", "tiny", shape)
+        fn, _ = step.make_step(model, True, args, torch.device("cpu"))
+        for _ in range(3):
+            assert torch.isfinite(fn(batch))
+        assert len(marks) == expected, mode
+    assert seen == [{"mode": "reduce-overhead"}, {}]
+
+
 @pytest.mark.parametrize("name,expected", [("cavmae", 238.0), ("videomae", 205.0)])
 def test_reference_configs_do_the_reference_work(name: str, expected: float) -> None:
     """FLOPs per sample at the reference shapes (counted on the meta device, no compute)

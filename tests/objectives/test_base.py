@@ -218,3 +218,25 @@ def test_compile_option_is_validated_and_applied_at_fit_start(tmp_path, monkeypa
     _trainer(tmp_path, max_steps=1).fit(auto, datamodule=FakeData())
     assert len(calls) == 2
     assert BlockToy().compile_policy == "none"  # off by default
+
+
+def test_compile_graphs_replays_blocks_as_cuda_graphs_and_marks_every_step(tmp_path, monkeypatch):
+    """``compile="graphs"``: the blocks are compiled with ``mode="reduce-overhead"`` (CUDA
+    graphs on a GPU; on this CPU inductor runs them as plain compiled kernels) and every training
+    step is marked as a new one before its forward; "blocks" marks nothing."""
+    calls, marks = [], []
+
+    def fake_compile(self, *args, **kwargs):  # Block.compile -> eager backend, recorded
+        calls.append(kwargs)
+        kw = {k: v for k, v in kwargs.items() if k != "mode"}
+        nn.Module.compile(self, *args, **{**kw, "backend": "eager"})
+
+    monkeypatch.setattr(Block, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    toy = BlockToy(compile="graphs", lr=1e-2)
+    _trainer(tmp_path, max_steps=3).fit(toy, datamodule=FakeData())
+    assert len(calls) == 2 and all(c["mode"] == "reduce-overhead" for c in calls)
+    assert len(marks) == 3  # one per training step
+    marks.clear()
+    _trainer(tmp_path, max_steps=3).fit(BlockToy(compile="blocks", lr=1e-2), datamodule=FakeData())
+    assert marks == [] and "mode" not in calls[-1]

@@ -57,7 +57,7 @@ def set_flex_attention(module: nn.Module, enabled: bool) -> int:
     return len(layers)
 
 
-COMPILE_MODES = ("none", "blocks", "auto")
+COMPILE_MODES = ("none", "blocks", "graphs", "auto")
 
 
 def compile_blocks(module: nn.Module, policy: str = "blocks", **options) -> int:
@@ -71,8 +71,13 @@ def compile_blocks(module: nn.Module, policy: str = "blocks", **options) -> int:
 
     Args:
         module: any module tree (encoder, decoder, objective).
-        policy: ``"blocks"`` compiles; ``"none"`` does nothing; ``"auto"`` compiles only when
-            the module's parameters are on a CUDA device (where inductor pays off).
+        policy: ``"blocks"`` compiles; ``"graphs"`` compiles with ``mode="reduce-overhead"``:
+            on a CUDA device each block's kernels are then recorded once and replayed as one
+            CUDA graph (one launch from the host instead of one per kernel; the caller marks
+            each training step with ``torch.compiler.cudagraph_mark_step_begin()``, as
+            :class:`avssl.objectives.base.AVObjective` does), on a CPU the same as ``"blocks"``;
+            ``"none"`` does nothing; ``"auto"`` compiles (as ``"blocks"``) only when the
+            module's parameters are on a CUDA device (where inductor pays off).
         **options: passed to ``torch.compile`` (``mode``, ``backend="eager"`` in tests, ...).
 
     Returns:
@@ -86,6 +91,8 @@ def compile_blocks(module: nn.Module, policy: str = "blocks", **options) -> int:
         first = next(module.parameters(), None)
         if first is None or first.device.type != "cuda":
             return 0
+    if policy == "graphs":
+        options = {"mode": "reduce-overhead", **options}
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     # one graph per distinct (width, sequence length); MAViL-sized models have ~10 of them
     limit = max(torch._dynamo.config.recompile_limit, 64)

@@ -85,10 +85,13 @@ class AVObjective(pl.LightningModule):
         warmup_fraction: warmup as a fraction of ``trainer.estimated_stepping_batches``.
         max_nonfinite_in_row: stop with an error after this many non-finite losses in a row.
         compile: ``"none"`` (default), ``"blocks"`` compiles every transformer block with
-            ``torch.compile``, ``"auto"`` does so only when training on a CUDA GPU (see
+            ``torch.compile``, ``"graphs"`` also replays each compiled block as a CUDA graph on
+            a GPU (``mode="reduce-overhead"``; every training and validation step is marked
+            as a new one), ``"auto"`` compiles blocks only when training on a CUDA GPU (see
             :func:`avssl.models.layers.compile_blocks`; the first steps then take longer). On
-            one H200 it made ViT-B steps 19-25 % faster (MAViL at 128 per GPU), but a MAViL
-            step at 64 per GPU 13 % slower (README, "Training on many GPUs").
+            one H200 blocks made ViT-B steps 19-25 % faster (MAViL at 128 per GPU), but a MAViL
+            step at 64 per GPU 13 % slower (README, "Training on many GPUs"); graphs took the
+            loader-fed CAV-MAE step from 1,001 to 1,156 samples/s (README).
 
     The base constructor calls ``save_hyperparameters()``, which records the constructor
     arguments of the base *and* of the subclass (Lightning walks the ``__init__`` frames), so a
@@ -201,6 +204,19 @@ class AVObjective(pl.LightningModule):
         compiled = compile_blocks(self, self.compile_policy)
         if compiled:
             rank_zero_info(f"[avssl] torch.compile: {compiled} transformer blocks")
+
+    def mark_graph_step(self) -> None:
+        """With ``compile="graphs"``: tells the CUDA-graph replays that a new step begins (the
+        outputs of the last step's replays may now be overwritten). Called before every
+        training and validation batch, and by code that runs the encoders outside the steps."""
+        if self.compile_policy == "graphs":
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.mark_graph_step()
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.mark_graph_step()
 
     # ----------------------------------------------------------------- training step
     def training_step(self, batch: AVBatch, batch_idx: int) -> torch.Tensor | None:

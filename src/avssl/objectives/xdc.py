@@ -113,6 +113,7 @@ class XDC(AVObjective):
         feats: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
         ok: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
         for batch in batches:
+            self.mark_graph_step()  # each batch's features are copied out before the next
             batch = batch.to(self.device)
             audio, video, a_ok, v_ok = flatten_inputs(batch)
             k = len(audio) // len(batch)
