@@ -1,6 +1,6 @@
 """Prints the first and last value of chosen TensorBoard scalars of run folders (GPU scripts).
 
-    python bench/tb_scalars.py runs/mavil/<run id> [...] [--tags loss/loss,perf/samples_per_sec]
+python bench/tb_scalars.py runs/mavil/<run id> [...] [--tags loss/loss,perf/samples_per_sec]
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+TAGS = ("loss/loss", "train/nonfinite_skipped", "perf/samples_per_sec", "perf/data_wait_fraction")
 
 
 def scalars(run: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
@@ -27,7 +29,7 @@ def scalars(run: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--tags", default="loss/loss,train/nonfinite_skipped,perf/samples_per_sec,perf/data_wait_fraction")
+    p.add_argument("--tags", default=",".join(TAGS))
     args = p.parse_args(argv)
     tags = [t for t in args.tags.split(",") if t]
     bad = 0
