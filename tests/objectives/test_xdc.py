@@ -29,6 +29,18 @@ def _batches(n: int = 3, B: int = 4) -> list:
     return out
 
 
+def test_clustering_pass_marks_each_batch_as_a_graph_step(monkeypatch):
+    """compile="graphs": the encoders run outside the training steps while clustering, so each
+    batch of that pass is marked as a new CUDA-graph step; without graphs nothing is marked."""
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    _model(compile="graphs").embed_batches(_batches(n=3))
+    assert len(marks) == 3
+    marks.clear()
+    _model().embed_batches(_batches(n=3))
+    assert marks == []
+
+
 @torch.no_grad()
 def test_labels_agree_with_kmeans_of_the_features():
     model = _model()
