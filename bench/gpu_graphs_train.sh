@@ -4,7 +4,10 @@
 # the demo's sizes (training steps and the image logger), XDC (its clustering pass runs the
 # encoders outside the steps) and XKD (EMA teachers updated in place between replays); 40 steps
 # each on synthetic shards, then the first and last logged loss and samples/s of every run.
-# Usage on a GPU machine (repo root): bash bench/gpu_graphs_train.sh [LOG_DIR]   (~4 minutes)
+# Usage on a GPU machine (repo root): bash bench/gpu_graphs_train.sh [LOG_DIR]   (<= 10 minutes)
+# RUNS="mavil graphs,xdc graphs" picks runs; LIMIT (seconds per run, default 150) bounds each:
+# a cold compile of MAViL's 30 blocks with graphs took over 50 s on an H200. LightningCLI needs
+# jsonargparse (with docstring_parser and typeshed_client), which a bare GPU machine may lack.
 # DEVICE=cpu runs the same sequence on a CPU (a dry run: no graphs there, blocks compiled).
 set -u
 # shellcheck source=bench/gpu_cavmae_env.sh
@@ -21,7 +24,7 @@ for run in "${todo[@]}"; do
   own=(); [ -f "recipes/demo/$recipe.yaml" ] && own=(--config "recipes/demo/$recipe.yaml")
   id="graphs-check-$mode"
   rm -rf "runs/$recipe/$id"
-  AVSSL_RUN_ID=$id timeout "${LIMIT:-90}" python -m avssl.cli pretrain --recipe "$recipe" \
+  AVSSL_RUN_ID=$id timeout "${LIMIT:-150}" python -m avssl.cli pretrain --recipe "$recipe" \
     --data "$work/shards" -- --config recipes/demo.yaml "${own[@]}" \
     --trainer.accelerator "$accel" --trainer.max_steps "$steps" --trainer.log_every_n_steps 10 \
     --trainer.enable_progress_bar false --images.every_n_steps 20 \
