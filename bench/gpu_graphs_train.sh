@@ -21,11 +21,13 @@ runs=()
 IFS=, read -ra todo <<<"${RUNS:-mavil graphs,mavil blocks,xdc graphs,xkd graphs}"
 for run in "${todo[@]}"; do
   read -r recipe mode <<<"$run"
-  own=(); [ -f "recipes/demo/$recipe.yaml" ] && own=(--config "recipes/demo/$recipe.yaml")
+  # the demo's config files for this recipe, as make demo adds them (avssl.demo.overlays)
+  read -ra demo <<<"$(python -c "import sys; from avssl.demo import overlays
+print(' '.join('--config ' + p for p in overlays(sys.argv[1])))" "$recipe")"
   id="graphs-check-$mode"
   rm -rf "runs/$recipe/$id"
   AVSSL_RUN_ID=$id timeout "${LIMIT:-150}" python -m avssl.cli pretrain --recipe "$recipe" \
-    --data "$work/shards" -- --config recipes/demo.yaml "${own[@]}" \
+    --data "$work/shards" -- "${demo[@]}" \
     --trainer.accelerator "$accel" --trainer.max_steps "$steps" --trainer.log_every_n_steps 10 \
     --trainer.enable_progress_bar false --images.every_n_steps 20 \
     --model.init_args.compile "$mode" --data.init_args.num_workers 4 \
