@@ -17,6 +17,7 @@ REQUIRED = [
     "esc50_linear",
     "vggsound_av_retrieval",
     "kinetics_sounds_linear",
+    "audioset_linear",
     "synthetic_linear",
     "synthetic_knn",
     "synthetic_retrieval",
@@ -62,6 +63,14 @@ def test_knn_and_retrieval_settings():
     assert load_protocol("kinetics_sounds_linear").kinds == ["audio", "video", "joint"]
 
 
+def test_audioset_multilabel_probe():
+    p = load_protocol("audioset_linear")
+    assert p.type == "linear_multilabel" and p.metrics == ["mAP", "mAUC", "d_prime"]
+    assert [(s.train, s.test) for s in p.splits] == [(["balanced_train_segments"], "eval_segments")]
+    assert p.kinds == ["audio", "video", "joint"] and p.classifier["val_fraction"] == 0.2
+    assert len(p.classifier["lambdas"]) >= 5 and "solver" not in p.classifier
+
+
 def test_unknown_protocol_lists_the_known_ones():
     with pytest.raises(UserError, match="unknown protocol 'ucf202_linear'.*ucf101_linear"):
         load_protocol("ucf202_linear")
@@ -99,6 +108,31 @@ def test_unknown_protocol_lists_the_known_ones():
             "name: x\ndataset: d\nmodality: video\nsplits: [{train: a, test: a}]\n"
             "classifier: {type: knn}\n",
             "also a train split",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: audio\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: linear_multilabel, solver: sklearn}\n",
+            "unknown key.*solver.*for linear_multilabel",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: audio\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: linear_multilabel}\nmetrics: [mAP, top1]\n",
+            r"metrics \['top1'\] do not apply to linear_multilabel",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: audio\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: linear}\nmetrics: [mAP]\n",
+            r"metrics \['mAP'\] do not apply to linear",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: audio\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: linear_multilabel, val_fraction: 1.5}\n",
+            "val_fraction",
+        ),
+        (
+            "name: x\ndataset: d\nmodality: audio\nsplits: [{train: a, test: b}]\n"
+            "classifier: {type: retrieval}\nclip_aggregation: mean_scores\n",
+            "mean_scores for linear/linear_multilabel/knn",
         ),
     ],
 )

@@ -5,6 +5,9 @@ Library functions on plain tensors or NumPy arrays (usable from a notebook):
 - :func:`avssl.evaluators.knn.knn_predict` - weighted kNN class scores (DINO convention).
 - :func:`avssl.evaluators.linear_probe.fit_predict` - logistic-regression probe, L2 strength
   chosen on a held-out part of the training split.
+- :func:`avssl.evaluators.linear_probe.fit_predict_multilabel` - its one-vs-rest version for
+  multi-label data, and :func:`avssl.evaluators.multilabel.multilabel_metrics` (mAP, mAUC,
+  d-prime).
 - :func:`avssl.evaluators.retrieval.recall_at_k` and
   :func:`avssl.evaluators.retrieval.cross_modal`.
 
@@ -23,6 +26,8 @@ from typing import Any
 _LAZY = {
     "knn_predict": "avssl.evaluators.knn",
     "fit_predict": "avssl.evaluators.linear_probe",
+    "fit_predict_multilabel": "avssl.evaluators.linear_probe",
+    "multilabel_metrics": "avssl.evaluators.multilabel",
     "recall_at_k": "avssl.evaluators.retrieval",
     "cross_modal": "avssl.evaluators.retrieval",
     "extract_features": "avssl.evaluators.features",

@@ -1,4 +1,9 @@
-"""Full-batch L-BFGS for L2-regularised multinomial logistic regression, in torch.
+"""Full-batch L-BFGS for L2-regularised logistic regression, in torch.
+
+Two objectives over the same parameters ``theta = [W; b]`` (``[D + 1, C]``, the bias row not
+penalised): :func:`loss_grad`, the multinomial (softmax + cross-entropy) probe of
+:mod:`avssl.evaluators.linear_probe`, and :func:`bce_loss_grad`, C independent one-vs-rest
+(sigmoid + binary cross-entropy) probes for multi-label data. :func:`minimize` takes either.
 
 Nocedal & Wright, *Numerical Optimization* (2006), algorithm 7.4 (two-loop recursion) with a
 backtracking Armijo line search: the objective is strictly convex for ``lam > 0``, so every
@@ -9,7 +14,12 @@ function evaluation once unit steps are accepted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
+
+LossGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple]
 
 
 def loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
@@ -38,6 +48,34 @@ def loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float)
     return loss, grad
 
 
+def bce_loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
+    """Objective ``mean_n sum_c BCE(sigmoid(z_nc), y_nc) + lam/2 ||W||^2`` and its gradient.
+
+    The objective is the sum over classes c of ``mean_n BCE_nc + lam/2 ||w_c||^2``: C independent
+    binary logistic regressions (one-vs-rest), each with the multinomial probe's convention
+    (mean loss + lam/2 ||w||^2), so the joint minimiser is the tuple of the per-class ones.
+
+    Args:
+        theta: ``[D + 1, C]`` weights stacked over the bias (last row, not penalised).
+        x: ``[N, D]`` features.
+        y: ``[N, C]`` multi-hot targets in {0, 1} (x's dtype).
+        lam: L2 strength.
+
+    Returns:
+        (loss as a 0-d tensor, gradient ``[D + 1, C]``).
+    """
+    n, d = x.shape
+    w, b = theta[:d], theta[d]
+    z = torch.addmm(b, x, w)  # [N, C] logits
+    # BCE with logits: log(1 + e^z) - y z; softplus is exact to ~e^-20 beyond its threshold
+    loss = (F.softplus(z) - y * z).sum() / n + 0.5 * lam * (w * w).sum()
+    g = torch.sigmoid(z).sub_(y).div_(n)  # d(loss)/d logits, [N, C]
+    grad = torch.empty_like(theta)
+    torch.addmm(w, x.T, g, beta=lam, out=grad[:d])  # [D, C]
+    grad[d] = g.sum(0)
+    return loss, grad
+
+
 def minimize(
     theta: torch.Tensor,
     x: torch.Tensor,
@@ -46,8 +84,13 @@ def minimize(
     max_iter: int = 500,
     tol: float = 1e-4,
     history: int = 10,
+    loss: LossGrad = loss_grad,
 ) -> tuple[torch.Tensor, dict]:
     """L-BFGS from ``theta`` until ``max |grad| <= tol``, ``max_iter`` iterations, or no progress.
+
+    ``loss`` is the objective: :func:`loss_grad` (``y`` class ids ``[N]``, the default) or
+    :func:`bce_loss_grad` (``y`` multi-hot ``[N, C]``); any convex
+    ``(theta, x, y, lam) -> (loss, grad)`` works.
 
     "No progress": an iteration lowers the loss by at most ``ftol * max(|f|, 1)`` with
     ``ftol = max(2.2e-9, 4 * eps(dtype))`` (L-BFGS-B's default ``factr = 1e7`` criterion, floored
@@ -62,13 +105,13 @@ def minimize(
     if small:  # tiny problems: thread start-up costs more than the maths
         torch.set_num_threads(1)
     try:
-        return _run(theta, x, y, lam, max_iter, tol, history, ftol)
+        return _run(theta, x, y, lam, max_iter, tol, history, ftol, loss)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(theta, x, y, lam, max_iter, tol, history, ftol) -> tuple[torch.Tensor, dict]:
-    f, g = loss_grad(theta, x, y, lam)
+def _run(theta, x, y, lam, max_iter, tol, history, ftol, loss) -> tuple[torch.Tensor, dict]:
+    f, g = loss(theta, x, y, lam)
     s_hist: list[torch.Tensor] = []
     y_hist: list[torch.Tensor] = []
     evals, it, stop = 1, 0, "max_iter"
@@ -81,7 +124,7 @@ def _run(theta, x, y, lam, max_iter, tol, history, ftol) -> tuple[torch.Tensor, 
         slope, f0 = (g * d).sum().item(), f.item()
         for _ in range(30):  # backtracking Armijo, c1 = 1e-4
             new = theta + t * d
-            f_new, g_new = loss_grad(new, x, y, lam)
+            f_new, g_new = loss(new, x, y, lam)
             evals += 1
             if f_new.item() <= f0 + 1e-4 * t * slope:
                 break

@@ -53,7 +53,8 @@ def evaluate(
                 f"{data} has no {m} in the splits of protocol {p.name}, but the "
                 f"protocol evaluates {', '.join(p.kinds)} features"
             )
-    num_classes = len(source.classes) or int(feats.labels.max()) + 1
+    y = feats.labels
+    num_classes = len(source.classes) or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
     rounds = []
     for kind in p.kinds:
         for pair in p.splits:
@@ -114,6 +115,13 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
                 f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
                 f"test sample(s) lack the {r['kind']} modality (zero features, kept)"
             )
+        if r.get("n_skipped_ap") or r.get("n_skipped_auc"):  # the same for every kind
+            note = (
+                f"{r['split']}: {r['n_skipped_ap']} of {r['n_classes']} classes have no "
+                f"positive in {r['test']} and are left out of mAP; {r['n_skipped_auc']} (no "
+                "positive or no negative) are left out of mAUC"
+            )
+            notes += [] if note in notes else [note]
         if r.get("n_without_both"):
             notes.append(
                 f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "

@@ -6,11 +6,17 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
 1. Features are L2-normalised, then standardised per dimension with the mean and standard
    deviation of the *training* split (the test split is transformed with those statistics).
 2. The objective is ``mean cross-entropy + lambda / 2 * ||W||^2`` (the bias is not penalised),
-   minimised with full-batch L-BFGS (strong Wolfe line search) until the largest gradient entry
-   is below ``tol``.
+   minimised with full-batch L-BFGS (backtracking Armijo line search, :mod:`._lbfgs`) until the
+   largest gradient entry is below ``tol``.
 3. ``lambda`` is chosen from a log-spaced sweep by top-1 accuracy on a held-out, stratified,
    seeded part of the *training* split; ties go to the stronger regularisation. The probe is
    then refit on the whole training split. The test split is never used to choose anything.
+
+:func:`fit_predict_multilabel` is the multi-label (AudioSet) version: one independent binary
+logistic regression per class (one-vs-rest: sigmoid + binary cross-entropy, each class with
+``mean BCE + lambda / 2 * ||w_c||^2``, fitted jointly because the objective separates), the
+same features and lambda grid, lambda chosen by mAP (:mod:`avssl.evaluators.multilabel`) on a
+seeded random part of the training split (see :func:`random_split`).
 
 ``solver="sklearn"`` runs the same protocol with ``sklearn.linear_model.LogisticRegression``
 (lbfgs). scikit-learn minimises ``C * sum CE + ||W||^2 / 2``; dividing by ``C * N`` gives our
@@ -19,11 +25,14 @@ objective, so ``C = 1 / (lambda * N)`` with N the number of samples being fitted
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
-from avssl.evaluators._lbfgs import minimize
+from avssl.evaluators._lbfgs import LossGrad, bce_loss_grad, loss_grad, minimize
 from avssl.evaluators._tensors import ArrayLike, as_features, as_labels, l2_normalize, pick_device
+from avssl.evaluators.multilabel import mean_average_precision
 
 # 1e-7 ... 1e0: one value per decade.
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-7, 1))
@@ -50,14 +59,37 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
+def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, held_out): a seeded random ``round(fraction * n)`` rows held out, at least
+    one row kept for fitting.
+
+    For multi-label data: a stratified split is not defined when a sample belongs to several
+    classes at once (iterative stratification, Sechidis et al., 2011,
+    https://doi.org/10.1007/978-3-642-23808-6_10, only approximates one), so the held-out part
+    is a plain random fraction of the rows. Rare classes may then have no positive in it; they
+    are left out of the held-out mAP (:func:`avssl.evaluators.multilabel.per_class`).
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(int(round(fraction * n)), n - 1) if n else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
 def _fit_torch(
-    x: torch.Tensor, y: torch.Tensor, c: int, lam: float, init=None, max_iter=500, tol=1e-4
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: int,
+    lam: float,
+    init=None,
+    max_iter=500,
+    tol=1e-4,
+    loss: LossGrad = loss_grad,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimises mean CE + lam/2 ||W||^2 over (W [D, C], b [C]) with :mod:`._lbfgs`."""
+    """Minimises ``loss`` (default mean CE) + lam/2 ||W||^2 over (W [D, C], b [C]) with
+    :mod:`._lbfgs`."""
     theta = torch.zeros(x.shape[1] + 1, c, dtype=x.dtype, device=x.device)  # [D + 1, C]
     if init is not None:
         theta[:-1], theta[-1] = init[0], init[1]
-    theta, _ = minimize(theta, x, y, lam, max_iter=max_iter, tol=tol)
+    theta, _ = minimize(theta, x, y, lam, max_iter=max_iter, tol=tol, loss=loss)
     return theta[:-1], theta[-1]
 
 
@@ -129,26 +161,103 @@ def fit_predict(
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
     best, init = grid[0], None
     if len(grid) > 1:
-        best, init, info["val_top1"] = _sweep(
-            fit, xtr, ytr, c, grid, val_fraction, seed, max_iter, tol
-        )
+        held = stratified_split(ytr.cpu().numpy(), val_fraction, seed)
+        best, init, info["val_top1"] = _sweep(fit, xtr, ytr, c, grid, held, max_iter, tol, _top1)
     w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
     info["lambda"] = best
     logits = torch.addmm(b, xte.to(dev, w.dtype), w).cpu()  # [M, C]
     return (logits, info) if return_info else logits
 
 
-def _sweep(fit, x, y, c, grid, val_fraction, seed, max_iter, tol):
-    """Held-out top-1 per lambda (strong -> weak, warm-started): (best, its weights, accs)."""
-    fit_idx, val_idx = stratified_split(y.cpu().numpy(), val_fraction, seed)
+def fit_predict_multilabel(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    *,
+    lambdas: tuple[float, ...] | list[float] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 500,
+    tol: float = 1e-4,
+    device: str | torch.device | None = None,
+    return_info: bool = False,
+):
+    """Fits the one-vs-rest probe on the training split and scores the test split.
+
+    Each class c gets its own binary logistic regression, ``mean_n BCE(sigmoid(x_n w_c + b_c),
+    y_nc) + lambda / 2 * ||w_c||^2`` (all classes share lambda and are fitted in one L-BFGS run
+    of their summed, separable objective, :func:`avssl.evaluators._lbfgs.bce_loss_grad`), on the
+    features of :func:`standardize`. Lambda is chosen by mAP on a seeded random
+    ``val_fraction`` of the training rows (:func:`random_split`; ties go to the stronger
+    regularisation), then the probe is refit on the whole training split. The test split
+    chooses nothing.
+
+    Args:
+        train_x: ``[N, D]`` training features.
+        train_y: ``[N, C]`` multi-hot targets (0/1).
+        test_x: ``[M, D]`` test features.
+        lambdas: L2 strengths to sweep (default :data:`DEFAULT_LAMBDAS`); one value skips the
+            held-out selection.
+        val_fraction: fraction of the training rows held out to choose lambda.
+        seed: seed of the held-out split.
+        max_iter: L-BFGS iteration cap per fit.
+        tol: stop when the largest absolute gradient entry is below this.
+        device: torch device; None -> CUDA when available.
+        return_info: also return a dict with the chosen lambda and held-out mAPs (percent).
+
+    Returns:
+        float ``[M, C]`` logits on the CPU (sigmoid gives the class probabilities), or
+        ``(logits, info)`` when ``return_info``.
+
+    Raises:
+        ValueError: bad shapes or targets, or no class has a positive in the held-out part.
+    """
+    dev = pick_device(device)
+    xtr, xte = standardize(as_features(train_x, "train_x"), as_features(test_x, "test_x"))
+    ytr = torch.as_tensor(np.asarray(train_y) if not torch.is_tensor(train_y) else train_y)
+    if ytr.ndim != 2 or len(ytr) != len(xtr):
+        raise ValueError(f"train_y must be multi-hot [{len(xtr)}, C], got {tuple(ytr.shape)}")
+    if not bool(((ytr == 0) | (ytr == 1)).all()):
+        raise ValueError("train_y must be 0/1 (multi-hot)")
+    c = ytr.shape[1]
+    xtr, ytr = xtr.to(dev), ytr.to(dev, xtr.dtype)
+    grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
+    info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
+    fit = functools.partial(_fit_torch, loss=bce_loss_grad)
+    best, init = grid[0], None
+    if len(grid) > 1:
+        held = random_split(len(ytr), val_fraction, seed)
+        if not bool(ytr[torch.from_numpy(held[1]).to(dev)].any()):
+            raise ValueError(
+                f"no class has a positive in the held-out {val_fraction:.0%} of the "
+                f"{len(ytr)} training samples: too few to choose lambda"
+            )
+        best, init, info["val_mAP"] = _sweep(fit, xtr, ytr, c, grid, held, max_iter, tol, _map)
+    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
+    info["lambda"] = best
+    logits = torch.addmm(b, xte.to(dev, w.dtype), w).cpu()  # [M, C]
+    return (logits, info) if return_info else logits
+
+
+def _top1(scores: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (scores.argmax(1) == y).double().mean().item()
+
+
+def _map(scores: torch.Tensor, y: torch.Tensor) -> float:
+    return mean_average_precision(scores.cpu(), y.cpu())
+
+
+def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
+    """Held-out ``score`` per lambda (strong -> weak, warm-started) on the rows ``held`` =
+    (fit, held out): (best lambda, its weights, scores)."""
+    fit_idx, val_idx = held
     if len(val_idx) == 0:
         raise ValueError("the training split is too small to hold out a validation part")
     fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)
     accs, best, best_acc, best_wb, wb = {}, grid[0], -1.0, None, None
     for lam in grid:
         wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol)
-        pred = torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]).argmax(1)
-        acc = 100.0 * (pred == y[vi]).double().mean().item()
+        acc = score(torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]), y[vi])
         accs[lam] = acc
         if acc > best_acc:  # strict: ties keep the stronger regularisation
             best, best_acc, best_wb = lam, acc, wb

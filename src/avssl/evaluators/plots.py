@@ -1,5 +1,6 @@
 """PNG plots of an evaluation (matplotlib, Agg backend): a row-normalised confusion matrix and
-sorted per-class accuracy (summed over the rounds of a feature kind), or recall@k curves."""
+sorted per-class accuracy (summed over the rounds of a feature kind), sorted per-class average
+precision (multi-label probes; averaged over the rounds), or recall@k curves."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def make_plots(out: Path, results: dict, p: Protocol, class_names: list[str]) ->
             )
             written.append(
                 per_class_png(cm, names, out / f"per_class_accuracy_{kind}.png", f"{title}\n{sub}")
+            )
+        elif "per_class_ap" in rounds[0]:
+            ap = np.array([r["per_class_ap"] for r in rounds], dtype=float)  # [rounds, C]
+            c = ap.shape[1]
+            names = class_names if len(class_names) == c else [str(i) for i in range(c)]
+            sub = f"mean over {len(rounds)} split(s); classes without a test positive left out"
+            written.append(
+                per_class_ap_png(ap, names, out / f"per_class_ap_{kind}.png", f"{title}\n{sub}")
             )
         else:
             written.append(recall_png(rounds, out / f"recall_at_k_{kind}.png", title))
@@ -93,6 +102,40 @@ def per_class_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> P
         ax.legend(loc="lower right")
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_ap_png(ap: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """Per-class average precision ``[rounds, C]`` (NaN: not scored), averaged over the rounds
+    that score the class, sorted, with the mean over classes (the mAP of a single round) as a
+    line. Class names are written for up to 60 classes."""
+    plt = _plt()
+    present = np.flatnonzero(~np.isnan(ap).all(axis=0))
+    vals = 100.0 * np.array([np.nanmean(ap[:, i]) for i in present])
+    order = np.argsort(vals, kind="stable")
+    labelled = len(order) <= 60
+    fig, ax = plt.subplots(figsize=(8, 2 + 0.22 * len(order) if labelled else 6))
+    ax.barh(range(len(order)), vals[order], color="tab:blue", height=0.8 if labelled else 1.0)
+    if labelled:
+        ax.set_yticks(range(len(order)), [names[present[i]] for i in order], fontsize=8)
+    else:
+        ax.set_yticks([])
+        ax.set_ylabel(f"{len(order)} classes, sorted")
+    ax.set_ylim(-0.5, max(len(order), 1) - 0.5)
+    if len(vals):
+        ax.axvline(
+            vals.mean(),
+            color="tab:red",
+            linestyle="--",
+            label=f"mean over classes {vals.mean():.1f} %",
+        )
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("average precision (%)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

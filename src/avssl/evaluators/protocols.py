@@ -15,7 +15,11 @@ and how they are aggregated, the classifier settings and the metrics::
     classifier: {type: linear, lambdas: [1.0e-6, ...], val_fraction: 0.2, seed: 0}
     metrics: [top1, top5]
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Classifier types: ``linear`` (multinomial logistic regression, one class per sample), ``knn``,
+``retrieval`` and ``cross_modal`` (single-label data), and ``linear_multilabel`` (one-vs-rest
+logistic regression for multi-label data such as AudioSet, metrics mAP / mAUC / d_prime; it
+also accepts single-label data, as one-hot targets). Unknown keys are errors (a typo must not
+silently fall back to a default).
 """
 
 from __future__ import annotations
@@ -52,12 +56,23 @@ CLASSIFIERS: dict[str, dict[str, Any]] = {
         "tol": 1e-4,
         "solver": "torch",
     },
+    "linear_multilabel": {
+        "lambdas": list(DEFAULT_LAMBDAS),
+        "val_fraction": 0.2,
+        "seed": 0,
+        "max_iter": 500,
+        "tol": 1e-4,
+    },
     "knn": {"k": [20, 200], "temperature": 0.07},
     "retrieval": {"ks": [1, 5, 10, 20, 50]},
     "cross_modal": {"ks": [1, 5, 10], "max_items": None, "seed": 0},
 }
+# Classifiers with class scores: mean_scores averages them over the clips (softmax scores for
+# linear and knn, sigmoid scores for linear_multilabel).
+SCORED = ("linear", "linear_multilabel", "knn")
 METRICS = {
     "linear": ("top1", "top5", "mean_class_acc"),
+    "linear_multilabel": ("mAP", "mAUC", "d_prime"),
     "knn": ("top1", "top5", "mean_class_acc"),
     "retrieval": ("recall",),
     "cross_modal": ("recall", "medr"),
@@ -157,9 +172,9 @@ def parse_protocol(raw: Any, path: str = "<dict>") -> Protocol:
     if bad:
         raise ValueError(f"metrics {bad} do not apply to {clf['type']}: {METRICS[clf['type']]}")
     agg = str(raw.get("clip_aggregation", "mean_features"))
-    if agg not in AGGREGATIONS or (agg == "mean_scores" and clf["type"] not in ("linear", "knn")):
+    if agg not in AGGREGATIONS or (agg == "mean_scores" and clf["type"] not in SCORED):
         raise ValueError(
-            f"clip_aggregation {agg!r}: use mean_features (or mean_scores for linear/knn)"
+            f"clip_aggregation {agg!r}: use mean_features (or mean_scores for {'/'.join(SCORED)})"
         )
     clips = int(raw.get("clips_per_video", 1))
     if clips < 1:
@@ -210,9 +225,10 @@ def _classifier(value: Any) -> dict:
     for key in ("temperature", "tol"):
         if key in out and float(out[key]) <= 0:
             raise ValueError(f"classifier.{key} must be positive")
-    if ctype == "linear":
+    if ctype in ("linear", "linear_multilabel"):
         if not 0.0 < float(out["val_fraction"]) < 1.0:
             raise ValueError("classifier.val_fraction must be in (0, 1)")
+    if ctype == "linear":
         if out["solver"] not in ("torch", "sklearn"):
             raise ValueError("classifier.solver must be 'torch' or 'sklearn'")
     return out

@@ -1,5 +1,5 @@
 """Evaluation reports: ``results.json``, ``results.md`` (a Markdown table that states the
-protocol exactly) and PNG plots (confusion matrix, per-class accuracy, recall@k)."""
+protocol exactly) and PNG plots (confusion matrix, per-class accuracy or AP, recall@k)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ import numpy as np
 from avssl.evaluators.features import JOINT_DOC
 from avssl.evaluators.protocols import Protocol
 
+HEADERS = {"d_prime": "d-prime"}  # column headers that differ from the metric key
+
 
 def columns(p: Protocol, keys: list[str]) -> list[tuple[str, str]]:
     """(metric key, column header) of the protocol's metrics, in the rounds' key order."""
     out = []
     for key in keys:
-        if p.type in ("linear", "knn"):
+        if p.type == "linear_multilabel":
+            if key in p.metrics:
+                out.append((key, HEADERS.get(key, key)))
+        elif p.type in ("linear", "knn"):
             metric = key.split("_", 1)[1] if p.type == "knn" else key
             if metric in p.metrics:
                 header = key.replace("_", " ", 1) if p.type == "knn" else key
@@ -35,7 +40,8 @@ def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
     agg = (
         "clip features averaged"
         if p.clip_aggregation == "mean_features"
-        else "softmax scores averaged over clips"
+        else f"{'sigmoid' if p.type == 'linear_multilabel' else 'softmax'} scores averaged "
+        "over clips"
     )
     parts = [
         f"Protocol `{p.name}` ({p.path}): dataset {p.dataset}; splits (train -> test): {pairs}.",
@@ -53,6 +59,28 @@ def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
             f"{[float(f'{v:.0e}') for v in c['lambdas']]} by top-1 on a stratified "
             f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}), then refit on the "
             f"whole train split. Chosen lambda: {chosen}. The test split chooses nothing."
+        )
+    elif p.type == "linear_multilabel":
+        chosen = ", ".join(f"{r['kind']}/{r['split']}: {r['lambda']:.0e}" for r in rounds)
+        scored = "; ".join(
+            dict.fromkeys(
+                f"{r['split']}: AP of {r['n_classes'] - r['n_skipped_ap']}, AUC of "
+                f"{r['n_classes'] - r['n_skipped_auc']} of {r['n_classes']} classes"
+                for r in rounds
+            )
+        )
+        parts.append(
+            "Classifier: one-vs-rest logistic regression, an independent sigmoid + binary "
+            f"cross-entropy probe per class (full-batch L-BFGS, tol {c['tol']:g}); features "
+            "L2-normalised, then standardised with train statistics; L2 strength lambda (per "
+            f"class mean BCE + lambda/2 ||w_c||^2) chosen from "
+            f"{[float(f'{v:.0e}') for v in c['lambdas']]} by mAP on a random "
+            f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}; multi-label data "
+            "has no stratified split), then refit on the whole train split. Chosen lambda: "
+            f"{chosen}. The test split chooses nothing. mAP = mean over classes with a positive "
+            "in the test split of the average precision (sum over thresholds of (R_n - R_n-1) "
+            "P_n, tied scores one threshold); mAUC = mean ROC AUC over classes with positives "
+            f"and negatives; d-prime = sqrt(2) Phi^-1(mAUC). Scored: {scored}."
         )
     elif p.type == "knn":
         parts.append(
@@ -88,12 +116,12 @@ def to_markdown(results: dict, p: Protocol) -> str:
     for r in rounds:
         pair = f"{'+'.join(r['train']) or '-'} -> {r['test']}"
         n = f"{r['n_train']}/{r['n_test']}"
-        vals = [_fmt(r["metrics"][k]) for k, _ in cols]
+        vals = [_fmt(r["metrics"][k], k) for k, _ in cols]
         lines.append("| " + " | ".join([r["kind"], r["split"], pair, n, *vals]) + " |")
         if len([x for x in rounds if x["kind"] == r["kind"]]) > 1 and r is _last(rounds, r):
             mean = results["summary"][r["kind"]]
             count = sum(x["kind"] == r["kind"] for x in rounds)
-            vals = [f"**{_fmt(mean[k])}**" for k, _ in cols]
+            vals = [f"**{_fmt(mean[k], k)}**" for k, _ in cols]
             lines.append(
                 "| " + " | ".join([r["kind"], f"**mean of {count}**", "", "", *vals]) + " |"
             )
@@ -108,8 +136,13 @@ def _last(rounds: list[dict], r: dict) -> dict:
     return [x for x in rounds if x["kind"] == r["kind"]][-1]
 
 
-def _fmt(v: float) -> str:
-    return "nan" if v != v else f"{v:.1f}" if abs(v) < 1e4 else f"{v:.3g}"
+def _fmt(v: float, key: str = "") -> str:
+    """One decimal for percentages and ranks; d-prime (a few units) with three."""
+    if v != v:
+        return "nan"
+    if key == "d_prime":
+        return f"{v:.3f}"
+    return f"{v:.1f}" if abs(v) < 1e4 else f"{v:.3g}"
 
 
 def write_report(out: Path, results: dict, p: Protocol, class_names: list[str]) -> list[Path]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from avssl.cli import UserError
 from avssl.evaluators._tensors import confusion_matrix, topk_accuracy
 from avssl.evaluators.features import FeatureSet
 from avssl.evaluators.knn import knn_predict
-from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel
+from avssl.evaluators.multilabel import multilabel_metrics
 from avssl.evaluators.protocols import Protocol, SplitPair
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
 
@@ -17,10 +19,26 @@ from avssl.evaluators.retrieval import cross_modal, recall_at_k
 def _labels(fs: FeatureSet, split: str) -> torch.Tensor:
     y = fs.labels
     if y.ndim != 1:
-        raise UserError(f"split {split!r} is multi-label: linear/kNN/retrieval need one class")
+        raise UserError(
+            f"split {split!r} is multi-label: linear/kNN/retrieval need one class "
+            "(classifier type linear_multilabel evaluates multi-label data)"
+        )
     if len(y) and int(y.min()) < 0:
         raise UserError(f"split {split!r} has {int((y < 0).sum())} samples without a label")
     return y
+
+
+def _multi_hot(fs: FeatureSet, split: str, num_classes: int) -> torch.Tensor:
+    """Float ``[N, C]`` 0/1 targets; single-label data becomes one-hot."""
+    y = fs.labels
+    if y.ndim == 1:
+        y = _labels(fs, split)
+        if len(y) and int(y.max()) >= num_classes:
+            raise UserError(f"split {split!r} has class ids >= the {num_classes} classes")
+        return F.one_hot(y, num_classes).float()
+    if y.shape[1] != num_classes:
+        raise UserError(f"split {split!r} has {y.shape[1]} label columns for {num_classes} classes")
+    return y.float()
 
 
 def _mean_class_acc(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -28,14 +46,16 @@ def _mean_class_acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float(np.mean(accs)) if accs else float("nan")
 
 
-def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str) -> torch.Tensor:
-    """Class scores of the test rows; ``mean_scores`` averages softmax scores over K clips."""
+def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str, sigmoid: bool = False):
+    """Class scores of the test rows; ``mean_scores`` averages softmax scores (sigmoid scores
+    for independent per-class probes, ``sigmoid``) over K clips."""
     if aggregate == "mean_features":
         return fn(fs_te.get(kind))
     clips = fs_te.get(kind, per_clip=True)  # [M, K, D]
     m, k = clips.shape[:2]
-    s = fn(clips.reshape(m * k, -1))  # [M * K, C]
-    return s.double().softmax(dim=1).reshape(m, k, -1).mean(dim=1)  # [M, C]
+    s = fn(clips.reshape(m * k, -1)).double()  # [M * K, C]
+    prob = s.sigmoid() if sigmoid else s.softmax(dim=1)
+    return prob.reshape(m, k, -1).mean(dim=1)  # [M, C]
 
 
 def _classification(scores: torch.Tensor, y: torch.Tensor, prefix: str = "") -> dict:
@@ -66,8 +86,12 @@ def run_round(
     }
     if p.type == "cross_modal":
         return {**info, **_cross_modal(p, fs_te)}
-    y_te = _labels(fs_te, pair.test)
-    y_tr = _labels(fs_tr, "+".join(pair.train))
+    if p.type == "linear_multilabel":
+        y_te = _multi_hot(fs_te, pair.test, num_classes)
+        y_tr = _multi_hot(fs_tr, "+".join(pair.train), num_classes)
+    else:
+        y_te = _labels(fs_te, pair.test)
+        y_tr = _labels(fs_tr, "+".join(pair.train))
     info["n_missing_modality"] = {
         "train": int((~fs_tr.mask(kind)).sum()),
         "test": int((~fs_te.mask(kind)).sum()),
@@ -75,6 +99,12 @@ def run_round(
     x_tr = fs_tr.get(kind)
     if p.type == "retrieval":
         info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, clf["ks"], device)
+        return info
+    if p.type == "linear_multilabel":
+        try:
+            info.update(_linear_multilabel(p, x_tr, y_tr, fs_te, y_te, kind, device))
+        except ValueError as err:
+            raise UserError(f"{kind}/{pair.name}: {err}") from None
         return info
     classify = _linear if p.type == "linear" else _knn
     out = classify(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
@@ -108,6 +138,32 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> 
     out = _classification(_scores(probe, fs_te, kind, p.clip_aggregation), y_te)
     info = holder["info"]
     out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1")}
+    return out
+
+
+def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> dict:
+    """One-vs-rest probe: mAP / mAUC / d-prime, per-class AP, the chosen lambda with its
+    held-out mAPs, and how many classes the test split could not score."""
+    clf, holder = p.classifier, {}
+
+    def probe(x_te: torch.Tensor) -> torch.Tensor:
+        s, holder["info"] = fit_predict_multilabel(
+            x_tr,
+            y_tr,
+            x_te,
+            lambdas=clf["lambdas"],
+            val_fraction=clf["val_fraction"],
+            seed=clf["seed"],
+            max_iter=clf["max_iter"],
+            tol=clf["tol"],
+            device=device,
+            return_info=True,
+        )
+        return s
+
+    scores = _scores(probe, fs_te, kind, p.clip_aggregation, sigmoid=True)
+    out = multilabel_metrics(scores, y_te)
+    out["lambda"], out["val_mAP"] = holder["info"]["lambda"], holder["info"].get("val_mAP")
     return out
 
 
