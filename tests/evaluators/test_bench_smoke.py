@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from avssl.evaluators.linear_probe import DEFAULT_LAMBDAS
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "eval.py"
 
 
@@ -28,3 +30,25 @@ def test_bench_eval_quick(tmp_path, capsys):
     assert 0 < res["probe"]["sweep_top1"] <= 100
     text = capsys.readouterr().out
     assert "speed-up" in text and "sklearn" in text
+
+
+def test_bench_eval_multilabel_quick(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_eval_ml", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    argv = ["--multilabel", "--quick", "--device", "cpu", "--json", str(out)]
+    assert module.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["classes"] == 20 and res["config"]["n_train"] == 2000
+    r = res["multilabel"]
+    assert r["avssl_s"] > 0 and r["sklearn_s"] > 0
+    assert r["speedup"] == r["sklearn_s"] / r["avssl_s"]
+    # the same objective at the same lambda: the same mAP, well above chance (the positive
+    # rates, ~10 %) and below 100 (the problem is noisy enough to mean something)
+    assert 30 < r["sklearn_mAP"] < 100
+    assert abs(r["avssl_mAP"] - r["sklearn_mAP"]) <= 0.5
+    assert 30 < r["sweep_mAP"] <= 100
+    assert r["sweep_lambda"] in DEFAULT_LAMBDAS
+    text = capsys.readouterr().out
+    assert "one-vs-rest" in text and "speed-up" in text
