@@ -202,12 +202,14 @@ def _compare(name: str, tt_ours: tuple, tt_sk: tuple, p_ours, p_sk, y) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run (5k x 64, 10 classes)")
-    ap.add_argument("--n-train", type=int, default=100_000)
-    ap.add_argument("--n-test", type=int, default=10_000)
-    ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--n-train", type=int, help="default 100000 (multi-label: 20000)")
+    ap.add_argument("--n-test", type=int, help="default 10000 (multi-label: 18000)")
+    ap.add_argument("--dim", type=int, help="default 768")
+    ap.add_argument("--classes", type=int, help="default 100 (multi-label: 527)")
     ap.add_argument("--sigma", type=float, default=5.5, help="noise std (class means ~ N(0, I))")
-    ap.add_argument("--lam", type=float, default=1e-4, help="L2 strength of the probe comparison")
+    ap.add_argument(
+        "--lam", type=float, help="L2 strength of the probe comparison (1e-4; multi-label 1e-3)"
+    )
     ap.add_argument("--tol", type=float, default=1e-4, help="gradient tolerance of both probes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-sweep", action="store_true", help="skip the timing of the full sweep")
@@ -219,10 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the one-vs-rest multi-label probe instead (AudioSet's shape: 20k x 768, "
         "527 classes, 18k test, unless sizes are given)",
     )
-    ap.add_argument("--signal", type=float, default=0.2, help="multi-label prototype scale")
+    ap.add_argument("--signal", type=float, help="multi-label prototype scale (0.2; quick 0.3)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    sizes = {  # (n_train, n_test, dim, classes, lam, signal) unless given
+        (False, False): (100_000, 10_000, 768, 100, 1e-4, None),
+        (False, True): (5000, 500, 64, 10, 1e-4, None),
+        (True, False): (20_000, 18_000, 768, 527, 1e-3, 0.2),
+        (True, True): (2000, 1000, 64, 20, 1e-3, 0.3),
+    }[(args.multilabel, args.quick)]
+    for key, default in zip(("n_train", "n_test", "dim", "classes", "lam", "signal"), sizes):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     if args.multilabel:
-        return _main_multilabel(args, argv)
+        return _main_multilabel(args)
     if args.quick:
         args.n_train, args.n_test, args.dim, args.classes, args.sigma = 5000, 500, 64, 10, 3.0
     xtr, ytr, xte, yte = make_data(
@@ -240,22 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     out["probe"] = bench_probe(
         xtr, ytr, xte, yte, args.lam, args.tol, args.device, not args.no_sweep
     )
-    if args.json:
-        with open(args.json, "w") as fh:
+    return _write_json(args.json, out)
+
+
+def _write_json(path: str, out: dict) -> int:
+    if path:
+        with open(path, "w") as fh:
             json.dump(out, fh, indent=2)
     return 0
 
 
-def _main_multilabel(args, argv) -> int:
-    given = set(sys.argv[1:] if argv is None else argv)
-    sizes = (2000, 1000, 64, 20) if args.quick else (20_000, 18_000, 768, 527)
-    for key, default in zip(("n_train", "n_test", "dim", "classes"), sizes):
-        if f"--{key.replace('_', '-')}" not in given:
-            setattr(args, key, default)
-    if "--lam" not in given:
-        args.lam = 1e-3
-    if args.quick and "--signal" not in given:
-        args.signal = 0.3
+def _main_multilabel(args) -> int:
     xtr, ytr, xte, yte = make_multilabel(
         args.n_train, args.n_test, args.dim, args.classes, args.signal, args.seed
     )
@@ -270,10 +276,7 @@ def _main_multilabel(args, argv) -> int:
     out["multilabel"] = bench_multilabel(
         xtr, ytr, xte, yte, args.lam, args.tol, args.device, not args.no_sweep
     )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
-    return 0
+    return _write_json(args.json, out)
 
 
 if __name__ == "__main__":

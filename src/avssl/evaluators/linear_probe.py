@@ -159,13 +159,13 @@ def fit_predict(
     xtr, ytr = xtr.to(dev), ytr.to(dev)
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
-    best, init = grid[0], None
-    if len(grid) > 1:
-        held = stratified_split(ytr.cpu().numpy(), val_fraction, seed)
-        best, init, info["val_top1"] = _sweep(fit, xtr, ytr, c, grid, held, max_iter, tol, _top1)
-    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
-    info["lambda"] = best
-    logits = torch.addmm(b, xte.to(dev, w.dtype), w).cpu()  # [M, C]
+
+    def held_out():
+        return stratified_split(ytr.cpu().numpy(), val_fraction, seed)
+
+    logits = _choose_and_refit(
+        fit, xtr, ytr, xte, c, grid, held_out, _top1, "val_top1", info, max_iter, tol
+    )
     return (logits, info) if return_info else logits
 
 
@@ -224,19 +224,32 @@ def fit_predict_multilabel(
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
     fit = functools.partial(_fit_torch, loss=bce_loss_grad)
-    best, init = grid[0], None
-    if len(grid) > 1:
+
+    def held_out():
         held = random_split(len(ytr), val_fraction, seed)
         if not bool(ytr[torch.from_numpy(held[1]).to(dev)].any()):
             raise ValueError(
                 f"no class has a positive in the held-out {val_fraction:.0%} of the "
                 f"{len(ytr)} training samples: too few to choose lambda"
             )
-        best, init, info["val_mAP"] = _sweep(fit, xtr, ytr, c, grid, held, max_iter, tol, _map)
+        return held
+
+    logits = _choose_and_refit(
+        fit, xtr, ytr, xte, c, grid, held_out, _map, "val_mAP", info, max_iter, tol
+    )
+    return (logits, info) if return_info else logits
+
+
+def _choose_and_refit(fit, xtr, ytr, xte, c, grid, held_out, score, key, info, max_iter, tol):
+    """Lambda by ``score`` on the rows ``held_out()`` gives (when the grid has several; the
+    held-out scores go to ``info[key]``), refit on the whole training split, test logits
+    ``[M, C]`` on the CPU; ``info["lambda"]`` is the choice."""
+    best, init = grid[0], None
+    if len(grid) > 1:
+        best, init, info[key] = _sweep(fit, xtr, ytr, c, grid, held_out(), max_iter, tol, score)
     w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
     info["lambda"] = best
-    logits = torch.addmm(b, xte.to(dev, w.dtype), w).cpu()  # [M, C]
-    return (logits, info) if return_info else logits
+    return torch.addmm(b, xte.to(xtr.device, w.dtype), w).cpu()
 
 
 def _top1(scores: torch.Tensor, y: torch.Tensor) -> float:

@@ -92,21 +92,7 @@ def per_class_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> P
     ax.set_yticks(
         range(len(order)), [names[present[i]] for i in order], fontsize=max(4, 9 - len(order) // 30)
     )
-    if len(acc):
-        ax.axvline(
-            acc.mean(),
-            color="tab:red",
-            linestyle="--",
-            label=f"mean over classes {acc.mean():.1f} %",
-        )
-        ax.legend(loc="lower right")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish_bars(plt, fig, ax, acc, "accuracy (%)", title, path)
 
 
 def per_class_ap_png(ap: np.ndarray, names: list[str], path: Path, title: str) -> Path:
@@ -126,6 +112,11 @@ def per_class_ap_png(ap: np.ndarray, names: list[str], path: Path, title: str) -
         ax.set_yticks([])
         ax.set_ylabel(f"{len(order)} classes, sorted")
     ax.set_ylim(-0.5, max(len(order), 1) - 0.5)
+    return _finish_bars(plt, fig, ax, vals, "average precision (%)", title, path)
+
+
+def _finish_bars(plt, fig, ax, vals: np.ndarray, xlabel: str, title: str, path: Path) -> Path:
+    """Per-class bar chart in percent: the mean over classes as a dashed line, axes, saved."""
     if len(vals):
         ax.axvline(
             vals.mean(),
@@ -135,7 +126,7 @@ def per_class_ap_png(ap: np.ndarray, names: list[str], path: Path, title: str) -
         )
         ax.legend(loc="lower right")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("average precision (%)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

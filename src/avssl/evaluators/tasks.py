@@ -114,6 +114,12 @@ def run_round(
     return info
 
 
+def _probe_settings(clf: dict, device) -> dict:
+    """Keyword arguments both linear probes take from the protocol's classifier settings."""
+    keys = ("lambdas", "val_fraction", "seed", "max_iter", "tol")
+    return {**{k: clf[k] for k in keys}, "device": device, "return_info": True}
+
+
 def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
     """Linear probe: metrics, predictions and the chosen lambda with its held-out accuracies."""
     clf, holder = p.classifier, {}
@@ -123,15 +129,9 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> 
             x_tr,
             y_tr,
             x_te,
-            lambdas=clf["lambdas"],
-            val_fraction=clf["val_fraction"],
-            seed=clf["seed"],
             solver=clf["solver"],
             num_classes=num_classes,
-            max_iter=clf["max_iter"],
-            tol=clf["tol"],
-            device=device,
-            return_info=True,
+            **_probe_settings(clf, device),
         )
         return s
 
@@ -147,18 +147,7 @@ def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> di
     clf, holder = p.classifier, {}
 
     def probe(x_te: torch.Tensor) -> torch.Tensor:
-        s, holder["info"] = fit_predict_multilabel(
-            x_tr,
-            y_tr,
-            x_te,
-            lambdas=clf["lambdas"],
-            val_fraction=clf["val_fraction"],
-            seed=clf["seed"],
-            max_iter=clf["max_iter"],
-            tol=clf["tol"],
-            device=device,
-            return_info=True,
-        )
+        s, holder["info"] = fit_predict_multilabel(x_tr, y_tr, x_te, **_probe_settings(clf, device))
         return s
 
     scores = _scores(probe, fs_te, kind, p.clip_aggregation, sigmoid=True)
