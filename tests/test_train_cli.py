@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from test_recipes import RECIPES, build_tiny_shards, debug_args
 
 from avssl import cli
+from avssl.objectives.base import AVObjective
 from avssl.train import pretrain_main
 
 
@@ -38,9 +40,27 @@ def _adam_state(ckpt: dict) -> dict:
     return ckpt["optimizer_states"][0]["state"]
 
 
-def test_pretrain_run_folder_and_resume_restores_optimizer(shards, tmp_path, capsys):
+@pytest.fixture
+def trained_keys(monkeypatch) -> list:
+    """(epoch, batch index, keys) of every batch a training step receives."""
+    seen: list = []
+    step = AVObjective.training_step
+
+    def record(self, batch, batch_idx):
+        seen.append((self.trainer.current_epoch, batch_idx, tuple(batch.key)))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(AVObjective, "training_step", record)
+    return seen
+
+
+def test_pretrain_run_folder_and_resume_restores_optimizer(
+    shards, tmp_path, capsys, caplog, trained_keys
+):
     runs = tmp_path / "runs"
     _pretrain(shards, runs, run_id="first")
+    uninterrupted = list(trained_keys)
+    trained_keys.clear()
     run = runs / "mavil" / "first"
     out = capsys.readouterr().out
     assert f"make export CKPT={run / 'checkpoints' / 'last.ckpt'}" in out
@@ -54,9 +74,21 @@ def test_pretrain_run_folder_and_resume_restores_optimizer(shards, tmp_path, cap
     assert half["global_step"] == 2 and full["global_step"] == 4
     assert "rng" in half["avssl_state"]
 
+    # the training loader is resumable: its state (the step) is in every checkpoint
+    assert half["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"global_step": 2}]
+
     # resume from step 2 (as after a kill): continues in the same run folder up to step 4
-    _pretrain(shards, runs, resume=str(mid))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _pretrain(shards, runs, resume=str(mid))
     assert sorted(p.name for p in (runs / "mavil").iterdir()) == ["first"]
+    assert "[data] resumed at step 2" in caplog.text
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning's warning
+    # 3 batches per epoch: epoch 0's last batch, then epoch 1's first; the resumed batch is a
+    # fresh draw, not epoch 0's first batch again, and epoch 1 is the uninterrupted run's
+    assert [(e, i) for e, i, _ in uninterrupted] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert [(e, i) for e, i, _ in trained_keys] == [(0, 2), (1, 0)]
+    assert trained_keys[0][2] != uninterrupted[0][2] and trained_keys[1] == uninterrupted[3]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 4
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]

@@ -106,6 +106,31 @@ def test_train_epochs_and_ranks_draw_different_samples(synth, small_args):
     assert r0 <= set(table.keys[0] + table.keys[2]) and r1 <= set(table.keys[1])
 
 
+def test_a_resumed_loader_draws_its_epoch_afresh_once(synth, small_args):
+    """TrainLoader's state (the global step, in every checkpoint) makes the next epoch's stream
+    a different draw from the interrupted one's, so a resume does not replay the batches the
+    epoch had already trained; the epochs after it are the uninterrupted run's."""
+
+    def draws(loader) -> list:
+        return [(k, float(s)) for b in loader for k, s in zip(b.key, b.clip_start)]
+
+    dm = AVDataModule(str(synth), **small_args(batches_per_epoch=3))
+    plain = dm.train_dataloader()
+    e0, e1 = draws(plain), draws(plain)
+    assert plain.state_dict() == {"global_step": 0}  # no trainer attached: step 0
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"global_step": 2})
+    r0, r1 = draws(resumed), draws(resumed)
+    assert r0 != e0 and len(r0) == len(e0)  # epoch 0 again, not its first draws again
+    assert r1 == e1  # one-shot: the next epoch is the uninterrupted one's
+    again = dm.train_dataloader()
+    again.load_state_dict({"global_step": 2})
+    assert draws(again) == r0  # seeded: the same resume draws the same batches
+    other = dm.train_dataloader()
+    other.load_state_dict({"global_step": 5})
+    assert draws(other) != r0
+
+
 def test_corrupt_sample_is_skipped_and_counted(corrupt_data, small_args):
     dm = AVDataModule(str(corrupt_data), **small_args(train_split=None, val_split=None))
     loader = make_eval_loader(str(corrupt_data), None, dm.preprocessing(), batch_size=2)

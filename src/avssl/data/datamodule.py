@@ -26,6 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
 from avssl.data.batch import AVBatch
@@ -101,6 +102,35 @@ class EpochLoader(DataLoader):
         return super().__iter__()
 
 
+class TrainLoader(EpochLoader):
+    """The training loader, resumable in Lightning's sense (``state_dict`` /
+    ``load_state_dict``, saved in every checkpoint): its state is the global step
+    (``step_fn``). A run resumed in the middle of an epoch finishes that epoch with batches
+    drawn afresh, from a stream seeded with the resumed step as well (``TrainStream``),
+    instead of replaying the batches the epoch had trained before the interruption; Lightning
+    stops the epoch after the batches it had left. The shards are resampled, so the rest of the
+    epoch has the same distribution as an uninterrupted run's, not the same samples."""
+
+    def __init__(self, dataset, step_fn: Callable[[], int], **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.step_fn, self._resumed_at = step_fn, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": int(self.step_fn())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resumed_at = int(state["global_step"])
+        rank_zero_info(
+            f"[data] resumed at step {self._resumed_at}: the rest of the interrupted epoch is "
+            "drawn afresh (a stream seeded with the step), not replayed from its start"
+        )
+
+    def __iter__(self):
+        # the next iteration only (the interrupted epoch); set before the workers start
+        self.dataset.resumed_at, self._resumed_at = self._resumed_at, None
+        return super().__iter__()
+
+
 def make_eval_loader(
     data: str,
     split: str | None,
@@ -157,7 +187,8 @@ class AVDataModule(pl.LightningDataModule):
         train_preset / eval_preset: transform presets ("train", "eval", "none");
             augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
-            (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker).
+            (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker, and
+            the step in an epoch a run resumed in, see ``TrainLoader``).
         features_on: where training and validation batches get their last, per-pixel and
             per-frame steps (fbank + SpecAugment, colour jitter + normalisation): "loader"
             (the workers), "device" (after the transfer to the training device, from the
@@ -307,6 +338,10 @@ class AVDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else None
 
+    def _global_step(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_step if trainer is not None else 0
+
     def _stream_args(self, split: str | None, rank: int, world: int) -> tuple:
         src = self.source
         return (
@@ -320,15 +355,17 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.seed,
         )
 
-    def _loader(self, stream: IterableDataset, epoch_fn=None) -> EpochLoader:
+    def _loader(self, stream: IterableDataset, **kwargs) -> EpochLoader:
+        """The loader of ``stream`` (``TrainLoader`` with ``step_fn`` in kwargs)."""
         workers = self.hp.num_workers
-        return EpochLoader(
+        cls = TrainLoader if "step_fn" in kwargs else EpochLoader
+        return cls(
             stream,
-            epoch_fn=epoch_fn,
             num_workers=workers,
             worker_nice=self.worker_nice(),
             pin_memory=self._on_gpu() if self.hp.pin_memory is None else self.hp.pin_memory,
             prefetch_factor=2 if workers > 0 else None,
+            **kwargs,
         )
 
     def worker_nice(self) -> int:
@@ -367,7 +404,7 @@ class AVDataModule(pl.LightningDataModule):
         stream = TrainStream(
             table, proc, *rest, batches_per_epoch=bpe, repeats=self.hp.repeated_sampling
         )
-        return self._loader(stream, self._epoch)
+        return self._loader(stream, epoch_fn=self._epoch, step_fn=self._global_step)
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None):
         """Validation loader over ``val_split`` (each sample once); [] when not configured."""

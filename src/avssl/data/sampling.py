@@ -410,6 +410,9 @@ def _zero_bands(spec: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
     return torch.where(out[0][:, :, None] | out[1][:, None, :], 0.0, spec)
 
 
+RESUMED = 0x5E5  # in a resumed epoch's seed, between the usual parts and the step
+
+
 def seed_for(*parts: int) -> int:
     """A 63-bit seed mixing ``parts`` (seed, epoch, rank, worker, ...)."""
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
@@ -438,6 +441,7 @@ class _Stream(IterableDataset):
             mismatch_prob,
         )
         self._prev: dict | None = None
+        self.resumed_at: int | None = None  # see TrainStream
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -477,7 +481,9 @@ def split_repeats(item: dict, repeats: int, k: int) -> list[dict]:
 
 class TrainStream(_Stream):
     """Endless resampled shards cut to exactly ``batches_per_epoch`` batches per rank;
-    ``repeats`` > 1: repeated sampling (module docstring)."""
+    ``repeats`` > 1: repeated sampling (module docstring). The draws are seeded by (seed,
+    epoch, rank, worker), and by the global step too when ``resumed_at`` is set (the epoch
+    a run resumed in; ``avssl.data.datamodule.TrainLoader``)."""
 
     def __init__(self, *args, batches_per_epoch: int, repeats: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
@@ -508,7 +514,10 @@ class TrainStream(_Stream):
         count = self.batches_per_epoch // num_workers + (
             worker < self.batches_per_epoch % num_workers
         )
-        gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch, self.rank, worker))
+        parts = [self.seed, self.epoch, self.rank, worker]
+        if self.resumed_at is not None:  # a resumed epoch: not the interrupted one's draws again
+            parts += [RESUMED, self.resumed_at]
+        gen = torch.Generator().manual_seed(seed_for(*parts))
         slot, slots = self.rank * num_workers + worker, self.world * num_workers
         keys, reader = ResampledKeys(self.table, slot, slots, gen), ShardReader()
         pending: list[dict] = []  # entries of a repeated sample that did not fit the last batch
