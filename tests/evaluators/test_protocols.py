@@ -16,6 +16,8 @@ REQUIRED = [
     "hmdb51_retrieval",
     "esc50_linear",
     "vggsound_av_retrieval",
+    "audioset_av_retrieval",
+    "vggsound_linear",
     "kinetics_sounds_linear",
     "audioset_linear",
     "synthetic_linear",
@@ -61,6 +63,12 @@ def test_knn_and_retrieval_settings():
     av = load_protocol("vggsound_av_retrieval")
     assert av.type == "cross_modal" and av.classifier["ks"] == [1, 5, 10]
     assert load_protocol("kinetics_sounds_linear").kinds == ["audio", "video", "joint"]
+    as_av = load_protocol("audioset_av_retrieval")
+    assert as_av.type == "cross_modal" and as_av.classifier["ks"] == [1, 5, 10]
+    assert [s.test for s in as_av.splits] == ["eval_segments"]
+    vgg = load_protocol("vggsound_linear")
+    assert [(s.train, s.test) for s in vgg.splits] == [(["train"], "test")]
+    assert vgg.type == "linear" and vgg.kinds == ["audio", "video", "joint"]
 
 
 def test_audioset_multilabel_probe():

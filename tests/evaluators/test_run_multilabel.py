@@ -81,6 +81,19 @@ def test_audioset_linear_protocol(audioset_data, tiny_bundle, tmp_path, capsys):
     assert "| audio | eval |" in capsys.readouterr().out
 
 
+def test_audioset_av_retrieval_needs_no_single_label(audioset_data, tiny_bundle, tmp_path):
+    """Cross-modal retrieval matches item i with item i: it runs on the multi-label eval set."""
+    out = tmp_path / "out"
+    args = _args("audioset_av_retrieval", tiny_bundle, audioset_data, out, tmp_path / "cache")
+    assert main(args) == 0
+    (r,) = json.loads((out / "results.json").read_text())["rounds"]
+    assert r["test"] == "eval_segments" and r["n_test"] == 3
+    m = r["metrics"]
+    for d in ("a2v", "v2a"):  # 3 items: R@k is 100 at k >= 3 and the median rank is 1..3
+        assert m[f"{d}_R@10"] == 100.0 and 1 <= m[f"{d}_medr"] <= 3
+        assert 0 <= m[f"{d}_R@1"] <= m[f"{d}_R@5"] <= 100
+
+
 def test_single_label_classifier_on_multilabel_data(audioset_data, tiny_bundle, tmp_path, capsys):
     text = (
         "name: as_knn\ndataset: audioset\nmodality: audio\n"
