@@ -66,8 +66,8 @@ import soundfile
 import torch
 
 from avssl.data import decode
+from avssl.data.audio_decode import load_audio
 from avssl.data.datamodule import build_processor, tune_worker_process
-from avssl.data.decode import load_audio
 from avssl.data.fbank import FbankConfig
 from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.data import decode
+from avssl.data import audio_decode
+from avssl.data.audio_decode import FlacWindows, load_audio
 from avssl.data.decode import (
     ClipSpec,
-    FlacWindows,
     MediaError,
     decode_clips_on_keyframes,
     decode_video_clips,
-    load_audio,
     open_media,
     probe_video,
     to_rgb,
@@ -192,10 +191,12 @@ def test_clips_on_keyframes_avi_start_where_asked():
 @pytest.mark.parametrize("reader", ["libsndfile", "ffmpeg"])
 def test_shard_flac_loads_exactly(shard_sample, reader, monkeypatch):
     if reader == "ffmpeg":
-        monkeypatch.setattr(decode, "soundfile", None)
+        monkeypatch.setattr(audio_decode, "soundfile", None)
     else:
-        assert decode.soundfile is not None  # a declared dependency: the fast path is tested
-    assert (decode._shard_flac(shard_sample["flac"], 16000) is not None) == (reader != "ffmpeg")
+        assert audio_decode.soundfile is not None  # a declared dependency: fast path tested
+    assert (audio_decode._shard_flac(shard_sample["flac"], 16000) is not None) == (
+        reader != "ffmpeg"
+    )
     meta = json.loads(shard_sample["json"])
     wave, has_audio = load_audio(shard_sample["flac"], 16000)
     assert has_audio and wave.dtype == torch.float32
@@ -238,28 +239,28 @@ def test_flac_that_libsndfile_does_not_take_goes_through_ffmpeg(tmp_path, shard_
         "mp4": shard_sample["mp4"],
     }
     for name, data in cases.items():
-        assert decode._shard_flac(data, 16000) is None, name
+        assert audio_decode._shard_flac(data, 16000) is None, name
 
     def ffmpeg_only(data):
-        keep, decode.soundfile = decode.soundfile, None
+        keep, audio_decode.soundfile = audio_decode.soundfile, None
         try:
             return load_audio(data, 16000)
-        except decode.MediaError as err:
+        except MediaError as err:
             return type(err)
         finally:
-            decode.soundfile = keep
+            audio_decode.soundfile = keep
 
     for name, data in cases.items():
         try:
             got = load_audio(data, 16000)
-        except decode.MediaError as err:
+        except MediaError as err:
             got = type(err)
         ref = ffmpeg_only(data)
         if isinstance(ref, tuple):
             assert isinstance(got, tuple) and torch.equal(got[0], ref[0]), name
         else:
             assert got is ref, name
-    assert ffmpeg_only(cases["truncated"]) is decode.MediaError
+    assert ffmpeg_only(cases["truncated"]) is MediaError
 
 
 def test_flac_windows_equal_slices_of_the_whole_recording(shard_sample):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchaudio
 
-from avssl.data.decode import load_audio
+from avssl.data.audio_decode import load_audio
 from avssl.data.fbank import FbankConfig, log_mel
 
 MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"

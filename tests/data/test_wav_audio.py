@@ -1,5 +1,5 @@
 """Shard audio as 16-bit PCM WAV (``data_prep --audio-codec wav``): read in place by the loader
-(``decode.PcmWave``), the same samples and batches as the FLAC shards of the same clips."""
+(``audio_decode.PcmWave``), the same samples and batches as the FLAC shards of the same clips."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from avssl.data.audio_decode import PcmWave, load_audio
 from avssl.data.datamodule import AVDataModule, make_eval_loader
-from avssl.data.decode import MediaError, PcmWave, load_audio
+from avssl.data.decode import MediaError
 from avssl.data.sampling import build_processor
 from tests.data.conftest import rewrite, samples_of
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F  # noqa: N812
 import avssl
 from avssl import export
 from avssl.cli import UserError
-from avssl.data.decode import ClipSpec, decode_video_clips, load_audio, open_media, probe_video
+from avssl.data.audio_decode import load_audio
+from avssl.data.decode import ClipSpec, decode_video_clips, open_media, probe_video
 from avssl.data.fbank import FbankConfig, compute_fbank
 
 MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"

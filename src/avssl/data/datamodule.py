@@ -113,7 +113,8 @@ class TrainLoader(EpochLoader):
 
     def __init__(self, dataset, step_fn: Callable[[], int], **kwargs):
         super().__init__(dataset, **kwargs)
-        self.step_fn, self._resumed_at = step_fn, None
+        self.step_fn = step_fn
+        self._resumed_at: int | None = None
 
     def state_dict(self) -> dict[str, int]:
         return {"global_step": int(self.step_fn())}

@@ -42,16 +42,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from avssl.data.audio_decode import FlacWindows, PcmWave, load_audio
 from avssl.data.batch import AVBatch
 from avssl.data.decode import (
     ClipSpec,
-    FlacWindows,
     MediaError,
-    PcmWave,
     decode_clips_on_keyframes,
     decode_frames_at,
     decode_jpeg,
-    load_audio,
     open_media,
     probe_video,
 )
