@@ -295,8 +295,8 @@ def time_steps(step, batches, n: int, device: torch.device) -> tuple[float, floa
 
 def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: torch.device):
     """Endless batches from the real loader (only imported with --data)."""
+    from avssl.data.batching import features_on_device
     from avssl.data.datamodule import AVDataModule
-    from avssl.data.sampling import features_on_device
 
     dm = AVDataModule(
         data=args.data,

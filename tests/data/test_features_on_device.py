@@ -12,9 +12,9 @@ import pytorch_lightning as pl
 import torch
 
 from avssl.data.batch import AVBatch
+from avssl.data.batching import features_on_device
 from avssl.data.datamodule import AVDataModule
 from avssl.data.fbank import FbankConfig, compute_fbank, compute_fbank_batch, log_mel_batch
-from avssl.data.sampling import features_on_device
 from avssl.data.transforms import Normalize, SpecAugment, apply_affine
 
 
@@ -157,9 +157,9 @@ def test_trainer_steps_see_finished_batches(synth, small_args) -> None:
 
 
 def test_features_on_device_in_chunks_with_a_clip_axis(monkeypatch) -> None:
-    from avssl.data import sampling
+    from avssl.data import batching
 
-    monkeypatch.setattr(sampling, "CHUNK", 3)  # 8 rows: chunks of 3, 3, 2
+    monkeypatch.setattr(batching, "CHUNK", 3)  # 8 rows: chunks of 3, 3, 2
     cfg = FbankConfig(target_frames=32)
     size = cfg.samples_for_frames(32)
     waves = torch.randn(4, 2, size, generator=torch.Generator().manual_seed(1))

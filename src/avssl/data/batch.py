@@ -28,7 +28,7 @@ class AVBatch:
         audio_wave: float ``[B, S]`` or ``[B, K, S]`` zero-padded waveform windows, set only by
             a loader that leaves the last steps to the training device (``on_device``; ``audio``
             is then an empty ``[B, (K,) 1, 0, F]`` placeholder until
-            :func:`avssl.data.sampling.features_on_device` fills it and clears these three).
+            :func:`avssl.data.batching.features_on_device` fills it and clears these three).
         audio_wave_len: long ``[B]`` or ``[B, K]`` valid samples of ``audio_wave``.
         audio_bands: long ``[B, (K,) M, 3]`` SpecAugment bands (dim 0 time / 1 frequency,
             start, width) to zero in the fbank computed from ``audio_wave``.

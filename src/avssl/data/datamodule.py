@@ -5,12 +5,12 @@ Batches are built inside each DataLoader worker (``batch_size=None`` on the Data
 training yields exactly ``batches_per_epoch`` batches on every rank, split over the workers,
 from resampled shards, so DDP never waits on a rank that ran out (DESIGN section 8);
 evaluation yields every sample of a split exactly once across ranks and workers, in
-(shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.sampling`).
+(shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.streams`).
 Corrupt samples are skipped and counted in ``AVBatch.extra["skipped"]`` (per batch) and
 ``extra["skipped_total"]`` (per rank, set by the DataModule after transfer) for the objective
 to log. With ``features_on="device"`` (the default ``"auto"`` picks it when training runs on
 a GPU) the workers ship waveform windows and uint8 clips, and the fbank, colour jitter and
-normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.sampling`).
+normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.batching`).
 """
 
 from __future__ import annotations
@@ -30,19 +30,12 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
 from avssl.data.batch import AVBatch
+from avssl.data.batching import collate, features_on_device
 from avssl.data.decode import ClipSpec
 from avssl.data.fbank import FbankConfig
-from avssl.data.sampling import (
-    AUDIO_MODES,
-    MODALITIES,
-    EvalStream,
-    TrainStream,
-    build_processor,
-    check_modalities,
-    collate,
-    features_on_device,
-)
+from avssl.data.sampling import AUDIO_MODES, MODALITIES, build_processor, check_modalities
 from avssl.data.shards import SplitTable, dist_info, resolve, split_table
+from avssl.data.streams import EvalStream, TrainStream
 from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,7 +45,7 @@ from avssl.data.transforms import (
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
 FEATURES_ON = ("auto", "loader", "device")
 GPU_WORKER_NICE = 10  # AVDataModule's worker_nice default when training on a GPU
-# Each worker of our streams yields its own share (see sampling.TrainStream), so Lightning's
+# Each worker of our streams yields its own share (see streams.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 

@@ -1,7 +1,7 @@
 """The extraction loop: the loader's evaluation stream over chosen keys -> encoder features.
 
 On a GPU the loader workers leave the fbank and the normalisation to the GPU
-(:func:`avssl.data.sampling.features_on_device`, as training does): the same inputs to float
+(:func:`avssl.data.batching.features_on_device`, as training does): the same inputs to float
 rounding for ~1.5x the samples per worker."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def make_loader(
     restricted to ``keys``, in (shard, position) order; ``on_device``: batches to finish with
     ``features_on_device``."""
     from avssl.data.datamodule import EpochLoader, build_processor
-    from avssl.data.sampling import EvalStream
     from avssl.data.shards import SplitTable, resolve, shard_keys
+    from avssl.data.streams import EvalStream
 
     source = resolve(data)
     wanted = set(keys)
@@ -78,8 +78,8 @@ def run_encoders(
     ``on_device`` (default: on a GPU) finishes the inputs on ``device`` (module docstring)."""
     from tqdm import tqdm
 
+    from avssl.data.batching import features_on_device
     from avssl.data.fbank import FbankConfig
-    from avssl.data.sampling import features_on_device
     from avssl.evaluators.features import autocast
 
     device = torch.device(device)
