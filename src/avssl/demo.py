@@ -198,10 +198,10 @@ def _seeds_table(random: dict, trained: list[dict], recipe: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _parse(argv: list[str]) -> tuple[str, Path, int, list[str]]:
+    """(recipe, shards, number of seeds, pretraining options after ``--``); SystemExit with a
+    one-line message for an unknown recipe or a bad seed count."""
     cut = argv.index("--") if "--" in argv else len(argv)
-    extra = argv[cut + 1 :]
     ap = argparse.ArgumentParser(
         description="make demo: pretrain, export, evaluate (synthetic)",
         epilog="options after -- are added to the pretraining command (ablations)",
@@ -226,12 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = int(args.seeds) if args.seeds.strip().isdigit() else 0
     if seeds < 1:
         raise SystemExit(f"[demo] SEEDS must be a whole number >= 1, got {args.seeds!r}")
-    # an ablation, another set or several seeds keep the plain demo's results
-    on = "" if data == SHARDS else f"@{data.resolve().name}"
-    tail = on + ("-args" if extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
-    name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
-    t0 = time.time()
-    _prep(data)
+    return recipe, data, seeds, argv[cut + 1 :]
+
+
+def _train_and_export(
+    recipe: str, data: Path, seeds: int, extra: list[str], name: str, run_id: str
+) -> tuple[list[str], str]:
+    """Steps 2 and 3: pretrains once per seed and exports each run and a random-init
+    baseline; returns the trained bundles' names and the baseline's."""
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset {data}", flush=True)
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
@@ -248,6 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{enc}")
     # the baseline is seeded (export --random-init): the same weights whatever the run's seed
     _avssl("export", "--ckpt", str(ckpts[0]), "--out", f"encoders/{random}", "--random-init")
+    return trained, random
+
+
+def main(argv: list[str] | None = None) -> int:
+    recipe, data, seeds, extra = _parse(sys.argv[1:] if argv is None else list(argv))
+    # an ablation, another set or several seeds keep the plain demo's results
+    on = "" if data == SHARDS else f"@{data.resolve().name}"
+    tail = on + ("-args" if extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
+    name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
+    t0 = time.time()
+    _prep(data)
+    trained, random = _train_and_export(recipe, data, seeds, extra, name, run_id)
     print(f"[demo] 4/4 evaluating them with the {PROTOCOL} protocol", flush=True)
     base = _evaluate(random, data)
     rows = [_evaluate(enc, data) for enc in trained]

@@ -33,9 +33,83 @@ def columns(p: Protocol, keys: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _chosen(rounds: list[dict]) -> str:
+    return ", ".join(f"{r['kind']}/{r['split']}: {r['lambda']:.0e}" for r in rounds)
+
+
+def _grid(c: dict) -> list[float]:
+    return [float(f"{v:.0e}") for v in c["lambdas"]]
+
+
+def _linear_doc(c: dict, rounds: list[dict]) -> str:
+    return (
+        "Classifier: multinomial logistic regression (full-batch L-BFGS, tol "
+        f"{c['tol']:g}, solver {c['solver']}); features L2-normalised, then standardised "
+        f"with train statistics; L2 strength lambda (mean CE + lambda/2 ||W||^2) chosen from "
+        f"{_grid(c)} by top-1 on a stratified "
+        f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}), then refit on the "
+        f"whole train split. Chosen lambda: {_chosen(rounds)}. The test split chooses nothing."
+    )
+
+
+def _multilabel_doc(c: dict, rounds: list[dict]) -> str:
+    scored = "; ".join(
+        dict.fromkeys(
+            f"{r['split']}: AP of {r['n_classes'] - r['n_skipped_ap']}, AUC of "
+            f"{r['n_classes'] - r['n_skipped_auc']} of {r['n_classes']} classes"
+            for r in rounds
+        )
+    )
+    return (
+        "Classifier: one-vs-rest logistic regression, an independent sigmoid + binary "
+        f"cross-entropy probe per class (full-batch L-BFGS, tol {c['tol']:g}); features "
+        "L2-normalised, then standardised with train statistics; L2 strength lambda (per "
+        f"class mean BCE + lambda/2 ||w_c||^2) chosen from "
+        f"{_grid(c)} by mAP on a random "
+        f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}; multi-label data "
+        "has no stratified split), then refit on the whole train split. Chosen lambda: "
+        f"{_chosen(rounds)}. The test split chooses nothing. mAP = mean over classes with a "
+        "positive in the test split of the average precision (sum over thresholds of (R_n - "
+        "R_n-1) P_n, tied scores one threshold); mAUC = mean ROC AUC over classes with "
+        f"positives and negatives; d-prime = sqrt(2) Phi^-1(mAUC). Scored: {scored}."
+    )
+
+
+def _knn_doc(c: dict, rounds: list[dict]) -> str:
+    return (
+        f"Classifier: weighted kNN, cosine similarity, k in {c['k']}, vote weight "
+        f"exp(sim / T) with T = {c['temperature']} (DINO / solo-learn convention)."
+    )
+
+
+def _retrieval_doc(c: dict, rounds: list[dict]) -> str:
+    return (
+        f"Retrieval: test videos query the train videos by cosine similarity; R@k for k in "
+        f"{c['ks']} = % of queries with a same-class video among the k nearest (VCOP); "
+        "ties counted against the query."
+    )
+
+
+def _cross_modal_doc(c: dict, rounds: list[dict]) -> str:
+    return (
+        f"Cross-modal retrieval: audio->video and video->audio on the test split, item i "
+        f"matches item i; R@k for k in {c['ks']} and median rank (1-based, ties counted "
+        f"against the query); max items: {c.get('max_items') or 'all'}."
+    )
+
+
+# the classifier's sentence of describe_protocol, per classifier type
+_CLASSIFIER_DOCS = {
+    "linear": _linear_doc,
+    "linear_multilabel": _multilabel_doc,
+    "knn": _knn_doc,
+    "retrieval": _retrieval_doc,
+    "cross_modal": _cross_modal_doc,
+}
+
+
 def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
     """One paragraph stating splits, clips, classifier settings and what was chosen."""
-    c = p.classifier
     pairs = "; ".join(f"{s.name}: {'+'.join(s.train) or '-'} -> {s.test}" for s in p.splits)
     agg = (
         "clip features averaged"
@@ -50,55 +124,7 @@ def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
     ]
     if "joint" in p.kinds:
         parts.append(JOINT_DOC[0].upper() + JOINT_DOC[1:] + ".")
-    if p.type == "linear":
-        chosen = ", ".join(f"{r['kind']}/{r['split']}: {r['lambda']:.0e}" for r in rounds)
-        parts.append(
-            "Classifier: multinomial logistic regression (full-batch L-BFGS, tol "
-            f"{c['tol']:g}, solver {c['solver']}); features L2-normalised, then standardised "
-            f"with train statistics; L2 strength lambda (mean CE + lambda/2 ||W||^2) chosen from "
-            f"{[float(f'{v:.0e}') for v in c['lambdas']]} by top-1 on a stratified "
-            f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}), then refit on the "
-            f"whole train split. Chosen lambda: {chosen}. The test split chooses nothing."
-        )
-    elif p.type == "linear_multilabel":
-        chosen = ", ".join(f"{r['kind']}/{r['split']}: {r['lambda']:.0e}" for r in rounds)
-        scored = "; ".join(
-            dict.fromkeys(
-                f"{r['split']}: AP of {r['n_classes'] - r['n_skipped_ap']}, AUC of "
-                f"{r['n_classes'] - r['n_skipped_auc']} of {r['n_classes']} classes"
-                for r in rounds
-            )
-        )
-        parts.append(
-            "Classifier: one-vs-rest logistic regression, an independent sigmoid + binary "
-            f"cross-entropy probe per class (full-batch L-BFGS, tol {c['tol']:g}); features "
-            "L2-normalised, then standardised with train statistics; L2 strength lambda (per "
-            f"class mean BCE + lambda/2 ||w_c||^2) chosen from "
-            f"{[float(f'{v:.0e}') for v in c['lambdas']]} by mAP on a random "
-            f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}; multi-label data "
-            "has no stratified split), then refit on the whole train split. Chosen lambda: "
-            f"{chosen}. The test split chooses nothing. mAP = mean over classes with a positive "
-            "in the test split of the average precision (sum over thresholds of (R_n - R_n-1) "
-            "P_n, tied scores one threshold); mAUC = mean ROC AUC over classes with positives "
-            f"and negatives; d-prime = sqrt(2) Phi^-1(mAUC). Scored: {scored}."
-        )
-    elif p.type == "knn":
-        parts.append(
-            f"Classifier: weighted kNN, cosine similarity, k in {c['k']}, vote weight "
-            f"exp(sim / T) with T = {c['temperature']} (DINO / solo-learn convention)."
-        )
-    elif p.type == "retrieval":
-        parts.append(
-            f"Retrieval: test videos query the train videos by cosine similarity; R@k for k in "
-            f"{c['ks']} = % of queries with a same-class video among the k nearest (VCOP); "
-            "ties counted against the query."
-        )
-    else:
-        parts.append(
-            f"Cross-modal retrieval: audio->video and video->audio on the test split, item i "
-            f"matches item i; R@k for k in {c['ks']} and median rank (1-based, ties counted "
-            f"against the query); max items: {c.get('max_items') or 'all'}."
-        )
+    parts.append(_CLASSIFIER_DOCS[p.type](p.classifier, rounds))
     return " ".join(parts)
 
 
