@@ -250,7 +250,8 @@ def scan_rates(data: Path, prep: dict, workers: list[int], batch: int, batches: 
     return got
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[int], argparse.ArgumentParser]:
+    """The options, the --scan worker counts and the parser; argparse errors for bad values."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="prepared shards to read (default: build)")
     ap.add_argument("--out", default="", help="where to build the synthetic shards")
@@ -272,82 +273,85 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--scan: worker counts must be >= 1, got {args.scan!r}")
     if args.repeats < 1 or args.clips < 1:
         ap.error("--repeats and --clips must be >= 1")
-    tune_worker_process()  # this process does what one DataLoader worker does
     if args.quick:
         args.clips, args.frames, args.crop = 3, 4, 64
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.out) if args.out else Path(tmp) / "shards"
-        data = Path(args.data) if args.data else build_shards(out, args.quick)
-        plain = None  # the same clips encoded without the fastdecode tune (baseline)
-        if not args.data:
-            plain = build_shards(out.with_name(out.name + "-tune-none"), args.quick, "none",
-                                 raw=out / "raw")  # fmt: skip
-        samples = [s for s in load_samples(data, 16) if "mp4" in s and ("flac" in s or "wav" in s)]
-        if not samples:
-            ap.error(f"{data}: no samples with both video and audio among the first 16")
-        fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
-        prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
-                "video_mean": [0.485, 0.456, 0.406], "video_std": [0.229, 0.224, 0.225],
-                "fbank": fb.to_dict()}  # fmt: skip
-        proc = build_processor(prep, "train", 1, "aligned", train=True, threads=1)
-        gen = torch.Generator().manual_seed(0)
-        ours = rate(lambda s: proc(s, gen), samples, args.clips)
-        wave_proc = build_processor(
-            prep, "train", 1, "aligned", train=True, threads=1, on_device=True
-        )
-        waves = rate(lambda s: wave_proc(s, gen), samples, args.clips)
-        rep_proc = build_processor(  # what TrainStream(repeats=R) runs once per decoded sample
-            prep, "train", args.repeats, "aligned", train=True, threads=1, on_device=True
-        )
-        key_proc = build_processor(
-            prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
-            keyframe_starts=True,
-        )  # fmt: skip
-        video_proc = build_processor(  # a video-only step (VideoMAE): no audio decoded
-            prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
-            modalities=("video",),
-        )  # fmt: skip
-        short = {**prep, "fbank": FbankConfig(target_frames=320).to_dict()}  # VATT's 3.2 s
-        by_window, whole = (
-            build_processor(short, "train", 1, "aligned", train=True, threads=1, on_device=True)
-            for _ in range(2)
-        )
-        whole.audio_windows = False  # the recording decoded whole, the window cut from it
-        wavs, flacs = with_audio(samples, "wav"), with_audio(samples, "flac")
-        jpegs = with_jpeg_frames(wavs, 1.0)
-        # these clips' frames stored as JPEG at the rate the clip samples (fps / stride)
-        dense = with_jpeg_frames(samples, stride=args.stride)
-        dense_proc = build_processor(  # stride 1 over the stored images: the same frame times
-            {**prep, "frame_stride": 1}, "train", 1, "aligned", train=True, threads=1,
-            on_device=True, modalities=("video",),
-        )  # fmt: skip
-        cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
-            {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
-            "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
-        )  # fmt: skip
-        runs = {"random": (lambda s: wave_proc(s, gen), samples),
-                "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
-                "window": (lambda s: by_window(s, gen), flacs),  # FLAC even from WAV shards
-                "whole": (lambda s: whole(s, gen), flacs),
-                "keyframe": (lambda s: key_proc(s, gen), samples),
-                "video": (lambda s: video_proc(s, gen), samples),
-                "wav": (lambda s: wave_proc(s, gen), wavs),
-                "flac": (lambda s: wave_proc(s, gen), flacs),
-                "cavmae_flac": (lambda s: cavmae(s, gen), flacs),
-                "cavmae_wav": (lambda s: cavmae(s, gen), wavs),
-                "cavmae_jpeg": (lambda s: cavmae(s, gen), jpegs),
-                "video_jpeg": (lambda s: dense_proc(s, gen), dense)}  # fmt: skip
-        starts = alternated(runs, args.clips)
-        reps = max(1, args.clips // args.repeats)
-        repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
-        if args.dataloader:
-            rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
-            through = dataloader_rates(data, prep, rounds, n)
-        if scan:
-            scanned = scan_rates(data, prep, scan, 8 if args.quick else 64, 2 if args.quick else 10)
-        naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
-        if plain is not None:
-            coding = encoding_rates(plain, samples, wave_proc, gen, args.clips)
+    return args, scan, ap
+
+
+def _measure(args: argparse.Namespace, scan: list[int], data: Path, plain: Path | None,
+             samples: list[dict]) -> dict:  # fmt: skip
+    """Every rate the report prints, one worker's processing in this process."""
+    fb = FbankConfig(target_frames=round(args.audio_seconds * 100))
+    prep = {"num_frames": args.frames, "frame_stride": args.stride, "crop_size": args.crop,
+            "video_mean": [0.485, 0.456, 0.406], "video_std": [0.229, 0.224, 0.225],
+            "fbank": fb.to_dict()}  # fmt: skip
+    proc = build_processor(prep, "train", 1, "aligned", train=True, threads=1)
+    gen = torch.Generator().manual_seed(0)
+    ours = rate(lambda s: proc(s, gen), samples, args.clips)
+    wave_proc = build_processor(prep, "train", 1, "aligned", train=True, threads=1, on_device=True)
+    waves = rate(lambda s: wave_proc(s, gen), samples, args.clips)
+    rep_proc = build_processor(  # what TrainStream(repeats=R) runs once per decoded sample
+        prep, "train", args.repeats, "aligned", train=True, threads=1, on_device=True
+    )
+    key_proc = build_processor(
+        prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
+        keyframe_starts=True,
+    )  # fmt: skip
+    video_proc = build_processor(  # a video-only step (VideoMAE): no audio decoded
+        prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
+        modalities=("video",),
+    )  # fmt: skip
+    short = {**prep, "fbank": FbankConfig(target_frames=320).to_dict()}  # VATT's 3.2 s
+    by_window, whole = (
+        build_processor(short, "train", 1, "aligned", train=True, threads=1, on_device=True)
+        for _ in range(2)
+    )
+    whole.audio_windows = False  # the recording decoded whole, the window cut from it
+    wavs, flacs = with_audio(samples, "wav"), with_audio(samples, "flac")
+    jpegs = with_jpeg_frames(wavs, 1.0)
+    # these clips' frames stored as JPEG at the rate the clip samples (fps / stride)
+    dense = with_jpeg_frames(samples, stride=args.stride)
+    dense_proc = build_processor(  # stride 1 over the stored images: the same frame times
+        {**prep, "frame_stride": 1}, "train", 1, "aligned", train=True, threads=1,
+        on_device=True, modalities=("video",),
+    )  # fmt: skip
+    cavmae = build_processor(  # CAV-MAE's sample: one frame from a keyframe + 10 s
+        {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
+        "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
+    )  # fmt: skip
+    runs = {"random": (lambda s: wave_proc(s, gen), samples),
+            "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
+            "window": (lambda s: by_window(s, gen), flacs),  # FLAC even from WAV shards
+            "whole": (lambda s: whole(s, gen), flacs),
+            "keyframe": (lambda s: key_proc(s, gen), samples),
+            "video": (lambda s: video_proc(s, gen), samples),
+            "wav": (lambda s: wave_proc(s, gen), wavs),
+            "flac": (lambda s: wave_proc(s, gen), flacs),
+            "cavmae_flac": (lambda s: cavmae(s, gen), flacs),
+            "cavmae_wav": (lambda s: cavmae(s, gen), wavs),
+            "cavmae_jpeg": (lambda s: cavmae(s, gen), jpegs),
+            "video_jpeg": (lambda s: dense_proc(s, gen), dense)}  # fmt: skip
+    starts = alternated(runs, args.clips)
+    reps = max(1, args.clips // args.repeats)
+    repeated = [args.repeats * r for r in rate(lambda s: rep_proc(s, gen), samples, reps)]
+    if args.dataloader:
+        rounds, n = (1, 1) if args.quick else (3, max(4, args.clips // 16))
+        through = dataloader_rates(data, prep, rounds, n)
+    if scan:
+        scanned = scan_rates(data, prep, scan, 8 if args.quick else 64, 2 if args.quick else 10)
+    naive = rate(lambda s: naive_clip(proc, s, gen), samples, max(2, args.clips // 3))
+    if plain is not None:
+        coding = encoding_rates(plain, samples, wave_proc, gen, args.clips)
+    return {"ours": ours, "waves": waves, "repeated": repeated, "starts": starts, "naive": naive,
+            "dense": dense, "coding": coding if plain is not None else None,
+            "scanned": scanned if scan else [],
+            "through": through if args.dataloader else None}  # fmt: skip
+
+
+def _report(args: argparse.Namespace, data: Path, samples: list[dict], res: dict) -> None:
+    """Prints the rates of ``_measure`` against their baselines."""
+    ours, naive, waves, repeated = res["ours"], res["naive"], res["waves"], res["repeated"]
+    starts, dense = res["starts"], res["dense"]
     what = f"{args.frames} frames (stride {args.stride}) at {args.crop} px"
     print(f"[bench loader] {what} + {args.audio_seconds:g} s fbank; {len(samples)} clips of {data}")
     for name, o, n in (("wall", ours[0], naive[0]), ("cpu", ours[1], naive[1])):
@@ -390,19 +394,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench loader] cpu : video only, frames as JPEG at fps / {args.stride} (--jpeg-fps, "
           f"stride 1), features on the device {jpeg:.1f} clips/s per worker, {mp4:.1f} from the "
           f"mp4 (stride {args.stride}), {jpeg / mp4:.2f}x; video bytes {grow:.2f}x")  # fmt: skip
-    if plain is not None:
-        (tuned, untuned), (b_tuned, b_plain) = coding
+    if res["coding"] is not None:
+        (tuned, untuned), (b_tuned, b_plain) = res["coding"]
         grow = b_tuned / b_plain - 1
         print(f"[bench loader] shard encoding, features on the device: x264 tune fastdecode "
               f"(data_prep's default) {tuned:.1f} clips/s per worker (cpu), tune none "
               f"{untuned:.1f}, {tuned / untuned:.2f}x; video bytes {grow:+.1%}")  # fmt: skip
-    for n, r in scanned if scan else []:
+    for n, r in res["scanned"]:
         print(f"[bench loader] DataLoader with {n} workers, features on the device: {r:.1f} "
               f"clips/s, {r / n:.1f} per worker")  # fmt: skip
-    if args.dataloader:
-        lo, dev = through["loader"], through["device"]
+    if res["through"] is not None:
+        lo, dev = res["through"]["loader"], res["through"]["device"]
         print(f"[bench loader] 1-worker DataLoader, batches of 16: all in the worker {lo:.1f} "
               f"clips/s, features on the device {dev:.1f} clips/s, {dev / lo:.2f}x")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, scan, ap = _parse(argv)
+    tune_worker_process()  # this process does what one DataLoader worker does
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "shards"
+        data = Path(args.data) if args.data else build_shards(out, args.quick)
+        plain = None  # the same clips encoded without the fastdecode tune (baseline)
+        if not args.data:
+            plain = build_shards(out.with_name(out.name + "-tune-none"), args.quick, "none",
+                                 raw=out / "raw")  # fmt: skip
+        samples = [s for s in load_samples(data, 16) if "mp4" in s and ("flac" in s or "wav" in s)]
+        if not samples:
+            ap.error(f"{data}: no samples with both video and audio among the first 16")
+        res = _measure(args, scan, data, plain, samples)
+    _report(args, data, samples, res)
     return 0
 
 
