@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, help="default 10000 (multi-label: 18000)")
     ap.add_argument("--dim", type=int, help="default 768")
     ap.add_argument("--classes", type=int, help="default 100 (multi-label: 527)")
-    ap.add_argument("--sigma", type=float, default=5.5, help="noise std (class means ~ N(0, I))")
+    ap.add_argument("--sigma", type=float, help="noise std, class means ~ N(0, I) (5.5; quick 3)")
     ap.add_argument(
         "--lam", type=float, help="L2 strength of the probe comparison (1e-4; multi-label 1e-3)"
     )
@@ -223,19 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--signal", type=float, help="multi-label prototype scale (0.2; quick 0.3)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    sizes = {  # (n_train, n_test, dim, classes, lam, signal) unless given
-        (False, False): (100_000, 10_000, 768, 100, 1e-4, None),
-        (False, True): (5000, 500, 64, 10, 1e-4, None),
-        (True, False): (20_000, 18_000, 768, 527, 1e-3, 0.2),
-        (True, True): (2000, 1000, 64, 20, 1e-3, 0.3),
+    sizes = {  # (n_train, n_test, dim, classes, lam, signal, sigma) unless given
+        (False, False): (100_000, 10_000, 768, 100, 1e-4, None, 5.5),
+        (False, True): (5000, 500, 64, 10, 1e-4, None, 3.0),
+        (True, False): (20_000, 18_000, 768, 527, 1e-3, 0.2, None),
+        (True, True): (2000, 1000, 64, 20, 1e-3, 0.3, None),
     }[(args.multilabel, args.quick)]
-    for key, default in zip(("n_train", "n_test", "dim", "classes", "lam", "signal"), sizes):
+    keys = ("n_train", "n_test", "dim", "classes", "lam", "signal", "sigma")
+    for key, default in zip(keys, sizes):
         if getattr(args, key) is None:
             setattr(args, key, default)
     if args.multilabel:
         return _main_multilabel(args)
-    if args.quick:
-        args.n_train, args.n_test, args.dim, args.classes, args.sigma = 5000, 500, 64, 10, 3.0
     xtr, ytr, xte, yte = make_data(
         args.n_train, args.n_test, args.dim, args.classes, args.sigma, args.seed
     )

@@ -349,10 +349,9 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.seed,
         )
 
-    def _loader(self, stream: IterableDataset, **kwargs) -> EpochLoader:
-        """The loader of ``stream`` (``TrainLoader`` with ``step_fn`` in kwargs)."""
+    def _loader(self, stream: IterableDataset, cls: type = EpochLoader, **kwargs) -> EpochLoader:
+        """A ``cls`` loader of ``stream`` with the module's worker settings (+ ``kwargs``)."""
         workers = self.hp.num_workers
-        cls = TrainLoader if "step_fn" in kwargs else EpochLoader
         return cls(
             stream,
             num_workers=workers,
@@ -398,7 +397,7 @@ class AVDataModule(pl.LightningDataModule):
         stream = TrainStream(
             table, proc, *rest, batches_per_epoch=bpe, repeats=self.hp.repeated_sampling
         )
-        return self._loader(stream, epoch_fn=self._epoch, step_fn=self._global_step)
+        return self._loader(stream, TrainLoader, epoch_fn=self._epoch, step_fn=self._global_step)
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None):
         """Validation loader over ``val_split`` (each sample once); [] when not configured."""

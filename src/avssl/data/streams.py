@@ -60,7 +60,6 @@ class _Stream(IterableDataset):
             mismatch_prob,
         )
         self._prev: dict | None = None
-        self.resumed_at: int | None = None  # see TrainStream
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -114,6 +113,7 @@ class TrainStream(_Stream):
                 "take the audio of its own video as the mismatched one)"
             )
         self.batches_per_epoch, self.repeats = batches_per_epoch, repeats
+        self.resumed_at: int | None = None  # set by TrainLoader for the epoch a run resumed in
         self._repeated = copy.copy(self.proc)  # decodes all the clips of the R entries at once
         self._repeated.k = self.proc.k * repeats
 
