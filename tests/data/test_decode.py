@@ -23,10 +23,7 @@ from avssl.data.decode import (
 )
 from avssl.data.writer import EncodeSettings, convert
 from tests.data.conftest import samples_of
-
-MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
-if not MEDIA.is_dir():
-    MEDIA = Path("/work/shared/media")
+from tests.media import MEDIA
 
 
 def naive_frames(src) -> list[np.ndarray]:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torchaudio
 
 from avssl.data.audio_decode import load_audio
 from avssl.data.fbank import FbankConfig, log_mel
-
-MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
-if not MEDIA.is_dir():
-    MEDIA = Path("/work/shared/media")
+from tests.media import MEDIA
 
 
 def _kaldi(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:

@@ -102,10 +102,15 @@ def test_spec_augment_masks_bands():
 
 def test_gain_and_noise():
     wave = torch.sin(torch.linspace(0, 200, 16000))
-    for seed in range(10):
+    gains_db = []
+    for seed in range(20):
         out = RandomGain(6.0, p=1.0)(wave, gen(seed))
-        ratio_db = 20 * math.log10(float(out.abs().max() / wave.abs().max()))
-        assert -6.01 <= ratio_db <= 6.01
+        ratio = (out / wave)[wave.abs() > 0.1]  # one scalar gain over the whole wave
+        assert torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-4)
+        gains_db.append(20 * math.log10(float(out.abs().max() / wave.abs().max())))
+    assert all(-6.0 - 1e-4 <= g <= 6.0 + 1e-4 for g in gains_db)
+    assert min(gains_db) < -2 and max(gains_db) > 2  # spread over the range, both signs
+    assert torch.equal(RandomGain(6.0, p=0.0)(wave, gen()), wave)
     noisy = BackgroundNoise((20.0, 20.0), p=1.0)(wave, gen())
     snr = 10 * math.log10(float(wave.pow(2).mean() / (noisy - wave).pow(2).mean()))
     assert snr == pytest.approx(20.0, abs=0.5)

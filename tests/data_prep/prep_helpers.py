@@ -9,9 +9,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-REAL_MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
-if not REAL_MEDIA.is_dir():
-    REAL_MEDIA = Path("/work/shared/media")
+from tests.media import MEDIA
+
+REAL_MEDIA = MEDIA
 
 
 def write_clip(

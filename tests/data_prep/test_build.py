@@ -218,8 +218,6 @@ def test_synthetic_existing_root_copies_truth(tmp_path, media):
 
 
 def test_synthetic_generator(tmp_path):
-    synthetic = pytest.importorskip("avssl.data.synthetic")
-    assert hasattr(synthetic, "generate")
     out = tmp_path / "out"
     manifest = prepare_dataset(
         "synthetic", None, None, out, progress=False, num_classes=2, clips_per_class=2, seed=1

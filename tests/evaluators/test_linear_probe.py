@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from avssl.evaluators._lbfgs import loss_grad
-from avssl.evaluators.linear_probe import fit_predict, standardize, stratified_split
+from avssl.evaluators.linear_probe import _fit_torch, fit_predict, standardize, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,10 @@ def test_agrees_with_sklearn(problem, lam):
     f_sk = loss_grad(theta_sk, a, torch.from_numpy(ytr), lam)[0].item()
     grad_ours = loss_grad(theta_sk, a, torch.from_numpy(ytr), lam)[1]
     assert grad_ours.abs().max().item() < 1e-6  # sklearn's solution is stationary for ours
-    assert f_sk > 0
+    # and our solver reaches the same objective value on the same standardised features
+    w, bias = _fit_torch(a, torch.from_numpy(ytr), 20, lam, max_iter=2000, tol=1e-9)
+    f_ours = loss_grad(torch.cat([w, bias[None]]), a, torch.from_numpy(ytr), lam)[0].item()
+    assert f_ours == pytest.approx(f_sk, rel=1e-6, abs=1e-8)
 
 
 def test_sklearn_solver_option_matches_sklearn(problem):

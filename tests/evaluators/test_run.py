@@ -4,20 +4,25 @@ and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from avssl import cli
-from avssl.evaluators import _extract
+from avssl.evaluators import _extract, tasks
 from avssl.evaluators import cache as cache_mod
-from avssl.evaluators.features import extract_features
+from avssl.evaluators.features import FeatureSet, extract_features
 from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.protocols import parse_protocol
+from avssl.evaluators.retrieval import cross_modal, recall_at_k
 from avssl.evaluators.run import main
 from avssl.export import load_encoder
 from tests.evaluators.conftest import tiny_prep, write_tiny_bundle
 
 pytestmark = pytest.mark.slow
+EVALUATION = Path(__file__).resolve().parents[2] / "evaluation"
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +124,64 @@ def test_cache_is_reused(synthetic_data, tiny_bundle, cache_dir, tmp_path, monke
     assert {"k20_top1", "k200_top5"} <= set(res["rounds"][0]["metrics"])
 
 
+def _cached(synthetic_data, tiny_bundle, cache_dir, split: str, modalities: tuple):
+    """The features of ``split`` from the cache the protocols filled (no encoder run)."""
+    keys = (synthetic_data / "splits" / f"{split}.txt").read_text().split()
+    kw = dict(num_clips=2, cache_dir=cache_dir, progress=False, device="cpu")
+    return extract_features(load_encoder(tiny_bundle), str(synthetic_data), keys, modalities, **kw)
+
+
 def test_retrieval_protocols(synthetic_data, tiny_bundle, cache_dir, tmp_path):
+    """Both retrieval protocols report what the metric functions give on the cached features:
+    class retrieval of test1 queries in train1, cross-modal retrieval of test1's pairs in order."""
+    results = {}
     for name in ("synthetic_retrieval", "synthetic_av_retrieval"):
         assert main(_args(name, tiny_bundle, synthetic_data, tmp_path / name, cache_dir)) == 0
-        res = json.loads((tmp_path / name / "results.json").read_text())
-        m = res["rounds"][0]["metrics"]
-        assert all(0 <= v <= 100 for k, v in m.items() if "R@" in k)
-    assert m["a2v_R@10"] == 100.0  # 3 test items: every match ranks within 10
-    assert 1 <= m["a2v_medr"] <= 3
+        (results[name],) = json.loads((tmp_path / name / "results.json").read_text())["rounds"]
+    r = results["synthetic_retrieval"]
+    assert (r["kind"], r["n_train"], r["n_test"]) == ("video", 9, 3)
+    tr = _cached(synthetic_data, tiny_bundle, cache_dir, "train1", ("video",))
+    te = _cached(synthetic_data, tiny_bundle, cache_dir, "test1", ("video",))
+    want = recall_at_k(te.get("video"), te.labels, tr.get("video"), tr.labels, (1, 5, 10, 20, 50))
+    assert r["metrics"] == pytest.approx(want)
+    r = results["synthetic_av_retrieval"]
+    assert (r["n_items"], r["n_without_both"]) == (3, 0)
+    te = _cached(synthetic_data, tiny_bundle, cache_dir, "test1", ("audio", "video"))
+    want = cross_modal(te.get("audio"), te.get("video"), (1, 5, 10))
+    assert r["metrics"] == pytest.approx(want)
+    assert set(want) >= {"a2v_R@1", "v2a_R@1", "a2v_medr", "v2a_medr"}
+    # the same features with the pairs broken give other ranks: the pairing is what is scored
+    shifted = cross_modal(te.get("audio"), te.get("video").roll(1, 0), (1, 5, 10))
+    assert shifted != pytest.approx(want)
+
+
+def test_cross_modal_max_items_draws_a_seeded_subset(monkeypatch):
+    """``max_items``: that many pairs with both modalities, drawn with the protocol's seed (the
+    same rows for the same seed), kept in split order and still paired."""
+    n, d = 20, 4
+    audio = torch.randn(n, 1, d)
+    masks = {"audio": torch.ones(n, dtype=torch.bool), "video": torch.ones(n, dtype=torch.bool)}
+    masks["video"][3] = False  # item 3 lacks video: never drawn, counted
+    fs = FeatureSet([f"k{i}" for i in range(n)], torch.zeros(n, dtype=torch.long),
+                    {"audio": audio, "video": audio + 1}, masks)  # fmt: skip
+    seen = []
+    monkeypatch.setattr(tasks, "cross_modal", lambda a, v, ks: seen.append((a, v)) or {})
+
+    def draw(seed: int, cap: int | None = 5) -> list[int]:
+        raw = yaml.safe_load((EVALUATION / "synthetic_av_retrieval.yaml").read_text())
+        raw["classifier"].update(max_items=cap, seed=seed)
+        out = tasks._cross_modal(parse_protocol(raw), fs)
+        a, v = seen.pop()
+        assert torch.equal(v, a + 1)  # pairs stay pairs
+        rows = [int(torch.nonzero((audio[:, 0] == x).all(1))[0]) for x in a]
+        assert out["n_items"] == len(rows) and out["n_without_both"] == 1
+        return rows
+
+    assert draw(0, None) == [i for i in range(n) if i != 3]  # null: every pair, in order
+    first = draw(0)
+    assert len(first) == 5 and 3 not in first and first == sorted(first)
+    assert draw(0) == first
+    assert draw(1) != first
 
 
 def _eval_error(capsys, argv) -> str:

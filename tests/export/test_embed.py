@@ -17,8 +17,8 @@ from avssl.cli import UserError
 from avssl.data.audio_decode import load_audio
 from avssl.data.decode import ClipSpec, decode_video_clips, open_media, probe_video
 from avssl.data.fbank import FbankConfig, compute_fbank
+from tests.media import MEDIA
 
-MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
 CLIPS = {
     "audioset": MEDIA / "audioset_clip_h264_aac.mp4",
     "kinetics": MEDIA / "kinetics_clip_h264_noaudio.mp4",
@@ -94,7 +94,8 @@ def test_embed_audio_only_file(bundle, tmp_path):
     path = tmp_path / "tone.wav"
     rate, seconds = 16000, 2.0
     t = np.arange(int(rate * seconds)) / rate
-    samples = (0.3 * np.sin(2 * math.pi * 440 * t) * 32767).astype(np.int16)[None]  # [1, S]
+    chirp = np.sin(2 * math.pi * (200 * t + 400 * t**2)) * (0.05 + 0.3 * t / seconds)
+    samples = (chirp * 32767).astype(np.int16)[None]  # [1, S], rising in pitch and loudness
     with av.open(str(path), "w") as c:
         stream = c.add_stream("pcm_s16le", rate=rate, layout="mono")
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
@@ -103,6 +104,15 @@ def test_embed_audio_only_file(bundle, tmp_path):
             c.mux(packet)
     emb = avssl.embed(bundle, path)
     assert emb["video"] is None and emb["audio"].shape == (192,)
+    # by hand: the window centred on the recording, through the bundle's fbank and encoder
+    fb = FbankConfig(**bundle.preprocessing["fbank"])
+    wave, has_audio = load_audio(path, fb.sample_rate)
+    win = fb.samples_for_frames(fb.target_frames)
+    a = max(0, round(len(wave) / 2 - win / 2))
+    assert has_audio and 0 < len(wave) - win  # the window is a part of the tone
+    with torch.no_grad():
+        ref = bundle.audio(compute_fbank(wave[a : a + win], fb)[None, None])[0]
+    assert (emb["audio"] - ref).abs().max() < 1e-4
 
 
 def test_embed_bad_media(bundle, tmp_path):

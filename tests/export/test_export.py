@@ -15,6 +15,7 @@ import torch
 import avssl
 from avssl import export
 from avssl.cli import main as cli_main
+from tests.data_prep.prep_helpers import write_clip
 from tests.export.export_fakes import AUDIO_FRAMES, CROP, MEL_BINS, NUM_FRAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,8 +139,7 @@ import sys
 import avssl
 bundle = avssl.load_encoder(sys.argv[1])
 assert bundle.video is not None
-if len(sys.argv) > 2:
-    assert avssl.embed(bundle, sys.argv[2])["video"].shape == (bundle.embed_dim["video"],)
+assert avssl.embed(bundle, sys.argv[2])["video"].shape == (bundle.embed_dim["video"],)
 names = ("pytorch_lightning", "lightning", "lightning_fabric")
 loaded = sorted(m for m in names if m in sys.modules)
 print("LIGHTNING", loaded)
@@ -150,15 +150,15 @@ def test_loading_and_embedding_do_not_import_lightning(save_fake, tmp_path):
     _, ckpt = save_fake("TwoTower")
     export.export_checkpoint(ckpt, tmp_path / "b")
     run = [sys.executable, "-c", LIGHTNING_CHECK]
-    media = REPO.parent / "shared" / "media" / "audioset_clip_h264_aac.mp4"
-    args = [str(tmp_path / "b")] + ([str(media)] if media.is_file() else [])
-    res = subprocess.run([*run, *args], capture_output=True, text=True, check=True)
+    clip = write_clip(tmp_path / "clip.mp4")  # a small H.264 + AAC file: decoding included
+    res = subprocess.run([*run, str(tmp_path / "b"), str(clip)], capture_output=True, text=True,
+                         check=True)  # fmt: skip
     assert "LIGHTNING []" in res.stdout
     # control: the same probe does see Lightning when a checkpoint (objective) is loaded
     probe = LIGHTNING_CHECK.replace(
         "import avssl\n", "import avssl, tests.export.export_fakes as f; f.register()\n"
     )
-    res = subprocess.run([sys.executable, "-c", probe, str(ckpt)], capture_output=True,
+    res = subprocess.run([sys.executable, "-c", probe, str(ckpt), str(clip)], capture_output=True,
                          text=True, check=True, cwd=REPO)  # fmt: skip
     assert "'pytorch_lightning'" in res.stdout
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F  # noqa: N812
 
 import avssl
 from avssl import export
+from tests.media import MEDIA
 
 pytestmark = pytest.mark.gpu
-MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"
 
 
 @pytest.fixture(scope="module")

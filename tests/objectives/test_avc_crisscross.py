@@ -84,13 +84,11 @@ def test_simsiam_loss_hand_value_and_stop_gradient():
 
 def test_crisscross_terms_and_pairs():
     torch.manual_seed(0)
-    model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8)
+    weights = dict(intra_weight=1.0, sync_weight=2.0, async_weight=0.5)
+    model = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, **weights)
     b = _two_clips()
     out = model.compute_losses(b)
-    assert float(out["loss"]) == pytest.approx(
-        float(out["intra"] + out["sync"] + out["async"]), rel=1e-5
-    )
-    with torch.no_grad():  # async term by hand: video clip 1 with audio clip 2 and vice versa
+    with torch.no_grad():  # every term by hand from each clip index through the heads
         z, p = {}, {}
         for m, enc in (("audio", model.audio_encoder), ("video", model.video_encoder)):
             x = getattr(b, m)  # [B, K, ...]: each clip index through the heads on its own
@@ -98,17 +96,21 @@ def test_crisscross_terms_and_pairs():
             z[m] = torch.stack(zs, dim=1)  # [B, K, E]
             p[m] = torch.stack([model.predictor[m](zc) for zc in zs], dim=1)
 
-        def term(cv: int, ca: int) -> torch.Tensor:
-            zv, pv, za, pa = (
-                z["video"][:, cv],
-                p["video"][:, cv],
-                z["audio"][:, ca],
-                p["audio"][:, ca],
-            )
-            return simsiam_loss(pv, zv, pa, za, torch.ones(4))
+        def term(m1: str, c1: int, m2: str, c2: int) -> float:
+            args = (p[m1][:, c1], z[m1][:, c1], p[m2][:, c2], z[m2][:, c2], torch.ones(4))
+            return float(simsiam_loss(*args))
 
-        want = 0.5 * (term(0, 1) + term(1, 0))
-    assert float(out["async"]) == pytest.approx(float(want), rel=1e-4)
+        want = {  # intra: clip 1 vs clip 2 of a modality; sync: video k with audio k;
+            # async: video 1 with audio 2 and video 2 with audio 1
+            "intra": 0.5 * (term("video", 0, "video", 1) + term("audio", 0, "audio", 1)),
+            "sync": 0.5 * (term("video", 0, "audio", 0) + term("video", 1, "audio", 1)),
+            "async": 0.5 * (term("video", 0, "audio", 1) + term("video", 1, "audio", 0)),
+        }
+    for name, value in want.items():
+        assert float(out[name]) == pytest.approx(value, rel=1e-4), name
+    assert want["sync"] != pytest.approx(want["async"], rel=1e-3)  # the pairings differ here
+    total = want["intra"] + 2.0 * want["sync"] + 0.5 * want["async"]
+    assert float(out["loss"]) == pytest.approx(total, rel=1e-4)
     with pytest.raises(ValueError, match="clips_per_video: 2"):
         model.compute_losses(make_batch())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import numpy as np
@@ -183,7 +182,6 @@ def test_rng_state_roundtrip_through_weights_only(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     assert got == expected
-    assert math.isfinite(got[0])
 
 
 class BlockToy(Toy):

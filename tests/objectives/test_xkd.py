@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from avssl.losses.distillation import dino_distill
+from avssl.losses.distillation import coral, dino_distill, mmd
 from avssl.objectives.base import param_groups
 from avssl.objectives.xkd import XKD
 from tests.objectives.batches import make_batch
@@ -109,18 +109,46 @@ def test_shared_backbone_and_coral_variant(batch):
     n_shared = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_sep = sum(p.numel() for p in _model().parameters() if p.requires_grad)
     assert n_shared < n_sep
+    assert float(_align_of(model.eval(), batch)) > 0
+    model.train()
     out = model.compute_losses(batch)
+    opt = torch.optim.SGD(param_groups(model, 0.0), lr=0.5)
     out["loss"].backward()
-    assert torch.isfinite(out["align"])
-    model.update_teacher(0, 10)  # EMA works with shared modules
+    opt.step()
+    t0, s1 = _params(model.teacher), _params(model.student())
+    m = model.update_teacher(0, 10)  # EMA through the shared modules
+    assert any(not torch.equal(t, s) for t, s in zip(t0, s1))
+    for t_new, t, s in zip(model.teacher.parameters(), t0, s1):
+        assert torch.allclose(t_new, m * t + (1 - m) * s, atol=1e-6)
+
+
+def _align_of(model: XKD, batch) -> torch.Tensor:
+    """The model's ``align`` term, checked against its alignment loss on the student logits."""
+    torch.manual_seed(3)
+    out = model.compute_losses(batch)
+    torch.manual_seed(3)  # same masks: reproduce the student logits
+    _, s_a = model._student_branch(batch.audio, "audio", torch.ones(4))
+    _, s_v = model._student_branch(batch.video, "video", torch.ones(4))
+    fns = {"mmd": mmd, "coral": coral}
+    want = fns.pop(model.cfg["align"])(s_v, s_a)
+    (other,) = fns.values()  # the check tells the two alignment losses apart
+    assert float(want) != pytest.approx(float(other(s_v, s_a)), rel=1e-3)
+    assert float(out["align"]) == pytest.approx(float(want), rel=1e-5)
+    return out["align"]
+
+
+def test_align_is_the_mmd_of_the_student_logits(batch):
+    assert float(_align_of(_model().eval(), batch)) > 0
 
 
 def test_export_teacher_or_student_and_bad_settings():
     model = _model()
     enc = model.export_encoders()
     assert enc["which"] == "teacher" and enc["audio"] is model.teacher["audio"]
-    enc = _model(export_which="student").export_encoders()
-    assert enc["which"] == "student" and enc["video"] is not None
+    student = _model(export_which="student")
+    enc = student.export_encoders()
+    assert enc["which"] == "student"
+    assert enc["audio"] is student.audio_encoder and enc["video"] is student.video_encoder
     with pytest.raises(ValueError, match="align"):
         _model(align="kl")
 
