@@ -112,6 +112,9 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
         ("bad_audio_codec", "--audio-codec must be one of flac, wav, got 'mp3'"),
         ("negative_jpeg_fps", "--jpeg-fps must be 0 (mp4) or within (0, max-fps], got -1.0"),
         ("jpeg_fps_over_max", "--jpeg-fps must be 0 (mp4) or within (0, max-fps], got 60.0"),
+        ("max_failures_over_1", "--max-failures must be a fraction within [0, 1], got 5.0"),
+        ("zero_max_fps", "--max-fps must be > 0, got 0.0"),
+        ("small_short_side", "--short-side must be >= 2, got 1"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
@@ -130,6 +133,9 @@ def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
         "bad_audio_codec": ["--dataset", "folder", "--root", str(root), "--audio-codec", "mp3"],
         "negative_jpeg_fps": ["--dataset", "folder", "--root", str(root), "--jpeg-fps", "-1"],
         "jpeg_fps_over_max": ["--dataset", "folder", "--root", str(root), "--jpeg-fps", "60"],
+        "max_failures_over_1": ["--dataset", "folder", "--root", str(root), "--max-failures", "5"],
+        "zero_max_fps": ["--dataset", "folder", "--root", str(root), "--max-fps", "0"],
+        "small_short_side": ["--dataset", "folder", "--root", str(root), "--short-side", "1"],
     }[case]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

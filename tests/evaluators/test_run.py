@@ -211,6 +211,17 @@ def test_bad_inputs(synthetic_data, data_copy, tiny_bundle, cache_dir, tmp_path,
     assert fake[9] in err and fake[10] not in err and err.endswith("...")
 
 
+def test_default_output_folder(synthetic_data, tiny_bundle, cache_dir, tmp_path, monkeypatch):
+    """Without --out the report goes to eval_out/<protocol>/<encoder name>/ under the cwd."""
+    monkeypatch.chdir(tmp_path)
+    args = _args("synthetic_knn", tiny_bundle, synthetic_data, "", cache_dir)
+    i = args.index("--out")
+    assert main(args[:i] + args[i + 2 :]) == 0
+    out = tmp_path / "eval_out" / "synthetic_knn" / tiny_bundle.name
+    assert json.loads((out / "results.json").read_text())["protocol"]["name"] == "synthetic_knn"
+    assert (out / "results.md").is_file()
+
+
 def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cache_dir, tmp_path):
     text = (
         "name: my_knn\ndataset: synthetic\nmodality: [video]\nclips_per_video: 2\n"

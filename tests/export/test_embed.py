@@ -122,3 +122,5 @@ def test_embed_bad_media(bundle, tmp_path):
     junk.write_bytes(b"not a video" * 100)
     with pytest.raises(UserError, match="junk.mp4"):
         avssl.embed(bundle, junk)
+    with pytest.raises(UserError, match="num_clips must be >= 1, got 0"):
+        avssl.embed(bundle, CLIPS["audioset"], num_clips=0)
