@@ -33,6 +33,8 @@ SPECIFIC = (
     ("csv", str),
     ("labels", str),
     ("layout", str),
+    ("test_fraction", float),
+    ("split_seed", int),
     ("num_classes", int),
     ("clips_per_class", int),
     ("seed", int),
@@ -77,6 +79,7 @@ def _value(name: str, kind: type, raw: str, default: object) -> object:
 
 
 def _summary(manifest: dict, out: str, seconds: float) -> float:
+    """Prints the counts and where the output went; returns the fraction of failed clips."""
     ok, bad = manifest["num_samples"], manifest["num_failed"]
     frac = bad / max(ok + bad, 1)
     print(f"data_prep: converted {ok}, failed {bad} ({100 * frac:.1f}%) in {seconds:.0f} s")
@@ -86,7 +89,6 @@ def _summary(manifest: dict, out: str, seconds: float) -> float:
     )
     if bad:
         print(f"data_prep: failures with reasons are listed in {Path(out) / 'manifest.json'}")
-    print(f"data_prep: next: make pretrain RECIPE=mavil DATA={shlex.quote(str(out))}")
     return frac
 
 
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    print(f"data_prep: next: make pretrain RECIPE=mavil DATA={shlex.quote(str(args.out))}")
     return 0
 
 

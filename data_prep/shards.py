@@ -2,12 +2,15 @@
 
 Items are converted in worker processes (one task per item, results consumed in plan order);
 the parent writes each shard to ``shard-NNNNNN.tar.tmp``, renames it, then writes the sidecar
-``shard-NNNNNN.json``. A sidecar whose planned keys and settings match marks a finished shard,
-which a rerun skips.
+``shard-NNNNNN.json``. A sidecar whose settings, planned keys and planned digest (everything
+each sample's json takes from the plan: key, label, label name, source path, extra fields)
+match marks a finished shard, which a rerun skips; a sidecar without the digest (written by
+an older version) does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 from collections import deque
@@ -102,6 +105,29 @@ def ordered_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
                 fut.cancel()
 
 
+def planned_digest(items: list[Item]) -> str:
+    """SHA-256 over what each sample's json takes from the plan, in plan order.
+
+    Two plans with the same digest write the same ``id``, ``label``, ``label_name``,
+    ``orig_path`` and extra fields for every sample, so a shard converted for one is finished
+    for the other (the encoding settings are compared separately, as ``prep``).
+    """
+    records = [[it.key, it.label, it.label_name, str(it.path), it.extra] for it in items]
+    text = json.dumps(records, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_finished(side: dict | None, items: list[Item], prep: dict, shard_dir: Path) -> bool:
+    """Whether a sidecar marks shard ``items`` as converted with the same settings and plan."""
+    if side is None or side.get("prep") != prep:
+        return False
+    if side.get("planned") != [it.key for it in items]:
+        return False
+    if side.get("planned_digest") != planned_digest(items):
+        return False  # labels, paths or extra fields changed (or an old sidecar without it)
+    return side.get("num_samples") == 0 or (shard_dir.parent / side["file"]).is_file()
+
+
 def read_sidecar(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -140,6 +166,7 @@ def _write_shard(
         "keys": keys,
         "failures": failures,
         "planned": [it.key for it in items],
+        "planned_digest": planned_digest(items),
         "prep": prep,
         "stats": stats.to_dict(),
     }
@@ -174,11 +201,7 @@ def run_shards(
     pending = []
     for i, items in enumerate(shards):
         side = read_sidecar(shard_dir / f"{SHARD_NAME.format(i)}.json")
-        done = side is not None and side.get("prep") == prep
-        done = done and side.get("planned") == [it.key for it in items]
-        done = done and (
-            side.get("num_samples") == 0 or (shard_dir.parent / side["file"]).is_file()
-        )
+        done = _is_finished(side, items, prep, shard_dir)
         sidecars.append(side if done else None)
         if not done:
             pending.append(i)

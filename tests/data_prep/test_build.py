@@ -91,10 +91,13 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
     assert reasons["badaudio.mp4"].startswith("audio undecodable")
     assert reasons["nocodec.avi"] == "video stream without a usable codec"
     assert reasons["a.mp4"].startswith("same key as") and reasons["a.mp4"].endswith(")")
-    assert manifest["classes"] == ["bad", "good"] and manifest["splits"] == {"all": 2}
+    assert manifest["classes"] == ["bad", "good"]
+    assert manifest["splits"] == {"all": 2, "train": 1, "test": 1}  # the bad clips failed
     (out / "manifest.json").unlink()
     assert main([*args, "--max-failures", ""]) == 1  # default 0.05
-    assert "more than MAX_FAILURES=0.05" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "more than MAX_FAILURES=0.05" in captured.err
+    assert "converted 2, failed 6" in captured.out and "next:" not in captured.out  # no hint
     assert json.loads((out / "manifest.json").read_text())["num_failed"] == 6
 
 
@@ -173,7 +176,7 @@ def test_rerun_skips_finished_shards(tmp_path, media, capsys):
     assert "skipping 1 of 2 shards" in capsys.readouterr().err
     assert tar0.stat().st_mtime == 1  # untouched
     second = json.loads((out / "manifest.json").read_text())
-    assert second["num_samples"] == 4 and second["splits"] == {"all": 4}
+    assert second["num_samples"] == 4 and second["splits"] == {"all": 4, "train": 3, "test": 1}
     assert len(read_shards(out)) == 4
     assert main(argv) == 0
     assert "skipping 2 of 2 shards" in capsys.readouterr().err

@@ -24,6 +24,9 @@ REQUIRED = [
     "synthetic_knn",
     "synthetic_retrieval",
     "synthetic_av_retrieval",
+    "folder_linear",
+    "folder_knn",
+    "folder_av_retrieval",
 ]
 
 
@@ -69,6 +72,21 @@ def test_knn_and_retrieval_settings():
     vgg = load_protocol("vggsound_linear")
     assert [(s.train, s.test) for s in vgg.splits] == [(["train"], "test")]
     assert vgg.type == "linear" and vgg.kinds == ["audio", "video", "joint"]
+
+
+def test_folder_protocols():
+    """``DATASET=folder``: data_prep's train -> test split; retrieval over every clip."""
+    lin, knn = load_protocol("folder_linear"), load_protocol("folder_knn")
+    for p in (lin, knn):
+        assert p.dataset == "folder" and p.data is None
+        assert [(s.train, s.test) for s in p.splits] == [(["train"], "test")]
+        assert p.kinds == ["audio", "video", "joint"] and p.clips_per_video == 10
+    assert lin.type == "linear" and lin.classifier["val_fraction"] == 0.2
+    assert lin.classifier["lambdas"] == load_protocol("ucf101_linear").classifier["lambdas"]
+    assert knn.classifier == load_protocol("ucf101_knn").classifier
+    av = load_protocol("folder_av_retrieval")
+    assert av.type == "cross_modal" and [s.test for s in av.splits] == ["all"]
+    assert av.classifier == load_protocol("vggsound_av_retrieval").classifier
 
 
 def test_audioset_multilabel_probe():

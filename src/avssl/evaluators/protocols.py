@@ -125,6 +125,22 @@ def known_protocols() -> list[str]:
     return sorted({p.stem for d in search_dirs() for p in d.glob("*.yaml")})
 
 
+def protocols_for(dataset: str) -> list[str]:
+    """Names of the known protocols whose ``dataset`` is ``dataset`` (unreadable files skipped)."""
+    import yaml
+
+    found = set()
+    for d in search_dirs():
+        for path in d.glob("*.yaml"):
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(raw, dict) and str(raw.get("dataset")) == dataset:
+                found.add(path.stem)
+    return sorted(found)
+
+
 def find_protocol(name: str) -> Path:
     """Path of protocol ``name`` (a name in the search dirs, or a path to a yaml file)."""
     if not name:

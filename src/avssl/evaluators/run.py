@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from avssl.cli import UserError
-from avssl.evaluators.protocols import Protocol, load_protocol
+from avssl.evaluators.protocols import Protocol, load_protocol, protocols_for, search_dirs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,11 +36,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def encoder_name(path: str) -> str:
-    """Bundle folder name, or ``<run folder>_<checkpoint stem>`` for a checkpoint file."""
+    """The name results are filed under (``eval_out/<protocol>/<name>/``).
+
+    A bundle folder (or its ``config.json``) gives the folder's name. A checkpoint of a run,
+    ``<recipe>/<run id>/checkpoints/<stem>.ckpt``, gives ``<recipe>-<run id>_<stem>`` (e.g.
+    ``xdc-20261128-0930_last``), so the checkpoints of two runs never share a folder; any other
+    checkpoint gives ``<parent folder>_<stem>``.
+    """
     p = Path(path).expanduser().resolve()
     if p.is_file() and p.name == "config.json":
         p = p.parent
-    return p.name if p.is_dir() else f"{p.parent.name}_{p.stem}"
+    if p.is_dir():
+        return p.name
+    if p.parent.name == "checkpoints" and p.parent.parent.name:
+        run = p.parent.parent
+        prefix = f"{run.parent.name}-{run.name}" if run.parent.name else run.name
+        return f"{prefix}_{p.stem}"
+    return f"{p.parent.name}_{p.stem}"
 
 
 def open_data(p: Protocol, data: str):
@@ -55,25 +67,44 @@ def open_data(p: Protocol, data: str):
         raise UserError(f"--data {data}: {err} (prepare it with make prep)") from None
     found = source.manifest.get("dataset")
     if found is not None and found != p.dataset:
+        fitting = protocols_for(str(found))
+        hint = (
+            f"protocols for {found}: {', '.join(fitting)}"
+            if fitting
+            else f"no protocol in {' or '.join(str(d) for d in search_dirs())} is for {found!r}"
+            " (write one, or give EVAL a protocol YAML path)"
+        )
         raise UserError(
-            f"protocol {p.name} is for dataset {p.dataset!r} but {data} holds "
-            f"{found!r}; choose a {found}_* protocol or other data"
+            f"protocol {p.name} is for dataset {p.dataset!r} but {data} holds {found!r}; "
+            f"{hint}; or give other data"
         )
     return source
 
 
 def split_keys(source, p: Protocol) -> dict[str, list[str]]:
-    """Keys of every split the protocol names; keys absent from the shards are an error."""
+    """Keys of every split the protocol names; keys absent from the shards are an error.
+
+    A split the data source resolves to "every sample" (``all``) gets every key of the shards,
+    in shard order. A split without ``splits/<name>.txt`` is a ``UserError`` that lists the
+    splits the data has.
+    """
     from avssl.data.shards import shard_keys
 
     names = list(dict.fromkeys(n for s in p.splits for n in [*s.train, s.test]))
+    every = [k for s in source.shards for k in shard_keys(s)]
     keys = {}
     for name in names:
         try:
-            keys[name] = source.split_keys(name)
+            listed = source.split_keys(name)
         except FileNotFoundError as err:
+            if source.root is None:  # bare shards: no splits/ folder, only "every sample"
+                raise UserError(
+                    f"protocol {p.name} names split {name!r}, but its data are shards without "
+                    "manifest.json and splits/; give the prepared folder, or use split 'all'"
+                ) from None
             raise UserError(f"protocol {p.name}: {err}") from None
-    present = {k for s in source.shards for k in shard_keys(s)}
+        keys[name] = list(every) if listed is None else listed
+    present = set(every)
     for name, ks in keys.items():
         missing = [k for k in ks if k not in present]
         if missing:
