@@ -122,7 +122,8 @@ def assemble(config: dict, state_dicts: dict[str, dict[str, torch.Tensor]], path
             enc = build_encoder(dict(enc_cfg))
             enc.load_state_dict(state_dicts[modality], strict=True)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            first = " ".join(lines[:2]) if lines else type(err).__name__  # "Error(s) in ...:"
             raise UserError(f"{path}: cannot rebuild the {modality} encoder: {first}") from err
         enc.eval().requires_grad_(False)
         encoders[modality] = enc
@@ -307,5 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         "[export] use it: import avssl; enc = avssl.load_encoder("
         f"{str(args.out)!r}); emb = avssl.embed(enc, 'my_clip.mp4')"
     )
-    print(f"[export] evaluate: make eval EVAL=ucf101_linear ENCODER={args.out} DATA=shards/ucf101")
+    print(
+        f"[export] evaluate: make eval EVAL=<protocol> ENCODER={args.out} DATA=<prepared dataset>,"
+        " e.g. EVAL=ucf101_linear DATA=shards/ucf101 (make eval without EVAL lists the protocols)"
+    )
     return 0

@@ -17,6 +17,7 @@ import json
 import pickle
 import re
 import warnings
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, mmap: bool = False) -> dict:
     """Loads an avssl Lightning checkpoint with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint file.
+        mmap: map the tensors from the file instead of reading them (to look at the metadata).
 
     Raises:
         UserError: missing file, folder, unreadable file, a file that needs pickle
@@ -47,10 +52,12 @@ def read_checkpoint(path: Path) -> dict:
         raise UserError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a checkpoint file (e.g. runs/x/last.ckpt)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a checkpoint (not the zip archive torch.save writes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise UserError(f"{path}: not a torch checkpoint ({_first_line(err)})") from None
@@ -225,6 +232,9 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
+    if (out / "manifest.json").is_file() or any(out.glob("*.ckpt")):
+        what = "a prepared dataset" if (out / "manifest.json").is_file() else "checkpoints"
+        raise UserError(f"{out}: holds {what}; export the bundle into a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for modality in MODALITIES:

@@ -31,6 +31,7 @@ from pytorch_lightning.cli import LightningCLI
 from avssl.callbacks import ImageLogger, ThroughputMonitor
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
+from avssl.train_checks import check_resume
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_RECIPES = ("_base", "debug", "demo")  # overlays, not recipes
@@ -151,24 +152,25 @@ class AVSSLCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (FileNotFoundError, ValueError) as err:  # bad paths / settings in the config
-            msg = " ".join(str(err).split())
-            raise UserError(f"bad configuration: {type(err).__name__}: {msg}") from None
+            raise UserError(f"bad configuration: {config_error(err)}") from None
 
     def after_instantiate_classes(self) -> None:
         if isinstance(self.model, AVObjective):
             self.model.recipe_name = self.recipe
 
     def before_fit(self) -> None:
-        """Checks the run folder, splits and shards before training starts (one-line errors)."""
+        """Checks the run folder, the resumed checkpoint, the objective's inputs, splits and
+        shards before training starts (one-line errors)."""
+        from avssl.train_checks import check_data_modalities
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
         self._check_fresh_checkpoint_dir()
-        loaded = getattr(self.datamodule, "modalities", None)
-        if isinstance(self.model, AVObjective) and loaded is not None:
-            missing = [m for m in self.model.modalities if m not in loaded]
-            if missing:
-                raise UserError(
-                    f"{type(self.model).__name__} trains on {' and '.join(self.model.modalities)}"
-                    f" but data.init_args.modalities loads only {list(loaded)}"
-                )
+        if isinstance(self.model, AVObjective):
+            try:
+                self.model.check_before_fit(resuming=bool(cfg.get("ckpt_path")))
+            except ValueError as err:
+                raise UserError(" ".join(str(err).split())) from None
+            check_data_modalities(self.model, self.datamodule)
         try:
             self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
         except (FileNotFoundError, ValueError) as err:
@@ -217,8 +219,21 @@ def _run_cli(args: list[str], recipe: str | None = None) -> AVSSLCLI:
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
             return AVSSLCLI(args, recipe=recipe)
     except ArgumentError as err:
-        msg = " ".join(str(err).split())
-        raise UserError(f"bad configuration: {msg}") from None
+        raise UserError(f"bad configuration: {config_error(err)}") from None
+
+
+def config_error(err: Exception) -> str:
+    """One line for a configuration error: the cause that jsonargparse's check of the
+    ``class_path`` union wraps (the objective's or data module's own message), without the
+    dump of every given value."""
+    msg = " ".join(str(err).split())
+    if "Does not validate against any of the Union subtypes" in msg and "Errors: - " in msg:
+        listed = msg.split("Errors: - ", 1)[1].split(" Given value type:")[0]
+        causes = [c for c in listed.split(" - ") if not c.startswith("Expected a <class 'None")]
+        if causes:
+            return "; ".join(causes)
+    typed = isinstance(err, (FileNotFoundError, ValueError))
+    return f"{type(err).__name__}: {msg}" if typed else msg
 
 
 def lightning_main(argv: list[str]) -> int:
@@ -226,6 +241,11 @@ def lightning_main(argv: list[str]) -> int:
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv) and not Path(argv[i + 1]).is_file():
             raise UserError(f"config file not found: {argv[i + 1]}")
+    for i, arg in enumerate(argv):
+        if arg.startswith("--ckpt_path"):
+            given = argv[i + 1 : i + 2] if arg == "--ckpt_path" else [arg.split("=", 1)[1]]
+            path = given[0] if given else ""
+            check_resume(path if path not in ("", "null", "None") else None, None)
     with _run_env():
         _run_cli(list(argv))
     return 0
@@ -297,6 +317,7 @@ def pretrain_main(argv: list[str]) -> int:
         raise UserError(f"{base} not found next to the recipe")
     runs = Path(opts.runs)
     resume = _resolve_resume(opts.resume, runs, recipe)
+    check_resume(str(resume) if resume else None, recipe)
     rid = run_id()
     if resume is not None and resume.parent.name == "checkpoints":
         rid = resume.parent.parent.name  # continue in the resumed run's folder

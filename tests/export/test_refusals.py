@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 
 import pytest
 import torch
@@ -78,7 +79,13 @@ def test_missing_and_unreadable_paths(tmp_path, capsys):
         export.load_encoder(tmp_path / "nowhere")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is not a checkpoint at all")
-    assert "not a readable torch checkpoint" in export_error(capsys, garbage, tmp_path / "o")
+    err = export_error(capsys, garbage, tmp_path / "o")
+    assert err.endswith("garbage.ckpt: not a checkpoint (not the zip archive torch.save writes)")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:  # a zip, but not torch.save's
+        z.writestr("notes.txt", "hello")
+    assert "not a readable torch checkpoint" in export_error(
+        capsys, tmp_path / "other.zip", tmp_path / "o"
+    )
     assert "is a folder" in export_error(capsys, tmp_path, tmp_path / "o")
 
 
@@ -101,3 +108,31 @@ def test_checkpoint_missing_encoder_weights_is_refused(fake_objectives, tmp_path
     torch.save(ckpt, path)
     with pytest.raises(UserError, match="lacks weights of the exported encoder"):
         export.export_checkpoint(path, tmp_path / "o")
+
+
+def test_bundle_with_swapped_weight_files_names_the_mismatch(save_fake, tmp_path):
+    """The audio and video weight files swapped: the error says which weights do not fit."""
+    _, ckpt = save_fake("TwoTower")
+    out = tmp_path / "b"
+    export.export_checkpoint(ckpt, out)
+    a, v = out / "audio_encoder.safetensors", out / "video_encoder.safetensors"
+    a.rename(tmp_path / "a"), v.rename(a), (tmp_path / "a").rename(v)
+    with pytest.raises(UserError) as caught:
+        export.load_encoder(out)
+    msg = str(caught.value)
+    assert "\n" not in msg and "cannot rebuild the audio encoder: Error(s) in loading" in msg
+    assert "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg
+
+
+def test_export_into_a_dataset_or_checkpoint_folder_is_refused(save_fake, tmp_path, capsys):
+    _, ckpt = save_fake("AudioOnly")
+    data = tmp_path / "shards"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    assert export_error(capsys, ckpt, data).endswith(
+        f"{data}: holds a prepared dataset; export the bundle into a folder of its own"
+    )
+    assert sorted(p.name for p in data.iterdir()) == ["manifest.json"]
+    runs = ckpt.parent  # the checkpoint's own folder
+    assert export_error(capsys, ckpt, runs).endswith(f"{runs}: holds checkpoints; export the "
+                                                     "bundle into a folder of its own")  # fmt: skip

@@ -167,7 +167,11 @@ class AVDataModule(pl.LightningDataModule):
     Args:
         data: prepared folder (with ``manifest.json``), tar path, or brace/glob pattern.
         train_split / val_split: split names (``splits/<name>.txt``); None = all samples
-            (train) / no validation.
+            (train) / no validation. ``train_split: "auto"`` (default): the dataset's official
+            training split (``train1`` for UCF101 / HMDB51, ``train`` for VGGSound and
+            Kinetics-Sounds, the unbalanced or else the balanced AudioSet training segments,
+            ``train`` of a folder dataset; :data:`avssl.data.shards.TRAIN_SPLITS`), all
+            samples where there is none (ESC-50, shards without a manifest).
         batch_size: per-rank batch size. num_workers: DataLoader workers per rank.
         num_frames / frame_stride / target_fps / crop_size: video clip spec (T frames,
             every ``frame_stride``-th frame or resampled at ``target_fps``; H = W = crop).
@@ -219,7 +223,7 @@ class AVDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data: str,
-        train_split: str | None = "train1",
+        train_split: str | None = "auto",
         val_split: str | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
@@ -273,6 +277,10 @@ class AVDataModule(pl.LightningDataModule):
         )
         ClipSpec(num_frames, frame_stride, target_fps)  # validates the clip spec
         self.source = resolve(data)  # missing paths fail here, at start
+        if train_split == "auto":
+            self.hparams["train_split"] = self.source.auto_train_split()
+            which = self.hparams["train_split"] or "every sample"
+            rank_zero_info(f"[data] train_split auto: {which} of {data}")
         self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
         self.fbank = self._fbank_config()
         self.skipped_total = 0

@@ -30,6 +30,18 @@ import braceexpand
 import torch
 
 MANIFEST = "manifest.json"
+#: ``train_split: auto`` reads the first of these splits that a prepared folder has (by the
+#: manifest's dataset): the official training split pretraining papers use. Datasets without
+#: one (ESC-50's five evaluation folds, shards without a manifest) train on every sample.
+TRAIN_SPLITS = {
+    "ucf101": ("train1",),
+    "hmdb51": ("train1",),
+    "synthetic": ("train1",),
+    "vggsound": ("train",),
+    "kinetics_sounds": ("train",),
+    "audioset": ("unbalanced_train_segments", "balanced_train_segments"),
+    "folder": ("train",),
+}
 
 
 @dataclass
@@ -64,6 +76,12 @@ class DataSource:
             raise FileNotFoundError(f"split file not found: {path} (available: {known})")
         return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
+    def auto_train_split(self) -> str | None:
+        """The split ``train_split: auto`` means here (:data:`TRAIN_SPLITS`); None = all."""
+        counts = self.manifest.get("splits") or {}
+        known = TRAIN_SPLITS.get(self.manifest.get("dataset", ""), ())
+        return next((name for name in known if counts.get(name)), None)
+
     def stats(self) -> dict | None:
         """Contents of ``stats.json`` (fbank mean/std) or None when absent."""
         path = self.root / "stats.json" if self.root else None
@@ -86,7 +104,10 @@ def resolve(data: str | os.PathLike) -> DataSource:
     path = Path(data)
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            manifest = json.loads((path / MANIFEST).read_text())
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{path / MANIFEST} is not valid JSON ({err})") from None
             shards = [str(path / s["file"]) for s in manifest.get("shards", [])]
             missing = [s for s in shards if not Path(s).is_file()]
             if missing:

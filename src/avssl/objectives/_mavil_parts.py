@@ -7,6 +7,7 @@ MAViL: Huang et al. 2022, "MAViL: Masked Audio-Video Learners", https://arxiv.or
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,24 @@ def load_teacher(teacher: Backbone, path: str, student_hp: dict[str, Any]) -> No
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"MAViL teacher_ckpt {path}: file not found")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"MAViL teacher_ckpt {path}: not a checkpoint (no torch.save archive)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a non-checkpoint fails in many ways in torch.load
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"MAViL teacher_ckpt {path}: unreadable ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"MAViL teacher_ckpt {path}: not a Lightning checkpoint (no state_dict)")
+    objective = str((ckpt.get("avssl") or {}).get("objective", "avssl.objectives.mavil.MAViL"))
     hp = ckpt.get("hyper_parameters") or {}
+    if not objective.endswith(".MAViL") or hp.get("stage", 1) != 1:
+        raise ValueError(
+            f"MAViL teacher_ckpt {path}: a checkpoint of {objective.rsplit('.', 1)[-1]}"
+            f"{' stage ' + str(hp['stage']) if 'stage' in hp else ''}, not of MAViL stage 1"
+        )
     for key in ARCH_KEYS:
         if key in hp and hp[key] != student_hp[key]:
             raise ValueError(

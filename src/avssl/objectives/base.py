@@ -192,6 +192,10 @@ class AVObjective(pl.LightningModule):
         schedule = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
+    def check_before_fit(self, resuming: bool) -> None:
+        """Raises ``ValueError`` (one line) when this objective cannot train as configured;
+        ``resuming``: a checkpoint will be loaded first. Called before the first step."""
+
     def on_fit_start(self) -> None:
         """Logs the hyper-parameters as ``model/<name>``; gives every rank its own RNG stream
         (masks, views) derived from the common (seeded or restored) state."""

@@ -142,6 +142,13 @@ class MAViL(AVObjective):
         self.teacher_loaded.fill_(1)
         return True
 
+    def check_before_fit(self, resuming: bool) -> None:
+        if self.stage == 2 and int(self.teacher_loaded) == 0 and not resuming:
+            raise ValueError(
+                f"MAViL stage 2: teacher_ckpt {self.teacher_ckpt}: file not found; pass a "
+                "stage-1 MAViL checkpoint (model.init_args.teacher_ckpt)"
+            )
+
     def on_fit_start(self) -> None:
         if self.stage == 2 and int(self.teacher_loaded) == 0:
             raise RuntimeError(

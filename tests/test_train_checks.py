@@ -1,0 +1,163 @@
+"""Checks before the first step (``avssl.train_checks``, ``AVObjective.check_before_fit``) and
+``train_split: auto``: each bad run stops with one line, exit 2, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipes import RECIPES, build_tiny_shards, debug_args
+
+from avssl import cli
+from avssl.data.datamodule import AVDataModule
+from avssl.data.shards import DataSource
+from tests.data_prep.prep_helpers import write_clip
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_shards(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_id(monkeypatch):
+    monkeypatch.delenv("AVSSL_RUN_ID", raising=False)
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _pretrain_args(shards: Path, runs: Path, *opts: str, recipe: str = "mavil") -> list[str]:
+    args = ["pretrain", "--recipe", recipe, "--data", str(shards), "--runs", str(runs), *opts]
+    return args + ["--", "--config", str(RECIPES / "debug.yaml")]
+
+
+def _fake_checkpoint(path: Path, objective: str, recipe: str, **hp) -> Path:
+    meta = {"objective": f"avssl.objectives.{objective}", "recipe": recipe}
+    torch.save({"state_dict": {}, "avssl": meta, "hyper_parameters": hp}, path)
+    return path
+
+
+def test_resuming_another_recipes_checkpoint_is_refused(shards, tmp_path, capsys):
+    """Lightning would take the other run's objective from the checkpoint and train it under
+    this recipe's name; the run stops before that."""
+    other = _fake_checkpoint(tmp_path / "vatt.ckpt", "contrastive.AVContrastive", "vatt")
+    runs = tmp_path / "runs"
+    err = _error(capsys, _pretrain_args(shards, runs, "--resume", str(other)))
+    assert err.endswith(
+        f"cannot resume {other}: it is a checkpoint of recipe vatt (AVContrastive), this run is "
+        "recipe mavil; resume it with RECIPE=vatt"
+    )
+    assert not runs.exists()
+
+
+def test_resuming_a_file_that_is_no_checkpoint_is_refused(shards, tmp_path, capsys):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    want = f"{text}: not a checkpoint (not the zip archive torch.save writes)"
+    runs = tmp_path / "runs"
+    assert _error(capsys, _pretrain_args(shards, runs, "--resume", str(text))).endswith(want)
+    for flag in (["--ckpt_path", str(text)], [f"--ckpt_path={text}"]):  # avssl fit, both forms
+        assert _error(capsys, debug_args("mavil", shards, runs, *flag)).endswith(want)
+    assert not runs.exists()
+
+
+def test_stage2_teacher_must_be_a_stage1_mavil_checkpoint(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+
+    def err_for(teacher: Path) -> str:
+        args = debug_args("mavil_stage2", shards, runs, f"--model.init_args.teacher_ckpt={teacher}")
+        err = _error(capsys, args)
+        assert "Union subtypes" not in err and "Namespace(" not in err  # the cause only
+        return err
+
+    missing = tmp_path / "missing.ckpt"
+    assert err_for(missing).endswith(
+        f"MAViL stage 2: teacher_ckpt {missing}: file not found; pass a stage-1 MAViL checkpoint "
+        "(model.init_args.teacher_ckpt)"
+    )
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert err_for(text).endswith(f"teacher_ckpt {text}: not a checkpoint (no torch.save archive)")
+    xkd = _fake_checkpoint(tmp_path / "xkd.ckpt", "xkd.XKD", "xkd", depth=2)
+    assert err_for(xkd).endswith(f"teacher_ckpt {xkd}: a checkpoint of XKD, not of MAViL stage 1")
+    stage2 = _fake_checkpoint(tmp_path / "s2.ckpt", "mavil.MAViL", "mavil_stage2", stage=2)
+    assert err_for(stage2).endswith("a checkpoint of MAViL stage 2, not of MAViL stage 1")
+    assert not runs.exists()
+
+
+def test_audio_visual_objective_on_data_without_audio_is_refused(tmp_path, capsys):
+    """Prepared clips without an audio track: every audio and cross-modal term would be 0."""
+    import data_prep
+
+    root = tmp_path / "clips"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            write_clip(root / cls / f"c{i}.mp4", audio_rate=None)
+    out = tmp_path / "noaudio"
+    quiet = dict(progress=False, log=lambda msg: None)
+    data_prep.prepare_dataset("folder", root, None, out, layout="classes", **quiet)
+    assert json.loads((out / "stats.json").read_text())["num_clips"] == 0
+    runs = tmp_path / "runs"
+    for recipe, name in (("vatt", "AVContrastive"), ("mavil", "MAViL")):
+        err = _error(capsys, _pretrain_args(out, runs, recipe=recipe))
+        assert err.endswith(
+            f"{name} trains on audio and video, but in {out} no clip has an audio track; "
+            "choose data with both"
+        )
+    assert not runs.exists()
+
+
+def test_audio_visual_objective_on_audio_only_data_is_refused(shards, tmp_path, capsys):
+    data = tmp_path / "audio_only"
+    shutil.copytree(shards, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["prep"]["want_video"] = False  # as ESC-50 is prepared
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    err = _error(capsys, _pretrain_args(data, tmp_path / "runs"))
+    assert err.endswith(f"but in {data} it was prepared without video; choose data with both")
+
+
+BAL, UNBAL = "balanced_train_segments", "unbalanced_train_segments"
+
+
+@pytest.mark.parametrize(
+    "dataset,splits,want",
+    [
+        ("ucf101", {"train1": 9, "test1": 3}, "train1"),
+        ("vggsound", {"train": 5, "test": 2}, "train"),
+        ("kinetics_sounds", {"train": 5, "val": 2}, "train"),
+        ("audioset", {BAL: 5, "eval_segments": 2}, BAL),
+        ("audioset", {UNBAL: 9, BAL: 5}, UNBAL),
+        ("audioset", {UNBAL: 0, BAL: 5}, BAL),  # an empty split does not count
+        ("folder", {"all": 9, "train": 7, "test": 2}, "train"),
+        ("folder", {"all": 9}, None),
+        ("esc50", {"fold1": 4, "fold2": 4}, None),
+        ("nope", {"train": 4}, None),
+    ],
+)  # fmt: skip
+def test_auto_train_split_is_the_datasets_training_split(dataset, splits, want):
+    source = DataSource([], Path("."), {"dataset": dataset, "splits": splits})
+    assert source.auto_train_split() == want
+
+
+def test_datamodule_resolves_auto_and_keeps_a_named_split(shards, tmp_path):
+    dm = AVDataModule(str(shards), batch_size=2, num_workers=0)
+    assert dm.hparams["train_split"] == "train1"  # synthetic: UCF101's layout
+    assert dm.table(dm.hparams["train_split"]).num_samples == 9
+    assert AVDataModule(str(shards), train_split="test1").hparams["train_split"] == "test1"
+    pattern = str(shards / "shards" / "*.tar")  # the manifest is found beside the shards
+    assert AVDataModule(pattern, batch_size=2, num_workers=0).hparams["train_split"] == "train1"
+    alone = tmp_path / "alone.tar"  # a shard without its folder: every sample
+    shutil.copyfile(next((shards / "shards").glob("*.tar")), alone)
+    bare = AVDataModule(str(alone), batch_size=2, num_workers=0)
+    assert bare.source.root is None and bare.hparams["train_split"] is None
+    assert bare.table(None).num_samples == 6  # shard_size 6
