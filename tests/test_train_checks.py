@@ -161,3 +161,20 @@ def test_datamodule_resolves_auto_and_keeps_a_named_split(shards, tmp_path):
     bare = AVDataModule(str(alone), batch_size=2, num_workers=0)
     assert bare.source.root is None and bare.hparams["train_split"] is None
     assert bare.table(None).num_samples == 6  # shard_size 6
+
+
+def test_broken_manifest_or_missing_shard_names_the_file(shards, tmp_path, capsys):
+    """The cause itself, without the validation wrapper of the data module's class path."""
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text("{oops")
+    err = _error(capsys, _pretrain_args(data, tmp_path / "runs"))
+    assert err.startswith(f"avssl pretrain: error: bad configuration: {data / 'manifest.json'} ")
+    assert "is not valid JSON" in err and "Union" not in err and "Namespace(" not in err
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    gone = data / manifest["shards"][1]["file"]
+    gone.unlink()
+    err = _error(capsys, _pretrain_args(data, tmp_path / "runs"))
+    assert err.endswith(f"bad configuration: {data / 'manifest.json'} lists missing shard {gone}")
+    assert not (tmp_path / "runs").exists()
