@@ -2,8 +2,8 @@
 
 Items are converted in worker processes (one task per item, results consumed in plan order);
 the parent writes each shard to ``shard-NNNNNN.tar.tmp``, renames it, then writes the sidecar
-``shard-NNNNNN.json``. A sidecar whose settings, planned keys and planned digest (everything
-each sample's json takes from the plan: key, label, label name, source path, extra fields)
+``shard-NNNNNN.json``. A sidecar whose settings, planned keys and planned digest (what each
+sample's json takes from the plan: key, label, label name, extra fields; not ROOT's location)
 match marks a finished shard, which a rerun skips; a sidecar without the digest (written by
 an older version) does not.
 """
@@ -108,11 +108,13 @@ def ordered_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
 def planned_digest(items: list[Item]) -> str:
     """SHA-256 over what each sample's json takes from the plan, in plan order.
 
-    Two plans with the same digest write the same ``id``, ``label``, ``label_name``,
-    ``orig_path`` and extra fields for every sample, so a shard converted for one is finished
-    for the other (the encoding settings are compared separately, as ``prep``).
+    Two plans with the same digest write the same ``id``, ``label``, ``label_name`` and extra
+    fields for every sample, so a shard converted for one is finished for the other (the
+    encoding settings are compared separately, as ``prep``). The source's absolute path is
+    left out: a ROOT moved elsewhere holds the same clips under the same keys (relative
+    paths), and its shards are kept (their ``orig_path`` then names the old location).
     """
-    records = [[it.key, it.label, it.label_name, str(it.path), it.extra] for it in items]
+    records = [[it.key, it.label, it.label_name, it.extra] for it in items]
     text = json.dumps(records, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

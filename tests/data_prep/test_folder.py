@@ -1,7 +1,8 @@
 """The ``folder`` adapter: its stratified train/test split, and reruns after the tree changed.
 
 A rerun may reuse a finished shard only when every sample it holds would be written the same
-way now: same key, label, label name, source path and extra fields, not only the same keys.
+way now: same key, label, label name and extra fields, not only the same keys (a ROOT moved
+elsewhere keeps its shards).
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def test_rerun_reconverts_shards_whose_labels_changed(tmp_path, media, capsys):
     assert after["folder/cars/cars0"] == 2 and after["folder/dogs/dogs2"] == 3
     assert main(_argv(root, out, "classes")) == 0  # nothing changed: every shard reused
     assert "skipping 3 of 3 shards" in capsys.readouterr().err
+
+
+def test_rerun_from_a_moved_root_keeps_the_shards(tmp_path, media, capsys):
+    """The same clips under another ROOT: same keys and labels, nothing converted again."""
+    root = _tree(tmp_path / "root", media["mono"], {"birds": 2, "cars": 2})
+    out = tmp_path / "out"
+    assert main(_argv(root, out, "classes")) == 0
+    moved = root.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(_argv(moved, out, "classes")) == 0
+    assert "skipping 2 of 2 shards" in capsys.readouterr().err  # shard size 3
+    assert sorted(_labels_match_manifest(out).values()) == [0, 0, 1, 1]
 
 
 def test_rerun_with_another_layout_relabels(tmp_path, media, capsys):
