@@ -58,6 +58,27 @@ def test_resuming_another_recipes_checkpoint_is_refused(shards, tmp_path, capsys
     assert not runs.exists()
 
 
+def test_resuming_with_other_model_options_is_refused(shards, tmp_path, capsys):
+    """LightningCLI takes a resumed run's model settings from the checkpoint: an option that
+    would change one is refused instead of being dropped."""
+    from avssl.train_checks import check_resume, model_options
+
+    ckpt = _fake_checkpoint(tmp_path / "m.ckpt", "mavil.MAViL", "mavil", depth=2, lr=None)
+    runs = tmp_path / "runs"
+    args = _pretrain_args(shards, runs, "--resume", str(ckpt)) + ["--model.init_args.depth", "3"]
+    assert _error(capsys, args).endswith(
+        f"--model.init_args.depth 3: a resumed run keeps its checkpoint's model settings "
+        f"(depth=2 in {ckpt}); start a new run to change it"
+    )
+    assert not runs.exists()
+    check_resume(str(ckpt), "mavil", ["--model.init_args.depth=2", "--model.lr", "null"])  # same
+    with pytest.raises(cli.UserError, match=r"--model.init_args.lr 0.5: .*\(lr=None in "):
+        check_resume(str(ckpt), "mavil", ["--model.lr=0.5"])
+    args = ["--model.init_args.depth=4", "--model.lr", "1e-3", "--trainer.x", "1"]
+    args += ["--model.class_path", "x", "--model.init_args.augment.flip_p", "0"]
+    assert model_options(args) == {"depth": 4, "lr": 1e-3}
+
+
 def test_resuming_a_file_that_is_no_checkpoint_is_refused(shards, tmp_path, capsys):
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
@@ -110,20 +131,43 @@ def test_audio_visual_objective_on_data_without_audio_is_refused(tmp_path, capsy
     for recipe, name in (("vatt", "AVContrastive"), ("mavil", "MAViL")):
         err = _error(capsys, _pretrain_args(out, runs, recipe=recipe))
         assert err.endswith(
-            f"{name} trains on audio and video, but in {out} no clip has an audio track; "
-            "choose data with both"
+            f"{name} trains on audio and video, but no sample in {out} has audio (shards looked "
+            "at: 1 of 1); choose data with both"
         )
     assert not runs.exists()
 
 
 def test_audio_visual_objective_on_audio_only_data_is_refused(shards, tmp_path, capsys):
-    data = tmp_path / "audio_only"
-    shutil.copytree(shards, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    manifest["prep"]["want_video"] = False  # as ESC-50 is prepared
-    (data / "manifest.json").write_text(json.dumps(manifest))
-    err = _error(capsys, _pretrain_args(data, tmp_path / "runs"))
-    assert err.endswith(f"but in {data} it was prepared without video; choose data with both")
+    """Shards without any video member (an audio-only AudioSet mirror, ESC-50, sound files)."""
+    from tests.data.conftest import rewrite
+
+    data = rewrite(
+        shards, tmp_path / "audio_only", lambda s, i: {k: v for k, v in s.items() if k != "mp4"}
+    )
+    n = len(json.loads((data / "manifest.json").read_text())["shards"])
+    err = _error(capsys, _pretrain_args(data, tmp_path / "runs", recipe="xkd"))
+    assert err.endswith(
+        f"XKD trains on audio and video, but no sample in {data} has video (shards looked at: "
+        f"{n} of {n}); choose data with both"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_modalities_present_looks_at_shards_spread_over_the_data(shards, monkeypatch):
+    import avssl.data.shards as shards_mod
+    from avssl import train_checks
+
+    read = []
+    monkeypatch.setattr(shards_mod, "index_tar", lambda p: read.append(p) or [("k", {"mp4": 0})])
+    names = [f"s{i:02d}.tar" for i in range(20)]
+    assert train_checks.modalities_present(names, look_at=4) == {"audio": False, "video": True}
+    assert read == ["s00.tar", "s06.tar", "s13.tar", "s19.tar"]  # first, last, evenly between
+    read.clear()
+    monkeypatch.setattr(
+        shards_mod, "index_tar", lambda p: read.append(p) or [("k", {"wav": 0, "f000.jpg": 0})]
+    )
+    assert train_checks.modalities_present(names) == {"audio": True, "video": True}
+    assert read == ["s00.tar"]  # stops once both are found
 
 
 BAL, UNBAL = "balanced_train_segments", "unbalanced_train_segments"

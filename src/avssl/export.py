@@ -274,6 +274,15 @@ def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
     return f"{path} ({modality} encoder: {arch}, D={bundle.embed_dim[modality]}, {size})"
 
 
+def _previous_bundle(out: Path) -> str:
+    """What the bundle already in ``out`` was exported from ("" when there is none)."""
+    try:
+        prov = json.loads((out / "config.json").read_text()).get("provenance") or {}
+    except (OSError, ValueError):
+        return ""
+    return f"{prov.get('checkpoint', '?')}, recipe {prov.get('recipe')}, step {prov.get('step')}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``avssl export --ckpt C --out O [--onnx]``: writes a frozen encoder bundle."""
     parser = argparse.ArgumentParser(
@@ -292,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--ckpt is required (make export CKPT=runs/<run>/last.ckpt OUT=...)")
     if not args.out:
         raise UserError("--out is required (make export CKPT=... OUT=encoders/<name>)")
+    previous = _previous_bundle(Path(args.out).expanduser())
     written, bundle = _export(
         Path(args.ckpt).expanduser(), Path(args.out).expanduser(), args.onnx, args.random_init
     )
+    if previous:
+        print(f"[export] replaced the bundle that was in {args.out} ({previous})")
     prov = bundle.provenance
     enc = prov.get("encoder", {})
     print(

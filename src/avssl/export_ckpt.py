@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import pickle
 import re
 import warnings
@@ -226,6 +227,12 @@ def bundle_from_checkpoint(
     return config, state_dicts
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[Path]:
     """Writes ``config.json`` and one safetensors file per encoder; removes stale files."""
     from safetensors.torch import save_file
@@ -238,7 +245,8 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for modality in MODALITIES:
-        (out / f"{modality}_encoder.onnx").unlink(missing_ok=True)  # rewritten only by --onnx
+        for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data"):
+            (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
         target = out / weights_file(modality)
         if config.get(modality) is None:
             target.unlink(missing_ok=True)
@@ -251,6 +259,7 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
         meta = {"format": "pt", "avssl_format": FORMAT, "modality": modality}
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(target)
+        target.chmod(0o666 & ~_umask())  # safetensors writes 0600: others could not load it
         written.append(target)
     cfg_path = out / CONFIG_FILE
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")

@@ -46,6 +46,7 @@ def _export_one(enc: nn.Module, x: torch.Tensor, path: Path, modality: str) -> s
         torch.onnx.export(
             enc, (x,), str(path), input_names=[modality], output_names=["embedding"],
             dynamo=True, dynamic_shapes=({0: batch},), verbose=False, optimize=True,
+            external_data=False,  # the weights inside the .onnx file, not also in a .onnx.data
         )  # fmt: skip
         return "dynamo"
     except Exception as err:  # noqa: BLE001 - any exporter failure falls back, then is checked

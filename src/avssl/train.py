@@ -245,7 +245,7 @@ def lightning_main(argv: list[str]) -> int:
         if arg.startswith("--ckpt_path"):
             given = argv[i + 1 : i + 2] if arg == "--ckpt_path" else [arg.split("=", 1)[1]]
             path = given[0] if given else ""
-            check_resume(path if path not in ("", "null", "None") else None, None)
+            check_resume(path if path not in ("", "null", "None") else None, None, argv)
     with _run_env():
         _run_cli(list(argv))
     return 0
@@ -317,7 +317,7 @@ def pretrain_main(argv: list[str]) -> int:
         raise UserError(f"{base} not found next to the recipe")
     runs = Path(opts.runs)
     resume = _resolve_resume(opts.resume, runs, recipe)
-    check_resume(str(resume) if resume else None, recipe)
+    check_resume(str(resume) if resume else None, recipe, extra)
     rid = run_id()
     if resume is not None and resume.parent.name == "checkpoints":
         rid = resume.parent.parent.name  # continue in the resumed run's folder

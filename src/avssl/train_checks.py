@@ -1,9 +1,12 @@
 """Checks ``avssl fit`` / ``avssl pretrain`` make before the first step, each a one-line
-``UserError``: the checkpoint a run resumes is an avssl checkpoint of the same recipe, and the
-data holds the modalities the objective trains on."""
+``UserError``: the checkpoint a run resumes is an avssl checkpoint of the same recipe, the
+options given with it do not change the checkpoint's model, and the data holds the modalities
+the objective trains on."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +14,96 @@ from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
 
 
-def check_resume(path: str | None, recipe: str | None) -> None:
-    """A checkpoint to resume must be a readable avssl checkpoint of the same recipe. Called
-    before LightningCLI starts: it reads the checkpoint's hyper-parameters first and would
-    otherwise fail with a traceback on a file that is not one, or resume another recipe's run
-    with that run's objective (``class_path`` and all) under this recipe's name.
+def check_resume(path: str | None, recipe: str | None, args: Sequence[str] = ()) -> None:
+    """A checkpoint to resume must be a readable avssl checkpoint of the same recipe, and the
+    command line must not change its model. Called before LightningCLI starts: it reads the
+    checkpoint's hyper-parameters first (and would fail with a traceback on a file that is not
+    a checkpoint), resumes another recipe's run with that run's objective (``class_path`` and
+    all) under this recipe's name, and drops ``--model.*`` options for the checkpoint's.
 
     Args:
         path: the checkpoint (None / empty: not resuming).
         recipe: this run's recipe (None: not checked, e.g. ``avssl fit`` with its own configs).
+        args: the LightningCLI arguments; ``--model.init_args.<name> <value>`` (or ``=value``)
+            that differ from the checkpoint's hyper-parameter ``<name>`` are refused. Model
+            settings in ``--config`` files are not compared.
     """
     if not path:
         return
     from avssl.export_ckpt import read_checkpoint
 
-    meta = read_checkpoint(Path(path), mmap=True)["avssl"]
+    ckpt = read_checkpoint(Path(path), mmap=True)
+    meta = ckpt["avssl"]
     if recipe and meta.get("recipe") and meta["recipe"] != recipe:
         objective = meta["objective"].rsplit(".", 1)[-1]
         raise UserError(
             f"cannot resume {path}: it is a checkpoint of recipe {meta['recipe']} ({objective}), "
             f"this run is recipe {recipe}; resume it with RECIPE={meta['recipe']}"
         )
+    hp = ckpt.get("hyper_parameters") or {}
+    for name, value in model_options(list(args)).items():
+        if name in hp and value != hp[name]:
+            raise UserError(
+                f"--model.init_args.{name} {value!r}: a resumed run keeps its checkpoint's model "
+                f"settings ({name}={hp[name]!r} in {path}); start a new run to change it"
+            )
+
+
+def model_options(args: list[str]) -> dict[str, Any]:
+    """``{name: value}`` of the ``--model.init_args.<name>`` / ``--model.<name>`` options in
+    ``args`` (values parsed as YAML, as LightningCLI does)."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--model.") or arg.startswith("--model.class_path"):
+            continue
+        name, eq, value = arg[len("--model.") :].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                continue
+            value = args[i + 1]
+        name = name.removeprefix("init_args.")
+        if "." in name:  # a nested setting (dict entry): not compared
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as text; LightningCLI as a number
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        found[name] = parsed
+    return found
+
+
+MEMBERS = {"audio": ("flac", "wav"), "video": ("mp4", ".jpg")}  # shard format v1
+LOOK_AT = 8  # shards whose members are read (headers only), spread over the data
+
+
+def modalities_present(shards: list[str], look_at: int = LOOK_AT) -> dict[str, bool]:
+    """Whether any sample of up to ``look_at`` shards (spread evenly over ``shards``) has an
+    audio member (``flac``/``wav``) and a video member (``mp4``, or JPEG frames)."""
+    from avssl.data.shards import index_tar
+
+    n = len(shards)
+    picked = sorted({round(i * (n - 1) / max(look_at - 1, 1)) for i in range(min(n, look_at))})
+    found = {"audio": False, "video": False}
+    for path in (shards[i] for i in picked):
+        for _, members in index_tar(path):
+            for modality, endings in MEMBERS.items():
+                found[modality] |= any(ext.endswith(endings) for ext in members)
+        if all(found.values()):
+            break
+    return found
 
 
 def check_data_modalities(model: AVObjective, datamodule: Any) -> None:
-    """The data module loads, and the prepared data holds, every modality the objective trains
-    on. What the data holds comes from the prepared folder: ``stats.json`` counts the clips
-    with audio among those it sampled (0: the dataset has no audio track at all), the manifest
-    records whether video was kept (``prep.want_video``, false for ESC-50)."""
+    """The data module loads, and the data holds, every modality the objective trains on. What
+    the data holds: the members of up to :data:`LOOK_AT` shards (an audio-only AudioSet mirror,
+    ESC-50 or a folder of sound files have no video member; clips without sound tracks no
+    audio member), so a dataset whose first look finds none is refused, one with the modality
+    only in other shards is not caught."""
     loaded = getattr(datamodule, "modalities", None)
     if loaded is None:
         return
@@ -50,16 +115,14 @@ def check_data_modalities(model: AVObjective, datamodule: Any) -> None:
             f"{list(loaded)}"
         )
     source = getattr(datamodule, "source", None)
-    if source is None or source.root is None:
+    if source is None or not source.shards:
         return
-    stats = source.stats() or {}
-    absent = []
-    if "audio" in wants and stats.get("num_clips") == 0:
-        absent.append("no clip has an audio track")
-    if "video" in wants and (source.manifest.get("prep") or {}).get("want_video") is False:
-        absent.append("it was prepared without video")
+    found = modalities_present(source.shards)
+    absent = [m for m in wants if not found[m]]
     if absent:
+        where = source.root or source.shards[0]
         raise UserError(
-            f"{name} trains on {' and '.join(wants)}, but in {source.root} "
-            f"{' and '.join(absent)}; choose data with both"
+            f"{name} trains on {' and '.join(wants)}, but no sample in {where} has "
+            f"{' or '.join(absent)} (shards looked at: "
+            f"{min(len(source.shards), LOOK_AT)} of {len(source.shards)}); choose data with both"
         )

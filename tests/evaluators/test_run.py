@@ -211,7 +211,39 @@ def test_bad_inputs(synthetic_data, data_copy, tiny_bundle, cache_dir, tmp_path,
     assert fake[9] in err and fake[10] not in err and err.endswith("...")
 
 
-def test_default_output_folder(synthetic_data, tiny_bundle, cache_dir, tmp_path, monkeypatch):
+def test_train_split_too_small_for_lambda_choice(
+    synthetic_data, tiny_bundle, cache_dir, tmp_path, capsys
+):
+    """3 clips per class and a 10 % validation part: none held out; a one-line error that says
+    what to change, not a traceback. One lambda needs no validation part and runs."""
+    proto = (
+        (EVALUATION / "synthetic_linear.yaml")
+        .read_text()
+        .replace("val_fraction: 0.2", "val_fraction: 0.1")
+    )
+    path = tmp_path / "small_val.yaml"
+    path.write_text(proto.replace("modality: [audio, video, joint]", "modality: [video]"))
+    err = _eval_error(
+        capsys, _args(str(path), tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)
+    )
+    assert err.endswith(
+        "video/split1: the training split (9 clips) is too small to hold out a validation part for "
+        "choosing lambda (none of its classes has enough clips); give the protocol one lambda "
+        "(classifier: lambdas: [<value>]) or more training clips"
+    )
+    one = path.read_text().replace(
+        "lambdas: [1.0e-7, 1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]",
+        "lambdas: [1.0e-4]",
+    )
+    path.write_text(one)
+    assert main(_args(str(path), tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)) == 0
+    rounds = json.loads((tmp_path / "o" / "results.json").read_text())["rounds"]
+    assert [r["lambda"] for r in rounds] == [1.0e-4] * 3
+
+
+def test_default_output_folder(
+    synthetic_data, tiny_bundle, cache_dir, tmp_path, monkeypatch, capsys
+):
     """Without --out the report goes to eval_out/<protocol>/<encoder name>/ under the cwd."""
     monkeypatch.chdir(tmp_path)
     args = _args("synthetic_knn", tiny_bundle, synthetic_data, "", cache_dir)
@@ -220,6 +252,20 @@ def test_default_output_folder(synthetic_data, tiny_bundle, cache_dir, tmp_path,
     out = tmp_path / "eval_out" / "synthetic_knn" / tiny_bundle.name
     assert json.loads((out / "results.json").read_text())["protocol"]["name"] == "synthetic_knn"
     assert (out / "results.md").is_file()
+    # a second report into the same folder says whose it replaces and leaves no stale plot
+    (out / "per_class_ap_joint.png").write_bytes(b"a plot of an earlier, multi-label protocol")
+    capsys.readouterr()
+    assert main(args[:i] + args[i + 2 :]) == 0
+    where = Path("eval_out/synthetic_knn") / tiny_bundle.name
+    said = f"[eval] replacing the earlier results in {where} (synthetic_knn on {synthetic_data})"
+    assert said in capsys.readouterr().out
+    assert not (out / "per_class_ap_joint.png").exists()
+    # an output path that is a file: one line before any work
+    (tmp_path / "file").write_text("x")
+    err = _eval_error(
+        capsys, _args("synthetic_knn", tiny_bundle, synthetic_data, tmp_path / "file", cache_dir)
+    )
+    assert err.endswith(f"--out {tmp_path / 'file'}: exists and is not a folder")
 
 
 def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cache_dir, tmp_path):

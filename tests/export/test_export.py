@@ -130,6 +130,17 @@ def test_cli_dispatch_and_usage_errors(save_fake, tmp_path, capsys):
     _, ckpt = save_fake("TwoTower")
     assert cli_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "config.json").is_file()
+    capsys.readouterr()
+    old = os.umask(0o022)
+    try:  # bundle files readable by others (safetensors itself writes 0600)
+        assert cli_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "o")]) == 0
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out  # the second export into "o" says what it replaced
+    assert f"[export] replaced the bundle that was in {tmp_path / 'o'} ({ckpt.name}, recipe" in out
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
+    assert modes == {"config.json": 0o644, "audio_encoder.safetensors": 0o644,
+                     "video_encoder.safetensors": 0o644}  # fmt: skip
     assert cli_main(["export", "--ckpt", "", "--out", str(tmp_path / "p")]) == 2
     assert "--ckpt is required" in capsys.readouterr().err
 

@@ -37,6 +37,9 @@ def test_onnx_matches_pytorch_at_two_batch_sizes(onnx_bundle, modality):
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # symbolic batch
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["avssl_modality"] == modality and meta["avssl_encoder"] == "teacher"
+    # the weights are in the .onnx file itself, stored once (no .onnx.data beside it)
+    assert model.graph.initializer and all(not t.external_data for t in model.graph.initializer)
+    assert not list(onnx_bundle.glob("*.data"))
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     prep = bundle.preprocessing
@@ -60,6 +63,8 @@ def test_reexport_without_onnx_removes_stale_onnx_files(onnx_bundle, save_fake, 
     out = tmp_path / "b"
     shutil.copytree(onnx_bundle, out)
     assert (out / "video_encoder.onnx").is_file()
+    (out / "video_encoder.onnx.data").write_bytes(b"weights of an older export")
     _, audio_only = save_fake("AudioOnly")
     written = export.export_checkpoint(audio_only, out)
     assert not list(out.glob("*.onnx")) and all(p.suffix != ".onnx" for p in written)
+    assert not list(out.glob("*.onnx.data"))

@@ -265,7 +265,11 @@ def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
     (fit, held out): (best lambda, its weights, scores)."""
     fit_idx, val_idx = held
     if len(val_idx) == 0:
-        raise ValueError("the training split is too small to hold out a validation part")
+        raise ValueError(
+            f"the training split ({len(y)} clips) is too small to hold out a validation part "
+            "for choosing lambda (none of its classes has enough clips); give the protocol one "
+            "lambda (classifier: lambdas: [<value>]) or more training clips"
+        )
     fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)
     accs, best, best_acc, best_wb, wb = {}, grid[0], -1.0, None, None
     for lam in grid:

@@ -147,6 +147,24 @@ def check_bundle(bundle, p: Protocol) -> tuple[str, ...]:
     return mods
 
 
+def _clear_previous(out: Path) -> None:
+    """Says whose results a new report replaces in ``out`` and removes their files (plots of
+    feature kinds the new protocol may not have would otherwise stay beside the new ones)."""
+    import json
+
+    previous = out / "results.json"
+    if not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text())
+        what = f"{old['protocol']['name']} on {old['data']['path']}"
+    except (ValueError, KeyError, TypeError):
+        what = "unreadable results.json"
+    print(f"[eval] replacing the earlier results in {out} ({what})")
+    for path in [previous, out / "results.md", *out.glob("*.png")]:
+        path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``avssl eval``; returns 0, raises ``UserError`` on bad input."""
     from avssl.evaluators.evaluate import evaluate
@@ -164,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     mods = check_bundle(bundle, p)
     name = encoder_name(args.encoder)
     out = Path(args.out) if args.out else Path("eval_out") / p.name / name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     t0 = time.time()
     results = evaluate(p, bundle, data, source, keys, mods, name, args)
     from avssl.evaluators.report import to_markdown, write_report
 
+    _clear_previous(out)
     written = write_report(out, results, p, source.classes)
     print(to_markdown(results, p))
     print(f"[eval] {p.name} on {name} in {time.time() - t0:.0f} s; wrote:")

@@ -107,7 +107,10 @@ def run_round(
             raise UserError(f"{kind}/{pair.name}: {err}") from None
         return info
     classify = _linear if p.type == "linear" else _knn
-    out = classify(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
+    try:
+        out = classify(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
+    except ValueError as err:
+        raise UserError(f"{kind}/{pair.name}: {err}") from None
     info.update(out.get("extra", {}))
     info["metrics"] = out["metrics"]
     info["confusion"] = confusion_matrix(out["pred"].numpy(), y_te.numpy(), num_classes)
