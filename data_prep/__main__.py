@@ -92,6 +92,33 @@ def _summary(manifest: dict, out: str, seconds: float) -> float:
     return frac
 
 
+def next_step(manifest: dict, out: str) -> str:
+    """What to run on the prepared data: pretraining, or evaluation when it lacks a modality.
+
+    Every pretraining recipe is audio-visual: data without any video (``prep.want_video``
+    false, or no converted sample with video) or without any audio is pointed to ``make eval``.
+    Counts of None (shards of an older version) are taken as present.
+    """
+    data = shlex.quote(out)
+    if manifest["num_samples"] == 0:
+        return "no clip was converted; repair or replace the failed clips and rerun"
+    absent = {
+        "video": not manifest["prep"].get("want_video", True)
+        or manifest.get("num_with_video") == 0,
+        "audio": manifest.get("num_with_audio") == 0,
+    }
+    lacking = [m for m, gone in absent.items() if gone]
+    if not lacking:
+        return f"make pretrain RECIPE=mavil DATA={data}"
+    both = " and ".join(lacking)
+    protocol = "esc50_linear" if manifest["dataset"] == "esc50" else "<protocol>"
+    return (
+        f"no converted clip has {' or '.join(lacking)}, and the pretraining recipes are all "
+        f"audio-visual (they need {both}); evaluate an encoder on it instead: make eval "
+        f"EVAL={protocol} ENCODER=<bundle> DATA={data}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs data_prep; returns the exit code."""
     from data_prep.build import prepare_dataset
@@ -130,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"data_prep: next: make pretrain RECIPE=mavil DATA={shlex.quote(str(args.out))}")
+    print(f"data_prep: next: {next_step(manifest, str(args.out))}")
     return 0
 
 

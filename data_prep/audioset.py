@@ -107,11 +107,27 @@ def _fields(row: dict) -> dict:
     }
 
 
-def detect_pattern(rows: list[dict], index: dict[str, Path]) -> str:
-    """The known pattern matching the most files (ties: the first in KNOWN_PATTERNS)."""
+def detect_pattern(rows: list[dict], index: dict[str, Path], root: Path) -> str:
+    """The known pattern matching the most files (ties: the first in KNOWN_PATTERNS).
+
+    Scores the first 500 rows. When none of them matches a file, the first pattern is used
+    if it matches a file for any row; no rows at all also give the first pattern.
+
+    Raises:
+        UserError: no known pattern matches a file under ``root`` (pass ``--pattern``).
+    """
     sample = rows[:500]
     scores = [sum(p.format(**_fields(r)) in index for r in sample) for p in KNOWN_PATTERNS]
-    return KNOWN_PATTERNS[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    fallback = KNOWN_PATTERNS[0]
+    if scores[best] or not rows or any(fallback.format(**_fields(r)) in index for r in rows):
+        return KNOWN_PATTERNS[best]
+    found = next(iter(index.values()), None)
+    example = f"e.g. {found.name}" if found is not None else "no media files there"
+    raise UserError(
+        f"no known file-name pattern matched the files in ROOT {root} ({example}; tried "
+        f"{' '.join(KNOWN_PATTERNS)}); pass --pattern (syntax in data_prep/README.md)"
+    )
 
 
 def collect(ctx: Context) -> Plan:
@@ -120,9 +136,10 @@ def collect(ctx: Context) -> Plan:
     tables = {path.stem: (path, parse_segments(path, mids)) for path in _csv_files(ctx, root)}
     index = index_media(root)
     all_rows = [row for _, rows in tables.values() for row in rows]
-    pattern = ctx.options.get("pattern") or detect_pattern(all_rows, index)
+    pattern = ctx.options.get("pattern") or detect_pattern(all_rows, index, root)
     plan = Plan(dataset=ctx.dataset, classes=classes, multilabel=True, require_video=False)
     plan.notes.append(f"file name pattern: {pattern}")
+    plan.looked_for = f"the segments listed in {', '.join(str(p) for p, _ in tables.values())}"
     for split, (path, rows) in tables.items():
         plan.splits.setdefault(split, [])
         for n, row in enumerate(rows, 1):

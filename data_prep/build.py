@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from avssl.cli import UserError
-from avssl.data.writer import AUDIO_CODECS, EncodeSettings, FbankStats, check_tune, write_json
+from avssl.data.writer import EncodeSettings, FbankStats, write_json
+from data_prep.checks import check_encoding, check_numbers, check_plan_found_clips
 from data_prep.common import Context, Item, Plan
 from data_prep.shards import run_shards
 
@@ -102,6 +103,7 @@ def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> d
         "dataset": plan.dataset,
         "num_samples": len(converted),
         "num_failed": len(failures),
+        **{f"num_with_{m}": _count_with(sidecars, m) for m in ("video", "audio")},
         "shards": [
             {"file": s["file"], "num_samples": s["num_samples"]}
             for s in sidecars
@@ -117,6 +119,12 @@ def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> d
     }
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _count_with(sidecars: list[dict], modality: str) -> int | None:
+    """Converted samples with ``modality``; None when a shard of an older version lacks it."""
+    counts = [s.get(f"num_with_{modality}") for s in sidecars if s["num_samples"] > 0]
+    return None if None in counts else sum(counts)  # type: ignore[arg-type]
 
 
 def _load_adapter(dataset: str) -> Any:
@@ -175,20 +183,12 @@ def prepare_dataset(
         **options: dataset-specific options (pattern, csv, labels, layout, num_classes, ...).
 
     Raises:
-        UserError: unknown dataset, missing ROOT/split files, unwritable ``out``, bad option.
+        UserError: unknown dataset, missing ROOT/split files, unwritable ``out``, bad option,
+            no clip found (none listed or present, none failed).
     """
     adapter = _load_adapter(dataset)
-    _check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures)
-    try:
-        tune = check_tune(tune)
-    except ValueError as err:
-        raise UserError(f"--tune: {err}") from None
-    if audio_codec not in AUDIO_CODECS:
-        raise UserError(
-            f"--audio-codec must be one of {', '.join(AUDIO_CODECS)}, got {audio_codec!r}"
-        )
-    if not 0 <= float(jpeg_fps) <= float(max_fps):
-        raise UserError(f"--jpeg-fps must be 0 (mp4) or within (0, max-fps], got {jpeg_fps}")
+    check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures, stats_clips)
+    tune = check_encoding(crf, preset, tune, audio_codec, jpeg_fps, max_fps)
     if out is None or str(out) == "":
         raise UserError("OUT (--out) is required")
     out = Path(out)
@@ -199,6 +199,7 @@ def prepare_dataset(
         raise UserError(f"SPLITS {splits_p} does not exist")
     _check_out(out, dataset)
     plan = adapter.collect(Context(dataset, root_p, splits_p, out, int(workers), given, progress))
+    check_plan_found_clips(plan, root_p)
     for note in plan.notes:
         log(note)
     settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
@@ -223,21 +224,6 @@ def prepare_dataset(
         "options": given,
     }
     return _write_outputs(out, plan, sidecars, prep)
-
-
-def _check_numbers(workers, shard_size, short_side, sample_rate, max_fps, max_failures) -> None:
-    for name, value, low in (
-        ("workers", workers, 1),
-        ("shard-size", shard_size, 1),
-        ("short-side", short_side, 2),
-        ("sample-rate", sample_rate, 1000),
-    ):
-        if int(value) < low:
-            raise UserError(f"--{name} must be >= {low}, got {value}")
-    if float(max_fps) <= 0:
-        raise UserError(f"--max-fps must be > 0, got {max_fps}")
-    if not 0 <= float(max_failures) <= 1:
-        raise UserError(f"--max-failures must be a fraction within [0, 1], got {max_failures}")
 
 
 def _convert(

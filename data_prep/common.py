@@ -66,7 +66,10 @@ class Item:
 
 @dataclass
 class Plan:
-    """An adapter's output: items in a stable order, splits as key lists, early failures."""
+    """An adapter's output: items in a stable order, splits as key lists, early failures.
+
+    ``looked_for`` says what the adapter searched (named when it found no clip at all).
+    """
 
     dataset: str
     classes: list[str]
@@ -77,6 +80,7 @@ class Plan:
     want_video: bool = True
     require_video: bool = True
     notes: list[str] = field(default_factory=list)
+    looked_for: str = ""
     _by_key: dict[str, Item] = field(default_factory=dict, repr=False)
     _missing: set[str] = field(default_factory=set, repr=False)
     _members: set[tuple[str, str]] = field(default_factory=set, repr=False)

@@ -41,6 +41,7 @@ def collect(ctx: Context) -> Plan:
         raise UserError(f"{meta}: targets must be 0..{len(names) - 1} without gaps")
     classes = [names[i] for i in range(len(names))]
     plan = Plan(dataset=ctx.dataset, classes=classes, want_video=False, require_video=False)
+    plan.looked_for = f"the clips listed in {meta}, under ROOT/audio"
     for k in range(1, 6):
         plan.splits[f"fold{k}"] = []
     for row in rows:

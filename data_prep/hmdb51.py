@@ -60,6 +60,7 @@ def collect(ctx: Context) -> Plan:
     by_class = _split_files(split_dir)
     classes = sorted(by_class)
     plan = Plan(dataset=ctx.dataset, classes=classes)
+    plan.looked_for = f"the videos listed in {split_dir}/<class>_test_split<k>.txt"
     for k in (1, 2, 3):
         plan.splits.setdefault(f"train{k}", [])
         plan.splits.setdefault(f"test{k}", [])

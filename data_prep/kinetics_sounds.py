@@ -122,6 +122,11 @@ def _from_csvs(ctx: Context, plan: Plan, root: Path, tables: dict[str, Path]) ->
 def _from_folders(plan: Plan, root: Path) -> None:
     split_dirs = {"train": root / "train"}
     split_dirs["val"] = next((root / v for v in VAL_NAMES if (root / v).is_dir()), root / "val")
+    plan.looked_for = (
+        f"media files in folders of the {len(CLASSES)} Kinetics-Sounds classes (e.g. "
+        f"'{CLASSES[0]}' or '{CLASSES[0].replace(' ', '_')}') in {split_dirs['train']} "
+        f"and {split_dirs['val']}"
+    )
     for split, folder in split_dirs.items():
         if not folder.is_dir():
             raise UserError(
@@ -151,11 +156,15 @@ def collect(ctx: Context) -> Plan:
         val = next((sdir / f"{v}.txt" for v in VAL_NAMES if (sdir / f"{v}.txt").is_file()), None)
         if val is None:
             raise UserError(f"Kinetics-Sounds split list not found: {sdir / 'val.txt'}")
+        plan.looked_for = f"the clips listed in {sdir / 'train.txt'} and {val}"
         _from_lists(ctx, plan, root, {"train": sdir / "train.txt", "val": val})
     elif sdir is not None and (sdir / "train.csv").is_file():
         val = next((sdir / f"{v}.csv" for v in VAL_NAMES if (sdir / f"{v}.csv").is_file()), None)
         if val is None:
             raise UserError(f"Kinetics annotation CSV not found: {sdir / 'validate.csv'}")
+        plan.looked_for = (
+            f"rows of the {len(CLASSES)} Kinetics-Sounds classes in {sdir / 'train.csv'} and {val}"
+        )
         _from_csvs(ctx, plan, root, {"train": sdir / "train.csv", "val": val})
     elif sdir is not None:
         raise UserError(f"SPLITS {sdir} holds neither train.txt/val.txt nor train.csv/validate.csv")

@@ -5,7 +5,9 @@ the parent writes each shard to ``shard-NNNNNN.tar.tmp``, renames it, then write
 ``shard-NNNNNN.json``. A sidecar whose settings, planned keys and planned digest (what each
 sample's json takes from the plan: key, label, label name, extra fields; not ROOT's location)
 match marks a finished shard, which a rerun skips; a sidecar without the digest (written by
-an older version) does not.
+an older version) does not. A finished shard is converted again when the file of a clip that
+failed there changed since (another size or mtime, or present where it was missing): the
+sidecar's ``failed_files`` records them (a sidecar with failures but without it is retried).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
     """Worker: one item -> {"key", "members" | None, "failure" | None, "stats" | None}."""
     item: Item = task["item"]
     result: dict[str, Any] = {"key": item.key, "members": None, "failure": None, "stats": None}
+    result["file_state"] = file_state(item.path)  # before reading: later changes show
     try:
         settings = EncodeSettings(**task["settings"])
         conv = convert(item.path, settings, task["want_video"], task["require_video"])
@@ -47,6 +50,7 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
         reason = f"unexpected {err.__class__.__name__}: {err}"
         result["failure"] = {"key": item.key, "path": str(item.path), "reason": reason}
         return result
+    result["streams"] = {"video": conv.meta["has_video"], "audio": conv.meta["has_audio"]}
     meta = {
         "id": item.key,
         "source": task["dataset"],
@@ -72,6 +76,15 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
         acc.add_wave(conv.wave, FbankConfig(sample_rate=settings.sample_rate))
         result["stats"] = acc.to_dict()
     return result
+
+
+def file_state(path: Path) -> list[int] | None:
+    """``[size, mtime_ns]`` of ``path``, or None when it cannot be read (missing)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _init_worker() -> None:
@@ -130,6 +143,28 @@ def _is_finished(side: dict | None, items: list[Item], prep: dict, shard_dir: Pa
     return side.get("num_samples") == 0 or (shard_dir.parent / side["file"]).is_file()
 
 
+def failed_files_unchanged(side: dict, items: list[Item]) -> bool:
+    """Whether every clip that failed in a finished shard still has the file it had then.
+
+    The sidecar's ``failed_files`` maps each failed key to ``[size, mtime_ns]`` of its file
+    (None where it was missing); another value now means the file was repaired or replaced
+    (or appeared), so the shard is converted again. A permanently broken file keeps its state
+    and its shard is reused. A sidecar with failures but no ``failed_files`` (an older
+    version) cannot tell and counts as changed.
+    """
+    failed = [f["key"] for f in side.get("failures") or []]
+    if not failed:
+        return True
+    recorded = side.get("failed_files")
+    if not isinstance(recorded, dict):
+        return False
+    paths = {it.key: it.path for it in items}
+    return all(
+        key in recorded and key in paths and file_state(paths[key]) == recorded[key]
+        for key in failed
+    )
+
+
 def read_sidecar(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -143,14 +178,18 @@ def _write_shard(
     name = SHARD_NAME.format(index)
     writer = ShardWriter(shard_dir / f"{name}.tar")
     keys, failures, stats = [], [], FbankStats()
+    failed_files, streams = {}, {"video": 0, "audio": 0}
     try:
         for _ in items:
             res = next(results)
             if res["members"] is not None:
                 writer.add(res["key"], res["members"])
                 keys.append(res["key"])
+                for modality, present in res["streams"].items():
+                    streams[modality] += int(present)
             else:
                 failures.append(res["failure"])
+                failed_files[res["key"]] = res["file_state"]
             if res["stats"] is not None:
                 stats.merge(res["stats"])
             bar.update(1)
@@ -167,6 +206,9 @@ def _write_shard(
         "num_samples": len(keys),
         "keys": keys,
         "failures": failures,
+        "failed_files": failed_files,
+        "num_with_video": streams["video"],
+        "num_with_audio": streams["audio"],
         "planned": [it.key for it in items],
         "planned_digest": planned_digest(items),
         "prep": prep,
@@ -185,6 +227,32 @@ def _clean_stale(shard_dir: Path, num_shards: int) -> None:
             path.unlink(missing_ok=True)
 
 
+def _finished_shards(
+    shards: list[list[Item]], shard_dir: Path, prep: dict, log: Callable[[str], None]
+) -> tuple[list[dict | None], list[int]]:
+    """The sidecars of finished shards (None for the others) and the indices to convert.
+
+    A shard that :func:`_is_finished` accepts is converted again when a file of a clip that
+    failed there changed (:func:`failed_files_unchanged`); both counts are logged.
+    """
+    sidecars: list[dict | None] = []
+    pending, retried = [], 0
+    for i, items in enumerate(shards):
+        side = read_sidecar(shard_dir / f"{SHARD_NAME.format(i)}.json")
+        done = _is_finished(side, items, prep, shard_dir)
+        if done and side is not None and not failed_files_unchanged(side, items):
+            done, retried = False, retried + 1
+        sidecars.append(side if done else None)
+        if not done:
+            pending.append(i)
+    skipped = len(shards) - len(pending)
+    if skipped:
+        log(f"skipping {skipped} of {len(shards)} shards finished by an earlier run")
+    if retried:
+        log(f"converting again {retried} finished shard(s): a file that failed there changed")
+    return sidecars, pending
+
+
 def run_shards(
     shards: list[list[Item]],
     shard_dir: Path,
@@ -199,17 +267,7 @@ def run_shards(
 
     shard_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(shard_dir, len(shards))
-    sidecars: list[dict | None] = []
-    pending = []
-    for i, items in enumerate(shards):
-        side = read_sidecar(shard_dir / f"{SHARD_NAME.format(i)}.json")
-        done = _is_finished(side, items, prep, shard_dir)
-        sidecars.append(side if done else None)
-        if not done:
-            pending.append(i)
-    skipped = len(shards) - len(pending)
-    if skipped:
-        log(f"skipping {skipped} of {len(shards)} shards finished by an earlier run")
+    sidecars, pending = _finished_shards(shards, shard_dir, prep, log)
     total = sum(len(shards[i]) for i in pending)
     tasks = (make_task(item) for i in pending for item in shards[i])
     results = ordered_map(convert_item, tasks, workers)

@@ -60,6 +60,7 @@ def collect_ucf_layout(ctx: Context, dataset: str, root: Path, split_dir: Path |
     classes = read_class_index(need_file(split_dir / "classInd.txt", "UCF101 class index"))
     class_ids = {name: i for i, name in enumerate(classes)}
     plan = Plan(dataset=dataset, classes=classes)
+    plan.looked_for = f"the clips listed in {split_dir}/trainlist0k.txt and testlist0k.txt"
     for k in (1, 2, 3):
         for kind in ("train", "test"):
             list_path = need_file(split_dir / f"{kind}list0{k}.txt", "UCF101 split file")

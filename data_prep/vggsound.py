@@ -66,6 +66,7 @@ def collect(ctx: Context) -> Plan:
     classes = sorted({label for _, _, label, _ in rows})
     class_ids = {name: i for i, name in enumerate(classes)}
     plan = Plan(dataset=ctx.dataset, classes=classes, splits={"train": [], "test": []})
+    plan.looked_for = f"the clips listed in {path} (files named {pattern}.*)"
     if len(classes) != 309:
         plan.notes.append(f"{path.name} lists {len(classes)} classes (full VGGSound: 309)")
     index = index_media(root)

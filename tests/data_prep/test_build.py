@@ -118,6 +118,15 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
         ("max_failures_over_1", "--max-failures must be a fraction within [0, 1], got 5.0"),
         ("zero_max_fps", "--max-fps must be > 0, got 0.0"),
         ("small_short_side", "--short-side must be >= 2, got 1"),
+        (
+            "bad_preset",
+            "--preset must be one of x264's presets (ultrafast superfast veryfast "
+            "faster fast medium slow slower veryslow placebo), got 'nope'",
+        ),
+        ("negative_crf", "--crf must be within 0..51 (x264's range), got -5"),
+        ("crf_over_51", "--crf must be within 0..51 (x264's range), got 99"),
+        ("zero_stats_clips", "--stats-clips must be >= 1, got 0"),
+        ("negative_stats_clips", "--stats-clips must be >= 1, got -1"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
@@ -139,6 +148,11 @@ def test_user_errors_exit_2(tmp_path, media, capsys, case, message):
         "max_failures_over_1": ["--dataset", "folder", "--root", str(root), "--max-failures", "5"],
         "zero_max_fps": ["--dataset", "folder", "--root", str(root), "--max-fps", "0"],
         "small_short_side": ["--dataset", "folder", "--root", str(root), "--short-side", "1"],
+        "bad_preset": ["--dataset", "folder", "--root", str(root), "--preset", "nope"],
+        "negative_crf": ["--dataset", "folder", "--root", str(root), "--crf", "-5"],
+        "crf_over_51": ["--dataset", "folder", "--root", str(root), "--crf", "99"],
+        "zero_stats_clips": ["--dataset", "folder", "--root", str(root), "--stats-clips", "0"],
+        "negative_stats_clips": ["--dataset", "folder", "--root", str(root), "--stats-clips=-1"],
     }[case]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

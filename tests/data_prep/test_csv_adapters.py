@@ -126,6 +126,26 @@ def test_audioset_explicit_pattern_end_to_end(tmp_path, media):
         prepare_dataset("audioset", root, meta, tmp_path / "o2", pattern="{nope}", progress=False)
 
 
+def test_audioset_no_known_file_name_pattern_is_user_error(tmp_path, media):
+    root = tmp_path / "as"
+    meta = make_audioset(root, media, "clip-{ytid}-{start}.mp4")
+    with pytest.raises(UserError) as info:
+        collect_audioset(Context("audioset", root, meta, tmp_path / "out"))
+    assert str(info.value) == (
+        f"no known file-name pattern matched the files in ROOT {root} (e.g. "
+        "clip---PJHxphWEs-30.mp4; tried {ytid}_{start_int} {ytid}_{start:.3f} "
+        "{ytid}_{start_int}_{end_int} {ytid}_{start:.3f}_{end:.3f} {ytid}_{start_int:06d} "
+        "{ytid}_{start_ms}_{end_ms} {ytid} Y{ytid}); pass --pattern (syntax in "
+        "data_prep/README.md)"
+    )
+    plan = collect_audioset(
+        Context(
+            "audioset", root, meta, tmp_path / "out", options={"pattern": "clip-{ytid}-{start_int}"}
+        )
+    )
+    assert len(plan.items) == 3 and len(plan.failures) == 1  # zz_missing_ only
+
+
 def test_audioset_unknown_mid_is_user_error(tmp_path, media):
     root = tmp_path / "as"
     meta = make_audioset(root, media, "{ytid}.mp4")

@@ -106,6 +106,55 @@ def test_sidecar_without_plan_digest_is_unfinished(tmp_path, media, capsys):
     assert "planned_digest" in json.loads(side_path.read_text())
 
 
+def test_rerun_retries_a_failed_clip_only_when_its_file_changed(tmp_path, media, capsys):
+    """A clip repaired in place is converted by the next run; one still broken is not."""
+    root = _tree(tmp_path / "root", media["mono"], {"birds": 2})
+    bad = place(media["truncated"], root / "birds" / "birds9.mp4")
+    out = tmp_path / "out"
+    argv = [*_argv(root, out, "classes"), "--max-failures", "1"]
+    assert main(argv) == 0
+    side = json.loads((out / "shards" / "shard-000000.json").read_text())
+    state = [bad.stat().st_size, bad.stat().st_mtime_ns]
+    assert side["failed_files"] == {"folder/birds/birds9": state}
+    capsys.readouterr()
+    assert main(argv) == 0  # a permanently broken file does not re-encode its shard
+    captured = capsys.readouterr()
+    assert "skipping 1 of 1 shards" in captured.err and "failed 1 " in captured.out
+    place(media["long"], bad)  # a good copy put back
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "skipping" not in captured.err and "converted 3, failed 0 " in captured.out
+    assert "converting again 1 finished shard(s)" in captured.err
+    assert sample_json(read_shards(out), "folder/birds/birds9")["num_frames"] == 100
+    assert json.loads((out / "shards" / "shard-000000.json").read_text())["failed_files"] == {}
+
+
+@pytest.mark.parametrize("sidecar", ["file_was_missing", "older_version"])
+def test_rerun_retries_failures_the_sidecar_cannot_vouch_for(tmp_path, media, capsys, sidecar):
+    """A failed clip recorded as missing whose file exists now, or a sidecar without
+    ``failed_files``: converted again once, then reused while the file stays the same."""
+    root = _tree(tmp_path / "root", media["mono"], {"birds": 1})
+    place(media["zero"], root / "birds" / "empty.mp4")
+    out = tmp_path / "out"
+    argv = [*_argv(root, out, "flat"), "--max-failures", "1"]
+    assert main(argv) == 0
+    side_path = out / "shards" / "shard-000000.json"
+    side = json.loads(side_path.read_text())
+    if sidecar == "file_was_missing":
+        side["failed_files"]["folder/birds/empty"] = None
+    else:
+        del side["failed_files"]
+    side_path.write_text(json.dumps(side))
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "converting again 1 finished shard(s)" in captured.err and "failed 1 " in captured.out
+    mtime = (root / "birds" / "empty.mp4").stat().st_mtime_ns
+    assert json.loads(side_path.read_text())["failed_files"] == {"folder/birds/empty": [0, mtime]}
+    assert main(argv) == 0
+    assert "skipping 1 of 1 shards" in capsys.readouterr().err
+
+
 def _collect(root: Path, **options) -> dict[str, list[str]]:
     return collect(Context("folder", root, None, root.parent / "out", options=options)).splits
 
