@@ -58,7 +58,7 @@ pretrain: $(STAMP)
 	$(PY) -m avssl.cli pretrain --recipe "$(RECIPE)" --data "$(DATA)" --resume "$(RESUME)" -- $(ARGS)
 
 export: $(STAMP)
-	$(PY) -m avssl.cli export --ckpt "$(CKPT)" --out "$(OUT)" $(if $(ONNX),--onnx,)
+	$(PY) -m avssl.cli export --ckpt "$(CKPT)" --out "$(OUT)" $(if $(filter 1 yes true,$(ONNX)),--onnx,)
 
 eval: $(STAMP)
 	$(PY) -m avssl.cli eval --protocol "$(EVAL)" --encoder "$(ENCODER)" --data "$(DATA)" \
