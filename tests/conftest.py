@@ -1,4 +1,5 @@
-"""Suite-wide pytest settings: GPU tests are skipped on machines without CUDA."""
+"""Suite-wide pytest settings (GPU tests are skipped on machines without CUDA) and the tiny
+synthetic shards the command-line tests share."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import torch
 # Keep tests from oversubscribing the (small) CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory):
+    """Synthetic shards, 3 classes x 4 clips, built once per session (test_recipes.py)."""
+    from test_recipes import build_tiny_shards
+
+    return build_tiny_shards(tmp_path_factory.getbasetemp())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

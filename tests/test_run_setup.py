@@ -4,21 +4,15 @@ waiting for rank 0's synthetic set, and ``trainer.precision: null`` resolution."
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import RECIPES, build_tiny_shards, debug_args
+from test_recipes import RECIPES, debug_args
 
 from avssl import cli, train
 from avssl.cli import UserError
 
 RUN_ENV = ("AVSSL_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK")
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_shards(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_recipes import build_tiny_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "supervised_video.py"
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_shards(tmp_path_factory.getbasetemp())
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

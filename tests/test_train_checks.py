@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import RECIPES, build_tiny_shards, debug_args
+from test_recipes import RECIPES, debug_args
 
 from avssl import cli
 from avssl.data.datamodule import AVDataModule
 from avssl.data.shards import DataSource
 from tests.data_prep.prep_helpers import write_clip
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_shards(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import RECIPES, build_tiny_shards, debug_args
+from test_recipes import RECIPES, debug_args
 
 from avssl import cli
 from avssl.objectives.base import AVObjective
 from avssl.train import pretrain_main
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_shards(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)
