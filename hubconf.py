@@ -6,14 +6,14 @@ Load an exported encoder bundle (``avssl export``) from a local checkout::
     enc = torch.hub.load("/path/to/avssl", "load_encoder", path="encoders/mavil", source="local")
     enc.video, enc.audio, enc.preprocessing   # frozen encoders (eval mode) + their settings
 
-Only torch and safetensors are needed to load a bundle. When avssl is not installed in the
-environment, the checkout's ``src/`` folder is used (torch.hub imports this file by path, so
-this is the one place that puts ``src`` on ``sys.path``).
+Only torch and safetensors are needed to load a bundle. The code of the checkout given to
+``torch.hub.load`` is used, also when another avssl is installed in the environment (torch.hub
+imports this file by path, so this is the one place that puts ``src`` on ``sys.path``); an
+avssl already imported in the process is kept.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -21,8 +21,9 @@ dependencies = ["torch", "safetensors"]
 
 
 def _avssl_export():
-    if importlib.util.find_spec("avssl") is None:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+    if "avssl" not in sys.modules and os.path.isdir(os.path.join(src, "avssl")):
+        sys.path.insert(0, src)  # this checkout's avssl, before any installed one
     from avssl import export
 
     return export

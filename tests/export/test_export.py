@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -198,6 +199,25 @@ def test_torch_hub_local(save_fake, tmp_path):
     cmd = [sys.executable, "-S", "-c", HUB_WITHOUT_INSTALL, str(REPO), str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert "HUB EncoderBundle 192" in res.stdout, res.stderr[-2000:]
+
+
+HUB_OTHER_CHECKOUT = """
+import sys, torch
+bundle = torch.hub.load(sys.argv[1], "load_encoder", path=sys.argv[2], source="local")
+print("AVSSL", sys.modules["avssl"].__file__)
+"""
+
+
+def test_torch_hub_uses_the_checkout_it_is_given(save_fake, tmp_path):
+    """avssl is installed (this checkout); hub.load of another checkout uses that one's code."""
+    _, ckpt = save_fake("TwoTower")
+    export.export_checkpoint(ckpt, tmp_path / "b")
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "src", other / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(REPO / "hubconf.py", other / "hubconf.py")
+    cmd = [sys.executable, "-c", HUB_OTHER_CHECKOUT, str(other), str(tmp_path / "b")]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert f"AVSSL {other / 'src' / 'avssl' / '__init__.py'}" in res.stdout, res.stderr[-2000:]
 
 
 @pytest.mark.parametrize("shape", ["missing_weights", "bad_json", "not_a_bundle"])
