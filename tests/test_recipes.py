@@ -130,6 +130,10 @@ def test_recipe_runs_with_debug_sizes(recipe, tiny_shards, tmp_path):
     assert ckpt["avssl"]["recipe"] == recipe
     assert ckpt["avssl"]["objective"].startswith("avssl.objectives.")
     assert ckpt["avssl"]["data"]["crop_size"] == 64  # debug.yaml
+    # what pretraining read, for evaluations to tell when their test clips were seen
+    assert ckpt["avssl"]["train_data"] == {
+        "path": str(tiny_shards), "dataset": "synthetic", "split": "train1"
+    }  # fmt: skip
     assert ckpt["hyper_parameters"]["size"] == "tiny"
 
 

@@ -184,6 +184,7 @@ def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
         "exported_with": avssl.__version__,
         "format_version": FORMAT_VERSION,
         "encoder": {"which": exported.get("which"), "note": exported.get("note", "")},
+        "train_data": meta.get("train_data"),
         "shared_backbone": shared,
         "checkpoint": src.name,
         "checkpoint_sha256": _sha256(src),

@@ -241,6 +241,40 @@ def test_train_split_too_small_for_lambda_choice(
     assert [r["lambda"] for r in rounds] == [1.0e-4] * 3
 
 
+def test_test_clips_seen_in_pretraining_are_noted(synthetic_data):
+    """An encoder pretrained on the same dataset: each test split that shares clips with its
+    pretraining split gets a note with the count (UCF101's train1 holds test2 and test3)."""
+    from types import SimpleNamespace
+
+    from avssl.data.shards import resolve
+    from avssl.evaluators.evaluate import seen_in_pretraining
+    from avssl.evaluators.protocols import load_protocol
+    from avssl.evaluators.run import split_keys
+
+    source, p = resolve(synthetic_data), load_protocol("synthetic_linear")
+    keys = split_keys(source, p)
+
+    def notes(**train_data) -> list[str]:
+        bundle = SimpleNamespace(provenance={"train_data": train_data} if train_data else {})
+        return seen_in_pretraining(p, bundle, source, keys)
+
+    train1 = set(keys["train1"])
+    overlap = {t: sum(k in train1 for k in keys[t]) for t in ("test1", "test2", "test3")}
+    assert overlap["test1"] == 0 and sum(overlap.values()) > 0  # split 1 is held out
+    want = [
+        f"{t}: {n} of {len(keys[t])} test clips were in the encoder's pretraining data "
+        f"(synthetic split train1, unlabelled); results on {t} are not held out from pretraining"
+        for t, n in overlap.items()
+        if n
+    ]
+    assert notes(dataset="synthetic", split="train1", path="x") == want
+    every = notes(dataset="synthetic", split=None, path="x")  # pretrained on every sample
+    assert [n.split(":")[0] for n in every] == ["test1", "test2", "test3"]
+    assert notes(dataset="ucf101", split="train1", path="x") == []  # another dataset
+    assert notes() == []  # a bundle that does not record it
+    assert "not checked" in notes(dataset="synthetic", split="nosuch", path="x")[0]
+
+
 def test_default_output_folder(
     synthetic_data, tiny_bundle, cache_dir, tmp_path, monkeypatch, capsys
 ):

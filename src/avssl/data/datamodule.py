@@ -324,6 +324,16 @@ class AVDataModule(pl.LightningDataModule):
             "fbank": self.fbank.to_dict(),
         }
 
+    def training_data(self) -> dict:
+        """What pretraining read (kept in checkpoints and bundles): the data, its dataset and
+        the training split (None: every sample), so that an evaluation can tell when its test
+        clips were seen, unlabelled, in pretraining."""
+        return {
+            "path": str(self.hp.data),
+            "dataset": self.source.manifest.get("dataset"),
+            "split": self.hp.train_split,
+        }
+
     def table(self, split: str | None) -> SplitTable:
         """The samples of ``split`` per shard (cached)."""
         if split not in self._tables:

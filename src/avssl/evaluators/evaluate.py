@@ -67,7 +67,35 @@ def evaluate(
     )
     results.update(rounds=rounds, summary=summarise(rounds), skipped=feats.skipped)
     results["notes"] = _notes(p, rounds, feats, source)
+    results["notes"] += seen_in_pretraining(p, bundle, source, keys)
     return results
+
+
+def seen_in_pretraining(p: Protocol, bundle, source, keys: dict[str, list[str]]) -> list[str]:
+    """Notes on test splits whose clips the encoder saw (unlabelled) in pretraining: its
+    bundle records the pretraining dataset and split, and the data here is the same dataset
+    (e.g. pretrained on UCF101's train1, which holds the test clips of splits 2 and 3)."""
+    seen = (bundle.provenance or {}).get("train_data") or {}
+    dataset = source.manifest.get("dataset")
+    if not seen or seen.get("dataset") != dataset or dataset is None:
+        return []
+    try:
+        listed = source.split_keys(seen.get("split"))
+    except FileNotFoundError:
+        return [f"the encoder was pretrained on {dataset} split {seen.get('split')!r}, which "
+                "this data does not have: overlap with the test splits not checked"]  # fmt: skip
+    pretrained = None if listed is None else set(listed)
+    notes = []
+    for test in dict.fromkeys(pair.test for pair in p.splits):
+        test_keys = keys[test]
+        n = len(test_keys) if pretrained is None else sum(k in pretrained for k in test_keys)
+        if n:
+            notes.append(
+                f"{test}: {n} of {len(test_keys)} test clips were in the encoder's pretraining "
+                f"data ({dataset} split {seen.get('split') or 'all'}, unlabelled); results on "
+                f"{test} are not held out from pretraining"
+            )
+    return notes
 
 
 def _header(p: Protocol, bundle, data: str, source, name: str, num_classes: int) -> dict:

@@ -275,6 +275,8 @@ class AVObjective(pl.LightningModule):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "preprocessing"):
             info["data"] = dm.preprocessing()
+        if dm is not None and hasattr(dm, "training_data"):
+            info["train_data"] = dm.training_data()
         checkpoint["avssl"] = info
         checkpoint["avssl_state"] = {
             "nonfinite_total": self.nonfinite_total,
