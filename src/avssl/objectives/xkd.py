@@ -13,8 +13,9 @@ The modality-agnostic variant (``shared_backbone: true``) shares the transformer
 norm of the audio and video students (patch embeddings, decoders and heads stay per modality).
 
 Not implemented: the reference code's attention-based re-weighting of the teacher's tokens
-before pooling, its teacher-side MMD term (it carries no gradient, so it only changes the logged
-value), and multi-crop local views.
+before pooling, its teacher-side MMD term (here the alignment term is the students' MMD alone,
+weight 1/7), its gradient clipping, and multi-crop local views. ``align: coral`` is Deep CORAL
+(covariances only).
 """
 
 from __future__ import annotations
