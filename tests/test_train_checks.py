@@ -58,7 +58,9 @@ def test_resuming_with_other_model_options_is_refused(shards, tmp_path, capsys):
     would change one is refused instead of being dropped."""
     from avssl.train_checks import check_resume, model_options
 
-    ckpt = _fake_checkpoint(tmp_path / "m.ckpt", "mavil.MAViL", "mavil", depth=2, lr=None)
+    ckpt = _fake_checkpoint(
+        tmp_path / "m.ckpt", "mavil.MAViL", "mavil", depth=2, lr=None, betas=(0.9, 0.95)
+    )
     runs = tmp_path / "runs"
     args = _pretrain_args(shards, runs, "--resume", str(ckpt)) + ["--model.init_args.depth", "3"]
     assert _error(capsys, args).endswith(
@@ -66,7 +68,8 @@ def test_resuming_with_other_model_options_is_refused(shards, tmp_path, capsys):
         f"(depth=2 in {ckpt}); start a new run to change it"
     )
     assert not runs.exists()
-    check_resume(str(ckpt), "mavil", ["--model.init_args.depth=2", "--model.lr", "null"])  # same
+    same = ["--model.init_args.depth=2", "--model.lr", "null", "--model.betas=[0.9, 0.95]"]
+    check_resume(str(ckpt), "mavil", same)  # the checkpoint's own settings pass
     with pytest.raises(cli.UserError, match=r"--model.init_args.lr 0.5: .*\(lr=None in "):
         check_resume(str(ckpt), "mavil", ["--model.lr=0.5"])
     args = ["--model.init_args.depth=4", "--model.lr", "1e-3", "--trainer.x", "1"]

@@ -42,11 +42,18 @@ def check_resume(path: str | None, recipe: str | None, args: Sequence[str] = ())
         )
     hp = ckpt.get("hyper_parameters") or {}
     for name, value in model_options(list(args)).items():
-        if name in hp and value != hp[name]:
+        if name in hp and _plain(value) != _plain(hp[name]):
             raise UserError(
                 f"--model.init_args.{name} {value!r}: a resumed run keeps its checkpoint's model "
                 f"settings ({name}={hp[name]!r} in {path}); start a new run to change it"
             )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a checkpoint keeps ``betas=(0.9, 0.95)``, YAML gives a list)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def model_options(args: list[str]) -> dict[str, Any]:
