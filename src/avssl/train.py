@@ -31,7 +31,7 @@ from pytorch_lightning.cli import LightningCLI
 from avssl.callbacks import ImageLogger, ThroughputMonitor
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
-from avssl.train_checks import check_resume
+from avssl.train_checks import check_data_modalities, check_resume
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_RECIPES = ("_base", "debug", "demo")  # overlays, not recipes
@@ -161,8 +161,6 @@ class AVSSLCLI(LightningCLI):
     def before_fit(self) -> None:
         """Checks the run folder, the resumed checkpoint, the objective's inputs, splits and
         shards before training starts (one-line errors)."""
-        from avssl.train_checks import check_data_modalities
-
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self._check_fresh_checkpoint_dir()
         if isinstance(self.model, AVObjective):
