@@ -1,14 +1,17 @@
 """Frozen encoder bundles: ``avssl export`` (checkpoint -> bundle) and ``avssl.load_encoder``.
 
 A bundle is a folder (DESIGN section 3) holding ``audio_encoder.safetensors``,
-``video_encoder.safetensors`` (either may be absent) and ``config.json``::
+``video_encoder.safetensors`` (either may be absent) and ``config.json``, and, when the objective
+trained a shared audio-video space, ``audio_head.safetensors`` + ``video_head.safetensors``::
 
     {"format": "avssl-encoder-bundle", "format_version": 1,
      "audio": encoder config | null, "video": encoder config | null,
      "preprocessing": AVDataModule.preprocessing() layout: frames, fps/stride, crop, video
                       mean/std, "fbank": settings + stats (see avssl.export_preproc),
      "provenance": {"objective", "recipe", "step", "epoch", "avssl_version",
-                    "encoder": {"which", "note"}, ...}}
+                    "encoder": {"which", "note"}, ...},
+     "heads": {"audio": layer list, "video": layer list, "space": term, "dim": P}  (optional;
+              see avssl.heads: clip embedding [D] -> shared space [P])}
 
 Nothing in a bundle or a checkpoint is unpickled: checkpoints are read with
 ``torch.load(weights_only=True)`` and weights with safetensors. Loading a bundle imports torch,
@@ -43,6 +46,11 @@ def weights_file(modality: str) -> str:
     return f"{modality}_encoder.safetensors"
 
 
+def head_file(modality: str) -> str:
+    """File name of one modality's projection-head weights inside a bundle."""
+    return f"{modality}_head.safetensors"
+
+
 def _embed_dim(enc: Any) -> int | None:
     return None if enc is None else int(enc.embed_dim)
 
@@ -56,12 +64,15 @@ class EncoderBundle:
         video: video encoder (eval mode, no gradients) or None.
         config: the bundle's ``config.json`` content.
         path: where it was loaded from (a bundle folder or a checkpoint), or None.
+        heads: ``{"audio": head, "video": head}`` mapping clip embeddings into the shared space
+            the objective's audio-video term trained (eval mode), or None (see ``project``).
     """
 
     audio: nn.Module | None
     video: nn.Module | None
     config: dict
     path: str | None = None
+    heads: dict[str, nn.Module] | None = None
 
     @property
     def preprocessing(self) -> dict:
@@ -78,24 +89,52 @@ class EncoderBundle:
         """Embedding size D per modality (None where the bundle has no such encoder)."""
         return {m: _embed_dim(e) for m, e in self.encoders().items()}
 
+    @property
+    def shared_space(self) -> str | None:
+        """The objective term whose space the heads project into, or None without heads."""
+        return None if self.heads is None else str(self.config["heads"].get("space", "shared"))
+
     def encoders(self) -> dict[str, nn.Module | None]:
         """``{"audio": encoder | None, "video": encoder | None}``."""
         return {"audio": self.audio, "video": self.video}
 
+    def no_heads(self) -> UserError:
+        """The error for asking a bundle without heads for the shared space."""
+        return UserError(
+            f"encoder bundle {self.path} has no projection heads: its objective trained no "
+            "shared audio-video space (or it was exported before bundles held heads)"
+        )
+
+    def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Clip embeddings ``[..., D]`` of ``modality`` -> the shared audio-video space
+        ``[..., P]`` (the bundle's projection heads).
+
+        Raises:
+            UserError: the bundle has no heads (its objective trained no shared space).
+        """
+        if self.heads is None:
+            raise self.no_heads()
+        head = self.heads[modality]
+        p = next(head.parameters())
+        with torch.inference_mode():
+            flat = x.reshape(-1, x.shape[-1]).to(p.device, p.dtype)
+            return head(flat).reshape(*x.shape[:-1], -1)
+
     def to(self, device: torch.device | str) -> EncoderBundle:
-        """Moves the encoders to ``device`` in place and returns the bundle."""
-        for enc in self.encoders().values():
-            if enc is not None:
-                enc.to(device)
+        """Moves the encoders (and heads) to ``device`` in place and returns the bundle."""
+        for mod in [*self.encoders().values(), *(self.heads or {}).values()]:
+            if mod is not None:
+                mod.to(device)
         return self
 
     def __repr__(self) -> str:
         prov = self.provenance
         parts = [f"{m}=D{d}" for m, d in self.embed_dim.items() if d is not None]
         which = prov.get("encoder", {}).get("which", "?")
+        heads = "" if self.heads is None else f", heads=P{self.config['heads'].get('dim')}"
         return (
             f"EncoderBundle({', '.join(parts)}, objective={prov.get('objective')}, "
-            f"which={which}, step={prov.get('step')}, path={self.path})"
+            f"which={which}, step={prov.get('step')}{heads}, path={self.path})"
         )
 
 
@@ -104,7 +143,8 @@ def assemble(config: dict, state_dicts: dict[str, dict[str, torch.Tensor]], path
 
     Args:
         config: bundle config (``config.json`` content).
-        state_dicts: modality -> weights for each modality whose config is not None.
+        state_dicts: modality -> weights for each modality whose config is not None, and
+            ``"<modality>_head"`` -> head weights when the config lists heads.
         path: source, for messages and ``EncoderBundle.path``.
 
     Returns:
@@ -128,7 +168,10 @@ def assemble(config: dict, state_dicts: dict[str, dict[str, torch.Tensor]], path
         enc.eval().requires_grad_(False)
         encoders[modality] = enc
     path_str = None if path is None else str(path)
-    return EncoderBundle(encoders["audio"], encoders["video"], config, path_str)
+    from avssl.heads import assemble_heads
+
+    heads = assemble_heads(config, state_dicts, path)
+    return EncoderBundle(encoders["audio"], encoders["video"], config, path_str, heads)
 
 
 def check_config(config: Any, path: Path) -> dict:
@@ -147,6 +190,10 @@ def check_config(config: Any, path: Path) -> dict:
         raise UserError(f"{path}: bundle has neither an audio nor a video encoder")
     if not isinstance(config.get("preprocessing"), dict):
         raise UserError(f"{path}: bundle config.json has no 'preprocessing' section")
+    if config.get("heads") is not None:
+        from avssl.heads import check_heads_config
+
+        check_heads_config(config, path)
     return config
 
 
@@ -162,15 +209,17 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{cfg_path}: not valid JSON ({err})") from err
     check_config(config, folder)
+    files = {m: weights_file(m) for m in MODALITIES if config.get(m) is not None}
+    if config.get("heads") is not None:
+        files.update({f"{m}_head": head_file(m) for m in MODALITIES})
     state_dicts = {}
-    for modality in MODALITIES:
-        if config.get(modality) is None:
-            continue
-        wpath = folder / weights_file(modality)
+    for name, file in files.items():
+        wpath = folder / file
         if not wpath.is_file():
-            raise UserError(f"{wpath}: missing (config.json lists a {modality} encoder)")
+            what = "head" if name.endswith("_head") else "encoder"
+            raise UserError(f"{wpath}: missing (config.json lists a {name.split('_')[0]} {what})")
         try:
-            state_dicts[modality] = load_file(str(wpath), device="cpu")
+            state_dicts[name] = load_file(str(wpath), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise UserError(f"{wpath}: not a readable safetensors file ({err})") from err
     return assemble(config, state_dicts, folder)
@@ -209,8 +258,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     return bundle.to(device)
 
 
-def embed(path_or_bundle: Any, media_file: str | Path, num_clips: int = 1) -> dict:
-    """Embeds a raw video or audio file with a bundle's own preprocessing.
+def embed(
+    path_or_bundle: Any, media_file: str | Path, num_clips: int = 1, space: str = "backbone"
+) -> dict:
+    """Embeds a raw video or audio file with a bundle's own preprocessing; ``space="shared"``
+    projects each clip into the bundle's shared audio-video space (its projection heads).
 
     See ``avssl.export_preproc.embed`` (this wrapper keeps ``avssl.embed`` importable lazily).
     """
@@ -219,7 +271,7 @@ def embed(path_or_bundle: Any, media_file: str | Path, num_clips: int = 1) -> di
     bundle = path_or_bundle
     if not isinstance(bundle, EncoderBundle):
         bundle = load_encoder(path_or_bundle)
-    return _embed(bundle, media_file, num_clips=num_clips)
+    return _embed(bundle, media_file, num_clips=num_clips, space=space)
 
 
 def export_checkpoint(
@@ -249,13 +301,13 @@ def _export(
     config, state_dicts = bundle_from_checkpoint(ckpt, ckpt_path, random_init)
     written = write_bundle(out, config, state_dicts)
     bundle = load_encoder(out)  # round trip: proves build_encoder(config) + weights reload
-    for modality, enc in bundle.encoders().items():
-        if enc is None:
-            continue
-        reloaded = enc.state_dict()
-        for key, value in state_dicts[modality].items():
+    modules = {m: e for m, e in bundle.encoders().items() if e is not None}
+    modules.update({f"{m}_head": h for m, h in (bundle.heads or {}).items()})
+    for name, mod in modules.items():
+        reloaded = mod.state_dict()
+        for key, value in state_dicts[name].items():
             if not torch.equal(reloaded[key], value):
-                raise RuntimeError(f"{out}: {modality} weight {key} changed on reload")
+                raise RuntimeError(f"{out}: {name} weight {key} changed on reload")
     if onnx:
         from avssl.export_onnx import export_onnx
 
@@ -266,6 +318,9 @@ def _export(
 def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
     n = path.stat().st_size
     size = f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
+    if bundle is not None and bundle.heads is not None and path.name.endswith("_head.safetensors"):
+        heads = bundle.config["heads"]
+        return f"{path} (projection into the {heads['space']} space, P={heads['dim']}, {size})"
     if bundle is None or not path.name.endswith("_encoder.safetensors"):
         return f"{path} ({size})"
     modality = path.name.split("_")[0]

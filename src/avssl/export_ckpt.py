@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from avssl.cli import UserError
-from avssl.export import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODALITIES, weights_file
+from avssl.export import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODALITIES, head_file, weights_file
 from avssl.export_preproc import preprocessing_from_data
 
 _OBJECTIVE_NAME = re.compile(r"avssl\.objectives(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -197,9 +197,11 @@ def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
 def bundle_from_checkpoint(
     ckpt: dict, src: Path, random_init: bool = False
 ) -> tuple[dict, dict[str, dict]]:
-    """Checkpoint -> (bundle config, modality -> encoder state_dict).
+    """Checkpoint -> (bundle config, modality -> encoder state_dict, plus
+    ``"<modality>_head"`` -> head weights when the objective has a shared space).
 
-    Uses only the objective's ``export_encoders()``: ``{"audio", "video", "which", "note"}``.
+    Uses only the objective's ``export_encoders()``: ``{"audio", "video", "which", "note"}``,
+    and ``export_heads()`` (None, or ``{"audio", "video", "space"}``; :mod:`avssl.heads`).
     A backbone shared by both modalities is written for both (``shared_backbone: true``).
     """
     objective, missing = rebuild_objective(ckpt, src, random_init)
@@ -225,7 +227,29 @@ def bundle_from_checkpoint(
     state_dicts = {
         m: {k: v.detach().cpu() for k, v in e.state_dict().items()} for m, e in modules.items()
     }
+    heads = objective.export_heads() if len(modules) == 2 else None
+    if heads is not None:
+        config["heads"], head_weights = _heads(heads, objective, missing, src)
+        state_dicts.update(head_weights)
     return config, state_dicts
+
+
+def _heads(heads: dict, objective: nn.Module, missing: set[str], src: Path) -> tuple[dict, dict]:
+    """The bundle's ``"heads"`` entry and ``"<modality>_head"`` weights (:mod:`avssl.heads`)."""
+    from avssl.heads import describe_head, head_dims
+
+    _check_loaded(objective, {m: heads[m] for m in MODALITIES}, missing, src)
+    entry: dict[str, Any] = {}
+    weights = {}
+    for modality in MODALITIES:
+        try:
+            entry[modality], weights[f"{modality}_head"] = describe_head(heads[modality])
+        except ValueError as err:
+            raise UserError(f"{src}: cannot store the {modality} projection head: {err}") from None
+    entry["space"] = str(heads.get("space", "shared"))
+    entry["dim"] = head_dims(entry["audio"])[1]
+    entry["input"] = "the encoder's clip embedding (mean-pooled tokens)"
+    return entry, weights
 
 
 def _umask() -> int:
@@ -245,19 +269,21 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
         raise UserError(f"{out}: holds {what}; export the bundle into a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    files = {}
     for modality in MODALITIES:
         for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data"):
             (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
-        target = out / weights_file(modality)
-        if config.get(modality) is None:
+        files[modality] = (out / weights_file(modality), config.get(modality) is not None)
+    for modality in MODALITIES:
+        files[f"{modality}_head"] = (out / head_file(modality), config.get("heads") is not None)
+    for name, (target, wanted) in files.items():
+        if not wanted:
             target.unlink(missing_ok=True)
             continue
         # clone: safetensors refuses tensors sharing memory (tied weights)
-        tensors = {
-            k: v.detach().cpu().contiguous().clone() for k, v in state_dicts[modality].items()
-        }
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dicts[name].items()}
         tmp = target.with_suffix(".tmp")
-        meta = {"format": "pt", "avssl_format": FORMAT, "modality": modality}
+        meta = {"format": "pt", "avssl_format": FORMAT, "modality": name.split("_")[0]}
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(target)
         target.chmod(0o666 & ~_umask())  # safetensors writes 0600: others could not load it

@@ -126,19 +126,26 @@ def load_clips(media_file: str | Path, prep: dict, num_clips: int = 1, want=("au
     return {"video": item["video"], "audio": item["audio"]}
 
 
-def embed(bundle: Any, media_file: str | Path, num_clips: int = 1) -> dict:
+def embed(bundle: Any, media_file: str | Path, num_clips: int = 1, space: str = "backbone") -> dict:
     """Embeds a raw video or audio file with the bundle's encoders and preprocessing.
 
     Args:
         bundle: an ``EncoderBundle`` (``avssl.load_encoder``).
         media_file: video or audio file.
         num_clips: K clips averaged into one embedding per modality.
+        space: "backbone" (the encoders' clip embeddings, ``[D]``) or "shared" (each clip
+            through the bundle's projection heads into the audio-video space its objective
+            aligned, ``[P]``; for cross-modal search; needs a bundle with heads).
 
     Returns:
         ``{"audio": float [D_a] or None, "video": float [D_v] or None}`` (on CPU). A modality
         is None when the bundle has no encoder for it or the file has no such stream (e.g. a
         video without an audio track gives ``audio=None``, never an embedding of silence).
     """
+    if space not in ("backbone", "shared"):
+        raise UserError(f"space must be 'backbone' or 'shared', got {space!r}")
+    if space == "shared" and bundle.heads is None:
+        raise bundle.no_heads()
     want = tuple(m for m, enc in bundle.encoders().items() if enc is not None)
     clips = load_clips(media_file, bundle.preprocessing, num_clips, want)
     out: dict[str, torch.Tensor | None] = {"audio": None, "video": None}
@@ -150,5 +157,7 @@ def embed(bundle: Any, media_file: str | Path, num_clips: int = 1) -> dict:
         param = next(enc.parameters())
         with torch.inference_mode():
             feats = enc(x.to(param.device, param.dtype))  # [K, D]
-        out[modality] = feats.float().mean(dim=0).cpu()  # [D]
+            if space == "shared":
+                feats = bundle.project(modality, feats)  # [K, P]
+        out[modality] = feats.float().mean(dim=0).cpu()  # [D] or [P]
     return out

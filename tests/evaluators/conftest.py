@@ -28,8 +28,11 @@ def tiny_prep(crop: int = 32, frames: int = 4, audio_frames: int = 128) -> dict:
     }
 
 
-def write_tiny_bundle(out: Path, audio: bool = True, video: bool = True, prep=None, seed=0):
-    """A bundle folder with 1-block ViT-Tiny encoders at random initialisation."""
+def write_tiny_bundle(
+    out: Path, audio: bool = True, video: bool = True, prep=None, seed=0, heads: int = 0
+):
+    """A bundle folder with 1-block ViT-Tiny encoders at random initialisation; ``heads`` > 0
+    adds random Linear-GELU-Linear projection heads into a space that wide."""
     from safetensors.torch import save_file
 
     from avssl.models.vit import AudioViT, VideoViT
@@ -50,6 +53,17 @@ def write_tiny_bundle(out: Path, audio: bool = True, video: bool = True, prep=No
         if enc is not None:
             state = {k: t.contiguous() for k, t in enc.state_dict().items()}
             save_file(state, str(out / f"{modality}_encoder.safetensors"))
+    if heads:
+        from avssl.heads import describe_head
+
+        for modality, enc in (("audio", a), ("video", v)):
+            d = enc.embed_dim
+            mlp = torch.nn.Sequential(
+                torch.nn.Linear(d, 32), torch.nn.GELU(), torch.nn.Linear(32, heads)
+            )
+            spec, state = describe_head(mlp)
+            config.setdefault("heads", {"space": "test NCE", "dim": heads})[modality] = spec
+            save_file(state, str(out / f"{modality}_head.safetensors"))
     (out / "config.json").write_text(json.dumps(config))
     return out
 

@@ -155,6 +155,31 @@ def test_retrieval_protocols(synthetic_data, tiny_bundle, cache_dir, tmp_path):
     assert shifted != pytest.approx(want)
 
 
+def test_cross_modal_retrieval_scores_the_shared_space(synthetic_data, cache_dir, tmp_path):
+    """A bundle with projection heads is scored in their space: each clip's embedding through
+    its modality's head, then the clip mean; the report names the space. Without heads the
+    report says the backbone was scored and that chance is expected."""
+    bundle_dir = write_tiny_bundle(tmp_path / "heads", heads=16, seed=5)
+    out = tmp_path / "out"
+    assert main(_args("synthetic_av_retrieval", bundle_dir, synthetic_data, out, cache_dir)) == 0
+    (r,) = json.loads((out / "results.json").read_text())["rounds"]
+    assert r["space"].startswith("shared: the bundle's projection heads into the test NCE space")
+    bundle = load_encoder(bundle_dir)
+    te = _cached(synthetic_data, bundle_dir, cache_dir, "test1", ("audio", "video"))
+    a, v = (bundle.project(m, te.get(m, per_clip=True)).mean(dim=1) for m in ("audio", "video"))
+    assert a.shape == (3, 16)
+    want = cross_modal(a, v, (1, 5, 10))
+    assert r["metrics"] == pytest.approx(want)
+    assert "Embeddings scored: shared" in (out / "results.md").read_text()
+    # the backbone features of the same bundle give other ranks: the heads are what is scored
+    assert cross_modal(te.get("audio"), te.get("video"), (1, 5, 10)) != pytest.approx(want)
+    plain = tmp_path / "plain"
+    assert main(_args("synthetic_av_retrieval", write_tiny_bundle(tmp_path / "p", seed=5),
+                      synthetic_data, plain, cache_dir)) == 0  # fmt: skip
+    (r,) = json.loads((plain / "results.json").read_text())["rounds"]
+    assert r["space"].startswith("backbone") and "near chance" in r["space"]
+
+
 def test_cross_modal_max_items_draws_a_seeded_subset(monkeypatch):
     """``max_items``: that many pairs with both modalities, drawn with the protocol's seed (the
     same rows for the same seed), kept in split order and still paired."""

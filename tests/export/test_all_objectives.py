@@ -76,3 +76,45 @@ def test_recipe_objective_exports_exactly(recipe, tmp_path):
         with torch.no_grad():
             diff = (getattr(bundle, modality)(x[modality]) - expected[modality](x[modality])).abs()
         assert float(diff.max()) == 0.0
+
+
+HEADS = {"vatt", "avid", "mavil", "mavil_stage2"}  # recipes whose objective aligns audio-video
+
+
+@pytest.mark.parametrize("recipe", NAMES)
+def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
+    """The bundle's heads map its clip embeddings exactly where the objective's cross-modal term
+    compares them (VATT/AVID: ``embed``; MAViL: the inter-modal heads); others carry none."""
+    obj = build_objective(recipe, tmp_path)
+    randomize(obj, 4)
+    obj.recipe_name = recipe
+    ckpt = {"state_dict": obj.state_dict(), "hyper_parameters": dict(obj.hparams),
+            "global_step": 5, "epoch": 0}  # fmt: skip
+    obj.on_save_checkpoint(ckpt)
+    ckpt["avssl"]["data"] = DATA
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    export.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "bundle")
+    bundle = export.load_encoder(tmp_path / "bundle")
+    files = sorted(p.name for p in (tmp_path / "bundle").glob("*_head.safetensors"))
+    if recipe not in HEADS:
+        assert bundle.heads is None and files == [] and "heads" not in bundle.config
+        with pytest.raises(export.UserError, match="no projection heads"):
+            bundle.project("audio", torch.zeros(1, 8))
+        return
+    assert files == ["audio_head.safetensors", "video_head.safetensors"]
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 1, 128, 128, generator=gen)
+    v = torch.randn(3, 3, 4, 64, 64, generator=gen)
+    obj.eval()
+    with torch.no_grad():
+        if hasattr(obj, "embed"):  # AVContrastive: what its NCE compares
+            want_a, want_v = obj.embed(a, v)
+        else:  # MAViL: the inter-modal InfoNCE's inputs
+            want_a = obj.proj["inter_audio"](obj.audio_encoder.forward_features(a).mean(dim=1))
+            want_v = obj.proj["inter_video"](obj.video_encoder.forward_features(v).mean(dim=1))
+    got_a = bundle.project("audio", bundle.audio(a))
+    got_v = bundle.project("video", bundle.video(v))
+    assert got_a.shape == want_a.shape and got_v.shape == want_v.shape
+    assert torch.allclose(got_a, want_a, atol=1e-5) and torch.allclose(got_v, want_v, atol=1e-5)
+    assert bundle.config["heads"]["dim"] == want_a.shape[1]
+    assert bundle.shared_space == obj.export_heads()["space"]

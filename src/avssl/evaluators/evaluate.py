@@ -8,7 +8,7 @@ import torch
 
 import avssl
 from avssl.cli import UserError
-from avssl.evaluators.features import JOINT_DOC, extract_features
+from avssl.evaluators.features import JOINT_DOC, FeatureSet, extract_features
 from avssl.evaluators.protocols import Protocol
 from avssl.evaluators.tasks import run_round, summarise
 
@@ -53,6 +53,9 @@ def evaluate(
                 f"{data} has no {m} in the splits of protocol {p.name}, but the "
                 f"protocol evaluates {', '.join(p.kinds)} features"
             )
+    space = None
+    if p.type == "cross_modal":
+        feats, space = in_shared_space(feats, bundle)
     y = feats.labels
     num_classes = len(source.classes) or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
     rounds = []
@@ -61,6 +64,8 @@ def evaluate(
             fs_tr = feats.select([k for n in pair.train for k in keys[n]])
             fs_te = feats.select(keys[pair.test])
             rounds.append(run_round(p, fs_tr, fs_te, kind, pair, num_classes, device))
+            if space is not None:
+                rounds[-1]["space"] = space
     results = _header(p, bundle, data, source, name, num_classes)
     results["features"].update(
         modalities=list(modalities), num_samples=len(feats), seconds=round(t_feat, 1)
@@ -69,6 +74,23 @@ def evaluate(
     results["notes"] = _notes(p, rounds, feats, source)
     results["notes"] += seen_in_pretraining(p, bundle, source, keys)
     return results
+
+
+def in_shared_space(feats: FeatureSet, bundle) -> tuple[FeatureSet, str]:
+    """Per-clip features mapped by the bundle's projection heads (cross-modal retrieval), and
+    which space was scored; without heads the encoders' clip embeddings, said so."""
+    if bundle.heads is None:
+        return feats, (
+            "backbone: the encoders' clip embeddings; this bundle has no projection heads (its "
+            "objective trains no shared audio-video space), so R@k near chance is expected"
+        )
+    dim = int(bundle.config["heads"]["dim"])
+    clips = {}
+    for m, x in feats.clips.items():  # [N, K, D] -> [N, K, P], rows without m stay zero
+        z = bundle.project(m, x).float().cpu() if len(x) else x.new_zeros(0, x.shape[1], dim)
+        clips[m] = z * feats.masks[m].reshape(-1, 1, 1).to(z.dtype)
+    space = f"shared: the bundle's projection heads into the {bundle.shared_space} space (P={dim})"
+    return FeatureSet(feats.keys, feats.labels, clips, feats.masks, feats.skipped), space
 
 
 def seen_in_pretraining(p: Protocol, bundle, source, keys: dict[str, list[str]]) -> list[str]:

@@ -94,7 +94,11 @@ def _cross_modal_doc(c: dict, rounds: list[dict]) -> str:
     return (
         f"Cross-modal retrieval: audio->video and video->audio on the test split, item i "
         f"matches item i; R@k for k in {c['ks']} and median rank (1-based, ties counted "
-        f"against the query); max items: {c.get('max_items') or 'all'}."
+        f"against the query); max items: {c.get('max_items') or 'all'}; chance with N items: "
+        f"R@k = 100 k / N %, median rank (N + 1) / 2."
+        + "".join(
+            f" Embeddings scored: {s}." for s in dict.fromkeys(r.get("space") for r in rounds) if s
+        )
     )
 
 

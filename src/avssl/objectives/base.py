@@ -7,7 +7,8 @@ effective batch size (Goyal et al. 2017, https://arxiv.org/abs/1706.02677, as in
 the ``checkpoint["avssl"]`` provenance block read by ``avssl.export``.
 
 Subclasses implement :meth:`AVObjective.compute_losses` and :meth:`AVObjective.export_encoders`,
-and may implement :meth:`AVObjective.visualize` for the image logger.
+and may implement :meth:`AVObjective.export_heads` (a shared audio-video space) and
+:meth:`AVObjective.visualize` for the image logger.
 """
 
 from __future__ import annotations
@@ -140,6 +141,16 @@ class AVObjective(pl.LightningModule):
     def export_encoders(self) -> dict[str, Any]:
         """Returns ``{"audio": Module|None, "video": Module|None, "which": str, "note": str}``."""
         raise NotImplementedError
+
+    def export_heads(self) -> dict[str, Any] | None:
+        """The projection heads whose outputs a cross-modal term aligns, or None (default).
+
+        Returns ``{"audio": Module, "video": Module, "space": str}``: each head maps the
+        exported encoder's clip embedding (mean-pooled tokens, ``[B, D]``) into the space the
+        objective's audio-video term compares (``space`` names that term). Stored in the
+        bundle by ``avssl export`` (:mod:`avssl.heads`) and used by cross-modal retrieval.
+        """
+        return None
 
     def visualize(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         """Returns named ``[3, H, W]`` images in [0, 1] for TensorBoard (optional)."""

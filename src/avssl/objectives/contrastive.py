@@ -307,9 +307,16 @@ class AVContrastive(AVObjective):
             self.bank_index = {k: i for i, k in enumerate(state["keys"])}
             self.bank = {m: state[m].clone() for m in ("audio", "video") if m in state}
 
+    def export_heads(self) -> dict[str, Any] | None:
+        """The two projection heads, unless only within-modal terms trained them (Self-AVID)."""
+        if self.memory_bank and self.bank_weights[0] == 0:
+            return None
+        kind = "AVID cross-modal memory NCE" if self.memory_bank else "VATT-style audio-video NCE"
+        return {"audio": self.audio_proj, "video": self.video_proj, "space": kind}
+
     def export_encoders(self) -> dict[str, Any]:
         kind = "AVID memory-bank NCE" if self.memory_bank else "VATT-style audio-video NCE"
-        note = f"{kind}: the trained audio/video encoders (projection heads not exported)"
+        note = f"{kind}: the trained audio/video encoders"
         return {
             "audio": self.audio_encoder,
             "video": self.video_encoder,

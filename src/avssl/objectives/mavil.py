@@ -239,6 +239,17 @@ class MAViL(AVObjective):
         }
 
     # ----------------------------------------------------------------- export, figures
+    def export_heads(self) -> dict[str, Any] | None:
+        """The inter-modal InfoNCE's linear heads (None when ``inter_weight`` is 0)."""
+        if "inter_audio" not in self.proj:
+            return None
+        space = f"MAViL inter-modal InfoNCE (stage {self.stage})"
+        return {
+            "audio": self.proj["inter_audio"],
+            "video": self.proj["inter_video"],
+            "space": space,
+        }
+
     def export_encoders(self) -> dict[str, Any]:
         which = "student"
         note = "MAViL stage 1 audio/video encoders (fusion and decoders not exported)"

@@ -1,0 +1,158 @@
+"""Projection heads in a bundle: the shared audio-video space a contrastive term trained.
+
+Objectives that align audio with video do so after projection heads: VATT's and AVID's NCE
+(Akbari et al. 2021, https://arxiv.org/abs/2104.11178; Morgado et al. 2021,
+https://arxiv.org/abs/2004.12943) project each modality's mean-pooled encoder output, MAViL's
+inter-modal InfoNCE (Huang et al. 2023, https://arxiv.org/abs/2212.08071) one linear layer per
+modality on the pooled encoder output. Cross-modal retrieval is meaningful in that space, not
+between the backbone outputs, so a bundle may carry the two heads.
+
+A head is stored as a plain layer list (``config.json`` ``"heads"``) plus its weights
+(``<modality>_head.safetensors``), so that loading needs torch only, not the objective's code::
+
+    [{"layer": "linear", "in": 768, "out": 512, "bias": true},
+     {"layer": "batchnorm", "features": 512, "affine": true, "eps": 1e-05},
+     {"layer": "relu"}, {"layer": "gelu", "approximate": "none"}]
+
+:func:`describe_head` turns a module into that list (its leaf layers in registration order) and
+checks that the rebuilt layer sequence computes what the module computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from avssl.cli import UserError
+
+MODALITIES = ("audio", "video")
+
+LAYERS = ("linear", "batchnorm", "relu", "gelu")
+
+
+def _leaf_spec(mod: nn.Module) -> dict[str, Any]:
+    if isinstance(mod, nn.Linear):
+        return {
+            "layer": "linear",
+            "in": mod.in_features,
+            "out": mod.out_features,
+            "bias": mod.bias is not None,
+        }
+    if isinstance(mod, nn.BatchNorm1d):
+        if not mod.track_running_stats:
+            raise ValueError("a batch norm without running statistics cannot run on one clip")
+        return {"layer": "batchnorm", "features": mod.num_features, "affine": mod.affine,
+                "eps": float(mod.eps)}  # fmt: skip
+    if isinstance(mod, nn.ReLU):
+        return {"layer": "relu"}
+    if isinstance(mod, nn.GELU):
+        return {"layer": "gelu", "approximate": mod.approximate}
+    raise ValueError(f"{type(mod).__name__} is not a layer a bundle head can hold ({LAYERS})")
+
+
+def build_head(spec: list[dict[str, Any]]) -> nn.Sequential:
+    """The ``nn.Sequential`` a layer list describes (weights uninitialised)."""
+    if not isinstance(spec, list) or not spec:
+        raise ValueError("a head is a non-empty list of layers")
+    layers: list[nn.Module] = []
+    for entry in spec:
+        kind = entry.get("layer") if isinstance(entry, dict) else None
+        if kind == "linear":
+            layers.append(nn.Linear(int(entry["in"]), int(entry["out"]), bool(entry["bias"])))
+        elif kind == "batchnorm":
+            feats, affine = int(entry["features"]), bool(entry["affine"])
+            layers.append(nn.BatchNorm1d(feats, eps=float(entry["eps"]), affine=affine))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "gelu":
+            layers.append(nn.GELU(approximate=str(entry.get("approximate", "none"))))
+        else:
+            raise ValueError(f"unknown head layer {entry!r} (known: {', '.join(LAYERS)})")
+    return nn.Sequential(*layers)
+
+
+def head_dims(spec: list[dict[str, Any]]) -> tuple[int, int]:
+    """(input width, output width) of a head's layer list."""
+    linear = [e for e in spec if e.get("layer") == "linear"]
+    if not linear:
+        raise ValueError("a head needs at least one linear layer")
+    return int(linear[0]["in"]), int(linear[-1]["out"])
+
+
+def describe_head(module: nn.Module) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """A head module as (layer list, weights of the equivalent ``nn.Sequential``).
+
+    Raises:
+        ValueError: the module holds a layer a bundle head cannot hold, or its forward is not
+            its leaf layers applied in registration order (checked on random input in eval mode).
+    """
+    leaves = [m for m in module.modules() if not any(True for _ in m.children())]
+    spec = [_leaf_spec(m) for m in leaves]
+    flat = build_head(spec)
+    state: dict[str, torch.Tensor] = {}
+    for i, leaf in enumerate(leaves):
+        state.update({f"{i}.{k}": v.detach().cpu().clone() for k, v in leaf.state_dict().items()})
+    flat.load_state_dict(state, strict=True)
+    width = head_dims(spec)[0]
+    x = torch.randn(4, width, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            p = next(module.parameters())
+            want = module(x.to(p.device, p.dtype)).float().cpu()
+            got = flat.eval()(x)
+    finally:
+        module.train(was_training)
+    if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{type(module).__name__} is not its layers in order; cannot store it")
+    return spec, state
+
+
+def check_heads_config(config: dict, path: Any) -> None:
+    """Checks a bundle config's ``"heads"``: a layer list per modality, from each encoder's D
+    to one common P (raises ``UserError``)."""
+    heads = config["heads"]
+    if not isinstance(heads, dict) or not all(isinstance(heads.get(m), list) for m in MODALITIES):
+        raise UserError(f"{path}: config.json 'heads' needs an audio and a video layer list")
+    dims = {}
+    for modality in MODALITIES:
+        enc_cfg = config.get(modality)
+        if enc_cfg is None:
+            raise UserError(
+                f"{path}: config.json lists a {modality} head but no {modality} encoder"
+            )
+        try:
+            dims[modality] = head_dims(heads[modality])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{path}: invalid {modality} head in config.json ({err})") from None
+        if dims[modality][0] != enc_cfg.get("embed_dim"):
+            raise UserError(
+                f"{path}: the {modality} head takes D={dims[modality][0]} but the encoder gives "
+                f"D={enc_cfg.get('embed_dim')}"
+            )
+    if dims["audio"][1] != dims["video"][1]:
+        raise UserError(
+            f"{path}: the heads project into different widths ({dims['audio'][1]} audio, "
+            f"{dims['video'][1]} video)"
+        )
+
+
+def assemble_heads(config: dict, state_dicts: dict, path: Any) -> dict[str, nn.Module] | None:
+    """``{"audio": head, "video": head}`` in eval mode from a bundle config's ``"heads"`` and
+    the ``"<modality>_head"`` weights, or None when the config has no heads."""
+    if config.get("heads") is None:
+        return None
+    heads: dict[str, nn.Module] = {}
+    for modality in MODALITIES:
+        try:
+            head = build_head(config["heads"][modality])
+            head.load_state_dict(state_dicts[f"{modality}_head"], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            first = " ".join(lines[:2]) if lines else type(err).__name__
+            raise UserError(f"{path}: cannot rebuild the {modality} head: {first}") from err
+        heads[modality] = head.eval().requires_grad_(False)
+    return heads
