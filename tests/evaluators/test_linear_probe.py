@@ -8,7 +8,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from avssl.evaluators._lbfgs import loss_grad
-from avssl.evaluators.linear_probe import _fit_torch, fit_predict, standardize, stratified_split
+from avssl.evaluators.linear_probe import (
+    _fit_torch,
+    fit_predict,
+    standardize,
+    stratified_split,
+    video_groups,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,40 @@ def test_stratified_split_is_seeded_and_stratified():
     assert np.bincount(y[held], minlength=4).tolist() == [2, 1, 0, 0]  # round(0.2 n), 1 kept
     assert np.array_equal(held, stratified_split(y, 0.2, seed=3)[1])
     assert not np.array_equal(held, stratified_split(y, 0.2, seed=4)[1])
+
+
+def test_video_groups_from_ucf101_names():
+    keys = ["ucf101/A/v_A_g08_c01", "ucf101/A/v_A_g08_c02", "ucf101/A/v_A_g09_c01",
+            "ucf101/B/v_B_g08_c01", "other_clip", "ucf101/A/v_A_g08_c03"]  # fmt: skip
+    g = video_groups(keys)
+    assert g.tolist() == [0, 0, 1, 2, 3, 0]  # A's g08 clips share one id, B's g08 is another
+    assert video_groups(["esc50/1-100032-A-0", "clip_c01"]) is None
+
+
+def test_stratified_split_holds_out_whole_groups():
+    """Clips of one group (one long video) are never on both sides; each class holds out
+    groups until round(0.2 n) clips are out, and keeps at least one group."""
+    y = np.repeat([0, 1, 2], [30, 12, 4])
+    groups = np.concatenate([np.arange(30) // 3, 100 + np.arange(12) // 4, np.full(4, 200)])
+    for seed in range(5):
+        fit, held = stratified_split(y, 0.2, seed, groups)
+        assert sorted(np.concatenate([fit, held]).tolist()) == list(range(len(y)))
+        assert not set(groups[fit]) & set(groups[held])
+        counts = np.bincount(y[held], minlength=3).tolist()
+        assert counts[0] == 6 and counts[1] == 4  # 2 groups of 3 (target 6); 1 of 4 (target 2)
+        assert counts[2] == 0  # a class of one group holds nothing out
+    a = stratified_split(y, 0.2, 3, groups)[1]
+    assert np.array_equal(a, stratified_split(y, 0.2, 3, groups)[1])
+    assert any(not np.array_equal(a, stratified_split(y, 0.2, s, groups)[1]) for s in range(4, 8))
+
+
+def test_fit_predict_with_groups_reports_and_checks_them(problem):
+    xtr, ytr, xte, _ = problem
+    groups = np.arange(len(ytr)) // 4
+    _, info = fit_predict(xtr, ytr, xte, lambdas=[1e-3, 1e-1], groups=groups, return_info=True)
+    assert info["val_groups"] == len(ytr) // 4
+    with pytest.raises(ValueError, match="groups must be"):
+        fit_predict(xtr, ytr, xte, lambdas=[1e-3, 1e-1], groups=groups[:-1])
 
 
 def test_standardize_uses_train_statistics():

@@ -14,7 +14,7 @@ from avssl import cli
 from avssl.evaluators import _extract, tasks
 from avssl.evaluators import cache as cache_mod
 from avssl.evaluators.features import FeatureSet, extract_features
-from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.linear_probe import fit_predict, video_groups
 from avssl.evaluators.protocols import parse_protocol
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
 from avssl.evaluators.run import main
@@ -78,11 +78,16 @@ def test_three_split_linear_protocol(synthetic_data, tiny_bundle, cache_dir, tmp
         device="cpu",
     )
     tr, te = fs.select(keys["train2"]), fs.select(keys["test2"])
-    scores = fit_predict(tr.get("video"), tr.labels, te.get("video"), num_classes=3, device="cpu")
+    groups = video_groups(tr.keys)  # the synthetic set names its clips as UCF101 does
+    assert groups is not None and rounds[4]["val_groups"] == len(set(groups.tolist()))
+    scores = fit_predict(
+        tr.get("video"), tr.labels, te.get("video"), num_classes=3, device="cpu", groups=groups
+    )
     top1 = 100 * (scores.argmax(1) == te.labels).double().mean().item()
     assert rounds[4]["metrics"]["top1"] == pytest.approx(top1)
     md = (out / "results.md").read_text()
     assert "**mean of 3**" in md and "train1 -> test1" in md and "Chosen lambda" in md
+    assert "whole video groups held out" in md
     assert "L2-normalised audio and video" in md  # the joint features are explained
     for name in ("confusion_joint.png", "per_class_accuracy_video.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -91,6 +91,21 @@ def test_mil_nce_hand_computed() -> None:
     assert got == pytest.approx(l_ba)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mil_nce_valid_mask_leaves_samples_out(symmetric: bool) -> None:
+    """Samples with valid 0 are neither anchors nor candidates: the loss equals MIL-NCE on the
+    valid samples alone; with none valid it is 0."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(5, 3, 4, generator=g), torch.randn(5, 4, generator=g)
+    valid = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    keep = valid.bool()
+    got = mil_nce(a, b, 0.1, symmetric, valid=valid)
+    torch.testing.assert_close(got, mil_nce(a[keep], b[keep], 0.1, symmetric))
+    assert float(mil_nce(a, b, 0.1, symmetric, valid=torch.zeros(5))) == 0.0
+    torch.testing.assert_close(mil_nce(a, b, 0.1, symmetric, valid=torch.ones(5)),
+                               mil_nce(a, b, 0.1, symmetric))  # fmt: skip
+
+
 def test_learnable_temperature_and_errors() -> None:
     a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     t = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
@@ -163,6 +178,14 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             ("info_nce", info_nce, "a", {"symmetric": True}),
             ("info_nce", info_nce, "a", {"symmetric": False}),
             ("mil_nce", mil_nce, "bag", {"symmetric": True}),
+            # one left-out sample per rank (equal valid counts: the mean of the rank means is
+            # the whole-batch mean); left-out samples are candidates on no rank
+            (
+                "mil_nce",
+                mil_nce,
+                "bag",
+                {"symmetric": True, "valid": torch.tensor([1.0, 0, 1] * world)},
+            ),
         ]
         for name, fn, first, kw in cases:
             x_full = full[first].clone().requires_grad_(True)
@@ -171,7 +194,8 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             ref_gx, ref_gy = torch.autograd.grad(ref, [x_full, y_full])
             x = full[first][sl].clone().requires_grad_(True)
             y = full["b"][sl].clone().requires_grad_(True)
-            loss = fn(x, y, temperature=0.1, gather=True, **kw)
+            local = {k: (v[sl] if k == "valid" else v) for k, v in kw.items()}
+            loss = fn(x, y, temperature=0.1, gather=True, **local)
             loss.backward()
             mean_loss = loss.detach().clone()
             dist.all_reduce(mean_loss)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.losses.contrastive import info_nce
+from avssl.losses.contrastive import info_nce, mil_nce
 from avssl.objectives.base import param_groups
 from avssl.objectives.contrastive import AVContrastive, _memory_nce, bank_negative_rows
 from tests.objectives.batches import make_batch, train_steps
@@ -93,6 +93,35 @@ def test_intra_terms_need_two_clips(batch):
     out = model.eval().compute_losses(b)
     total = out["nce_av"] + out["nce_aa"] + out["nce_vv"]
     assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
+
+
+@torch.no_grad()
+def test_mil_clip_positives_pair_every_clip_of_a_sample():
+    """clip_positives: mil: each audio clip against the bag of its sample's video clips (and
+    the reverse), by mil_nce; differs from the per-slot NCE; equal to it with one clip; rows
+    without audio left out; refused with the memory bank or an unknown value."""
+    b = make_batch()
+    b.audio = torch.stack([b.audio, b.audio.flip(0)], dim=1)  # [B, K=2, 1, Ta, F]
+    b.video = torch.stack([b.video, b.video.roll(1, 0)], dim=1)  # [B, K=2, C, T, H, W]
+    b.audio_mask = torch.tensor([True, False, True, True])
+    model = _model(clip_positives="mil").eval()
+    out = model.compute_losses(b)
+    za, zv = model.embed(b.audio.flatten(0, 1), b.video.flatten(0, 1))
+    za, zv = za.reshape(4, 2, -1), zv.reshape(4, 2, -1)
+    keep = b.audio_mask
+    terms = [mil_nce(zv[keep], za[keep][:, i], 0.07, symmetric=False) for i in range(2)]
+    terms += [mil_nce(za[keep], zv[keep][:, i], 0.07, symmetric=False) for i in range(2)]
+    assert float(out["nce_av"]) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    slot = _model().eval().compute_losses(b)
+    assert float(slot["nce_av"]) != pytest.approx(float(out["nce_av"]), rel=1e-3)
+    one = make_batch()
+    assert float(model.compute_losses(one)["loss"]) == pytest.approx(
+        float(_model().eval().compute_losses(one)["loss"]), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="batch-mode option"):
+        _model(clip_positives="mil", memory_bank=True)
+    with pytest.raises(ValueError, match="clip_positives must be"):
+        _model(clip_positives="all")
 
 
 # ---------------------------------------------------------------- AVID memory bank

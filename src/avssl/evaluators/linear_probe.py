@@ -11,6 +11,10 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
 3. ``lambda`` is chosen from a log-spaced sweep by top-1 accuracy on a held-out, stratified,
    seeded part of the *training* split; ties go to the stronger regularisation. The probe is
    then refit on the whole training split. The test split is never used to choose anything.
+   Where the training clips come in groups cut from one long video (UCF101's ``_gNN_cNN``
+   names; its official splits hold out whole groups for the same reason, Soomro et al. 2012,
+   https://arxiv.org/abs/1212.0402), whole groups are held out (:func:`video_groups`), so
+   that the held-out accuracy is not inflated by near-copies of the fitted clips.
 
 :func:`fit_predict_multilabel` is the multi-label (AudioSet) version: one independent binary
 logistic regression per class (one-vs-rest: sigmoid + binary cross-entropy, each class with
@@ -26,6 +30,7 @@ objective, so ``C = 1 / (lambda * N)`` with N the number of samples being fitted
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import torch
@@ -47,15 +52,51 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
     return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
 
 
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (fit, held_out): about ``fraction`` of each class held out, at least one kept."""
+_GROUP = re.compile(r"_g\d+_c\d+$")  # UCF101 clip names: v_<Class>_g<group>_c<clip>
+
+
+def video_groups(keys: list[str]) -> np.ndarray | None:
+    """Group ids ``[N]`` for sample keys named as UCF101 names its clips (``..._gNN_cNN``: the
+    clips of group NN of a class are cut from one long video): keys equal up to ``_cNN`` share
+    an id, other keys get their own. None when no key has such a name."""
+    names = [k[: k.rfind("_c")] if _GROUP.search(k) else None for k in keys]
+    if all(n is None for n in names):
+        return None
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(n if n is not None else f"\0{i}", len(ids))
+                     for i, n in enumerate(names)])  # fmt: skip
+
+
+def stratified_split(
+    y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, held_out): about ``fraction`` of each class held out, at least one kept.
+
+    With ``groups`` (``[N]`` ids, :func:`video_groups`) whole groups are held out: per class,
+    seeded-random groups are added while fewer than ``round(fraction * n)`` clips are held out,
+    and at least one group is kept (a class of one group holds nothing out).
+    """
     rng = np.random.default_rng(seed)
     fit, held = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
-        held.append(idx[:n_val])
-        fit.append(idx[n_val:])
+        target = int(round(fraction * len(idx)))
+        if groups is None:
+            n_val = min(target, len(idx) - 1)
+            held.append(idx[:n_val])
+            fit.append(idx[n_val:])
+            continue
+        order = list(dict.fromkeys(groups[idx].tolist()))  # groups in a seeded random order
+        out: set = set()
+        n_out = 0
+        for g in order[:-1]:
+            if n_out >= target:
+                break
+            out.add(g)
+            n_out += int((groups[idx] == g).sum())
+        mask = np.isin(groups[idx], list(out))
+        held.append(idx[mask])
+        fit.append(idx[~mask])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
@@ -128,6 +169,7 @@ def fit_predict(
     tol: float = 1e-4,
     device: str | torch.device | None = None,
     return_info: bool = False,
+    groups: np.ndarray | None = None,
 ):
     """Fits the linear probe on the training split and scores the test split.
 
@@ -145,6 +187,8 @@ def fit_predict(
         tol: stop when the largest absolute gradient entry is below this.
         device: torch device; None -> CUDA when available.
         return_info: also return a dict with the chosen lambda and held-out accuracies.
+        groups: optional ``[N]`` group ids of the training rows (:func:`video_groups`); the
+            held-out part then holds whole groups.
 
     Returns:
         float ``[M, C]`` logits on the CPU, or ``(logits, info)`` when ``return_info``.
@@ -159,9 +203,14 @@ def fit_predict(
     xtr, ytr = xtr.to(dev), ytr.to(dev)
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (len(ytr),):
+            raise ValueError(f"groups must be [{len(ytr)}], got {tuple(groups.shape)}")
+        info["val_groups"] = int(len(np.unique(groups)))
 
     def held_out():
-        return stratified_split(ytr.cpu().numpy(), val_fraction, seed)
+        return stratified_split(ytr.cpu().numpy(), val_fraction, seed, groups)
 
     logits = _choose_and_refit(
         fit, xtr, ytr, xte, c, grid, held_out, _top1, "val_top1", info, max_iter, tol

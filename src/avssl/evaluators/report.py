@@ -47,7 +47,9 @@ def _linear_doc(c: dict, rounds: list[dict]) -> str:
         f"{c['tol']:g}, solver {c['solver']}); features L2-normalised, then standardised "
         f"with train statistics; L2 strength lambda (mean CE + lambda/2 ||W||^2) chosen from "
         f"{_grid(c)} by top-1 on a stratified "
-        f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}), then refit on the "
+        f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}"
+        + ("; whole video groups held out" if any(r.get("val_groups") for r in rounds) else "")
+        + "), then refit on the "
         f"whole train split. Chosen lambda: {_chosen(rounds)}. The test split chooses nothing."
     )
 

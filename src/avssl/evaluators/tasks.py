@@ -10,7 +10,7 @@ from avssl.cli import UserError
 from avssl.evaluators._tensors import confusion_matrix, topk_accuracy
 from avssl.evaluators.features import FeatureSet
 from avssl.evaluators.knn import knn_predict
-from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel
+from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel, video_groups
 from avssl.evaluators.multilabel import multilabel_metrics
 from avssl.evaluators.protocols import Protocol, SplitPair
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
@@ -106,9 +106,12 @@ def run_round(
         except ValueError as err:
             raise UserError(f"{kind}/{pair.name}: {err}") from None
         return info
-    classify = _linear if p.type == "linear" else _knn
     try:
-        out = classify(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
+        if p.type == "linear":
+            groups = video_groups(fs_tr.keys)
+            out = _linear(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, groups)
+        else:
+            out = _knn(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
     except ValueError as err:
         raise UserError(f"{kind}/{pair.name}: {err}") from None
     info.update(out.get("extra", {}))
@@ -123,8 +126,9 @@ def _probe_settings(clf: dict, device) -> dict:
     return {**{k: clf[k] for k in keys}, "device": device, "return_info": True}
 
 
-def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
-    """Linear probe: metrics, predictions and the chosen lambda with its held-out accuracies."""
+def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, groups) -> dict:
+    """Linear probe: metrics, predictions and the chosen lambda with its held-out accuracies;
+    ``groups``: video groups of the training rows (held out whole) or None."""
     clf, holder = p.classifier, {}
 
     def probe(x_te: torch.Tensor) -> torch.Tensor:
@@ -134,13 +138,15 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> 
             x_te,
             solver=clf["solver"],
             num_classes=num_classes,
+            groups=groups,
             **_probe_settings(clf, device),
         )
         return s
 
     out = _classification(_scores(probe, fs_te, kind, p.clip_aggregation), y_te)
     info = holder["info"]
-    out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1")}
+    out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1"),
+                    "val_groups": info.get("val_groups")}  # fmt: skip
     return out
 
 

@@ -108,6 +108,7 @@ def mil_nce(
     temperature: float | torch.Tensor = 0.07,
     symmetric: bool = True,
     gather: bool = False,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MIL-NCE with K positives per sample (Miech et al. 2020).
 
@@ -124,9 +125,11 @@ def mil_nce(
         temperature: softmax temperature.
         symmetric: mean of both directions; else b->a only.
         gather: candidates from every rank (:func:`gather_with_grad`).
+        valid: optional ``[B]`` 0/1: samples with 0 (a missing modality) are neither anchors
+            nor candidates.
 
     Returns:
-        Scalar loss (float32), mean over the local samples.
+        Scalar loss (float32), mean over the local (valid) samples; 0 when none is valid.
     """
     if a.ndim != 3 or b.ndim != 2 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(
@@ -136,12 +139,27 @@ def mil_nce(
     b = F.normalize(b.float(), dim=-1)
     a_all, b_all, labels = _targets(a, b, gather)
     rows = torch.arange(a.shape[0], device=a.device)
-    s_ba = torch.einsum("id,jkd->ijk", b, a_all) / temperature  # [B, W*B, K]
-    pos = s_ba[rows, labels]  # [B, K]
-    loss = (s_ba.flatten(1).logsumexp(dim=1) - pos.logsumexp(dim=1)).mean()
+    w = torch.ones(a.shape[0], device=a.device) if valid is None else valid.float()
+    w_all = gather_plain(w) if gather else w  # [W*B]
+    dead = (w_all < 0.5)[None, :, None]  # [1, W*B, 1] candidates that are not there
+
+    def direction(s: torch.Tensor) -> torch.Tensor:  # s [B, W*B, K] -> mean over valid rows
+        s = s.masked_fill(dead, -1e4)
+        per_row = s.flatten(1).logsumexp(dim=1) - s[rows, labels].logsumexp(dim=1)  # [B]
+        return (per_row * w).sum() / w.sum().clamp_min(1.0)
+
+    loss = direction(torch.einsum("id,jkd->ijk", b, a_all) / temperature)
     if symmetric:
-        s_ab = torch.einsum("ikd,jd->ijk", a, b_all) / temperature  # [B, W*B, K]
-        pos = s_ab[rows, labels]  # [B, K]
-        loss_ab = (s_ab.flatten(1).logsumexp(dim=1) - pos.logsumexp(dim=1)).mean()
-        loss = 0.5 * (loss + loss_ab)
+        loss = 0.5 * (loss + direction(torch.einsum("ikd,jd->ijk", a, b_all) / temperature))
     return loss
+
+
+def gather_plain(x: torch.Tensor) -> torch.Tensor:
+    """All-gathers ``x [B, ...]`` without gradients (masks, labels); identity when not
+    distributed."""
+    _, world = _world()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

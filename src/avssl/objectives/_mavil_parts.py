@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.losses.contrastive import gather_with_grad
+from avssl.losses.contrastive import gather_plain, gather_with_grad
 from avssl.models.fusion import JointFusion
 from avssl.models.vit import SIZES, AudioViT, VideoViT
 from avssl.objectives import _viz
@@ -107,14 +107,6 @@ def flatten_inputs(batch: AVBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return audio, video, a_ok, v_ok
 
 
-def _gather_plain(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
 def masked_info_nce(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -144,7 +136,7 @@ def masked_info_nce(
     rank = dist.get_rank() if gather and dist.is_available() and dist.is_initialized() else 0
     a_all = gather_with_grad(a) if gather else a  # [W B, D]
     b_all = gather_with_grad(b) if gather else b
-    v_all = _gather_plain(valid) if gather else valid  # [W B]
+    v_all = gather_plain(valid) if gather else valid  # [W B]
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
     dead = (v_all < 0.5)[None, :]  # [1, W B] invalid candidates
     logits_ab = (a @ b_all.t() / temperature).masked_fill(dead, -1e4)  # [B, W B]

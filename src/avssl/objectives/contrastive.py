@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.losses.contrastive import mil_nce
 from avssl.models.masking import random_masking
 from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs, masked_info_nce
@@ -115,6 +116,11 @@ class AVContrastive(AVObjective):
         cross_weight, within_weight: memory-bank mode: weights of AVID's cross-modal and
             within-modal terms, normalised by their sum (Cross-AVID 1 / 0, Self-AVID 0 / 1,
             Joint-AVID 1 / 1).
+        clip_positives: batch mode with K > 1 clips per sample (``clips_per_video``): "slot" =
+            clip k of the audio pairs with clip k of the video only (one NCE per clip slot);
+            "mil" = every audio clip has all K video clips of its sample as positives and vice
+            versa (MIL-NCE, Miech et al. 2020, https://arxiv.org/abs/1912.06430; the
+            several-positives case of DESIGN section 4); same loss when K = 1.
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -141,9 +147,15 @@ class AVContrastive(AVObjective):
         bank_momentum: float = 0.5,
         cross_weight: float = 1.0,
         within_weight: float = 0.0,
+        clip_positives: str = "slot",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if clip_positives not in ("slot", "mil"):
+            raise ValueError(f"clip_positives must be 'slot' or 'mil', got {clip_positives!r}")
+        if clip_positives == "mil" and memory_bank:
+            raise ValueError("clip_positives: mil is a batch-mode option (memory_bank: false)")
+        self.clip_positives = clip_positives
         if not 0.0 <= drop_token < 1.0:
             raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
         if min(cross_weight, within_weight) < 0 or cross_weight + within_weight <= 0:
@@ -210,6 +222,11 @@ class AVContrastive(AVObjective):
         t: Any = self.temperature()  # a tensor: learnable temperatures get gradients
         if self.memory_bank:
             losses = self._bank_losses(batch.key, za[:, 0], zv[:, 0], a_ok[:, 0], v_ok[:, 0], t)
+        elif self.clip_positives == "mil" and k > 1:
+            valid, g = a_ok[:, 0] * v_ok[:, 0], self.gather_negatives
+            av = [mil_nce(zv, za[:, i], t, False, g, valid) for i in range(k)]  # audio anchors
+            av += [mil_nce(za, zv[:, i], t, False, g, valid) for i in range(k)]  # video anchors
+            losses = {"nce_av": torch.stack(av).mean()}
         else:
             av = [
                 masked_info_nce(
