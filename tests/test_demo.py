@@ -39,7 +39,8 @@ def test_prep_rebuilds_only_shards_of_an_older_generator(tmp_path, monkeypatch, 
 
 
 def test_demo_rejects_unknown_and_stage2_recipes():
-    for bad in ("nope", "mavil_stage2"):
+    assert "mavil" in demo.demo_recipes() and "avid" in demo.demo_recipes()
+    for bad in ("nope", "mavil_stage2", "avid_cma"):
         with pytest.raises(SystemExit, match="unknown or unusable recipe"):
             demo.main(["--recipe", bad])
 

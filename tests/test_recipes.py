@@ -1,8 +1,9 @@
 """Every recipe in recipes/ runs a few steps with debug.yaml sizes on synthetic shards.
 
 One parametrised test: a new ``recipes/<name>.yaml`` is tested without new test code. A recipe
-``<name>_stage2`` that needs a teacher gets the checkpoint of recipe ``<name>`` (run first, or
-on demand) as ``model.init_args.teacher_ckpt``.
+that starts from another run (a null ``*_ckpt`` setting: ``mavil_stage2``'s ``teacher_ckpt``,
+``avid_cma``'s ``avid_ckpt``) gets the checkpoint of recipe ``<first word of its name>`` (run
+first, or on demand).
 """
 
 from __future__ import annotations
@@ -77,25 +78,31 @@ def debug_args(recipe: str, shards: Path, runs: Path, *extra: str) -> list[str]:
     ]
 
 
-def _needs_teacher(recipe: str) -> bool:
+def _parent_option(recipe: str) -> str | None:
+    """The null ``*_ckpt`` setting of a recipe that starts from another run, or None."""
     cfg = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())
     init = ((cfg.get("model") or {}).get("init_args")) or {}
-    return "teacher_ckpt" in init and not init["teacher_ckpt"]
+    return next((k for k, v in init.items() if k.endswith("_ckpt") and not v), None)
+
+
+def _parent(recipe: str) -> str:
+    return recipe.split("_")[0]  # mavil_stage2 -> mavil, avid_cma -> avid
 
 
 _LAST: dict[str, Path] = {}
 # last checkpoints other tests reuse (stage-2 teachers, the export tests): copied out of the
 # test's own tmp_path, which pytest deletes when the test passes (setup.cfg keeps failed ones only)
-_KEEP = {n.removesuffix("_stage2") for n in NAMES if n.endswith("_stage2")} | {"mavil"}
+_KEEP = {_parent(n) for n in NAMES if _parent_option(n)} | {"mavil"}
 
 
 def run_recipe(recipe: str, shards: Path, runs: Path) -> Path:
     """Runs the recipe with debug sizes; returns its last checkpoint."""
     extra: list[str] = []
-    if _needs_teacher(recipe):
-        parent = recipe.removesuffix("_stage2")
-        teacher = _LAST.get(parent) or run_recipe(parent, shards, runs / "parent")
-        extra = ["--model.init_args.teacher_ckpt", str(teacher)]
+    option = _parent_option(recipe)
+    if option:
+        parent = _parent(recipe)
+        first = _LAST.get(parent) or run_recipe(parent, shards, runs / "parent")
+        extra = [f"--model.init_args.{option}", str(first)]
     os.environ.pop("AVSSL_RUN_ID", None)
     assert lightning_main(debug_args(recipe, shards, runs, *extra)) == 0
     found = sorted(runs.glob(f"{recipe}/*/checkpoints/last.ckpt"))
@@ -164,7 +171,7 @@ def test_xkd_runs_with_repeated_sampling(tiny_shards, tmp_path):
     assert ckpt["datamodule_hyper_parameters"]["repeated_sampling"] == 2
 
 
-DEMO_NAMES = [n for n in NAMES if not n.endswith("_stage2")]
+DEMO_NAMES = demo.demo_recipes()
 ROOT = RECIPES.parent
 
 

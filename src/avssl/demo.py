@@ -119,12 +119,21 @@ def _table(random: dict, trained: dict, recipe: str) -> str:
 
 
 def demo_recipes() -> list[str]:
-    """Recipes ``make demo RECIPE=...`` accepts: every recipe but the ``*_stage2`` ones (they
-    need a trained teacher)."""
+    """Recipes ``make demo RECIPE=...`` accepts: every recipe but those that start from another
+    run's checkpoint (a ``*_ckpt`` setting left null: ``mavil_stage2``'s teacher,
+    ``avid_cma``'s Cross-AVID run)."""
+    import yaml
+
     from avssl.train import NOT_RECIPES
 
-    names = (p.stem for p in Path("recipes").glob("*.yaml") if p.stem not in NOT_RECIPES)
-    return sorted(n for n in names if not n.endswith("_stage2"))
+    usable = []
+    for path in Path("recipes").glob("*.yaml"):
+        if path.stem in NOT_RECIPES:
+            continue
+        init = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_args") or {}
+        if not any(k.endswith("_ckpt") and not v for k, v in init.items()):
+            usable.append(path.stem)
+    return sorted(usable)
 
 
 def overlays(recipe: str) -> list[str]:

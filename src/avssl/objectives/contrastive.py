@@ -280,7 +280,7 @@ class AVContrastive(AVObjective):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         rows = rows_all[rank * len(keys) : (rank + 1) * len(keys)]  # this rank's samples
         filled = len(self.bank_index)
-        neg = bank_negative_rows(rows, filled, self.bank_negatives)
+        neg = self._bank_negatives(rows, filled)
         ok = a_ok * v_ok
         w_cross, w_within = self.bank_weights
         out = {"bank_rows": torch.tensor(float(filled))}
@@ -295,10 +295,20 @@ class AVContrastive(AVObjective):
                 + _memory_nce(za, self.bank["audio"], rows, neg, t, a_ok)
             )
             total = total + w_within * out["nce_within"]
+        total = self._more_bank_terms(out, total, rows, neg, za, zv, a_ok, v_ok, t)
         if self.training:
             self._bank_update(rows_all, feats)
         out["bank_loss"] = total
         return out
+
+    def _bank_negatives(self, rows: torch.Tensor, filled: int) -> torch.Tensor:
+        """``[B, bank_negatives]`` negative rows per anchor (:func:`bank_negative_rows`)."""
+        return bank_negative_rows(rows, filled, self.bank_negatives)
+
+    def _more_bank_terms(self, out, total, rows, neg, za, zv, a_ok, v_ok, t) -> torch.Tensor:
+        """Subclass hook: extra memory terms against the banks before their update (added to
+        ``out``); returns the new total. AVID-CMA's positive-set terms use it."""
+        return total
 
     @torch.no_grad()
     def _bank_update(self, rows: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
