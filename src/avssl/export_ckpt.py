@@ -271,7 +271,8 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
     written = []
     files = {}
     for modality in MODALITIES:
-        for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data"):
+        for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data",
+                      f"{modality}_head.onnx"):  # fmt: skip
             (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
         files[modality] = (out / weights_file(modality), config.get(modality) is not None)
     for modality in MODALITIES:

@@ -4,6 +4,8 @@ Each encoder becomes ``<modality>_encoder.onnx``: input ``audio`` ``[B, 1, Ta, F
 ``[B, C, T, H, W]`` (the bundle's preprocessing sizes, batch axis dynamic), output
 ``embedding`` ``[B, D]`` (mean-pooled). The graph comes from ``torch.export`` (the dynamo
 exporter, which lowers ``scaled_dot_product_attention``); the TorchScript exporter is a fallback.
+A bundle with projection heads (:mod:`avssl.heads`) also gets ``<modality>_head.onnx``:
+input ``embedding`` ``[B, D]`` (the encoder's output), output ``shared`` ``[B, P]``.
 Every file is run with onnxruntime at two batch sizes and compared with PyTorch.
 """
 
@@ -37,14 +39,17 @@ def example_input(modality: str, bundle: Any, batch: int, seed: int = 0) -> torc
     return torch.randn(shape, generator=gen)
 
 
-def _export_one(enc: nn.Module, x: torch.Tensor, path: Path, modality: str) -> str:
-    """Writes one ONNX file; returns the exporter used ("dynamo" or "torchscript")."""
+def _export_one(
+    enc: nn.Module, x: torch.Tensor, path: Path, modality: str, out_name: str = "embedding"
+) -> str:
+    """Writes one ONNX file (input named ``modality``, output ``out_name``); returns the
+    exporter used ("dynamo" or "torchscript")."""
     # torch.onnx warns once per missing torchvision op at WARNING level: not our concern
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.onnx.export(
-            enc, (x,), str(path), input_names=[modality], output_names=["embedding"],
+            enc, (x,), str(path), input_names=[modality], output_names=[out_name],
             dynamo=True, dynamic_shapes=({0: batch},), verbose=False, optimize=True,
             external_data=False,  # the weights inside the .onnx file, not also in a .onnx.data
         )  # fmt: skip
@@ -53,8 +58,8 @@ def _export_one(enc: nn.Module, x: torch.Tensor, path: Path, modality: str) -> s
         print(f"[export] dynamo ONNX export of {modality} failed ({type(err).__name__}); "
               "using the TorchScript exporter")  # fmt: skip
     torch.onnx.export(
-        enc, (x,), str(path), input_names=[modality], output_names=["embedding"],
-        dynamo=False, dynamic_axes={modality: {0: "batch"}, "embedding": {0: "batch"}},
+        enc, (x,), str(path), input_names=[modality], output_names=[out_name],
+        dynamo=False, dynamic_axes={modality: {0: "batch"}, out_name: {0: "batch"}},
         opset_version=17,
     )  # fmt: skip
     return "torchscript"
@@ -85,15 +90,20 @@ def check_onnx(path: Path, enc: nn.Module, modality: str, bundle: Any) -> float:
     Raises:
         RuntimeError: the outputs differ from PyTorch by more than ``TOLERANCE``.
     """
+    return _check(path, enc, lambda b: example_input(modality, bundle, b, seed=b), modality)
+
+
+def _check(path: Path, mod: nn.Module, make, in_name: str, out_name: str = "embedding") -> float:
+    """onnxruntime against PyTorch on ``make(batch)`` for each checked batch size."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in CHECK_BATCHES:
-        x = example_input(modality, bundle, batch, seed=batch)
+        x = make(batch)
         with torch.inference_mode():
-            ref = enc(x)  # [B, D]
-        (out,) = session.run(["embedding"], {modality: x.numpy()})
+            ref = mod(x)  # [B, D]
+        (out,) = session.run([out_name], {in_name: x.numpy()})
         if tuple(out.shape) != tuple(ref.shape):
             raise RuntimeError(f"{path}: ONNX output {out.shape} != PyTorch {tuple(ref.shape)}")
         worst = max(worst, float((torch.from_numpy(out) - ref).abs().max()))
@@ -134,4 +144,22 @@ def export_onnx(bundle: Any, out: Path) -> list[Path]:
             f"PyTorch at batch {CHECK_BATCHES} (max abs diff {diff:.2e} <= {TOLERANCE:g})"
         )
         written.append(target)
+    for modality, head in (bundle.heads or {}).items():
+        written.append(_export_head(head.cpu().eval(), modality, bundle, out))
     return written
+
+
+def _export_head(head: nn.Module, modality: str, bundle: Any, out: Path) -> Path:
+    """``<modality>_head.onnx``: clip embedding ``[B, D]`` -> shared space ``[B, P]``."""
+    target = out / f"{modality}_head.onnx"
+    dim = int(bundle.embed_dim[modality])
+
+    def make(batch: int) -> torch.Tensor:
+        return torch.randn(batch, dim, generator=torch.Generator().manual_seed(batch))
+
+    exporter = _export_one(head, make(2), target, "embedding", out_name="shared")
+    _annotate(target, f"{modality} head", bundle)
+    diff = _check(target, head, make, "embedding", "shared")
+    print(f"[export] {target.name}: {exporter} exporter, dynamic batch; onnxruntime matches "
+          f"PyTorch (max abs diff {diff:.2e} <= {TOLERANCE:g})")  # fmt: skip
+    return target

@@ -68,3 +68,24 @@ def test_reexport_without_onnx_removes_stale_onnx_files(onnx_bundle, save_fake, 
     written = export.export_checkpoint(audio_only, out)
     assert not list(out.glob("*.onnx")) and all(p.suffix != ".onnx" for p in written)
     assert not list(out.glob("*.onnx.data"))
+
+
+def test_heads_export_to_onnx(tmp_path, capsys):
+    """A bundle with projection heads gets ``<modality>_head.onnx`` (embedding -> shared space,
+    dynamic batch) matching ``bundle.project`` in onnxruntime."""
+    from avssl.export_onnx import export_onnx
+    from tests.evaluators.conftest import write_tiny_bundle
+
+    folder = write_tiny_bundle(tmp_path / "b", heads=16, seed=3)
+    bundle = export.load_encoder(folder)
+    written = export_onnx(bundle, folder)
+    assert {p.name for p in written} >= {"audio_head.onnx", "video_head.onnx"}
+    assert "video_head.onnx: " in capsys.readouterr().out
+    gen = torch.Generator().manual_seed(4)
+    for modality in ("audio", "video"):
+        session = ort.InferenceSession(str(folder / f"{modality}_head.onnx"),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        x = torch.randn(5, bundle.embed_dim[modality], generator=gen)
+        (out,) = session.run(["shared"], {"embedding": x.numpy()})
+        ref = bundle.project(modality, x).numpy()
+        assert out.shape == (5, 16) and np.abs(out - ref).max() <= 1e-5
