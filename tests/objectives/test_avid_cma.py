@@ -139,3 +139,27 @@ def test_cma_trains_and_needs_a_cross_avid_checkpoint(tmp_path):
         AVIDCMA(avid_ckpt=str(path), **{**TINY, "proj_dim": 4}).check_before_fit(False)
     with pytest.raises(ValueError, match="agreement must be"):
         AVIDCMA(agreement="both", **TINY)
+
+
+def test_positive_sets_are_found_again_every_quarter(tmp_path):
+    """With ``resample_every: 0.25`` of 8 steps: found at the first step (none yet), then at
+    steps 2, 4 and 6, once per step (accumulated batches of one step do not repeat it)."""
+    from types import SimpleNamespace
+
+    _, batch, path = _cross_avid(tmp_path)
+    cma = AVIDCMA(avid_ckpt=str(path), positives=2, resample_every=0.25, **TINY)
+    cma.check_before_fit(resuming=False)
+    fake = SimpleNamespace(estimated_stepping_batches=8, global_step=0)
+    cma._trainer = fake  # type: ignore[assignment]
+    found = []
+    for step in range(8):
+        for _ in range(2):  # two accumulated batches per optimizer step
+            fake.global_step = step
+            before = cma.times_found
+            cma.on_train_batch_start(batch, 0)
+            if cma.times_found > before:
+                found.append(step)
+    assert found == [0, 2, 4, 6]
+    cma._trainer = None
+    out = cma.compute_losses(batch)
+    assert float(out["positive_sets_found"]) == 4.0

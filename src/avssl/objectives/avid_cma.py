@@ -142,6 +142,7 @@ class AVIDCMA(AVContrastive):
         self.resample_every = resample_every
         self.positive_rows: torch.Tensor | None = None  # [rows, positives] bank rows
         self.found_at = -1  # the step the positive sets were last found at
+        self.times_found = 0  # logged as loss/positive_sets_found
 
     # ----------------------------------------------------------------- start from Cross-AVID
     def check_before_fit(self, resuming: bool) -> None:
@@ -195,6 +196,7 @@ class AVIDCMA(AVContrastive):
             self.bank["video"][:n], self.bank["audio"][:n], k, self.agreement
         )
         self.found_at = self.global_step
+        self.times_found += 1
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
@@ -232,6 +234,7 @@ class AVIDCMA(AVContrastive):
         if pos is None or self.positive_rows is None or neg.shape[1] == 0:
             return total
         has_set = (rows < len(self.positive_rows)).float()
+        out["positive_sets_found"] = torch.tensor(float(self.times_found))
         within = neg[:, : self.within_negatives]
         out["nce_pos"] = 0.5 * (
             _positive_nce(zv, self.bank["video"], pos, within, t, v_ok * has_set)
