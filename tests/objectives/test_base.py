@@ -238,3 +238,33 @@ def test_compile_graphs_replays_blocks_as_cuda_graphs_and_marks_every_step(tmp_p
     marks.clear()
     _trainer(tmp_path, max_steps=3).fit(BlockToy(compile="blocks", lr=1e-2), datamodule=FakeData())
     assert marks == [] and "mode" not in calls[-1]
+
+
+def test_clip_grad_per_param_clips_each_tensor_before_the_step(tmp_path):
+    """``clip_grad_per_param``: every gradient tensor above the limit is scaled to norm = the
+    limit (direction kept), tensors below it are left alone; in training the gradients the
+    optimizer stepped with (seen after the step) are clipped, and are not without the option."""
+    from avssl.objectives.base import clip_per_param
+
+    a = nn.Parameter(torch.zeros(3))
+    b = nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.1, 0.0])
+    clip_per_param([a, b], 0.5)
+    torch.testing.assert_close(a.grad, torch.tensor([0.3, 0.0, 0.4]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.grad, torch.tensor([0.1, 0.0]))  # below: untouched
+    with pytest.raises(ValueError, match="clip_grad_per_param"):
+        Toy(clip_grad_per_param=-1.0)
+
+    class Spy(pl.Callback):
+        def __init__(self) -> None:
+            self.norms: list[float] = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            self.norms.extend(float(g.norm()) for g in grads)
+
+    for clip, check in ((1e-3, lambda m: m <= 1e-3 * (1 + 1e-4)), (0.0, lambda m: m > 1e-2)):
+        spy = Spy()
+        toy = Toy(base_lr=1e-2, clip_grad_per_param=clip)
+        _trainer(tmp_path, max_steps=2, callbacks=[spy]).fit(toy, datamodule=FakeData())
+        assert spy.norms and check(max(spy.norms)), (clip, max(spy.norms))

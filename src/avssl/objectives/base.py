@@ -93,6 +93,11 @@ class AVObjective(pl.LightningModule):
             one H200 blocks made ViT-B steps 19-25 % faster (MAViL at 128 per GPU), but a MAViL
             step at 64 per GPU 13 % slower (README, "Training on many GPUs"); graphs took the
             loader-fed CAV-MAE step from 1,001 to 1,156 samples/s (README).
+        clip_grad_per_param: > 0: before every optimizer step, scale each parameter's gradient
+            so that its L2 norm is at most this (DINO's ``clip_gradients``, which XKD uses at
+            0.3; Caron et al. 2021, https://arxiv.org/abs/2104.14294). Unlike Lightning's
+            ``trainer.gradient_clip_val`` (one norm over all parameters) every tensor is
+            clipped on its own. 0 = off.
 
     The base constructor calls ``save_hyperparameters()``, which records the constructor
     arguments of the base *and* of the subclass (Lightning walks the ``__init__`` frames), so a
@@ -114,6 +119,7 @@ class AVObjective(pl.LightningModule):
         warmup_fraction: float = 0.05,
         max_nonfinite_in_row: int = 20,
         compile: str = "none",
+        clip_grad_per_param: float = 0.0,
     ) -> None:
         super().__init__()
         self.base_lr, self.lr = base_lr, lr
@@ -124,6 +130,9 @@ class AVObjective(pl.LightningModule):
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
         self.compile_policy = compile
+        if clip_grad_per_param < 0:
+            raise ValueError(f"clip_grad_per_param must be >= 0, got {clip_grad_per_param}")
+        self.clip_grad_per_param = float(clip_grad_per_param)
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self.recipe_name: str | None = None  # set by avssl.train; stored in checkpoint["avssl"]
@@ -230,6 +239,10 @@ class AVObjective(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.mark_graph_step()
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.clip_grad_per_param > 0:
+            clip_per_param(self.parameters(), self.clip_grad_per_param)
+
     def on_validation_batch_start(
         self, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -301,6 +314,18 @@ class AVObjective(pl.LightningModule):
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         if "rng" in state:
             set_rng_state(state["rng"])
+
+
+@torch.no_grad()
+def clip_per_param(params: Any, max_norm: float) -> None:
+    """Scales every gradient whose L2 norm exceeds ``max_norm`` down to it, each tensor on its
+    own (no host sync: norms and scales stay on the device)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
 
 
 def rng_state() -> dict[str, Any]:

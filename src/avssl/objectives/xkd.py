@@ -12,10 +12,11 @@ video students' head outputs (CORAL by option). Loss ``(5 recon + 1 kd + 1 align
 The modality-agnostic variant (``shared_backbone: true``) shares the transformer blocks and final
 norm of the audio and video students (patch embeddings, decoders and heads stay per modality).
 
+The recipes clip every gradient tensor to norm 0.3 as the reference does (DINO's per-parameter
+clipping; ``clip_grad_per_param`` of :class:`~avssl.objectives.base.AVObjective`).
 Not implemented: the reference code's attention-based re-weighting of the teacher's tokens
 before pooling, its teacher-side MMD term (here the alignment term is the students' MMD alone,
-weight 1/7), its gradient clipping, and multi-crop local views. ``align: coral`` is Deep CORAL
-(covariances only).
+weight 1/7), and multi-crop local views. ``align: coral`` is Deep CORAL (covariances only).
 """
 
 from __future__ import annotations
