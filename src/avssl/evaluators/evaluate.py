@@ -82,7 +82,8 @@ def in_shared_space(feats: FeatureSet, bundle) -> tuple[FeatureSet, str]:
     if bundle.heads is None:
         return feats, (
             "backbone: the encoders' clip embeddings; this bundle has no projection heads (its "
-            "objective trains no shared audio-video space), so R@k near chance is expected"
+            "objective trains no shared audio-video space, or it was exported before bundles "
+            "held them: export it again), so R@k near chance is expected"
         )
     dim = int(bundle.config["heads"]["dim"])
     clips = {}
