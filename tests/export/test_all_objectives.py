@@ -51,10 +51,8 @@ def build_objective(recipe: str, tmp_path: Path):
     return getattr(importlib.import_module(module), name)(**init)
 
 
-@pytest.mark.parametrize("recipe", NAMES)
-def test_recipe_objective_exports_exactly(recipe, tmp_path):
-    obj = build_objective(recipe, tmp_path)
-    randomize(obj, 3)  # teacher and student copies now differ
+def _export(obj, recipe: str, tmp_path: Path):
+    """Saves ``obj`` as recipe ``recipe``'s checkpoint, exports it and loads the bundle."""
     obj.recipe_name = recipe
     ckpt = {"state_dict": obj.state_dict(), "hyper_parameters": dict(obj.hparams),
             "global_step": 5, "epoch": 0}  # fmt: skip
@@ -62,7 +60,14 @@ def test_recipe_objective_exports_exactly(recipe, tmp_path):
     ckpt["avssl"]["data"] = DATA
     torch.save(ckpt, tmp_path / "last.ckpt")
     export.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "bundle")
-    bundle = export.load_encoder(tmp_path / "bundle")
+    return export.load_encoder(tmp_path / "bundle")
+
+
+@pytest.mark.parametrize("recipe", NAMES)
+def test_recipe_objective_exports_exactly(recipe, tmp_path):
+    obj = build_objective(recipe, tmp_path)
+    randomize(obj, 3)  # teacher and student copies now differ
+    bundle = _export(obj, recipe, tmp_path)
     expected = obj.eval().export_encoders()
     assert bundle.provenance["encoder"]["which"] == expected["which"]
     assert bundle.provenance["recipe"] == recipe and bundle.preprocessing["assumed"] == []
@@ -88,14 +93,7 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
     compares them (VATT/AVID: ``embed``; MAViL: the inter-modal heads); others carry none."""
     obj = build_objective(recipe, tmp_path)
     randomize(obj, 4)
-    obj.recipe_name = recipe
-    ckpt = {"state_dict": obj.state_dict(), "hyper_parameters": dict(obj.hparams),
-            "global_step": 5, "epoch": 0}  # fmt: skip
-    obj.on_save_checkpoint(ckpt)
-    ckpt["avssl"]["data"] = DATA
-    torch.save(ckpt, tmp_path / "last.ckpt")
-    export.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "bundle")
-    bundle = export.load_encoder(tmp_path / "bundle")
+    bundle = _export(obj, recipe, tmp_path)
     files = sorted(p.name for p in (tmp_path / "bundle").glob("*_head.safetensors"))
     if recipe not in HEADS:
         assert bundle.heads is None and files == [] and "heads" not in bundle.config

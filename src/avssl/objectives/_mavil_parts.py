@@ -148,6 +148,24 @@ def masked_info_nce(
     return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
 
 
+def read_run_checkpoint(path: str, what: str) -> dict[str, Any]:
+    """Another run's Lightning checkpoint (``weights_only=True``) for an objective that starts
+    from it (MAViL stage 2's teacher, AVID-CMA's Cross-AVID run); ``what`` prefixes the
+    one-line ``ValueError`` for a file that is not one."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{what}: not a checkpoint (no torch.save archive)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a non-checkpoint fails in many ways in torch.load
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{what}: unreadable ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{what}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
 def load_teacher(teacher: Backbone, path: str, student_hp: dict[str, Any]) -> None:
     """Loads the backbone (audio, video, fusion) of a stage-1 MAViL checkpoint into ``teacher``.
 
@@ -159,17 +177,7 @@ def load_teacher(teacher: Backbone, path: str, student_hp: dict[str, Any]) -> No
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"MAViL teacher_ckpt {path}: file not found")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"MAViL teacher_ckpt {path}: not a checkpoint (no torch.save archive)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a non-checkpoint fails in many ways in torch.load
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"MAViL teacher_ckpt {path}: unreadable ({first})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"MAViL teacher_ckpt {path}: not a Lightning checkpoint (no state_dict)")
+    ckpt = read_run_checkpoint(path, f"MAViL teacher_ckpt {path}")
     objective = str((ckpt.get("avssl") or {}).get("objective", "avssl.objectives.mavil.MAViL"))
     hp = ckpt.get("hyper_parameters") or {}
     if not objective.endswith(".MAViL") or hp.get("stage", 1) != 1:

@@ -25,14 +25,13 @@ resampling (their positive-set term is left out).
 
 from __future__ import annotations
 
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from avssl.objectives._mavil_parts import read_run_checkpoint
 from avssl.objectives.contrastive import AVContrastive
 
 AGREEMENTS = ("consensus", "union", "video", "audio")
@@ -157,19 +156,10 @@ class AVIDCMA(AVContrastive):
                 f"{what}: file not found; pass a Cross-AVID checkpoint "
                 "(model.init_args.avid_ckpt, from make pretrain RECIPE=avid)"
             )
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{what}: not a checkpoint (no torch.save archive)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a non-checkpoint fails in many ways
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"{what}: unreadable ({first})") from None
-        meta = ckpt.get("avssl") if isinstance(ckpt, dict) else None
-        objective = str((meta or {}).get("objective", "?")).rsplit(".", 1)[-1]
-        hp = ckpt.get("hyper_parameters") or {} if isinstance(ckpt, dict) else {}
-        bank = ckpt.get("avid_bank") if isinstance(ckpt, dict) else None
+        ckpt = read_run_checkpoint(path, what)
+        objective = str((ckpt.get("avssl") or {}).get("objective", "?")).rsplit(".", 1)[-1]
+        hp = ckpt.get("hyper_parameters") or {}
+        bank = ckpt.get("avid_bank")
         if objective not in ("AVContrastive", "AVIDCMA") or not hp.get("memory_bank") or not bank:
             raise ValueError(f"{what}: a checkpoint of {objective} without an AVID memory bank, "
                              "not of Cross-AVID (make pretrain RECIPE=avid)")  # fmt: skip
