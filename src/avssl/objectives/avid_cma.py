@@ -214,7 +214,9 @@ class AVIDCMA(AVContrastive):
         """``[B, K]`` positive rows of ``rows`` (rows without a set point to themselves)."""
         if self.positive_rows is None:
             return None
-        table = self.positive_rows.to(rows.device)
+        if self.positive_rows.device != rows.device:  # once (e.g. restored on the CPU)
+            self.positive_rows = self.positive_rows.to(rows.device)
+        table = self.positive_rows
         have = rows < len(table)
         pos = table[rows.clamp(max=len(table) - 1)]
         return torch.where(have[:, None], pos, rows[:, None].expand_as(pos))
