@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,32 @@ def test_presets():
         build_video_transform("fancy", 32)
     with pytest.raises(ValueError, match="blur"):
         preset_options("train", {"blur": 1.0})
+
+
+def test_mae_preset_crops_only():
+    """The masked autoencoders' preset: a random crop and nothing else (no flip, no colour
+    change, no audio change), so that what they reconstruct is the clip itself."""
+    mae = build_video_transform("mae", 32)
+    assert [type(t) for t in mae.transforms] == [RandomResizedCrop, Normalize]
+    norm = mae.transforms[-1]
+    assert norm.jitter == 0 and norm.grey_p == 0
+    x = ramp_clip(4, 48, 64)
+    assert not torch.equal(mae(x, gen(0)), mae(x, gen(1)))  # the crop is random
+    flat = torch.full((2, 40, 40, 3), 90, dtype=torch.uint8)  # one colour: any crop is the same
+    want = build_video_transform("eval", 32)(flat, gen(0))
+    for s in range(5):  # no jitter or grey-scale drawn in any of them
+        torch.testing.assert_close(mae(flat, gen(s)), want)
+    wave_tf, spec_tf = build_audio_transforms("mae")
+    assert not wave_tf.transforms and not spec_tf.transforms
+
+
+def test_mavil_recipes_use_the_mae_preset():
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    for name in ("mavil", "mavil_stage2"):
+        cfg = yaml.safe_load((recipes / f"{name}.yaml").read_text())
+        assert cfg["data"]["init_args"]["train_preset"] == "mae", name
 
 
 def test_fused_jitter_matches_step_by_step_reference():

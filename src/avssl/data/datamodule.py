@@ -182,7 +182,7 @@ class AVDataModule(pl.LightningDataModule):
         clips_per_video: K clips per sample in training (adds a K axis when > 1);
             val_clips: K in validation.
         audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
-        train_preset / eval_preset: transform presets ("train", "eval", "none");
+        train_preset / eval_preset: transform presets ("train", "mae", "eval", "none");
             augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
             (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker, and

@@ -1,4 +1,5 @@
-"""Video and audio transforms as plain callables, and the named presets ("train", "eval", "none").
+"""Video and audio transforms as plain callables, and the named presets ("train", "mae", "eval",
+"none").
 
 Every transform is ``t(x, gen)`` with ``gen`` a ``torch.Generator`` (None = global RNG), so a
 loader can seed it per worker. Video transforms take RGB uint8 ``[T, H, W, 3]`` frames (one
@@ -11,6 +12,11 @@ Presets:
         jitter 0.4 (p=0.8), random grey-scale (``grey_p``, default 0: off), normalise; audio
         gain +-6 dB (p=0.5), white noise at 10-40 dB SNR (p=0.3), SpecAugment one 24-bin
         frequency mask and one 96-frame time mask.
+    mae: the pretraining inputs of the masked autoencoders: the random-resized crop of
+        "train" (approximating VideoMAE's multi-scale crop, https://arxiv.org/abs/2203.12602),
+        no flip, no colour jitter (VideoMAE's pretraining adds neither); no audio changes
+        (AudioMAE pretrains without SpecAugment, mixup or noise, https://arxiv.org/abs/2207.06405;
+        the masking is the augmentation).
     eval: resize the short side to the crop size, centre crop, normalise; no audio changes.
     none: like eval (no augmentation at all); as a training preset the loader still draws
         random clip times.
@@ -52,6 +58,15 @@ PRESETS: dict[str, dict] = {
         "freq_mask": 0,
         "time_mask": 0,
     },
+}
+PRESETS["mae"] = {
+    "crop": "random",
+    "flip_p": 0.0,
+    "jitter": 0.0,
+    "gain_p": 0.0,
+    "noise_p": 0.0,
+    "freq_mask": 0,
+    "time_mask": 0,
 }
 PRESETS["none"] = dict(PRESETS["eval"])
 Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
