@@ -123,21 +123,34 @@ def test_shared_backbone_and_coral_variant(batch):
 
 
 def _align_of(model: XKD, batch) -> torch.Tensor:
-    """The model's ``align`` term, checked against its alignment loss on the student logits."""
+    """The model's ``align`` term, checked against its alignment loss on the student logits
+    averaged with the same loss on the teacher logits (XKD's code), and its gradient against
+    half the students' term alone (the teachers' term has none)."""
     torch.manual_seed(3)
     out = model.compute_losses(batch)
+    grads = torch.autograd.grad(out["align"], list(model.audio_head.parameters()))
     torch.manual_seed(3)  # same masks: reproduce the student logits
     _, s_a = model._student_branch(batch.audio, "audio", torch.ones(4))
     _, s_v = model._student_branch(batch.video, "video", torch.ones(4))
+    t_a, t_v = (
+        model._teacher_logits(batch.audio, "audio"),
+        model._teacher_logits(batch.video, "video"),
+    )
     fns = {"mmd": mmd, "coral": coral}
-    want = fns.pop(model.cfg["align"])(s_v, s_a)
+    fn = fns.pop(model.cfg["align"])
+    students, teachers = fn(s_v, s_a), fn(t_v, t_a)
     (other,) = fns.values()  # the check tells the two alignment losses apart
-    assert float(want) != pytest.approx(float(other(s_v, s_a)), rel=1e-3)
+    assert float(students) != pytest.approx(float(other(s_v, s_a)), rel=1e-3)
+    assert float(teachers) != pytest.approx(float(students), rel=1e-3)  # both terms count
+    want = 0.5 * (students + teachers)
     assert float(out["align"]) == pytest.approx(float(want), rel=1e-5)
+    want_grads = torch.autograd.grad(0.5 * students, list(model.audio_head.parameters()))
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
     return out["align"]
 
 
-def test_align_is_the_mmd_of_the_student_logits(batch):
+def test_align_averages_the_students_and_teachers_mmd(batch):
     assert float(_align_of(_model().eval(), batch)) > 0
 
 

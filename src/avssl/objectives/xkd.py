@@ -8,15 +8,17 @@ centred, sharpened distribution is the target of the *audio* student and vice ve
 cross-entropy, https://arxiv.org/abs/2104.14294; teacher T 0.1 video / 0.07 audio, student T
 0.1, centre momentum 0.9). The student's global feature is the mean of its masked-encoder tokens,
 as in the reference code. Domain alignment: MMD (sum of Gaussian kernels) between the audio and
-video students' head outputs (CORAL by option). Loss ``(5 recon + 1 kd + 1 align) / 7``.
+video students' head outputs, averaged with the same gap between the teachers' head outputs
+(as the reference code; the teachers' term carries no gradient, so the students' gap enters at
+weight 1/2) (CORAL by option). Loss ``(5 recon + 1 kd + 1 align) / 7``.
 The modality-agnostic variant (``shared_backbone: true``) shares the transformer blocks and final
 norm of the audio and video students (patch embeddings, decoders and heads stay per modality).
 
 The recipes clip every gradient tensor to norm 0.3 as the reference does (DINO's per-parameter
 clipping; ``clip_grad_per_param`` of :class:`~avssl.objectives.base.AVObjective`).
 Not implemented: the reference code's attention-based re-weighting of the teacher's tokens
-before pooling, its teacher-side MMD term (here the alignment term is the students' MMD alone,
-weight 1/7), and multi-crop local views. ``align: coral`` is Deep CORAL (covariances only).
+before pooling, and multi-crop local views (the reference's teachers see the local view).
+``align: coral`` is Deep CORAL (covariances only).
 """
 
 from __future__ import annotations
@@ -192,8 +194,9 @@ class XKD(AVObjective):
         else:
             kd_a = kd_v = (s_a.sum() + s_v.sum()) * 0.0
         align_fn = mmd if c["align"] == "mmd" else coral
-        if int(both.sum()) >= 2:
-            align = align_fn(s_v[both].float(), s_a[both].float())
+        if int(both.sum()) >= 2:  # students' and (no-gradient) teachers' audio-video gaps
+            align_s = align_fn(s_v[both].float(), s_a[both].float())
+            align = 0.5 * (align_s + align_fn(t_v[both], t_a[both]))
         else:
             align = (s_a.sum() + s_v.sum()) * 0.0
         if self.training:
