@@ -124,6 +124,40 @@ def test_mil_clip_positives_pair_every_clip_of_a_sample():
         _model(clip_positives="all")
 
 
+@torch.no_grad()
+def test_sum_of_directions_is_vatts_symmetric_nce():
+    """directions: sum (VATT's SymmetricNCE) adds the audio->video and video->audio NCEs, each
+    averaged over its anchors, for the per-slot, MIL and intra-modal terms; refused with the
+    memory bank or an unknown value."""
+    b = make_batch()
+    b.audio = torch.stack([b.audio, b.audio.flip(0)], dim=1)  # [B, K=2, 1, Ta, F]
+    b.video = torch.stack([b.video, b.video.roll(1, 0)], dim=1)  # [B, K=2, C, T, H, W]
+    model = _model(directions="sum", intra_weight=0.5).eval()
+    out = model.compute_losses(b)
+    za, zv = model.embed(b.audio.flatten(0, 1), b.video.flatten(0, 1))
+    za, zv = za.reshape(4, 2, -1), zv.reshape(4, 2, -1)
+
+    def both(x, y):  # the two directions, added
+        return info_nce(x, y, 0.07, symmetric=False) + info_nce(y, x, 0.07, symmetric=False)
+
+    want_av = (both(za[:, 0], zv[:, 0]) + both(za[:, 1], zv[:, 1])) / 2  # mean over clip slots
+    want_aa, want_vv = both(za[:, 0], za[:, 1]), both(zv[:, 0], zv[:, 1])
+    assert float(out["nce_av"]) == pytest.approx(float(want_av), rel=1e-5)
+    assert float(out["nce_aa"]) == pytest.approx(float(want_aa), rel=1e-5)
+    assert float(out["nce_vv"]) == pytest.approx(float(want_vv), rel=1e-5)
+    total = want_av + 0.5 * (want_aa + want_vv)
+    assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
+    mean = _model(intra_weight=0.5).eval().compute_losses(b)
+    assert float(out["loss"]) == pytest.approx(2 * float(mean["loss"]), rel=1e-5)
+    mil = _model(directions="sum", clip_positives="mil").eval().compute_losses(b)
+    mil_mean = _model(clip_positives="mil").eval().compute_losses(b)
+    assert float(mil["nce_av"]) == pytest.approx(2 * float(mil_mean["nce_av"]), rel=1e-5)
+    with pytest.raises(ValueError, match="batch-mode option"):
+        _model(directions="sum", memory_bank=True)
+    with pytest.raises(ValueError, match="directions must be"):
+        _model(directions="max")
+
+
 # ---------------------------------------------------------------- AVID memory bank
 def test_memory_nce_hand_value_and_loop_reference():
     z = torch.tensor([[2.0, 0.0]])

@@ -121,6 +121,9 @@ class AVContrastive(AVObjective):
             "mil" = every audio clip has all K video clips of its sample as positives and vice
             versa (MIL-NCE, Miech et al. 2020, https://arxiv.org/abs/1912.06430; the
             several-positives case of DESIGN section 4); same loss when K = 1.
+        directions: batch mode: how each symmetric NCE combines its two directions (audio
+            anchors against video candidates and the reverse), "mean" or "sum" (VATT's
+            ``SymmetricNCE`` adds them: twice the mean, the same gradients up to that factor).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -148,9 +151,15 @@ class AVContrastive(AVObjective):
         cross_weight: float = 1.0,
         within_weight: float = 0.0,
         clip_positives: str = "slot",
+        directions: str = "mean",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if directions not in ("mean", "sum"):
+            raise ValueError(f"directions must be 'mean' or 'sum', got {directions!r}")
+        if directions == "sum" and memory_bank:
+            raise ValueError("directions: sum is a batch-mode option (memory_bank: false)")
+        self.direction_scale = 2.0 if directions == "sum" else 1.0
         if clip_positives not in ("slot", "mil"):
             raise ValueError(f"clip_positives must be 'slot' or 'mil', got {clip_positives!r}")
         if clip_positives == "mil" and memory_bank:
@@ -226,7 +235,7 @@ class AVContrastive(AVObjective):
             valid, g = a_ok[:, 0] * v_ok[:, 0], self.gather_negatives
             av = [mil_nce(zv, za[:, i], t, False, g, valid) for i in range(k)]  # audio anchors
             av += [mil_nce(za, zv[:, i], t, False, g, valid) for i in range(k)]  # video anchors
-            losses = {"nce_av": torch.stack(av).mean()}
+            losses = {"nce_av": torch.stack(av).mean() * self.direction_scale}
         else:
             av = [
                 masked_info_nce(
@@ -234,7 +243,7 @@ class AVContrastive(AVObjective):
                 )
                 for i in range(k)
             ]  # one term per clip slot: clips of one sample are never each other's negatives
-            losses = {"nce_av": torch.stack(av).mean()}
+            losses = {"nce_av": torch.stack(av).mean() * self.direction_scale}
         total = losses.pop("bank_loss", losses["nce_av"])
         if self.intra_weight > 0:
             if k < 2:
@@ -242,9 +251,10 @@ class AVContrastive(AVObjective):
                     "AVContrastive: intra_weight > 0 needs 2 clips per sample "
                     "(set data.init_args.clips_per_video: 2)"
                 )
-            g = self.gather_negatives
-            losses["nce_aa"] = masked_info_nce(za[:, 0], za[:, 1], a_ok[:, 0] * a_ok[:, 1], t, g)
-            losses["nce_vv"] = masked_info_nce(zv[:, 0], zv[:, 1], v_ok[:, 0] * v_ok[:, 1], t, g)
+            g, d = self.gather_negatives, self.direction_scale
+            aa_ok, vv_ok = a_ok[:, 0] * a_ok[:, 1], v_ok[:, 0] * v_ok[:, 1]
+            losses["nce_aa"] = d * masked_info_nce(za[:, 0], za[:, 1], aa_ok, t, g)
+            losses["nce_vv"] = d * masked_info_nce(zv[:, 0], zv[:, 1], vv_ok, t, g)
             total = total + self.intra_weight * (losses["nce_aa"] + losses["nce_vv"])
         losses["temperature"] = t.detach()
         losses["loss"] = total
