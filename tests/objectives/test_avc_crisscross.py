@@ -109,8 +109,16 @@ def test_crisscross_terms_and_pairs():
     for name, value in want.items():
         assert float(out[name]) == pytest.approx(value, rel=1e-4), name
     assert want["sync"] != pytest.approx(want["async"], rel=1e-3)  # the pairings differ here
-    total = want["intra"] + 2.0 * want["sync"] + 0.5 * want["async"]
+    total = (want["intra"] + 2.0 * want["sync"] + 0.5 * want["async"]) / 3  # 3 terms on
     assert float(out["loss"]) == pytest.approx(total, rel=1e-4)
+    torch.manual_seed(0)  # a term with weight 0 leaves the divisor: the mean of the other two
+    two = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, async_weight=0)
+    assert float(two.compute_losses(b)["loss"]) == pytest.approx(
+        (want["intra"] + want["sync"]) / 2, rel=1e-4
+    )
+    for bad in (dict(intra_weight=-1.0), dict(intra_weight=0, sync_weight=0, async_weight=0)):
+        with pytest.raises(ValueError, match="term weights"):
+            CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, **bad)
     with pytest.raises(ValueError, match="clips_per_video: 2"):
         model.compute_losses(make_batch())
 

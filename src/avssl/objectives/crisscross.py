@@ -11,11 +11,13 @@ cosine ``D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2`` with a stop-gradient on the tar
 - asynchronous cross-modal: video 1 vs audio 2 and video 2 vs audio 1 (different moments of the
   same recording; with ``audio_mode: random`` every audio window is anywhere in the recording).
 
-Loss ``intra_weight * L_intra + sync_weight * L_sync + async_weight * L_async``, each term the
-mean of its pairs. Projector and predictor are SimSiam's (``batch_norm: true``, the default): a
-3-layer projector with batch norm after every layer (the last one without affine parameters) and
-a 2-layer bottleneck predictor with batch norm on its hidden layer; batch statistics are taken
-over each clip index separately, as SimSiam normalises each view's batch on its own (SimSiam's
+Loss ``(intra_weight * L_intra + sync_weight * L_sync + async_weight * L_async) / G``, each
+term the mean of its two pairs and ``G`` the number of terms with a weight above 0: CrissCross's
+code divides the weighted sum of its six pair losses by their number, which is the same.
+Projector and predictor are SimSiam's (``batch_norm: true``, the default): a 3-layer projector
+with batch norm after every layer (the last one without affine parameters) and a 2-layer
+bottleneck predictor with batch norm on its hidden layer; batch statistics are taken over each
+clip index separately, as SimSiam normalises each view's batch on its own (SimSiam's
 Table 5: without these norms its ImageNet linear probe falls from 67.4 to 34.6 %). With
 ``batch_norm: false`` both are Linear-GELU-Linear MLPs. Multi-GPU runs should add
 ``--trainer.sync_batchnorm true`` (SimSiam uses synchronised batch norm; it needs GPUs).
@@ -75,7 +77,8 @@ class CrissCross(AVObjective):
         audio_frames, num_mel_bins, num_frames, img_size: default input sizes.
         proj_dim, proj_hidden_dim: projector output and hidden widths.
         pred_hidden_dim: predictor bottleneck width (SimSiam: proj_dim / 4).
-        intra_weight, sync_weight, async_weight: term weights.
+        intra_weight, sync_weight, async_weight: term weights (>= 0, at least one above 0; a
+            term with weight 0 is off and leaves the divisor ``G``).
         batch_norm: SimSiam's projector and predictor with batch norm (True) or plain
             Linear-GELU-Linear MLPs (False).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
@@ -113,6 +116,12 @@ class CrissCross(AVObjective):
         self.projector, self.predictor = nn.ModuleDict(proj), nn.ModuleDict(pred)
         self.batch_norm = batch_norm
         self.weights = {"intra": intra_weight, "sync": sync_weight, "async": async_weight}
+        if min(self.weights.values()) < 0 or max(self.weights.values()) <= 0:
+            raise ValueError(
+                "CrissCross term weights must be >= 0 with at least one above 0, got "
+                f"intra {intra_weight}, sync {sync_weight}, async {async_weight}"
+            )
+        self.num_terms = sum(v > 0 for v in self.weights.values())
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         if batch.video.ndim != 6 or batch.video.shape[1] < 2:
@@ -147,8 +156,8 @@ class CrissCross(AVObjective):
             "async": 0.5 * (pair("video", 0, "audio", 1) + pair("video", 1, "audio", 0)),
         }
         w = self.weights
-        losses["loss"] = w["intra"] * losses["intra"] + w["sync"] * losses["sync"]
-        losses["loss"] = losses["loss"] + w["async"] * losses["async"]
+        total = w["intra"] * losses["intra"] + w["sync"] * losses["sync"]
+        losses["loss"] = (total + w["async"] * losses["async"]) / self.num_terms
         return losses
 
     def export_encoders(self) -> dict[str, Any]:
