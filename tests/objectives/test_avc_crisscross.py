@@ -163,3 +163,35 @@ def test_crisscross_predictors_learn_fixed_targets():
     model.requires_grad_(False).predictor.requires_grad_(True)
     hist = train_steps(model, _two_clips(), param_groups(model, 0.0), lr=1e-2, steps=8)
     assert hist[-1] < hist[0] - 0.2, hist
+
+
+def test_crisscross_predictors_keep_a_fixed_learning_rate():
+    """predictor_lr_scale: the predictors (and only they) train at scale x the peak rate with
+    no warm-up and no decay (SimSiam's fixed predictor rate; CrissCross: 10x, constant); the
+    rest follows the warm-up + cosine schedule; every parameter is in exactly one group."""
+    kw = dict(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, warmup_steps=2)
+    model = CrissCross(predictor_lr_scale=10.0, **kw)
+    opt, sched = model.build_optimizer(1e-3, total_steps=10)
+    pred = {id(p) for p in model.predictor.parameters()}
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    fixed = [g for g in opt.param_groups if g.get("constant_lr")]
+    assert {id(p) for g in fixed for p in g["params"]} == pred
+    assert all(id(p) not in pred for g in opt.param_groups if g not in fixed for p in g["params"])
+    history = []
+    for _ in range(10):
+        history.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for lrs in history:
+        for g, lr in zip(opt.param_groups, lrs):
+            if g.get("constant_lr"):
+                assert lr == pytest.approx(1e-2)
+    rest = [lrs[0] for lrs in history]  # a scheduled group: warm-up, then cosine to 0
+    assert rest[0] == pytest.approx(5e-4) and rest[1] == pytest.approx(1e-3)
+    assert rest[-1] < 1e-4
+    plain = CrissCross(**kw)  # default: one schedule for all
+    opt, _ = plain.build_optimizer(1e-3, total_steps=10)
+    assert len(opt.param_groups) == 2 and not any(g.get("constant_lr") for g in opt.param_groups)
+    with pytest.raises(ValueError, match="predictor_lr_scale"):
+        CrissCross(predictor_lr_scale=0.0, **kw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,13 @@ class WarmupCosine:
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ConstantLR:
+    """Step-wise multiplier 1 (a group that keeps its learning rate: no warm-up, no decay)."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -201,16 +209,29 @@ class AVObjective(pl.LightningModule):
     def build_optimizer(
         self, lr: float, total_steps: int, params_of: nn.Module | None = None
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW over ``params_of`` (default: this module; weight decay as :func:`param_groups`)
-        and its per-step warm-up + cosine schedule over ``total_steps``."""
+        """AdamW over ``params_of`` (default: this module's :meth:`optimizer_groups`) and its
+        per-step warm-up + cosine schedule over ``total_steps``; a group marked
+        ``"constant_lr": True`` keeps its learning rate instead."""
         fused = self.device.type == "cuda"
-        groups = param_groups(self if params_of is None else params_of, self.weight_decay)
+        if params_of is None:
+            groups = self.optimizer_groups(lr)
+        else:
+            groups = param_groups(params_of, self.weight_decay)
         opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas, fused=fused)
         warmup = self.warmup_steps
         if warmup is None:
             warmup = int(round(self.warmup_fraction * total_steps))
         schedule = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        lambdas: list[Callable[[int], float]] = [
+            ConstantLR() if g.get("constant_lr") else schedule for g in opt.param_groups
+        ]
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups at peak rate ``lr`` (default: :func:`param_groups`
+        of this module, all at ``lr``); a subclass may give a group its own ``"lr"`` and mark
+        it ``"constant_lr": True`` (CrissCross's predictors)."""
+        return param_groups(self, self.weight_decay)
 
     def check_before_fit(self, resuming: bool) -> None:
         """Raises ``ValueError`` (one line) when this objective cannot train as configured;

@@ -33,7 +33,7 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
-from avssl.objectives.base import AVObjective
+from avssl.objectives.base import AVObjective, param_groups
 from avssl.objectives.contrastive import projection_head
 
 
@@ -81,6 +81,10 @@ class CrissCross(AVObjective):
             term with weight 0 is off and leaves the divisor ``G``).
         batch_norm: SimSiam's projector and predictor with batch norm (True) or plain
             Linear-GELU-Linear MLPs (False).
+        predictor_lr_scale: > 0: the predictors train at this multiple of the peak learning
+            rate, held constant (no warm-up, no decay), as SimSiam fixes its predictor's rate
+            and CrissCross's config sets its predictors to 10x the backbones' rate, constant;
+            None: the predictors follow the schedule of everything else.
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -101,9 +105,13 @@ class CrissCross(AVObjective):
         sync_weight: float = 1.0,
         async_weight: float = 1.0,
         batch_norm: bool = True,
+        predictor_lr_scale: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if predictor_lr_scale is not None and predictor_lr_scale <= 0:
+            raise ValueError(f"predictor_lr_scale must be > 0 or null, got {predictor_lr_scale}")
+        self.predictor_lr_scale = predictor_lr_scale
         self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
         dim = self.audio_encoder.embed_dim
         modalities = ("audio", "video")
@@ -122,6 +130,20 @@ class CrissCross(AVObjective):
                 f"intra {intra_weight}, sync {sync_weight}, async {async_weight}"
             )
         self.num_terms = sum(v > 0 for v in self.weights.values())
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Everything but the predictors on the schedule; the predictors at
+        ``predictor_lr_scale * lr``, constant, when that is set."""
+        if self.predictor_lr_scale is None:
+            return super().optimizer_groups(lr)
+        pred = {id(p) for p in self.predictor.parameters()}
+        rest = param_groups(self, self.weight_decay)
+        for g in rest:
+            g["params"] = [p for p in g["params"] if id(p) not in pred]
+        fixed = param_groups(self.predictor, self.weight_decay)
+        for g in fixed:
+            g.update(lr=lr * self.predictor_lr_scale, constant_lr=True)
+        return rest + fixed
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         if batch.video.ndim != 6 or batch.video.shape[1] < 2:
