@@ -59,15 +59,7 @@ PRESETS: dict[str, dict] = {
         "time_mask": 0,
     },
 }
-PRESETS["mae"] = {
-    "crop": "random",
-    "flip_p": 0.0,
-    "jitter": 0.0,
-    "gain_p": 0.0,
-    "noise_p": 0.0,
-    "freq_mask": 0,
-    "time_mask": 0,
-}
+PRESETS["mae"] = {**PRESETS["eval"], "crop": "random"}  # eval's settings, train's random crop
 PRESETS["none"] = dict(PRESETS["eval"])
 Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
