@@ -139,8 +139,14 @@ def mil_nce(
     b = F.normalize(b.float(), dim=-1)
     a_all, b_all, labels = _targets(a, b, gather)
     rows = torch.arange(a.shape[0], device=a.device)
-    w = torch.ones(a.shape[0], device=a.device) if valid is None else valid.float()
-    w_all = gather_plain(w) if gather else w  # [W*B]
+    if valid is None:  # every sample there: nothing to gather
+        w, w_all = (
+            torch.ones(a.shape[0], device=a.device),
+            torch.ones(a_all.shape[0], device=a.device),
+        )
+    else:
+        w = valid.float()
+        w_all = gather_plain(w) if gather else w  # [W*B]
     dead = (w_all < 0.5)[None, :, None]  # [1, W*B, 1] candidates that are not there
 
     def direction(s: torch.Tensor) -> torch.Tensor:  # s [B, W*B, K] -> mean over valid rows
