@@ -139,18 +139,14 @@ def mil_nce(
     b = F.normalize(b.float(), dim=-1)
     a_all, b_all, labels = _targets(a, b, gather)
     rows = torch.arange(a.shape[0], device=a.device)
-    if valid is None:  # every sample there: nothing to gather
-        w, w_all = (
-            torch.ones(a.shape[0], device=a.device),
-            torch.ones(a_all.shape[0], device=a.device),
-        )
-    else:
-        w = valid.float()
-        w_all = gather_plain(w) if gather else w  # [W*B]
-    dead = (w_all < 0.5)[None, :, None]  # [1, W*B, 1] candidates that are not there
+    w = torch.ones(a.shape[0], device=a.device) if valid is None else valid.float()
+    dead = None  # [1, W*B, 1] candidates that are not there (None: every one is)
+    if valid is not None:
+        dead = ((gather_plain(w) if gather else w) < 0.5)[None, :, None]
 
     def direction(s: torch.Tensor) -> torch.Tensor:  # s [B, W*B, K] -> mean over valid rows
-        s = s.masked_fill(dead, -1e4)
+        if dead is not None:
+            s = s.masked_fill(dead, -1e4)
         per_row = s.flatten(1).logsumexp(dim=1) - s[rows, labels].logsumexp(dim=1)  # [B]
         return (per_row * w).sum() / w.sum().clamp_min(1.0)
 
