@@ -214,3 +214,59 @@ def test_grey_scale_gives_equal_channels_and_off_draws_nothing():
     train = build_video_transform("train", 16, overrides={"grey_p": 1.0})
     y = train(x, gen(2))
     assert torch.allclose(y[0] * 0.229 + 0.485, y[1] * 0.224 + 0.456, atol=1e-5)
+
+
+def test_hue_matrix_keeps_luma_and_grey_and_turns_like_hsv():
+    import colorsys
+
+    assert torch.allclose(Normalize.hue_matrix(0.0), torch.eye(3), atol=1e-6)
+    assert torch.allclose(Normalize.hue_matrix(1.0), torch.eye(3), atol=1e-5)  # a full turn
+    grey_w = torch.tensor([0.299, 0.587, 0.114])
+    for h in (-0.3, 0.05, 0.2):
+        mat = Normalize.hue_matrix(h)
+        assert torch.allclose(grey_w @ mat, grey_w, atol=1e-5)  # luma unchanged
+        assert torch.allclose(mat @ torch.full((3,), 0.5), torch.full((3,), 0.5), atol=1e-6)
+    red = torch.tensor([0.8, 0.2, 0.2])
+    for h in (0.05, -0.05):  # HSV hue of red moves by about h turns, in its direction
+        turned = colorsys.rgb_to_hsv(*(Normalize.hue_matrix(h) @ red).clamp(0, 1).tolist())[0]
+        assert abs((turned - h + 0.5) % 1 - 0.5) < 0.03, (h, turned)  # within ~11 degrees
+
+
+def test_hue_jitter_matches_a_step_by_step_reference_and_off_draws_nothing():
+    x = torch.randint(0, 256, (2, 8, 12, 3), dtype=torch.uint8, generator=gen(7))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    grey_w = torch.tensor([0.299, 0.587, 0.114])
+    for seed in range(4):
+        out = Normalize(mean, std, jitter=0.4, jitter_p=1.0, hue=0.2)(x, gen(seed))
+        g = gen(seed)
+        torch.rand((), generator=g)  # the jitter_p draw
+        b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
+        h = -0.2 + 0.4 * float(torch.rand((), generator=g))  # the hue draw, last
+        y = x.float() / 255 * b
+        m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
+        y = c * y + (1 - c) * m
+        y = s * y + (1 - s) * (y @ grey_w)[..., None]
+        y = y @ Normalize.hue_matrix(h).T  # per pixel: hue rotation of the RGB vector
+        y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
+        assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
+    for hue, draws in ((0.0, 4), (0.1, 5)):  # hue 0 draws nothing
+        g, ref = gen(5), gen(5)
+        Normalize(jitter=0.4, jitter_p=1.0, hue=hue)(x, g)
+        torch.rand(draws, generator=ref)
+        assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=ref))
+    shifted = build_video_transform("train", 8, overrides={"hue": 0.5, "jitter": 0.0,
+                                                           "jitter_p": 1.0, "crop": "center",
+                                                           "flip_p": 0.0})  # fmt: skip
+    plain = build_video_transform("eval", 8)
+    assert not torch.allclose(shifted(x, gen(1)), plain(x, gen(1)), atol=1e-3)  # hue alone acts
+    with pytest.raises(ValueError, match="hue"):
+        build_video_transform("train", 8, overrides={"hue": 0.7})
+
+
+def test_xkd_recipes_jitter_hue():
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    for name in ("xkd", "xkd_shared"):
+        augment = yaml.safe_load((recipes / f"{name}.yaml").read_text())["data"]["init_args"]
+        assert augment["augment"]["hue"] == 0.2, name

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from avssl.losses.distillation import coral, dino_distill, mmd
+from avssl.objectives._xkd_views import attention_pool, tokens_and_attention
 from avssl.objectives.base import param_groups
 from avssl.objectives.xkd import XKD
 from tests.objectives.batches import make_batch
@@ -164,6 +167,95 @@ def test_export_teacher_or_student_and_bad_settings():
     assert enc["audio"] is student.audio_encoder and enc["video"] is student.video_encoder
     with pytest.raises(ValueError, match="align"):
         _model(align="kl")
+
+
+def _fixed_local_views(model: XKD, batch):
+    """Draws the model's local views once and makes ``model.local_views`` return them."""
+    torch.manual_seed(11)
+    views = model.local_views(batch.audio, batch.video)
+    model.local_views = lambda audio, video: views  # type: ignore[method-assign]
+    return views
+
+
+def test_local_views_teachers_see_the_local_view_students_both(batch):
+    model = _model(local_views=True).eval()
+    local_a, local_v = _fixed_local_views(model, batch)
+    assert local_a.shape == (4, 1, 16, 32)  # 64 fbank frames / 4; one 16-frame patch
+    assert local_v.shape == (4, 3, 2, 16, 16)  # 4 frames / 4 -> one tubelet of 2; 32 / 1.16 -> 16
+    seen = []
+    for name in ("audio", "video"):
+        model.teacher[name].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    torch.manual_seed(3)
+    out = model.compute_losses(batch)
+    assert seen == [local_a.shape, local_v.shape]
+    torch.manual_seed(3)  # same masks: the global (masked) student views
+    _, s_a = model._student_branch(batch.audio, "audio", torch.ones(4))
+    _, s_v = model._student_branch(batch.video, "video", torch.ones(4))
+    l_a = model.audio_head(model.audio_encoder(local_a))
+    l_v = model.video_head(model.video_encoder(local_v))
+    t_a = model._teacher_logits(local_a, "audio")
+    t_v = model._teacher_logits(local_v, "video")
+    want_a = (dino_distill(s_a, t_v, model.center_video, 0.1, 0.1)
+              + dino_distill(l_a, t_v, model.center_video, 0.1, 0.1)) / 2  # fmt: skip
+    want_v = (dino_distill(s_v, t_a, model.center_audio, 0.1, 0.07)
+              + dino_distill(l_v, t_a, model.center_audio, 0.1, 0.07)) / 2  # fmt: skip
+    assert float(out["kd_video_to_audio"]) == pytest.approx(float(want_a), rel=1e-5)
+    assert float(out["kd_audio_to_video"]) == pytest.approx(float(want_v), rel=1e-5)
+    students = mmd(torch.cat([s_v, l_v]), torch.cat([s_a, l_a]))
+    want_align = 0.5 * (students + mmd(t_v, t_a))
+    assert float(out["align"]) == pytest.approx(float(want_align), rel=1e-5)
+    # the local branch trains the students: kd alone reaches the patch embeddings through it
+    model.zero_grad()
+    out["kd_video_to_audio"].backward()
+    assert model.audio_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_local_views_centres_follow_the_local_teacher(batch):
+    model = _model(local_views=True).train()
+    local_a, local_v = _fixed_local_views(model, batch)
+    t_a = model._teacher_logits(local_a, "audio")
+    model.compute_losses(batch)
+    assert torch.allclose(model.center_audio, 0.1 * t_a.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_attention_pooling_of_the_teacher(batch):
+    model = _model(teacher_pooling="attention", depth=2).eval()
+    enc = model.teacher["video"]
+    tokens, weights = tokens_and_attention(enc, batch.video)
+    want = model.teacher["video_head"](attention_pool(tokens, weights))
+    got = model._teacher_logits(batch.video, "video")
+    assert torch.allclose(got, want, atol=1e-6)
+    plain = model.teacher["video_head"](enc(batch.video))
+    assert not torch.allclose(got, plain, atol=1e-4)  # the weighting changes the targets
+    assert torch.isfinite(model.compute_losses(batch)["loss"])
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(local_temporal_ratio=0.5), "local_temporal_ratio"),
+        (dict(local_spatial_ratio=0), "local_spatial_ratio"),
+        (dict(local_crop_scale=[0.5, 0.2]), "local_crop_scale"),
+        (dict(local_crop_scale=[0.0, 0.4]), "local_crop_scale"),
+        (dict(local_crop_scale=[0.1]), "local_crop_scale"),
+        (dict(local_grey_p=1.5), "local_grey_p"),
+        (dict(local_blur_p=-0.1), "local_blur_p"),
+        (dict(teacher_pooling="cls"), "teacher_pooling"),
+    ],
+)
+def test_bad_local_view_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _model(**bad)
+
+
+def test_xkd_recipes_use_local_views_and_attention_pooling():
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    for name in ("xkd", "xkd_shared"):
+        args = yaml.safe_load((recipes / f"{name}.yaml").read_text())["model"]["init_args"]
+        assert args["local_views"] is True and args["teacher_pooling"] == "attention", name
+        assert args["local_temporal_ratio"] == 4 and args["local_crop_scale"] == [0.08, 0.4]
 
 
 class _Data(pl.LightningDataModule):

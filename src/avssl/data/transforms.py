@@ -9,7 +9,8 @@ the normalised fbank ``[Ta, F]`` (SpecAugment, https://arxiv.org/abs/1904.08779)
 
 Presets:
     train: random-resized crop (area 0.25-1, aspect 3/4-4/3), horizontal flip p=0.5, colour
-        jitter 0.4 (p=0.8), random grey-scale (``grey_p``, default 0: off), normalise; audio
+        jitter 0.4 (p=0.8; hue jitter ``hue``, default 0: off), random grey-scale (``grey_p``,
+        default 0: off), normalise; audio
         gain +-6 dB (p=0.5), white noise at 10-40 dB SNR (p=0.3), SpecAugment one 24-bin
         frequency mask and one 96-frame time mask.
     mae: the pretraining inputs of the masked autoencoders: the random-resized crop of
@@ -42,6 +43,7 @@ PRESETS: dict[str, dict] = {
         "jitter": 0.4,
         "jitter_p": 0.8,
         "grey_p": 0.0,  # random grey-scale (SimCLR, CVRL: 0.2); off by default
+        "hue": 0.0,  # hue jitter, a fraction of a turn (torchvision's 0-0.5); off by default
         "gain_db": 6.0,
         "gain_p": 0.5,
         "noise_snr_db": (10.0, 40.0),
@@ -145,24 +147,31 @@ class RandomHorizontalFlip:
 class Normalize:
     """uint8 ``[T, H, W, 3]`` -> float ``[C, T, H, W]``: ``(x / 255 - mean) / std``, with an
     optional colour jitter (brightness, contrast, saturation factors drawn from
-    ``[1 - j, 1 + j]``, applied in that order with probability ``jitter_p``) and an optional
-    grey-scale conversion (probability ``grey_p``, after the jitter, as SimCLR's
-    https://arxiv.org/abs/2002.05709 and CVRL's https://arxiv.org/abs/2008.03800 do) fused in.
+    ``[1 - j, 1 + j]``, then a hue shift drawn from ``[-hue, hue]`` turns, applied in that order
+    with probability ``jitter_p``) and an optional grey-scale conversion (probability
+    ``grey_p``, after the jitter, as SimCLR's https://arxiv.org/abs/2002.05709 and CVRL's
+    https://arxiv.org/abs/2008.03800 do) fused in.
 
     The jitter steps, the grey-scale conversion and the normalisation are linear in the pixel
     values, so they run as one 3x3 colour matrix plus offset, clamped once to the valid range
-    at the end (torchvision clamps after each step). With ``grey_p`` 0 no random number is
-    drawn for it, so the other draws are those of a Normalize without it.
+    at the end (torchvision clamps after each step). The hue shift is the linear one: a
+    rotation of the chroma plane of YIQ about the grey axis (luma and grey levels unchanged),
+    which approximates torchvision's HSV hue shift (same direction; it differs most for
+    saturated colours). With ``grey_p`` or ``hue`` 0 no random number is drawn for it, so the
+    other draws are those of a Normalize without it.
     """
 
     GREY = torch.tensor([0.299, 0.587, 0.114])
+    YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
     def __init__(
-        self, mean=IMAGENET_MEAN, std=IMAGENET_STD, jitter=0.0, jitter_p=0.8, grey_p=0.0
+        self, mean=IMAGENET_MEAN, std=IMAGENET_STD, jitter=0.0, jitter_p=0.8, grey_p=0.0, hue=0.0
     ) -> None:
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"hue jitter must be in [0, 0.5] (a fraction of a turn), got {hue}")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1)
-        self.jitter, self.jitter_p, self.grey_p = jitter, jitter_p, grey_p
+        self.jitter, self.jitter_p, self.grey_p, self.hue = jitter, jitter_p, grey_p, hue
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         t, h, w, _ = x.shape
@@ -196,7 +205,7 @@ class Normalize:
         """(matrix [3, 3], offset [3, 1]) in 0-255 units of the jitter and grey-scale drawn
         for this clip, or None when neither applies."""
         colour = None
-        if self.jitter > 0 and _chance(gen, self.jitter_p):
+        if (self.jitter > 0 or self.hue > 0) and _chance(gen, self.jitter_p):
             colour = self._jitter_affine(x, gen)
         if self.grey_p > 0 and _chance(gen, self.grey_p):
             grey = self.GREY.expand(3, 3)  # every channel becomes the luma
@@ -212,7 +221,17 @@ class Normalize:
         b, c, s = (_uniform(gen, lo, hi) for _ in range(3))
         m = float((x[:, ::4, ::4].float() @ self.GREY).mean())  # grey mean on a subsample
         s_mat = s * torch.eye(3) + (1 - s) * self.GREY.expand(3, 3)
+        if self.hue > 0:  # the offset is grey, which the hue rotation leaves as it is
+            s_mat = self.hue_matrix(_uniform(gen, -self.hue, self.hue)) @ s_mat
         return c * b * s_mat, torch.full((3, 1), (1 - c) * b * m)
+
+    @classmethod
+    def hue_matrix(cls, h: float) -> torch.Tensor:
+        """``[3, 3]`` RGB matrix of a hue shift by ``h`` turns: the YIQ chroma plane rotated by
+        ``-2 pi h`` (the sign that moves red towards yellow for ``h > 0``, as HSV's hue)."""
+        cos, sin = math.cos(2 * math.pi * h), math.sin(2 * math.pi * h)
+        rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, sin], [0.0, -sin, cos]])
+        return torch.linalg.inv(cls.YIQ) @ rot @ cls.YIQ
 
 
 def apply_affine(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
@@ -309,7 +328,7 @@ def build_video_transform(
     steps: list = [crop]
     if o["flip_p"] > 0:
         steps.append(RandomHorizontalFlip(o["flip_p"]))
-    steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"], o["grey_p"]))
+    steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"], o["grey_p"], o["hue"]))
     return Compose(steps)
 
 

@@ -16,8 +16,13 @@ norm of the audio and video students (patch embeddings, decoders and heads stay 
 
 The recipes clip every gradient tensor to norm 0.3 as the reference does (DINO's per-parameter
 clipping; ``clip_grad_per_param`` of :class:`~avssl.objectives.base.AVObjective`).
-Not implemented: the reference code's attention-based re-weighting of the teacher's tokens
-before pooling, and multi-crop local views (the reference's teachers see the local view).
+Local views (``local_views: true``, the recipes): as the reference code, the teachers see a
+*local* view of each clip (a quarter of its duration, a small crop; see
+:mod:`avssl.objectives._xkd_views` for how it is cut here), the students both the masked global
+view and the unmasked local view; each student view is distilled towards the other modality's
+teacher (the two cross-entropies averaged) and the students' alignment term takes both views.
+Teacher pooling (``teacher_pooling: attention``, the recipes): the teacher's tokens are weighted
+by the attention they receive in its last block before the mean, as the reference code.
 ``align: coral`` is Deep CORAL (covariances only).
 """
 
@@ -37,8 +42,43 @@ from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.masking import random_masking
 from avssl.models.utils import cosine_schedule, ema_update
+from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, decoder_dims, flatten_inputs
+from avssl.objectives._xkd_views import (
+    attention_pool,
+    local_audio_view,
+    local_video_view,
+    tokens_and_attention,
+    whole_units,
+)
 from avssl.objectives.base import AVObjective
+
+
+def _check_local_options(
+    temporal_ratio: float,
+    spatial_ratio: float,
+    crop_scale: tuple[float, float] | list[float],
+    probabilities: tuple[float, float, float],
+    teacher_pooling: str,
+) -> None:
+    """Refuses local-view and pooling settings that cannot be drawn (one-line errors)."""
+    if temporal_ratio < 1 or spatial_ratio < 1:
+        raise ValueError(
+            f"XKD local_temporal_ratio and local_spatial_ratio must be >= 1 (the local view is "
+            f"at most the global one), got {temporal_ratio} and {spatial_ratio}"
+        )
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(
+            f"XKD local_crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {crop_scale}"
+        )
+    if not all(0 <= p <= 1 for p in probabilities):
+        raise ValueError(
+            f"XKD local_flip_p, local_grey_p, local_blur_p must be in [0, 1], got {probabilities}"
+        )
+    if teacher_pooling not in ("mean", "attention"):
+        raise ValueError(
+            f"XKD teacher_pooling must be 'mean' or 'attention', got {teacher_pooling!r}"
+        )
 
 
 class DINOHead(nn.Module):
@@ -78,6 +118,14 @@ class XKD(AVObjective):
         align: "mmd" or "coral" domain alignment.
         recon_weight, kd_weight, align_weight: loss weights (5:1:1), normalised by their sum.
         export_which: "teacher" or "student" encoders for export (see `export_encoders`).
+        local_views: teachers on a local view, students on both views (XKD's code; see the
+            module docstring). Off: teachers and students on the global view only.
+        local_temporal_ratio: the local view's share of the frames is 1 / this (XKD: 4).
+        local_spatial_ratio: local view side = global side / this (XKD: 1.16, 112 -> 96 px).
+        local_crop_scale: area range of the local crop within the global view (XKD: 0.08-0.4).
+        local_flip_p, local_grey_p, local_blur_p: the local view's flip, grey-scale and blur
+            probabilities (XKD: 0.5, 0.2, 0.5).
+        teacher_pooling: "mean" of the teacher's tokens, or "attention"-weighted (XKD's code).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -115,9 +163,21 @@ class XKD(AVObjective):
         kd_weight: float = 1.0,
         align_weight: float = 1.0,
         export_which: str = "teacher",
+        local_views: bool = False,
+        local_temporal_ratio: float = 4.0,
+        local_spatial_ratio: float = 1.16,
+        local_crop_scale: tuple[float, float] | list[float] = (0.08, 0.4),
+        local_flip_p: float = 0.5,
+        local_grey_p: float = 0.2,
+        local_blur_p: float = 0.5,
+        teacher_pooling: str = "mean",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _check_local_options(
+            local_temporal_ratio, local_spatial_ratio, local_crop_scale,
+            (local_flip_p, local_grey_p, local_blur_p), teacher_pooling,
+        )  # fmt: skip
         if align not in ("mmd", "coral"):
             raise ValueError(f"XKD align must be 'mmd' or 'coral', got {align!r}")
         if export_which not in ("teacher", "student"):
@@ -174,28 +234,59 @@ class XKD(AVObjective):
 
     @torch.no_grad()
     def _teacher_logits(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.teacher[f"{modality}_head"](self.teacher[modality](x)).float()  # [B, K]
+        enc: ViTEncoder = self.teacher[modality]  # type: ignore[assignment]
+        if self.cfg["teacher_pooling"] == "attention":
+            pooled = attention_pool(*tokens_and_attention(enc, x))
+        else:
+            pooled = enc(x)  # mean of the tokens
+        return self.teacher[f"{modality}_head"](pooled).float()  # [B, K]
+
+    def local_views(self, audio: torch.Tensor, video: torch.Tensor):
+        """The local views ``(audio [B, 1, Ta', F], video [B, C, T', S, S])`` of the global ones
+        (module :mod:`avssl.objectives._xkd_views`)."""
+        c = self.cfg
+        a_enc, v_enc = self.audio_encoder, self.video_encoder
+        frames_a = whole_units(audio.shape[2], c["local_temporal_ratio"], a_enc.patch_size)
+        frames_v = whole_units(video.shape[2], c["local_temporal_ratio"], v_enc.tubelet_size)
+        side = whole_units(video.shape[-1], c["local_spatial_ratio"], v_enc.patch_size)
+        local_v = local_video_view(
+            video, frames_v, side, tuple(c["local_crop_scale"]),
+            c["local_flip_p"], c["local_grey_p"], c["local_blur_p"],
+        )  # fmt: skip
+        return local_audio_view(audio, frames_a), local_v
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         recon_a, s_a = self._student_branch(audio, "audio", a_ok)
         recon_v, s_v = self._student_branch(video, "video", v_ok)
+        students_a, students_v = [s_a], [s_v]  # head logits per student view
+        if self.cfg["local_views"]:
+            audio, video = self.local_views(audio, video)  # the teachers see the local view
+            students_a.append(self.audio_head(self.audio_encoder(audio)))
+            students_v.append(self.video_head(self.video_encoder(video)))
         t_a = self._teacher_logits(audio, "audio")
         t_v = self._teacher_logits(video, "video")
         both = (a_ok * v_ok) > 0.5  # distil and align only where both modalities exist
         c = self.cfg
-        if bool(both.any()):
-            kd_a = dino_distill(
-                s_a[both], t_v[both], self.center_video, c["student_temp"], c["teacher_temp_video"]
-            )  # video teacher -> audio student
-            kd_v = dino_distill(
-                s_v[both], t_a[both], self.center_audio, c["student_temp"], c["teacher_temp_audio"]
-            )  # audio teacher -> video student
+        if bool(both.any()):  # video teacher -> audio student views, and the reverse
+            t_temp_v, t_temp_a, s_temp = (
+                c["teacher_temp_video"], c["teacher_temp_audio"], c["student_temp"])  # fmt: skip
+            kd_a = sum(
+                dino_distill(s[both], t_v[both], self.center_video, s_temp, t_temp_v)
+                for s in students_a
+            ) / len(students_a)
+            kd_v = sum(
+                dino_distill(s[both], t_a[both], self.center_audio, s_temp, t_temp_a)
+                for s in students_v
+            ) / len(students_v)
         else:
             kd_a = kd_v = (s_a.sum() + s_v.sum()) * 0.0
         align_fn = mmd if c["align"] == "mmd" else coral
-        if int(both.sum()) >= 2:  # students' and (no-gradient) teachers' audio-video gaps
-            align_s = align_fn(s_v[both].float(), s_a[both].float())
+        if int(both.sum()) >= 2:  # students' (all views) and no-gradient teachers' gaps
+            align_s = align_fn(
+                torch.cat([s[both] for s in students_v]).float(),
+                torch.cat([s[both] for s in students_a]).float(),
+            )
             align = 0.5 * (align_s + align_fn(t_v[both], t_a[both]))
         else:
             align = (s_a.sum() + s_v.sum()) * 0.0

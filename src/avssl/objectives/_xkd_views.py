@@ -1,0 +1,158 @@
+"""XKD's local views and its teachers' attention-weighted pooling, computed on the device.
+
+Local views (XKD, https://arxiv.org/abs/2211.13929; its public Kinetics config): besides the
+global view (the clip the loader delivers), each clip gives one *local* view: a random contiguous
+window of ``1 / temporal_ratio`` of its frames (video) or fbank frames (audio). The video window
+then takes a random-resized crop of area ``crop_scale`` (aspect 3/4-4/3), resized to
+``size / spatial_ratio`` pixels, a horizontal flip (p 0.5), grey-scale (p 0.2) and a Gaussian
+blur (p 0.5, sigma 0.1-2, kernel ``size // 20 * 2 + 1`` as XKD's). XKD's teachers see the local
+view, its students both views.
+
+Here the local view is cut from the global view (already cropped, flipped and colour-jittered by
+the loader) instead of from the decoded frames: its crop is a fraction of the global crop, and it
+shares the global view's colour jitter rather than drawing its own. The audio window is a plain
+time crop (XKD's local audio also takes a random time/frequency rescaling and its own volume
+jitter, not done here). Sizes are rounded down to whole patches / tubelets (at least one).
+
+Attention pooling (XKD's ``cm_attn_mode: mean``): each teacher token is weighted by the
+attention it receives in the last block (mean over heads and queries) and the weighted mean is
+rescaled to the norm of the plain mean. XKD multiplies the weights of one modality by the mean
+attention of the other; in its ``mean`` mode that factor is a constant that the rescaling
+cancels, so it is not computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from avssl.models.layers import Block
+from avssl.models.vit import ViTEncoder
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def whole_units(length: int, ratio: float, unit: int) -> int:
+    """``length / ratio`` rounded down to a multiple of ``unit``, at least one unit and at most
+    ``length`` rounded down (32 frames, ratio 4, tubelet 4 -> 8; 112 px, 1.16, patch 16 -> 96)."""
+    whole = max(unit, length // unit * unit)
+    return min(whole, max(unit, int(length / ratio) // unit * unit))
+
+
+def _time_window(x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """A random contiguous window of ``length`` along ``dim`` (>= 1), drawn per sample."""
+    B, total = x.shape[0], x.shape[dim]
+    start = torch.randint(0, total - length + 1, (B,), device=x.device)
+    idx = start[:, None] + torch.arange(length, device=x.device)  # [B, length]
+    shape = [B] + [1] * (x.dim() - 1)
+    shape[dim] = length
+    idx = idx.view(shape).expand(*[s if i != dim else length for i, s in enumerate(x.shape)])
+    return torch.gather(x, dim, idx)
+
+
+def local_audio_view(audio: torch.Tensor, frames: int) -> torch.Tensor:
+    """``[B, 1, Ta, F]`` -> ``[B, 1, frames, F]``: a random window of ``frames`` fbank frames."""
+    return _time_window(audio, 2, frames)
+
+
+def _crop_boxes(B: int, scale: tuple[float, float], device: torch.device) -> torch.Tensor:
+    """``[B, 4]`` (width, height, centre x, centre y) as fractions of a square image: area
+    fraction uniform in ``scale``, aspect ratio log-uniform in 3/4-4/3; a box that would not
+    fit is made square (of the same area), as the random-resized crop's fallback."""
+    area = torch.empty(B, device=device).uniform_(*scale)
+    log_r = torch.empty(B, device=device).uniform_(math.log(3 / 4), math.log(4 / 3))
+    w, h = (area * log_r.exp()).sqrt(), (area / log_r.exp()).sqrt()
+    square = (w > 1) | (h > 1)
+    w, h = torch.where(square, area.sqrt(), w), torch.where(square, area.sqrt(), h)
+    cx = w / 2 + torch.rand(B, device=device) * (1 - w)
+    cy = h / 2 + torch.rand(B, device=device) * (1 - h)
+    return torch.stack([w, h, cx, cy], dim=1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, ksize: int) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, K, H, W]`` with one ``sigma`` per sample (reflect pad)."""
+    B, K, H, W = x.shape
+    r = ksize // 2
+    pos = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    kern = torch.exp(-(pos[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    kern = (kern / kern.sum(dim=1, keepdim=True)).repeat_interleave(K, dim=0)  # [B K, k]
+    y = x.reshape(1, B * K, H, W)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kern[:, None, None, :], groups=B * K)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kern[:, None, :, None], groups=B * K)
+    return y.view(B, K, H, W)
+
+
+def local_video_view(
+    video: torch.Tensor,
+    frames: int,
+    size: int,
+    crop_scale: tuple[float, float] = (0.08, 0.4),
+    flip_p: float = 0.5,
+    grey_p: float = 0.2,
+    blur_p: float = 0.5,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.Tensor:
+    """``[B, C, T, H, W]`` normalised clips -> ``[B, C, frames, size, size]`` local views.
+
+    A random window of ``frames`` frames, a random-resized crop (bilinear) with a flip, then
+    grey-scale and blur each with their probability, all drawn per sample from the global RNG
+    of the tensor's device. Colours are un-normalised (ImageNet mean and std, the loader's)
+    for the grey-scale and normalised again.
+    """
+    B, C, T, H, W = video.shape
+    clip = _time_window(video, 2, frames).transpose(1, 2).reshape(B * frames, C, H, W)
+    w, h, cx, cy = _crop_boxes(B, crop_scale, video.device).unbind(1)
+    flip = torch.rand(B, device=video.device) < flip_p
+    theta = torch.zeros(B, 2, 3, device=video.device, dtype=torch.float32)
+    theta[:, 0, 0] = torch.where(flip, -w, w)  # output x in [-1, 1] -> input x
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(
+        theta.repeat_interleave(frames, dim=0), [B * frames, C, size, size], align_corners=False
+    )
+    out = F.grid_sample(clip.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)  # fmt: skip
+    out = out.view(B, frames, C, size, size).transpose(1, 2)  # [B, C, frames, S, S]
+    if grey_p > 0 and C == 3:
+        mean = torch.tensor(IMAGENET_MEAN, device=out.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=out.device).view(1, 3, 1, 1, 1)
+        luma = torch.tensor(LUMA, device=out.device).view(1, 3, 1, 1, 1)
+        grey = ((out * std + mean) * luma).sum(dim=1, keepdim=True)  # [B, 1, frames, S, S]
+        pick = (torch.rand(B, device=out.device) < grey_p).view(B, 1, 1, 1, 1)
+        out = torch.where(pick, (grey - mean) / std, out)
+    if blur_p > 0:
+        sigma = torch.empty(B, device=out.device).uniform_(*blur_sigma)
+        blurred = _gaussian_blur(out.reshape(B, C * frames, size, size), sigma, size // 20 * 2 + 1)
+        pick = (torch.rand(B, device=out.device) < blur_p).view(B, 1, 1, 1, 1)
+        out = torch.where(pick, blurred.view_as(out), out)
+    return out.to(video.dtype)
+
+
+def tokens_and_attention(enc: ViTEncoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's output tokens ``[B, N, D]`` (as ``enc.forward_features(x)``) and the
+    attention each token receives in the last block, averaged over heads and queries
+    ``[B, N]`` (sums to 1 over N)."""
+    grid = enc.grid_size(x.shape)
+    tokens = enc.patch_embed(x) + enc.pos_embed_for(grid)  # [B, N, D]
+    for blk in enc.blocks[:-1]:
+        tokens = blk(tokens)
+    last: Block = enc.blocks[-1]  # type: ignore[assignment]
+    attn = last.attn
+    B, N, D = tokens.shape
+    qkv = attn.qkv(last.norm1(tokens)).reshape(B, N, 3, attn.num_heads, attn.head_dim)
+    q, k = qkv.permute(2, 0, 3, 1, 4).unbind(0)[:2]  # [B, h, N, Dh]
+    probs = ((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # [B, h, N, N]
+    return enc.norm(last(tokens)), probs.mean(dim=(1, 2))
+
+
+def attention_pool(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]`` tokens, ``[B, N]`` weights -> ``[B, D]``: the mean of the weighted tokens,
+    rescaled to the norm of the plain token mean (XKD's energy-preserving re-weighting)."""
+    plain = tokens.mean(dim=1)
+    weighted = (tokens * weights.unsqueeze(-1).to(tokens.dtype)).mean(dim=1)
+    ratio = plain.norm(dim=-1, keepdim=True) / weighted.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weighted * ratio
