@@ -42,7 +42,7 @@ def teacher_stats(model, batch, modality: str) -> dict[str, float]:
     """Entropy (nats), largest probability and per-prototype spread of one teacher's targets."""
     cfg = model.cfg
     x = batch.audio if modality == "audio" else batch.video
-    logits = model._teacher_logits(x, modality)  # [B, K] cosines
+    logits = model._teacher_logits(x, modality)  # [B, K] cosines (standardised: head_norm)
     center = model.center_audio if modality == "audio" else model.center_video
     p = torch.softmax((logits - center) / cfg[f"teacher_temp_{modality}"], dim=-1)
     return {

@@ -11,7 +11,7 @@ import torch
 from avssl.losses.distillation import coral, dino_distill, mmd
 from avssl.objectives._xkd_views import attention_pool, tokens_and_attention
 from avssl.objectives.base import param_groups
-from avssl.objectives.xkd import XKD
+from avssl.objectives.xkd import XKD, DINOHead
 from tests.objectives.batches import make_batch
 
 TINY = dict(
@@ -256,6 +256,30 @@ def test_xkd_recipes_use_local_views_and_attention_pooling():
         args = yaml.safe_load((recipes / f"{name}.yaml").read_text())["model"]["init_args"]
         assert args["local_views"] is True and args["teacher_pooling"] == "attention", name
         assert args["local_temporal_ratio"] == 4 and args["local_crop_scale"] == [0.08, 0.4]
+        assert args["head_norm"] is True  # XKD's projector norm3
+        assert (args["decoder_dim"], args["decoder_depth"], args["decoder_heads"]) == (384, 4, 12)
+        demo = yaml.safe_load((recipes / "demo" / f"{name}.yaml").read_text())["model"]
+        assert demo["init_args"]["decoder_dim"] is None  # the demo's decoders follow tiny
+
+
+def test_head_norm_standardises_each_clips_logits():
+    torch.manual_seed(0)
+    x = torch.randn(5, 32)
+    plain = DINOHead(32, 64, 16, 128)
+    normed = DINOHead(32, 64, 16, 128, hidden_norm=True, out_norm=True)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.modules())
+    hidden = [m for m in normed.mlp if isinstance(m, torch.nn.LayerNorm)]
+    assert len(hidden) == 2 and all(m.normalized_shape == (64,) for m in hidden)
+    out = normed(x)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(out.std(dim=1, unbiased=False), torch.ones(5), atol=1e-3)
+    assert plain(x).abs().max() <= 1.0 + 1e-6  # plain: cosines
+    normed.out_norm = torch.nn.Identity()  # without the output norm: cosines again
+    assert normed(x).abs().max() <= 1.0 + 1e-6
+    model = _model(head_norm=True)
+    assert isinstance(model.audio_head.out_norm, torch.nn.LayerNorm)
+    assert isinstance(model.teacher["video_head"].out_norm, torch.nn.LayerNorm)
+    assert not list(model.audio_head.out_norm.parameters())  # no affine: nothing to train
 
 
 class _Data(pl.LightningDataModule):

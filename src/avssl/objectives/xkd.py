@@ -86,19 +86,35 @@ class DINOHead(nn.Module):
 
     The last layer is DINO's weight-normalised linear layer with its norm fixed to 1, written
     as a product with L2-normalised prototype rows. Paper: https://arxiv.org/abs/2104.14294.
+    ``hidden_norm`` puts a LayerNorm after each hidden linear layer (before its GELU) and
+    ``out_norm`` a LayerNorm without affine parameters on the ``out`` cosines, which rescales
+    each clip's logits to zero mean and unit variance before the temperatures (XKD's projector
+    ``2048-gelu-3-256-8192-norm3`` has both).
     """
 
-    def __init__(self, dim: int, hidden: int, bottleneck: int, out: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        bottleneck: int,
+        out: int,
+        hidden_norm: bool = False,
+        out_norm: bool = False,
+    ) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-            nn.Linear(hidden, bottleneck),
-        )  # fmt: skip
+
+        def layer(fan_in: int) -> list[nn.Module]:
+            norm: list[nn.Module] = [nn.LayerNorm(hidden)] if hidden_norm else []
+            return [nn.Linear(fan_in, hidden), *norm, nn.GELU()]
+
+        self.mlp = nn.Sequential(*layer(dim), *layer(hidden), nn.Linear(hidden, bottleneck))
         self.prototypes = nn.Parameter(torch.randn(out, bottleneck) * 0.02)
+        self.out_norm = nn.LayerNorm(out, elementwise_affine=False) if out_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.normalize(self.mlp(x), dim=-1)  # [B, bottleneck]
-        return h @ F.normalize(self.prototypes, dim=-1).T  # [B, out], cosines in [-1, 1]
+        cos = h @ F.normalize(self.prototypes, dim=-1).T  # [B, out], cosines in [-1, 1]
+        return self.out_norm(cos)
 
 
 class XKD(AVObjective):
@@ -112,6 +128,8 @@ class XKD(AVObjective):
         mask_ratio_audio, mask_ratio_video: masked fraction (XKD: 0.80 and 0.85).
         norm_pix_loss: per-patch normalised reconstruction targets.
         head_hidden_dim, head_bottleneck_dim, head_out_dim: DINO heads (XKD: 2048, 256, 8192).
+        head_norm: LayerNorms in the heads' hidden layers and on their outputs (XKD's
+            projector ``norm3``; see :class:`DINOHead`). Off: DINO's head (plain cosines).
         teacher_temp_video, teacher_temp_audio, student_temp: distillation temperatures.
         center_momentum: EMA momentum of the teacher centres (0.9).
         ema_start, ema_end: teacher momentum, cosine schedule over the training steps.
@@ -152,6 +170,7 @@ class XKD(AVObjective):
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
         head_out_dim: int = 8192,
+        head_norm: bool = False,
         teacher_temp_video: float = 0.1,
         teacher_temp_audio: float = 0.07,
         student_temp: float = 0.1,
@@ -190,7 +209,7 @@ class XKD(AVObjective):
             self.video_encoder.blocks = self.audio_encoder.blocks
             self.video_encoder.norm = self.audio_encoder.norm
         dim = self.audio_encoder.embed_dim
-        head = (dim, head_hidden_dim, head_bottleneck_dim, head_out_dim)
+        head = (dim, head_hidden_dim, head_bottleneck_dim, head_out_dim, head_norm, head_norm)
         self.audio_head, self.video_head = DINOHead(*head), DINOHead(*head)
         dec = decoder_dims(hp)
         self.audio_decoder = TransformerDecoder(
