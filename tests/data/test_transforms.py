@@ -163,18 +163,24 @@ def test_mavil_recipes_use_the_mae_preset():
         assert cfg["data"]["init_args"]["train_preset"] == "mae", name
 
 
+def _jitter_reference(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation of jitter 0.4 step by step (torchvision's order and
+    formulas, one clamp at the end left to the caller), drawing as ``Normalize`` does: the
+    ``jitter_p`` draw, then the three factors; [0, 1] values, unclamped."""
+    grey_w = torch.tensor([0.299, 0.587, 0.114])
+    torch.rand((), generator=g)  # the jitter_p draw
+    b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
+    y = x.float() / 255 * b  # brightness
+    m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
+    y = c * y + (1 - c) * m  # contrast around the mean grey level
+    return s * y + (1 - s) * (y @ grey_w)[..., None]  # saturation towards per-pixel grey
+
+
 def test_fused_jitter_matches_step_by_step_reference():
     x = torch.randint(0, 256, (2, 8, 12, 3), dtype=torch.uint8, generator=gen(7))
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     out = Normalize(mean, std, jitter=0.4, jitter_p=1.0)(x, gen(3))
-    g = gen(3)
-    torch.rand((), generator=g)  # the jitter_p draw
-    b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
-    grey_w = torch.tensor([0.299, 0.587, 0.114])
-    y = x.float() / 255 * b  # brightness
-    m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
-    y = c * y + (1 - c) * m  # contrast around the mean grey level
-    y = s * y + (1 - s) * (y @ grey_w)[..., None]  # saturation towards per-pixel grey
+    y = _jitter_reference(x, gen(3))
     y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
     assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
 
@@ -186,12 +192,7 @@ def test_grey_scale_after_the_jitter_matches_a_step_by_step_reference():
     for seed in range(8):
         out = Normalize(mean, std, jitter=0.4, jitter_p=1.0, grey_p=0.5)(x, gen(seed))
         g = gen(seed)
-        torch.rand((), generator=g)  # the jitter_p draw
-        b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
-        y = x.float() / 255 * b
-        m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
-        y = c * y + (1 - c) * m
-        y = s * y + (1 - s) * (y @ grey_w)[..., None]
+        y = _jitter_reference(x, g)
         if float(torch.rand((), generator=g)) < 0.5:  # the grey_p draw, after the jitter's
             y = (y @ grey_w)[..., None].expand_as(y)
         y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
@@ -235,17 +236,11 @@ def test_hue_matrix_keeps_luma_and_grey_and_turns_like_hsv():
 def test_hue_jitter_matches_a_step_by_step_reference_and_off_draws_nothing():
     x = torch.randint(0, 256, (2, 8, 12, 3), dtype=torch.uint8, generator=gen(7))
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    grey_w = torch.tensor([0.299, 0.587, 0.114])
     for seed in range(4):
         out = Normalize(mean, std, jitter=0.4, jitter_p=1.0, hue=0.2)(x, gen(seed))
         g = gen(seed)
-        torch.rand((), generator=g)  # the jitter_p draw
-        b, c, s = (0.6 + 0.8 * float(torch.rand((), generator=g)) for _ in range(3))
+        y = _jitter_reference(x, g)
         h = -0.2 + 0.4 * float(torch.rand((), generator=g))  # the hue draw, last
-        y = x.float() / 255 * b
-        m = float((x[:, ::4, ::4].float() / 255 @ grey_w).mean()) * b
-        y = c * y + (1 - c) * m
-        y = s * y + (1 - s) * (y @ grey_w)[..., None]
         y = y @ Normalize.hue_matrix(h).T  # per pixel: hue rotation of the RGB vector
         y = (y.clamp(0, 1) - torch.tensor(mean)) / torch.tensor(std)
         assert torch.allclose(out, y.permute(3, 0, 1, 2), atol=1e-4)
