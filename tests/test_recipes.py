@@ -175,7 +175,7 @@ DEMO_NAMES = demo.demo_recipes()
 ROOT = RECIPES.parent
 
 
-def _print_config(recipe: str, *overlays: Path) -> tuple[int, dict]:
+def _print_config(recipe: str, *overlays: Path, extra: tuple[str, ...] = ()) -> tuple[int, dict]:
     """Resolves recipe + demo overlays with LightningCLI's --print_config (validates every key
     against the objective's and data module's signatures, builds nothing)."""
     args = [
@@ -190,7 +190,7 @@ def _print_config(recipe: str, *overlays: Path) -> tuple[int, dict]:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            rc = lightning_main([*args, "--print_config"])
+            rc = lightning_main([*args, *extra, "--print_config"])
     except SystemExit as exit_:
         rc = exit_.code if isinstance(exit_.code, int) else 1
     return rc, (yaml.safe_load(buf.getvalue()) if rc == 0 else {})
@@ -215,6 +215,20 @@ def test_demo_overlays_resolve_for_every_recipe(recipe, monkeypatch):
         assert model["decoder_depth"] == 2  # light decoders (recipes/demo/<recipe>.yaml)
     if recipe.startswith("xkd"):
         assert model["ema_start"] == pytest.approx(0.97)
+
+
+def test_one_augmentation_option_overrides_a_recipe_without_dropping_the_others():
+    """`--data.init_args.augment.KEY VALUE` changes one key of a recipe's `augment` (the value
+    read as YAML, so a number stays a number); a whole mapping replaces the recipe's."""
+    rc, cfg = _print_config("xkd", extra=("--data.init_args.augment.hue", "0.1"))
+    assert rc == 0
+    recipe = yaml.safe_load((RECIPES / "xkd.yaml").read_text())["data"]["init_args"]["augment"]
+    got = cfg["data"]["init_args"]["augment"]
+    assert got == {**recipe, "hue": 0.1} and isinstance(got["hue"], float)
+    rc, cfg = _print_config("xkd", extra=("--data.init_args.augment.crop_scale", "[0.3, 1]"))
+    assert cfg["data"]["init_args"]["augment"] == {**recipe, "crop_scale": [0.3, 1]}
+    rc, cfg = _print_config("xkd", extra=("--data.init_args.augment", "{hue: 0.3}"))
+    assert rc == 0 and cfg["data"]["init_args"]["augment"] == {"hue": 0.3}
 
 
 def test_demo_overlay_with_a_key_the_objective_lacks_is_rejected(tmp_path):

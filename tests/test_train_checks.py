@@ -77,6 +77,15 @@ def test_resuming_with_other_model_options_is_refused(shards, tmp_path, capsys):
     assert model_options(args) == {"depth": 4, "lr": 1e-3}
 
 
+def test_a_bad_augmentation_value_fails_before_training(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = _pretrain_args(shards, runs) + ["--data.init_args.augment.hue", "abc"]
+    assert _error(capsys, args).endswith("augmentation option hue must be a number, got 'abc' (str)")
+    args = _pretrain_args(shards, runs) + ["--data.init_args.augment.flip", "0"]
+    assert "unknown augmentation option 'flip'" in _error(capsys, args)
+    assert not runs.exists()
+
+
 def test_resuming_a_file_that_is_no_checkpoint_is_refused(shards, tmp_path, capsys):
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,35 @@ def test_presets():
         build_video_transform("fancy", 32)
     with pytest.raises(ValueError, match="blur"):
         preset_options("train", {"blur": 1.0})
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("hue", "0.1", "hue must be a number, got '0.1' (str)"),
+        ("hue", 0.7, "hue must be in [0, 0.5]"),
+        ("flip_p", 1.5, "flip_p must be a probability in [0, 1], got 1.5"),
+        ("jitter", True, "jitter must be a number, got True"),
+        ("gain_db", -3, "gain_db must be >= 0, got -3"),
+        ("crop_scale", [0.5, 0.2], "crop_scale must be a range low <= high within (0.0, 1.0]"),
+        ("crop_scale", [0.0, 1.0], "crop_scale must be a range"),
+        ("crop_ratio", 0.75, "crop_ratio must be a pair of numbers"),
+        ("noise_snr_db", [10, "x"], "noise_snr_db must be a pair of numbers"),
+        ("freq_mask", 2.5, "freq_mask must be a whole number"),
+        ("crop", "middle", "crop must be 'random' or 'center', got 'middle'"),
+        ("blur", 1.0, "unknown augmentation option 'blur'"),
+    ],
+)
+def test_bad_augmentation_overrides_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        preset_options("train", {key: value})
+
+
+def test_augmentation_overrides_keep_their_values():
+    o = preset_options("mae", {"hue": 0.1, "crop_scale": [0.3, 1], "noise_snr_db": [5, 5]})
+    assert o["hue"] == 0.1 and o["crop_scale"] == (0.3, 1.0) and o["noise_snr_db"] == (5.0, 5.0)
+    assert o["flip_p"] == 0.0 and o["crop"] == "random"  # the preset's own values stay
+    assert preset_options("train", {"time_mask": 0, "gain_db": 0})["time_mask"] == 0
 
 
 def test_mae_preset_crops_only():

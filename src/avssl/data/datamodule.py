@@ -40,6 +40,7 @@ from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
+    preset_options,
 )
 
 __all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
@@ -183,7 +184,9 @@ class AVDataModule(pl.LightningDataModule):
             val_clips: K in validation.
         audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
         train_preset / eval_preset: transform presets ("train", "mae", "eval", "none");
-            augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``).
+            augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``;
+            names and values checked here, ``preset_options``). On the command line one
+            entry at a time: ``--data.init_args.augment.hue 0.1`` keeps the recipe's others.
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
             (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker, and
             the step in an epoch a run resumed in, see ``TrainLoader``).
@@ -245,7 +248,7 @@ class AVDataModule(pl.LightningDataModule):
         mismatch_prob: float = 0.5,
         train_preset: str = "train",
         eval_preset: str = "eval",
-        augment: dict | None = None,
+        augment: dict[str, Any] | None = None,
         batches_per_epoch: int | None = None,
         seed: int = 0,
         pin_memory: bool | None = None,
@@ -260,6 +263,9 @@ class AVDataModule(pl.LightningDataModule):
         for name, preset in (("train_preset", train_preset), ("eval_preset", eval_preset)):
             if preset not in PRESETS:
                 raise ValueError(f"{name} must be one of {list(PRESETS)}, got {preset!r}")
+        if augment is not None and not isinstance(augment, dict):
+            raise ValueError(f"augment must be a mapping of preset options, got {augment!r}")
+        preset_options(train_preset, augment)  # unknown keys and bad values fail here, early
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
         if features_on not in FEATURES_ON:

@@ -309,10 +309,49 @@ def preset_options(preset: str, overrides: dict | None = None) -> dict:
     for k, v in (overrides or {}).items():
         if k not in opts:
             raise ValueError(f"unknown augmentation option {k!r}; known: {sorted(opts)}")
-        opts[k] = v
-    if opts["crop"] not in ("random", "center"):
-        raise ValueError(f"augmentation crop must be 'random' or 'center', got {opts['crop']!r}")
+        opts[k] = _checked_option(k, v)
     return opts
+
+
+_PROBABILITIES = ("flip_p", "jitter_p", "grey_p", "gain_p", "noise_p")
+_RANGES = {"crop_scale": (0.0, 1.0), "crop_ratio": (0.0, math.inf), "noise_snr_db": None}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checked_option(key: str, v):
+    """An override's value, checked against what its option takes (one-line ``ValueError``);
+    ranges come back as tuples."""
+    bad = f"augmentation option {key} must be"
+    got = f"got {v!r} ({type(v).__name__})"
+    if key == "crop":
+        if v not in ("random", "center"):
+            raise ValueError(f"{bad} 'random' or 'center', {got}")
+        return v
+    if key in _RANGES:
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v))):
+            raise ValueError(f"{bad} a pair of numbers [low, high], {got}")
+        lo, hi = float(v[0]), float(v[1])
+        bounds = _RANGES[key]
+        if lo > hi or (bounds and not (bounds[0] < lo and hi <= bounds[1])):
+            where = f" within ({bounds[0]}, {bounds[1]}]" if bounds else ""
+            raise ValueError(f"{bad} a range low <= high{where}, got {list(v)}")
+        return (lo, hi)
+    if key in ("freq_mask", "time_mask"):
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ValueError(f"{bad} a whole number of bins/frames >= 0, {got}")
+        return v
+    if not _number(v):
+        raise ValueError(f"{bad} a number, {got}")
+    if key in _PROBABILITIES and not 0 <= v <= 1:
+        raise ValueError(f"{bad} a probability in [0, 1], got {v}")
+    if key == "hue" and not 0 <= v <= 0.5:
+        raise ValueError(f"{bad} in [0, 0.5] (a fraction of a turn), got {v}")
+    if v < 0:
+        raise ValueError(f"{bad} >= 0, got {v}")
+    return v
 
 
 def build_video_transform(
