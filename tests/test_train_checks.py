@@ -80,7 +80,8 @@ def test_resuming_with_other_model_options_is_refused(shards, tmp_path, capsys):
 def test_a_bad_augmentation_value_fails_before_training(shards, tmp_path, capsys):
     runs = tmp_path / "runs"
     args = _pretrain_args(shards, runs) + ["--data.init_args.augment.hue", "abc"]
-    assert _error(capsys, args).endswith("augmentation option hue must be a number, got 'abc' (str)")
+    want = "augmentation option hue must be a number, got 'abc' (str)"
+    assert _error(capsys, args).endswith(want)
     args = _pretrain_args(shards, runs) + ["--data.init_args.augment.flip", "0"]
     assert "unknown augmentation option 'flip'" in _error(capsys, args)
     assert not runs.exists()
