@@ -13,6 +13,7 @@ from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BackgroundNoise,
+    MultiScaleCrop,
     Normalize,
     RandomGain,
     RandomHorizontalFlip,
@@ -151,7 +152,7 @@ def test_presets():
         ("crop_ratio", 0.75, "crop_ratio must be a pair of numbers"),
         ("noise_snr_db", [10, "x"], "noise_snr_db must be a pair of numbers"),
         ("freq_mask", 2.5, "freq_mask must be a whole number"),
-        ("crop", "middle", "crop must be 'random' or 'center', got 'middle'"),
+        ("crop", "middle", "crop must be one of 'random', 'multiscale', 'center', got 'middle'"),
         ("blur", 1.0, "unknown augmentation option 'blur'"),
     ],
 )
@@ -182,6 +183,72 @@ def test_mae_preset_crops_only():
         torch.testing.assert_close(mae(flat, gen(s)), want)
     wave_tf, spec_tf = build_audio_transforms("mae")
     assert not wave_tf.transforms and not spec_tf.transforms
+
+
+def test_multiscale_crop_draws_videomae_boxes():
+    """VideoMAE's crop on a 340x256 frame at 224 px: sides 256, 224, 192, 168 (1, .875, .75,
+    .66 of the short side; 224 is 1*.875*256 exactly), height and width at most one step
+    apart in that list, the corner at quarters of the free space."""
+    crop = MultiScaleCrop(224)
+    sides = [256, 224, 192, 168]
+    pairs = {(sides[i], sides[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+    assert len(pairs) == 10
+    quarters = {(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2)}
+    quarters |= {(1, 1), (1, 3), (3, 1), (3, 3)}
+    seen_sizes, seen_points = set(), set()
+    g = gen(0)
+    for _ in range(3000):
+        top, left, ch, cw = crop.box(256, 340, g)
+        assert (ch, cw) in pairs
+        assert 0 <= top <= 256 - ch and 0 <= left <= 340 - cw
+        qh, qw = (256 - ch) // 4, (340 - cw) // 4  # qw > 0: every width is below 340
+        assert left % qw == 0
+        if qh == 0:  # a full-height box: every point's row is the top
+            assert top == 0 and left // qw in {c for _, c in quarters}
+        else:
+            assert top % qh == 0 and (top // qh, left // qw) in quarters
+            seen_points.add((top // qh, left // qw))
+        seen_sizes.add((ch, cw))
+    assert seen_sizes == pairs  # every allowed box size is drawn
+    assert seen_points == quarters  # and every one of the 13 points
+
+
+def test_multiscale_crop_snaps_sides_near_the_output_and_stays_in_the_frame():
+    g = gen(1)
+    # 48x64 at 32 px: int(48 * .66) = 31 is within 2 px of 32, so it is taken as 32
+    got = {MultiScaleCrop(32).box(48, 64, g)[2:] for _ in range(500)}
+    assert got == {(48, 48), (48, 42), (42, 48), (42, 42), (42, 36), (36, 42), (36, 36),
+                   (36, 32), (32, 36), (32, 32)}  # fmt: skip
+    # 30x40 at 32 px: the full short side 30 snaps to 32, more than the frame: cut to 30
+    for _ in range(200):
+        top, left, ch, cw = MultiScaleCrop(32).box(30, 40, g)
+        assert ch <= 30 and cw <= 40 and top + ch <= 30 and left + cw <= 40
+
+
+def test_multiscale_crop_resizes_its_box():
+    x = ramp_clip(3, 48, 64)
+    crop = MultiScaleCrop(32)
+    top, left, ch, cw = crop.box(48, 64, gen(5))
+    want = torch.nn.functional.interpolate(
+        x[:, top : top + ch, left : left + cw].permute(0, 3, 1, 2).float(),
+        size=(32, 32), mode="bilinear", antialias=True, align_corners=False,
+    )  # fmt: skip
+    got = crop(x, gen(5))
+    assert got.shape == (3, 32, 32, 3) and got.dtype == torch.uint8
+    assert (got.permute(0, 3, 1, 2).float() - want).abs().max() <= 1.0  # uint8 rounding
+    if (ch, cw) == (48, 48) and left == 0:  # a box from the left edge keeps column 0's red
+        assert int(got[0, 0, 0, 0]) == 0
+
+
+def test_videomae_preset_is_mae_with_the_multiscale_crop():
+    vm = build_video_transform("videomae", 32)
+    assert [type(t) for t in vm.transforms] == [MultiScaleCrop, Normalize]
+    assert vm.transforms[-1].jitter == 0 and vm.transforms[-1].grey_p == 0
+    assert preset_options("videomae") == {**preset_options("mae"), "crop": "multiscale"}
+    x = ramp_clip(4, 48, 64)
+    assert not torch.equal(vm(x, gen(0)), vm(x, gen(3)))
+    mae = build_video_transform("mae", 32, overrides={"crop": "multiscale"})
+    torch.testing.assert_close(mae(x, gen(7)), vm(x, gen(7)))  # the same as an override
 
 
 def test_mavil_recipes_use_the_mae_preset():

@@ -183,7 +183,7 @@ class AVDataModule(pl.LightningDataModule):
         clips_per_video: K clips per sample in training (adds a K axis when > 1);
             val_clips: K in validation.
         audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
-        train_preset / eval_preset: transform presets ("train", "mae", "eval", "none");
+        train_preset / eval_preset: transform presets ("train", "mae", "videomae", "eval", "none");
             augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``;
             names and values checked here, ``preset_options``). On the command line one
             entry at a time: ``--data.init_args.augment.hue 0.1`` keeps the recipe's others.

@@ -1,5 +1,5 @@
-"""Video and audio transforms as plain callables, and the named presets ("train", "mae", "eval",
-"none").
+"""Video and audio transforms as plain callables, and the named presets ("train", "mae",
+"videomae", "eval", "none").
 
 Every transform is ``t(x, gen)`` with ``gen`` a ``torch.Generator`` (None = global RNG), so a
 loader can seed it per worker. Video transforms take RGB uint8 ``[T, H, W, 3]`` frames (one
@@ -18,6 +18,8 @@ Presets:
         no flip, no colour jitter (VideoMAE's pretraining adds neither); no audio changes
         (AudioMAE pretrains without SpecAugment, mixup or noise, https://arxiv.org/abs/2207.06405;
         the masking is the augmentation).
+    videomae: "mae" with VideoMAE's own multi-scale corner crop (``MultiScaleCrop``,
+        ``crop: multiscale``) in place of the random-resized crop.
     eval: resize the short side to the crop size, centre crop, normalise; no audio changes.
     none: like eval (no augmentation at all); as a training preset the loader still draws
         random clip times.
@@ -62,6 +64,7 @@ PRESETS: dict[str, dict] = {
     },
 }
 PRESETS["mae"] = {**PRESETS["eval"], "crop": "random"}  # eval's settings, train's random crop
+PRESETS["videomae"] = {**PRESETS["eval"], "crop": "multiscale"}  # VideoMAE's pretraining crop
 PRESETS["none"] = dict(PRESETS["eval"])
 Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
@@ -112,6 +115,44 @@ class RandomResizedCrop:
                 return top, left, ch, cw
         s = min(h, w)  # fallback: centred square
         return (h - s) // 2, (w - s) // 2, s, s
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        top, left, ch, cw = self.box(x.shape[1], x.shape[2], gen)
+        return _resize(x[:, top : top + ch, left : left + cw], (self.size, self.size))
+
+
+class MultiScaleCrop:
+    """VideoMAE's pretraining crop (TSN's multi-scale corner crop, https://arxiv.org/abs/1507.02159,
+    as VideoMAE, https://arxiv.org/abs/2203.12602, pretrains): each side of the box is one of
+    ``scales`` times the frame's short side (a side within 2 px of ``size`` taken as ``size``),
+    height and width at most ``max_distort`` steps apart in that list, so the box is square or
+    mildly oblong; its corner is one of 13 fixed points (the four corners, the centre, the four
+    edge midpoints and the four quarter points of the free space, in steps of a quarter of it);
+    the box is resized to ``size`` x ``size``. One box per clip. A snapped side larger than the
+    frame is cut to the frame (VideoMAE's PIL crop pads it with black instead)."""
+
+    SCALES = (1.0, 0.875, 0.75, 0.66)
+    # (rows, columns) of the box's corner in quarters of the free space: corners, centre,
+    # edge midpoints, quarter points
+    POINTS = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
+              (1, 1), (1, 3), (3, 1), (3, 3))  # fmt: skip
+
+    def __init__(self, size: int, scales=SCALES, max_distort: int = 1):
+        self.size, self.scales, self.max_distort = size, tuple(scales), max_distort
+
+    def box(self, h: int, w: int, gen: torch.Generator | None) -> tuple[int, int, int, int]:
+        """Returns (top, left, height, width) of the crop."""
+        sides = [int(min(h, w) * s) for s in self.scales]
+        sides = [self.size if abs(s - self.size) < 3 else s for s in sides]
+        pairs = [
+            (min(sides[i], h), min(sides[j], w))
+            for i in range(len(sides))
+            for j in range(len(sides))
+            if abs(i - j) <= self.max_distort
+        ]
+        ch, cw = pairs[int(torch.randint(0, len(pairs), (), generator=gen))]
+        rows, cols = self.POINTS[int(torch.randint(0, len(self.POINTS), (), generator=gen))]
+        return rows * ((h - ch) // 4), cols * ((w - cw) // 4), ch, cw
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         top, left, ch, cw = self.box(x.shape[1], x.shape[2], gen)
@@ -313,6 +354,7 @@ def preset_options(preset: str, overrides: dict | None = None) -> dict:
     return opts
 
 
+CROPS = ("random", "multiscale", "center")
 _PROBABILITIES = ("flip_p", "jitter_p", "grey_p", "gain_p", "noise_p")
 _RANGES = {"crop_scale": (0.0, 1.0), "crop_ratio": (0.0, math.inf), "noise_snr_db": None}
 
@@ -327,8 +369,8 @@ def _checked_option(key: str, v):
     bad = f"augmentation option {key} must be"
     got = f"got {v!r} ({type(v).__name__})"
     if key == "crop":
-        if v not in ("random", "center"):
-            raise ValueError(f"{bad} 'random' or 'center', {got}")
+        if v not in CROPS:
+            raise ValueError(f"{bad} one of {', '.join(map(repr, CROPS))}, {got}")
         return v
     if key in _RANGES:
         if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v))):
@@ -359,12 +401,12 @@ def build_video_transform(
 ) -> Compose:
     """uint8 ``[T, H, W, 3]`` clip -> float ``[C, T, crop, crop]`` for a named preset."""
     o = preset_options(preset, overrides)
-    crop = (
-        RandomResizedCrop(crop_size, o["crop_scale"], o["crop_ratio"])
-        if o["crop"] == "random"
-        else ResizeCenterCrop(crop_size)
-    )
-    steps: list = [crop]
+    crops = {
+        "random": lambda: RandomResizedCrop(crop_size, o["crop_scale"], o["crop_ratio"]),
+        "multiscale": lambda: MultiScaleCrop(crop_size),
+        "center": lambda: ResizeCenterCrop(crop_size),
+    }
+    steps: list = [crops[o["crop"]]()]
     if o["flip_p"] > 0:
         steps.append(RandomHorizontalFlip(o["flip_p"]))
     steps.append(Normalize(mean, std, o["jitter"], o["jitter_p"], o["grey_p"], o["hue"]))
