@@ -1,4 +1,5 @@
-"""dino_distill, update_center, mmd and coral: hand values, slow NumPy references, optimisation."""
+"""dino_distill, update_center, mmd, coral, mean_coral: hand values, slow NumPy references,
+optimisation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from avssl.losses.distillation import MMD_GAMMAS, coral, dino_distill, mmd, update_center
+from avssl.losses.distillation import (
+    MMD_GAMMAS,
+    coral,
+    dino_distill,
+    mean_coral,
+    mmd,
+    update_center,
+)
 
 LN3 = math.log(3.0)
 
@@ -205,3 +213,43 @@ def test_coral_steps_lower_the_loss_and_errors() -> None:
     assert coral(x, y).item() < 0.01 * first
     with pytest.raises(ValueError, match="at least 2"):
         coral(torch.zeros(1, 3), torch.zeros(4, 3))
+
+
+# ---------------------------------------------------------------- mean_coral
+def test_mean_coral_hand_value() -> None:
+    x = torch.tensor([[0.0], [2.0]])  # mean 1, variance 2
+    y = torch.tensor([[0.0], [1.0]])  # mean 0.5, variance 0.5
+    assert mean_coral(x, y).item() == pytest.approx(0.5**2 + 1.5**2, abs=1e-6)
+    assert mean_coral(x, x + 5.0).item() == pytest.approx(25.0, abs=1e-5)  # means count
+    assert mean_coral(x, x).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mean_coral_matches_numpy() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(7, 3, generator=g) + 1.0
+    y = torch.randn(9, 3, generator=g) * 2.0
+    xn, yn = x.double().numpy(), y.double().numpy()
+    means = np.mean((xn.mean(0) - yn.mean(0)) ** 2)
+    covs = np.mean((np.cov(xn, rowvar=False) - np.cov(yn, rowvar=False)) ** 2)
+    assert mean_coral(x, y).item() == pytest.approx(means + covs, rel=1e-5)
+    # its covariance term is 4x Deep CORAL's
+    assert mean_coral(x, y - y.mean(0) + x.mean(0)).item() == pytest.approx(
+        4 * coral(x, y).item(), rel=1e-5
+    )
+
+
+def test_mean_coral_steps_lower_the_loss_and_errors() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(32, 3, generator=g, requires_grad=True)
+    y = torch.randn(32, 3, generator=g) * 2.0 + 3.0
+    opt = torch.optim.SGD([x], lr=5.0)
+    first = mean_coral(x, y).item()
+    for _ in range(100):
+        opt.zero_grad()
+        mean_coral(x, y).backward()
+        opt.step()
+    assert mean_coral(x, y).item() < 0.01 * first
+    with pytest.raises(ValueError, match="mean_coral: needs at least 2"):
+        mean_coral(torch.zeros(4, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"mean_coral: expected \[Nx, D\]"):
+        mean_coral(torch.zeros(4, 3), torch.zeros(4, 2))

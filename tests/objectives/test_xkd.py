@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from avssl.losses.distillation import coral, dino_distill, mmd
+from avssl.losses.distillation import coral, dino_distill, mean_coral, mmd
 from avssl.objectives._xkd_views import attention_pool, tokens_and_attention
 from avssl.objectives.base import param_groups
 from avssl.objectives.xkd import XKD, DINOHead
@@ -139,11 +139,11 @@ def _align_of(model: XKD, batch) -> torch.Tensor:
         model._teacher_logits(batch.audio, "audio"),
         model._teacher_logits(batch.video, "video"),
     )
-    fns = {"mmd": mmd, "coral": coral}
+    fns = {"mmd": mmd, "coral": coral, "mean_coral": mean_coral}
     fn = fns.pop(model.cfg["align"])
     students, teachers = fn(s_v, s_a), fn(t_v, t_a)
-    (other,) = fns.values()  # the check tells the two alignment losses apart
-    assert float(students) != pytest.approx(float(other(s_v, s_a)), rel=1e-3)
+    for other in fns.values():  # the check tells the alignment losses apart
+        assert float(students) != pytest.approx(float(other(s_v, s_a)), rel=1e-3)
     assert float(teachers) != pytest.approx(float(students), rel=1e-3)  # both terms count
     want = 0.5 * (students + teachers)
     assert float(out["align"]) == pytest.approx(float(want), rel=1e-5)
@@ -157,6 +157,10 @@ def test_align_averages_the_students_and_teachers_mmd(batch):
     assert float(_align_of(_model().eval(), batch)) > 0
 
 
+def test_align_with_xkds_coral(batch):
+    assert float(_align_of(_model(align="mean_coral").eval(), batch)) > 0
+
+
 def test_export_teacher_or_student_and_bad_settings():
     model = _model()
     enc = model.export_encoders()
@@ -165,7 +169,7 @@ def test_export_teacher_or_student_and_bad_settings():
     enc = student.export_encoders()
     assert enc["which"] == "student"
     assert enc["audio"] is student.audio_encoder and enc["video"] is student.video_encoder
-    with pytest.raises(ValueError, match="align"):
+    with pytest.raises(ValueError, match=r"align must be one of \['coral', 'mean_coral', 'mmd'\]"):
         _model(align="kl")
 
 

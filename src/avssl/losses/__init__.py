@@ -2,7 +2,8 @@
 
 - :mod:`avssl.losses.reconstruction`: ``masked_mse``.
 - :mod:`avssl.losses.contrastive`: ``info_nce``, ``mil_nce``, ``gather_with_grad``.
-- :mod:`avssl.losses.distillation`: ``dino_distill``, ``update_center``, ``mmd``, ``coral``.
+- :mod:`avssl.losses.distillation`: ``dino_distill``, ``update_center``, ``mmd``, ``coral``,
+  ``mean_coral``.
 - :mod:`avssl.losses.clustering`: ``cluster_cross_entropy``.
 
 Import from the submodules, e.g. ``from avssl.losses.contrastive import info_nce``.

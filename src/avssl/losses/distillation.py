@@ -5,6 +5,7 @@
   (Sarkar & Etemad 2022, https://arxiv.org/abs/2211.13929).
 - `mmd`: maximum mean discrepancy with a sum of Gaussian kernels (XKD's domain alignment).
 - `coral`: Deep CORAL (Sun & Saenko 2016, https://arxiv.org/abs/1607.01719).
+- `mean_coral`: CORAL plus the gap between the means (DomainBed's form, XKD's code).
 """
 
 from __future__ import annotations
@@ -133,11 +134,32 @@ def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         Scalar loss, with ``C`` the unbiased covariance of each sample.
     """
-    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"coral: expected [Nx, D] and [Ny, D], got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
-    if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError("coral: needs at least 2 samples per domain to estimate a covariance")
+    _check_domains("coral", x, y)
     d = x.shape[1]
     return (_covariance(x) - _covariance(y)).pow(2).sum() / (4.0 * d * d)
+
+
+def mean_coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CORAL with the gap between the means added, the variant of DomainBed
+    (https://arxiv.org/abs/2007.01434) that XKD's public code aligns with:
+    ``mean_d (mu_x - mu_y)_d^2 + mean_{d,e} (C_x - C_y)_{de}^2``.
+
+    Unlike :func:`coral` it is not invariant to a shift of one domain, and its covariance term
+    is 4x Deep CORAL's (a mean over the ``D^2`` entries instead of a sum over ``4 D^2``).
+
+    Args:
+        x: ``[Nx, D]`` source features, Nx >= 2.
+        y: ``[Ny, D]`` target features, Ny >= 2.
+    """
+    _check_domains("mean_coral", x, y)
+    mean_gap = (x.mean(dim=0) - y.mean(dim=0)).pow(2).mean()
+    return mean_gap + (_covariance(x) - _covariance(y)).pow(2).mean()
+
+
+def _check_domains(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"{name}: expected [Nx, D] and [Ny, D], got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError(f"{name}: needs at least 2 samples per domain to estimate a covariance")

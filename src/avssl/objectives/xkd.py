@@ -23,7 +23,8 @@ view and the unmasked local view; each student view is distilled towards the oth
 teacher (the two cross-entropies averaged) and the students' alignment term takes both views.
 Teacher pooling (``teacher_pooling: attention``, the recipes): the teacher's tokens are weighted
 by the attention they receive in its last block before the mean, as the reference code.
-``align: coral`` is Deep CORAL (covariances only).
+``align: coral`` is Deep CORAL (covariances only); ``align: mean_coral`` is the CORAL of XKD's
+code (DomainBed's: the squared gaps of the means and of the covariances, each averaged).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.losses.distillation import coral, dino_distill, mmd, update_center
+from avssl.losses.distillation import coral, dino_distill, mean_coral, mmd, update_center
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.masking import random_masking
@@ -52,6 +53,8 @@ from avssl.objectives._xkd_views import (
     whole_units,
 )
 from avssl.objectives.base import AVObjective
+
+ALIGNS = {"mmd": mmd, "coral": coral, "mean_coral": mean_coral}  # align option -> loss
 
 
 def _check_local_options(
@@ -133,7 +136,7 @@ class XKD(AVObjective):
         teacher_temp_video, teacher_temp_audio, student_temp: distillation temperatures.
         center_momentum: EMA momentum of the teacher centres (0.9).
         ema_start, ema_end: teacher momentum, cosine schedule over the training steps.
-        align: "mmd" or "coral" domain alignment.
+        align: "mmd", "coral" or "mean_coral" domain alignment (see the module docstring).
         recon_weight, kd_weight, align_weight: loss weights (5:1:1), normalised by their sum.
         export_which: "teacher" or "student" encoders for export (see `export_encoders`).
         local_views: teachers on a local view, students on both views (XKD's code; see the
@@ -197,8 +200,8 @@ class XKD(AVObjective):
             local_temporal_ratio, local_spatial_ratio, local_crop_scale,
             (local_flip_p, local_grey_p, local_blur_p), teacher_pooling,
         )  # fmt: skip
-        if align not in ("mmd", "coral"):
-            raise ValueError(f"XKD align must be 'mmd' or 'coral', got {align!r}")
+        if align not in ALIGNS:
+            raise ValueError(f"XKD align must be one of {sorted(ALIGNS)}, got {align!r}")
         if export_which not in ("teacher", "student"):
             raise ValueError(
                 f"XKD export_which must be 'teacher' or 'student', got {export_which!r}"
@@ -300,7 +303,7 @@ class XKD(AVObjective):
             ) / len(students_v)
         else:
             kd_a = kd_v = (s_a.sum() + s_v.sum()) * 0.0
-        align_fn = mmd if c["align"] == "mmd" else coral
+        align_fn = ALIGNS[c["align"]]
         if int(both.sum()) >= 2:  # students' (all views) and no-gradient teachers' gaps
             align_s = align_fn(
                 torch.cat([s[both] for s in students_v]).float(),
