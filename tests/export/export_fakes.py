@@ -98,11 +98,16 @@ def register() -> types.ModuleType:
 
 
 def randomize(module: torch.nn.Module, seed: int) -> None:
-    """Replaces every weight with seeded noise so that student and teacher differ."""
+    """Replaces every weight with seeded noise so that student and teacher differ, and the
+    running statistics of batch norms with seeded values (means noise, variances 0.5-1.5)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
 
 
 def fake_checkpoint(objective: AVObjective, name: str, data: dict | None = None) -> dict:

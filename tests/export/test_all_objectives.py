@@ -84,7 +84,7 @@ def test_recipe_objective_exports_exactly(recipe, tmp_path):
 
 
 # recipes whose objective aligns audio with video
-HEADS = {"vatt", "avid", "avid_cma", "mavil", "mavil_stage2"}
+HEADS = {"vatt", "avid", "avid_cma", "mavil", "mavil_stage2", "crisscross"}
 
 
 @pytest.mark.parametrize("recipe", NAMES)
@@ -108,6 +108,9 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
     with torch.no_grad():
         if hasattr(obj, "embed"):  # AVContrastive: what its NCE compares
             want_a, want_v = obj.embed(a, v)
+        elif recipe == "crisscross":  # audio predictor vs video projector (its sync term)
+            want_a = obj.predictor["audio"](obj.projector["audio"](obj.audio_encoder(a)))
+            want_v = obj.projector["video"](obj.video_encoder(v))
         else:  # MAViL: the inter-modal InfoNCE's inputs
             want_a = obj.proj["inter_audio"](obj.audio_encoder.forward_features(a).mean(dim=1))
             want_v = obj.proj["inter_video"](obj.video_encoder.forward_features(v).mean(dim=1))

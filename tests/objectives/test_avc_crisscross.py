@@ -121,6 +121,10 @@ def test_crisscross_terms_and_pairs():
             CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, **bad)
     with pytest.raises(ValueError, match="clips_per_video: 2"):
         model.compute_losses(make_batch())
+    assert two.export_heads() is not None  # the sync term still aligns the modalities
+    intra = dict(intra_weight=1.0, sync_weight=0, async_weight=0)
+    alone = CrissCross(**TINY, proj_dim=32, proj_hidden_dim=32, pred_hidden_dim=8, **intra)
+    assert alone.export_heads() is None  # within-modal terms only: no audio-video space
 
 
 def test_crisscross_heads_are_simsiams_with_per_view_batch_norm():
