@@ -69,6 +69,24 @@ def test_eval_is_deterministic(synth, small_args):
         assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
 
 
+def test_augment_overrides_the_training_preset_only(synth, small_args):
+    """A recipe's ``augment`` (here: gain and hue jitter on every clip) changes the training
+    clips, not the validation clips (``eval_preset`` as it is)."""
+    aug = {"gain_p": 1.0, "gain_db": 6.0, "hue": 0.5, "jitter_p": 1.0, "crop": "multiscale"}
+    plain = AVDataModule(str(synth), **small_args())
+    augmented = AVDataModule(str(synth), **small_args(augment=aug))
+    val_plain, val_aug = list(plain.val_dataloader()), list(augmented.val_dataloader())
+    assert len(val_plain) == len(val_aug) > 0
+    for a, b in zip(val_plain, val_aug):
+        assert a.key == b.key
+        assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+    train_plain = next(iter(plain.train_dataloader()))
+    train_aug = next(iter(augmented.train_dataloader()))
+    assert train_plain.key == train_aug.key  # same samples and times, other pixels and gains
+    assert not torch.equal(train_plain.video, train_aug.video)
+    assert not torch.equal(train_plain.audio, train_aug.audio)
+
+
 def test_eval_two_ranks_two_workers_every_sample_once(synth, small_args):
     dm = AVDataModule(str(synth), **small_args(num_workers=2, val_split=None))
     prep = dm.preprocessing()

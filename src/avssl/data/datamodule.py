@@ -184,7 +184,8 @@ class AVDataModule(pl.LightningDataModule):
             val_clips: K in validation.
         audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
         train_preset / eval_preset: transform presets ("train", "mae", "videomae", "eval", "none");
-            augment: overrides of preset options (see ``avssl.data.transforms.PRESETS``;
+            augment: overrides of the training preset's options (validation takes
+            ``eval_preset`` as it is; see ``avssl.data.transforms.PRESETS``;
             names and values checked here, ``preset_options``). On the command line one
             entry at a time: ``--data.init_args.augment.hue 0.1`` keeps the recipe's others.
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
@@ -435,7 +436,7 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.val_clips,
             mode,
             False,
-            self.hp.augment,
+            None,  # ``augment`` overrides the training preset only
             on_device=self.on_device(),
             modalities=self.modalities,
         )
