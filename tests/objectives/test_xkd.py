@@ -214,6 +214,18 @@ def test_local_views_teachers_see_the_local_view_students_both(batch):
     assert model.audio_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
+def test_local_audio_view_takes_xkds_rescaling_by_option(batch):
+    plain, resized = _model(local_views=True), _model(local_views=True, local_audio_resize=True)
+    torch.manual_seed(4)
+    a_plain, v_plain = plain.local_views(batch.audio, batch.video)
+    torch.manual_seed(4)
+    a_resized, v_resized = resized.local_views(batch.audio, batch.video)
+    assert a_resized.shape == a_plain.shape and torch.equal(v_resized, v_plain)
+    assert not torch.allclose(a_resized, a_plain)  # the same windows, rescaled
+    out = resized.train().compute_losses(batch)
+    assert torch.isfinite(out["loss"])
+
+
 def test_local_views_centres_follow_the_local_teacher(batch):
     model = _model(local_views=True).train()
     local_a, local_v = _fixed_local_views(model, batch)
@@ -261,6 +273,7 @@ def test_xkd_recipes_use_local_views_and_attention_pooling():
         assert args["local_views"] is True and args["teacher_pooling"] == "attention", name
         assert args["local_temporal_ratio"] == 4 and args["local_crop_scale"] == [0.08, 0.4]
         assert args["head_norm"] is True  # XKD's projector norm3
+        assert args["local_audio_resize"] is True  # XKD's local audio randcrop
         assert (args["decoder_dim"], args["decoder_depth"], args["decoder_heads"]) == (384, 4, 12)
         demo = yaml.safe_load((recipes / "demo" / f"{name}.yaml").read_text())["model"]
         assert demo["init_args"]["decoder_dim"] is None  # the demo's decoders follow tiny

@@ -8,7 +8,10 @@ import torch
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avssl.models.vit import AudioViT, VideoViT
 from avssl.objectives._xkd_views import (
+    AUDIO_CANVAS,
     attention_pool,
+    audio_resize_boxes,
+    audio_resize_crop,
     local_audio_view,
     local_video_view,
     tokens_and_attention,
@@ -35,6 +38,54 @@ def test_audio_window_is_a_contiguous_slice_of_each_sample():
         assert torch.equal(out[b], audio[b, :, start : start + 16])
         starts.add(start)
     assert len(starts) > 1  # drawn per sample
+
+
+def _byol_a_resize_crop(fbank: torch.Tensor, box: list[int]) -> torch.Tensor:
+    """XKD's / BYOL-A's random resize crop step by step for one ``[T, F]`` fbank and a given
+    box (time start, frequency start, frames, bins): the fbank in the centre of a zero canvas
+    1.5x its frames, the box cut out, resized back (bicubic, corners aligned)."""
+    T, Fb = fbank.shape
+    canvas = torch.zeros(int(T * 1.5), Fb)
+    t0 = (canvas.shape[0] - T) // 2
+    canvas[t0 : t0 + T] = fbank
+    j, i, w, h = box
+    cut = canvas[j : j + w, i : i + h]
+    return torch.nn.functional.interpolate(
+        cut[None, None], size=(T, Fb), mode="bicubic", align_corners=True
+    )[0, 0]
+
+
+def test_audio_resize_crop_matches_xkds_steps():
+    g = torch.Generator().manual_seed(2)
+    fbank = torch.randn(3, 1, 40, 32, generator=g)
+    torch.manual_seed(5)
+    boxes = audio_resize_boxes(3, 40, 32, torch.device("cpu"))
+    assert audio_resize_crop(fbank, boxes).shape == fbank.shape
+    boxes[0] = torch.tensor([5.0, 3.0, 30.0, 25.0])  # a box over the fbank's top edge
+    out = audio_resize_crop(fbank, boxes)
+    for b in range(3):
+        want = _byol_a_resize_crop(fbank[b, 0], [int(v) for v in boxes[b]])
+        torch.testing.assert_close(out[b, 0], want, atol=1e-4, rtol=0)
+    identity = torch.tensor([[10.0, 0.0, 40.0, 32.0]])  # the fbank's own place on the canvas
+    torch.testing.assert_close(audio_resize_crop(fbank[:1], identity), fbank[:1], atol=1e-5,
+                               rtol=0)  # fmt: skip
+    off = torch.tensor([[0.0, 0.0, 10.0, 32.0]])  # a box left of the fbank: all canvas zeros
+    assert float(audio_resize_crop(fbank[:1], off).abs().max()) < 1e-6
+
+
+def test_audio_resize_boxes_follow_xkds_ranges():
+    torch.manual_seed(0)
+    boxes = audio_resize_boxes(4000, 100, 128, torch.device("cpu"))
+    t, f, w, h = boxes.unbind(1)
+    canvas_t = int(100 * AUDIO_CANVAS[0])
+    assert int(w.min()) == 60 and int(w.max()) == 149  # int(U(0.6, 1.5) x 100 frames)
+    assert int(h.min()) == int(0.6 * 128) and int(h.max()) == 128  # cut to the 128 bins
+    assert bool((t >= 0).all() and (t + w <= canvas_t).all())
+    assert bool((f >= 0).all() and (f + h <= 128).all())
+    assert int(t.min()) == 0 and int((t + w).max()) == canvas_t  # both ends of the canvas
+    assert int(f.min()) == 0 and int((f + h).max()) == 128
+    assert bool((f[h == 128] == 0).all())  # a full-height box has one place
+    assert torch.equal(boxes, boxes.round())  # whole frames and bins
 
 
 def test_identity_crop_returns_the_clip():

@@ -5,14 +5,15 @@ global view (the clip the loader delivers), each clip gives one *local* view: a 
 window of ``1 / temporal_ratio`` of its frames (video) or fbank frames (audio). The video window
 then takes a random-resized crop of area ``crop_scale`` (aspect 3/4-4/3), resized to
 ``size / spatial_ratio`` pixels, a horizontal flip (p 0.5), grey-scale (p 0.2) and a Gaussian
-blur (p 0.5, sigma 0.1-2, kernel ``size // 20 * 2 + 1`` as XKD's). XKD's teachers see the local
+blur (p 0.5, sigma 0.1-2, kernel ``size // 20 * 2 + 1`` as XKD's); the audio window may take
+XKD's random time/frequency rescaling (:func:`audio_resize_crop`). XKD's teachers see the local
 view, its students both views.
 
 Here the local view is cut from the global view (already cropped, flipped and colour-jittered by
 the loader) instead of from the decoded frames: its crop is a fraction of the global crop, and it
-shares the global view's colour jitter rather than drawing its own. The audio window is a plain
-time crop (XKD's local audio also takes a random time/frequency rescaling and its own volume
-jitter, not done here). Sizes are rounded down to whole patches / tubelets (at least one).
+shares the global view's colour jitter rather than drawing its own. The audio window keeps the
+global view's volume (XKD's local audio draws its own volume jitter, 0.8-1.2 where the global
+one's is 0.9-1.1). Sizes are rounded down to whole patches / tubelets (at least one).
 
 Attention pooling (XKD's ``cm_attn_mode: mean``): each teacher token is weighted by the
 attention it receives in the last block (mean over heads and queries) and the weighted mean is
@@ -56,6 +57,63 @@ def _time_window(x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
 def local_audio_view(audio: torch.Tensor, frames: int) -> torch.Tensor:
     """``[B, 1, Ta, F]`` -> ``[B, 1, frames, F]``: a random window of ``frames`` fbank frames."""
     return _time_window(audio, 2, frames)
+
+
+# XKD's local audio "randcrop" (BYOL-A's random resize crop, https://arxiv.org/abs/2103.06695):
+# a canvas of (1.0 x frequency, 1.5 x time) the fbank's size, the fbank in its centre and zeros
+# (the normalised mean) around it; a box of 0.6-1.5 x the fbank's bins by 0.6-1.5 x its frames
+# (cut to the canvas) at a random place on the canvas, resized back to the fbank's size
+AUDIO_CANVAS = (1.5, 1.0)  # (time, frequency), as fractions of the fbank's frames and bins
+AUDIO_BOX_SCALE = ((0.6, 1.5), (0.6, 1.5))  # (time, frequency) ranges of the box
+
+
+def audio_resize_boxes(B: int, frames: int, bins: int, device: torch.device) -> torch.Tensor:
+    """``[B, 4]`` boxes (time start, frequency start, frames, bins) on the canvas of an
+    ``[frames, bins]`` fbank (XKD's / BYOL-A's draws: sizes ``int(U * size)`` cut to 1..canvas,
+    starts uniform over the whole canvas positions)."""
+    canvas = (int(frames * AUDIO_CANVAS[0]), int(bins * AUDIO_CANVAS[1]))
+    out = []
+    for size, room, (lo, hi) in zip((frames, bins), canvas, AUDIO_BOX_SCALE):
+        length = (torch.empty(B, device=device).uniform_(lo, hi) * size).floor().clamp(1, room)
+        start = (torch.rand(B, device=device) * (room - length + 1)).floor()
+        out.append((start, length))
+    return torch.stack([out[0][0], out[1][0], out[0][1], out[1][1]], dim=1)
+
+
+def _bicubic_rows(start: torch.Tensor, length: torch.Tensor, out: int, room: int) -> torch.Tensor:
+    """``[B, out, room]`` matrices that resize each sample's span ``[start, start + length)`` of
+    a ``room``-long axis to ``out`` samples as ``F.interpolate(mode="bicubic",
+    align_corners=True)`` resizes the cut-out span (A = -0.75; taps past the span's ends repeat
+    its end values)."""
+    B, dev = start.shape[0], start.device
+    pos = torch.arange(out, device=dev, dtype=torch.float32) / max(out - 1, 1)
+    src = pos[None] * (length[:, None] - 1)  # [B, out] position within the span
+    base = src.floor()
+    t = src - base
+    a = -0.75
+    x = torch.stack([t + 1, t, 1 - t, 2 - t], dim=-1)  # [B, out, 4] distances to the 4 taps
+    near = ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+    weights = torch.where(x <= 1, near, far)
+    taps = base[..., None] + torch.arange(-1, 3, device=dev, dtype=torch.float32)  # [B, out, 4]
+    taps = torch.minimum(taps.clamp_min(0), length[:, None, None] - 1) + start[:, None, None]
+    mat = torch.zeros(B, out, room, device=dev, dtype=torch.float32)
+    return mat.scatter_add_(2, taps.long(), weights)
+
+
+def audio_resize_crop(audio: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, Ta, F]`` fbank views -> the same shape: each sample's canvas box (``boxes``
+    ``[B, 4]`` from :func:`audio_resize_boxes`) cut out and resized back to ``[Ta, F]``
+    (bicubic, corners aligned, as XKD's), as two batched matrix products."""
+    B, _, T, Fb = audio.shape
+    canvas = (int(T * AUDIO_CANVAS[0]), int(Fb * AUDIO_CANVAS[1]))
+    t0, f0 = (canvas[0] - T) // 2, (canvas[1] - Fb) // 2  # the fbank's corner on the canvas
+    board = F.pad(audio[:, 0].float(), (f0, canvas[1] - Fb - f0, t0, canvas[0] - T - t0))
+    boxes = boxes.to(torch.float32)
+    rows = _bicubic_rows(boxes[:, 0], boxes[:, 2], T, canvas[0])  # [B, T, canvas T]
+    cols = _bicubic_rows(boxes[:, 1], boxes[:, 3], Fb, canvas[1])  # [B, F, canvas F]
+    out = rows @ board @ cols.transpose(1, 2)  # [B, T, F]
+    return out.unsqueeze(1).to(audio.dtype)
 
 
 def _crop_boxes(B: int, scale: tuple[float, float], device: torch.device) -> torch.Tensor:

@@ -47,6 +47,8 @@ from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, decoder_dims, flatten_inputs
 from avssl.objectives._xkd_views import (
     attention_pool,
+    audio_resize_boxes,
+    audio_resize_crop,
     local_audio_view,
     local_video_view,
     tokens_and_attention,
@@ -146,6 +148,8 @@ class XKD(AVObjective):
         local_crop_scale: area range of the local crop within the global view (XKD: 0.08-0.4).
         local_flip_p, local_grey_p, local_blur_p: the local view's flip, grey-scale and blur
             probabilities (XKD: 0.5, 0.2, 0.5).
+        local_audio_resize: the local audio view also takes XKD's random time/frequency
+            rescaling (BYOL-A's random resize crop; ``_xkd_views.audio_resize_crop``).
         teacher_pooling: "mean" of the teacher's tokens, or "attention"-weighted (XKD's code).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
@@ -192,6 +196,7 @@ class XKD(AVObjective):
         local_flip_p: float = 0.5,
         local_grey_p: float = 0.2,
         local_blur_p: float = 0.5,
+        local_audio_resize: bool = False,
         teacher_pooling: str = "mean",
         **kwargs: Any,
     ) -> None:
@@ -275,7 +280,11 @@ class XKD(AVObjective):
             video, frames_v, side, tuple(c["local_crop_scale"]),
             c["local_flip_p"], c["local_grey_p"], c["local_blur_p"],
         )  # fmt: skip
-        return local_audio_view(audio, frames_a), local_v
+        local_a = local_audio_view(audio, frames_a)  # [B, 1, frames_a, F]
+        if c["local_audio_resize"]:
+            boxes = audio_resize_boxes(len(local_a), frames_a, local_a.shape[-1], audio.device)
+            local_a = audio_resize_crop(local_a, boxes)
+        return local_a, local_v
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = flatten_inputs(batch)
