@@ -38,18 +38,72 @@ def test_prep_rebuilds_only_shards_of_an_older_generator(tmp_path, monkeypatch, 
         assert (shards / "manifest.json").is_file() and calls == []
 
 
-def test_demo_rejects_unknown_and_stage2_recipes():
-    assert "mavil" in demo.demo_recipes() and "avid" in demo.demo_recipes()
-    for bad in ("nope", "mavil_stage2", "avid_cma"):
-        with pytest.raises(SystemExit, match="unknown or unusable recipe"):
-            demo.main(["--recipe", bad])
-
-
 def _fake_results(kind_top1: dict[str, float]) -> dict:
     return {
         "summary": {k: {"top1": v} for k, v in kind_top1.items()},
         "rounds": [{"kind": k, "metrics": {"top1": v}} for k, v in kind_top1.items()],
     }
+
+
+def _demo_folder(tmp_path: Path, monkeypatch) -> list[tuple]:
+    """A working folder with the project's recipes, no data preparation, and the demo's
+    ``avssl`` commands recorded instead of run: returns the list they go to."""
+    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval_out" / "demo").mkdir(parents=True)
+    monkeypatch.setattr(demo, "_prep", lambda data: None)
+    calls: list[tuple] = []
+    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((args, env)))
+    return calls
+
+
+def test_demo_rejects_unknown_recipes_and_those_it_cannot_start(tmp_path, monkeypatch):
+    names = demo.demo_recipes()
+    assert {"mavil", "avid", "avid_cma", "mavil_stage2"} <= set(names)
+    with pytest.raises(SystemExit, match="unknown or unusable recipe 'nope'"):
+        demo.main(["--recipe", "nope"])
+    # a recipe needing another run's checkpoint that CONTINUES does not fill in is refused
+    (tmp_path / "recipes").mkdir()
+    for name, ckpt in (("solo", "null"), ("given", "runs/x.ckpt"), ("avid_cma", "null")):
+        (tmp_path / "recipes" / f"{name}.yaml").write_text(
+            f"model:\n  init_args:\n    teacher_ckpt: {ckpt}\n"
+        )
+    monkeypatch.chdir(tmp_path)
+    # avid_cma's null setting is not the one CONTINUES fills (avid_ckpt): refused as well
+    assert demo.demo_recipes() == ["given"]
+    with pytest.raises(SystemExit, match="unknown or unusable recipe 'solo'"):
+        demo.main(["--recipe", "solo"])
+
+
+@pytest.mark.parametrize("recipe", sorted(demo.CONTINUES))
+def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch, recipe):
+    # make demo RECIPE=avid_cma SEEDS=2: per seed, the parent recipe's run with that seed, then
+    # the recipe from the parent's last checkpoint; ARGS go to the second run only
+    calls = _demo_folder(tmp_path, monkeypatch)
+    monkeypatch.setattr(demo, "_results", lambda folder: _fake_results({"audio": 50.0}))
+    parent, key = demo.CONTINUES[recipe]
+    extra = ["--trainer.max_steps", "7"]
+    assert demo.main(["--recipe", recipe, "--seeds", "2", "--", *extra]) == 0
+    pretrains = [(args, env["AVSSL_RUN_ID"]) for args, env in calls if args[0] == "pretrain"]
+    assert [(a[2], run) for a, run in pretrains] == [
+        (parent, f"{demo.RUN_ID}-args-seeds2-seed0-for-{recipe}"),
+        (recipe, f"{demo.RUN_ID}-args-seeds2-seed0"),
+        (parent, f"{demo.RUN_ID}-args-seeds2-seed1-for-{recipe}"),
+        (recipe, f"{demo.RUN_ID}-args-seeds2-seed1"),
+    ]
+    for k in range(2):
+        (first, first_run), (second, _) = pretrains[2 * k], pretrains[2 * k + 1]
+        assert first[-2:] == second[-2:] == ("--seed_everything", str(k))
+        assert not set(extra) & set(first) and second[-4:-2] == tuple(extra)
+        assert [c for c in first if c.endswith(".yaml")] == demo.overlays(parent)
+        assert [c for c in second if c.endswith(".yaml")] == demo.overlays(recipe)
+        given = second[second.index(f"--model.init_args.{key}") + 1]
+        assert given == f"runs/{parent}/{first_run}/checkpoints/last.ckpt"
+    exports = [args for args, _ in calls if args[0] == "export"]
+    assert all(f"runs/{recipe}/" in a[a.index("--ckpt") + 1] for a in exports)
+    assert len(exports) == 3 and "--random-init" in exports[-1]
+    summary = tmp_path / "eval_out" / "demo" / f"summary-{recipe}-args-seeds2.md"
+    assert f"continues a run of {parent} with" in summary.read_text()
 
 
 @pytest.mark.parametrize("extra", [[], ["--model.init_args.intra_weight", "1"]])
@@ -139,12 +193,7 @@ def test_demo_on_other_shards_names_its_run_and_checks_them(tmp_path, monkeypatc
 def test_demo_with_several_seeds_reports_each_and_the_spread(tmp_path, monkeypatch):
     # make demo RECIPE=vatt SEEDS=3: three pretrainings with seeds 0, 1, 2 in their own run
     # folders, one random-init baseline, and a table with every seed and the gains' spread
-    (tmp_path / "recipes").symlink_to(Path(__file__).resolve().parents[1] / "recipes")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "eval_out" / "demo").mkdir(parents=True)
-    monkeypatch.setattr(demo, "_prep", lambda data: None)
-    calls: list[tuple] = []
-    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append((args, env)))
+    calls = _demo_folder(tmp_path, monkeypatch)
     top1 = {"random": 40.0, "seed0": 52.0, "seed1": 47.0, "seed2": 45.0}
 
     def fake_results(folder):

@@ -23,6 +23,11 @@ OUT=shards/synthetic_plain PREP_ARGS="--visual-nuisance plain"``; the run is the
 every seed's top-1 with the gains' mean, sample standard deviation and minimum, named
 ``<recipe>...-seeds<N>``: one run of the check moves by several points with the seed alone.
 
+A recipe that continues another recipe's run (:data:`CONTINUES`: ``avid_cma`` after ``avid``,
+``mavil_stage2`` after ``mavil``) first pretrains that recipe with the demo's settings (and the
+same seed) into ``runs/<parent>/<run id>-for-<recipe>/``, then the recipe itself from that run's
+last checkpoint, for the demo's budget each; the options after ``--`` go to the second run only.
+
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
 """
@@ -42,6 +47,9 @@ from pathlib import Path
 SHARDS = Path("shards/synthetic")
 RUN_ID = os.environ.get("AVSSL_DEMO_RUN", "demo")
 PROTOCOL = "synthetic_linear"
+# recipes that start from another recipe's run: recipe -> (that recipe, the model setting that
+# names its checkpoint); make demo runs the two in turn
+CONTINUES = {"avid_cma": ("avid", "avid_ckpt"), "mavil_stage2": ("mavil", "teacher_ckpt")}
 
 
 def _avssl(*args: str, env: dict | None = None, tag: str = "[demo]") -> None:
@@ -119,9 +127,9 @@ def _table(random: dict, trained: dict, recipe: str) -> str:
 
 
 def demo_recipes() -> list[str]:
-    """Recipes ``make demo RECIPE=...`` accepts: every recipe but those that start from another
-    run's checkpoint (a ``*_ckpt`` setting left null: ``mavil_stage2``'s teacher,
-    ``avid_cma``'s Cross-AVID run)."""
+    """Recipes ``make demo RECIPE=...`` accepts: every recipe whose ``*_ckpt`` settings (another
+    run's checkpoint) are set, or are the one :data:`CONTINUES` fills in (``mavil_stage2``'s
+    teacher, ``avid_cma``'s Cross-AVID run)."""
     import yaml
 
     from avssl.train import NOT_RECIPES
@@ -131,7 +139,8 @@ def demo_recipes() -> list[str]:
         if path.stem in NOT_RECIPES:
             continue
         init = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_args") or {}
-        if not any(k.endswith("_ckpt") and not v for k, v in init.items()):
+        unset = {k for k, v in init.items() if k.endswith("_ckpt") and not v}
+        if unset <= {CONTINUES.get(path.stem, ("", ""))[1]}:
             usable.append(path.stem)
     return sorted(usable)
 
@@ -251,7 +260,14 @@ def _train_and_export(
         suffix, seed = (f"-seed{k}", ["--seed_everything", str(k)]) if seeds > 1 else ("", [])
         if seeds > 1:
             print(f"[demo]     seed {k} of 0-{seeds - 1}", flush=True)
-        ckpts.append(_pretrain(recipe, data, f"{run_id}{suffix}", [*extra, *seed]))
+        start = []
+        if recipe in CONTINUES:  # first the run this recipe continues, same settings and seed
+            parent, key = CONTINUES[recipe]
+            print(f"[demo]     {recipe} continues a run of {parent}: pretraining {parent} first",
+                  flush=True)  # fmt: skip
+            first = _pretrain(parent, data, f"{run_id}{suffix}-for-{recipe}", seed)
+            start = [f"--model.init_args.{key}", str(first)]
+        ckpts.append(_pretrain(recipe, data, f"{run_id}{suffix}", [*start, *extra, *seed]))
         trained.append(f"demo-{name}{suffix}")
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
     random = f"demo-{name}-random"
@@ -277,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(base, rows[0], recipe) if seeds == 1 else _seeds_table(base, rows, recipe)
     if extra:
         table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
+    if recipe in CONTINUES:
+        parent = CONTINUES[recipe][0]
+        table = (f"each {recipe} run continues a run of {parent} with the demo's budget and seed "
+                 f"(`runs/{parent}/{run_id}*-for-{recipe}/`)\n\n" + table)  # fmt: skip
     if on:
         table = f"shards: `{data}`\n\n" + table
     summary = Path("eval_out/demo") / ("summary.md" if name == "mavil" else f"summary-{name}.md")
