@@ -10,8 +10,10 @@ trained a shared audio-video space, ``audio_head.safetensors`` + ``video_head.sa
                       mean/std, "fbank": settings + stats (see avssl.export_preproc),
      "provenance": {"objective", "recipe", "step", "epoch", "avssl_version",
                     "encoder": {"which", "note"}, ...},
-     "heads": {"audio": layer list, "video": layer list, "space": term, "dim": P}  (optional;
-              see avssl.heads: clip embedding [D] -> shared space [P])}
+     "heads": {"audio": layer list, "video": layer list, "space": term, "dim": P,  (optional;
+               "v2a": the same layout}  see avssl.heads: clip embedding [D] -> shared space
+                                        [P]; "v2a" (optional): the video -> audio direction's
+                                        space where it differs, <modality>_head_v2a.safetensors)}
 
 Nothing in a bundle or a checkpoint is unpickled: checkpoints are read with
 ``torch.load(weights_only=True)`` and weights with safetensors. Loading a bundle imports torch,
@@ -46,9 +48,10 @@ def weights_file(modality: str) -> str:
     return f"{modality}_encoder.safetensors"
 
 
-def head_file(modality: str) -> str:
-    """File name of one modality's projection-head weights inside a bundle."""
-    return f"{modality}_head.safetensors"
+def head_file(modality: str, direction: str = "a2v") -> str:
+    """File name of one modality's projection-head weights inside a bundle (``direction``
+    "v2a": the video -> audio space's, where the bundle has one)."""
+    return f"{modality}_head{'' if direction == 'a2v' else '_' + direction}.safetensors"
 
 
 def _embed_dim(enc: Any) -> int | None:
@@ -66,6 +69,8 @@ class EncoderBundle:
         path: where it was loaded from (a bundle folder or a checkpoint), or None.
         heads: ``{"audio": head, "video": head}`` mapping clip embeddings into the shared space
             the objective's audio-video term trained (eval mode), or None (see ``project``).
+        heads_v2a: the same for the video -> audio direction where the objective compares it
+            in another space (CrissCross: a predictor on the query side), else None.
     """
 
     audio: nn.Module | None
@@ -73,6 +78,7 @@ class EncoderBundle:
     config: dict
     path: str | None = None
     heads: dict[str, nn.Module] | None = None
+    heads_v2a: dict[str, nn.Module] | None = None
 
     @property
     def preprocessing(self) -> dict:
@@ -105,16 +111,22 @@ class EncoderBundle:
             "shared audio-video space (or it was exported before bundles held heads)"
         )
 
-    def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+    def project(self, modality: str, x: torch.Tensor, direction: str = "a2v") -> torch.Tensor:
         """Clip embeddings ``[..., D]`` of ``modality`` -> the shared audio-video space
-        ``[..., P]`` (the bundle's projection heads).
+        ``[..., P]`` (the bundle's projection heads). ``direction`` "v2a" picks the space video
+        queries are compared with audio in, where the bundle has one (``heads_v2a``); else the
+        one space serves both directions.
 
         Raises:
-            UserError: the bundle has no heads (its objective trained no shared space).
+            UserError: the bundle has no heads (its objective trained no shared space), or
+                ``direction`` is neither "a2v" nor "v2a".
         """
+        if direction not in ("a2v", "v2a"):
+            raise UserError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
         if self.heads is None:
             raise self.no_heads()
-        head = self.heads[modality]
+        heads = self.heads_v2a if direction == "v2a" and self.heads_v2a else self.heads
+        head = heads[modality]
         p = next(head.parameters())
         with torch.inference_mode():
             flat = x.reshape(-1, x.shape[-1]).to(p.device, p.dtype)
@@ -122,7 +134,8 @@ class EncoderBundle:
 
     def to(self, device: torch.device | str) -> EncoderBundle:
         """Moves the encoders (and heads) to ``device`` in place and returns the bundle."""
-        for mod in [*self.encoders().values(), *(self.heads or {}).values()]:
+        heads = [*(self.heads or {}).values(), *(self.heads_v2a or {}).values()]
+        for mod in [*self.encoders().values(), *heads]:
             if mod is not None:
                 mod.to(device)
         return self
@@ -132,6 +145,7 @@ class EncoderBundle:
         parts = [f"{m}=D{d}" for m, d in self.embed_dim.items() if d is not None]
         which = prov.get("encoder", {}).get("which", "?")
         heads = "" if self.heads is None else f", heads=P{self.config['heads'].get('dim')}"
+        heads += "" if self.heads_v2a is None else " (+v2a)"
         return (
             f"EncoderBundle({', '.join(parts)}, objective={prov.get('objective')}, "
             f"which={which}, step={prov.get('step')}{heads}, path={self.path})"
@@ -171,7 +185,8 @@ def assemble(config: dict, state_dicts: dict[str, dict[str, torch.Tensor]], path
     from avssl.heads import assemble_heads
 
     heads = assemble_heads(config, state_dicts, path)
-    return EncoderBundle(encoders["audio"], encoders["video"], config, path_str, heads)
+    v2a = assemble_heads(config, state_dicts, path, "v2a")
+    return EncoderBundle(encoders["audio"], encoders["video"], config, path_str, heads, v2a)
 
 
 def check_config(config: Any, path: Path) -> dict:
@@ -201,6 +216,8 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from avssl.heads import DIRECTIONS, head_entry, head_key
+
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
         raise UserError(f"{folder}: not an encoder bundle (no {CONFIG_FILE})")
@@ -210,14 +227,16 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
         raise UserError(f"{cfg_path}: not valid JSON ({err})") from err
     check_config(config, folder)
     files = {m: weights_file(m) for m in MODALITIES if config.get(m) is not None}
-    if config.get("heads") is not None:
-        files.update({f"{m}_head": head_file(m) for m in MODALITIES})
+    for direction in DIRECTIONS:
+        if head_entry(config, direction) is not None:
+            files.update({head_key(m, direction): head_file(m, direction) for m in MODALITIES})
     state_dicts = {}
     for name, file in files.items():
         wpath = folder / file
         if not wpath.is_file():
-            what = "head" if name.endswith("_head") else "encoder"
-            raise UserError(f"{wpath}: missing (config.json lists a {name.split('_')[0]} {what})")
+            modality, _, kind = name.partition("_")  # "", "head" or "head_v2a"
+            what = {"head": "head", "head_v2a": "v2a head"}.get(kind, "encoder")
+            raise UserError(f"{wpath}: missing (config.json lists a {modality} {what})")
         try:
             state_dicts[name] = load_file(str(wpath), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
@@ -303,6 +322,7 @@ def _export(
     bundle = load_encoder(out)  # round trip: proves build_encoder(config) + weights reload
     modules = {m: e for m, e in bundle.encoders().items() if e is not None}
     modules.update({f"{m}_head": h for m, h in (bundle.heads or {}).items()})
+    modules.update({f"{m}_head_v2a": h for m, h in (bundle.heads_v2a or {}).items()})
     for name, mod in modules.items():
         reloaded = mod.state_dict()
         for key, value in state_dicts[name].items():
@@ -318,8 +338,10 @@ def _export(
 def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
     n = path.stat().st_size
     size = f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
-    if bundle is not None and bundle.heads is not None and path.name.endswith("_head.safetensors"):
+    if bundle is not None and bundle.heads is not None and "_head" in path.name:
         heads = bundle.config["heads"]
+        if path.name.endswith("_head_v2a.safetensors"):
+            heads = heads["v2a"]
         return f"{path} (projection into the {heads['space']} space, P={heads['dim']}, {size})"
     if bundle is None or not path.name.endswith("_encoder.safetensors"):
         return f"{path} ({size})"

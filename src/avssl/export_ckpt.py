@@ -29,6 +29,7 @@ from torch import nn
 from avssl.cli import UserError
 from avssl.export import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODALITIES, head_file, weights_file
 from avssl.export_preproc import preprocessing_from_data
+from avssl.heads import DIRECTIONS, head_entry, head_key
 
 _OBJECTIVE_NAME = re.compile(r"avssl\.objectives(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -201,7 +202,8 @@ def bundle_from_checkpoint(
     ``"<modality>_head"`` -> head weights when the objective has a shared space).
 
     Uses only the objective's ``export_encoders()``: ``{"audio", "video", "which", "note"}``,
-    and ``export_heads()`` (None, or ``{"audio", "video", "space"}``; :mod:`avssl.heads`).
+    and ``export_heads()`` (None, or ``{"audio", "video", "space"}`` and optionally ``"v2a"``,
+    the same for the video -> audio direction's space; :mod:`avssl.heads`).
     A backbone shared by both modalities is written for both (``shared_backbone: true``).
     """
     objective, missing = rebuild_objective(ckpt, src, random_init)
@@ -231,11 +233,18 @@ def bundle_from_checkpoint(
     if heads is not None:
         config["heads"], head_weights = _heads(heads, objective, missing, src)
         state_dicts.update(head_weights)
+        if heads.get("v2a") is not None:
+            config["heads"]["v2a"], v2a_weights = _heads(heads["v2a"], objective, missing, src,
+                                                         "v2a")  # fmt: skip
+            state_dicts.update(v2a_weights)
     return config, state_dicts
 
 
-def _heads(heads: dict, objective: nn.Module, missing: set[str], src: Path) -> tuple[dict, dict]:
-    """The bundle's ``"heads"`` entry and ``"<modality>_head"`` weights (:mod:`avssl.heads`)."""
+def _heads(
+    heads: dict, objective: nn.Module, missing: set[str], src: Path, direction: str = "a2v"
+) -> tuple[dict, dict]:
+    """The bundle's ``"heads"`` entry (or its ``"v2a"`` one) and the ``head_key(modality,
+    direction)`` weights (:mod:`avssl.heads`)."""
     from avssl.heads import describe_head, head_dims
 
     _check_loaded(objective, {m: heads[m] for m in MODALITIES}, missing, src)
@@ -243,9 +252,10 @@ def _heads(heads: dict, objective: nn.Module, missing: set[str], src: Path) -> t
     weights = {}
     for modality in MODALITIES:
         try:
-            entry[modality], weights[f"{modality}_head"] = describe_head(heads[modality])
+            entry[modality], weights[head_key(modality, direction)] = describe_head(heads[modality])
         except ValueError as err:
-            raise UserError(f"{src}: cannot store the {modality} projection head: {err}") from None
+            what = modality if direction == "a2v" else f"{direction} {modality}"
+            raise UserError(f"{src}: cannot store the {what} projection head: {err}") from None
     entry["space"] = str(heads.get("space", "shared"))
     entry["dim"] = head_dims(entry["audio"])[1]
     entry["input"] = "the encoder's clip embedding (mean-pooled tokens)"
@@ -272,11 +282,13 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
     files = {}
     for modality in MODALITIES:
         for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data",
-                      f"{modality}_head.onnx"):  # fmt: skip
+                      f"{modality}_head.onnx", f"{modality}_head_v2a.onnx"):  # fmt: skip
             (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
         files[modality] = (out / weights_file(modality), config.get(modality) is not None)
     for modality in MODALITIES:
-        files[f"{modality}_head"] = (out / head_file(modality), config.get("heads") is not None)
+        for direction in DIRECTIONS:
+            wanted = head_entry(config, direction) is not None
+            files[head_key(modality, direction)] = (out / head_file(modality, direction), wanted)
     for name, (target, wanted) in files.items():
         if not wanted:
             target.unlink(missing_ok=True)

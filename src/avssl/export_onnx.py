@@ -5,7 +5,8 @@ Each encoder becomes ``<modality>_encoder.onnx``: input ``audio`` ``[B, 1, Ta, F
 ``embedding`` ``[B, D]`` (mean-pooled). The graph comes from ``torch.export`` (the dynamo
 exporter, which lowers ``scaled_dot_product_attention``); the TorchScript exporter is a fallback.
 A bundle with projection heads (:mod:`avssl.heads`) also gets ``<modality>_head.onnx``:
-input ``embedding`` ``[B, D]`` (the encoder's output), output ``shared`` ``[B, P]``.
+input ``embedding`` ``[B, D]`` (the encoder's output), output ``shared`` ``[B, P]``, and
+``<modality>_head_v2a.onnx`` where it has heads for the video -> audio direction's space.
 Every file is run with onnxruntime at two batch sizes and compared with PyTorch.
 """
 
@@ -146,19 +147,21 @@ def export_onnx(bundle: Any, out: Path) -> list[Path]:
         written.append(target)
     for modality, head in (bundle.heads or {}).items():
         written.append(_export_head(head.cpu().eval(), modality, bundle, out))
+    for modality, head in (bundle.heads_v2a or {}).items():
+        written.append(_export_head(head.cpu().eval(), modality, bundle, out, "_v2a"))
     return written
 
 
-def _export_head(head: nn.Module, modality: str, bundle: Any, out: Path) -> Path:
-    """``<modality>_head.onnx``: clip embedding ``[B, D]`` -> shared space ``[B, P]``."""
-    target = out / f"{modality}_head.onnx"
+def _export_head(head: nn.Module, modality: str, bundle: Any, out: Path, tag: str = "") -> Path:
+    """``<modality>_head<tag>.onnx``: clip embedding ``[B, D]`` -> shared space ``[B, P]``."""
+    target = out / f"{modality}_head{tag}.onnx"
     dim = int(bundle.embed_dim[modality])
 
     def make(batch: int) -> torch.Tensor:
         return torch.randn(batch, dim, generator=torch.Generator().manual_seed(batch))
 
     exporter = _export_one(head, make(2), target, "embedding", out_name="shared")
-    _annotate(target, f"{modality} head", bundle)
+    _annotate(target, f"{modality} head{tag.replace('_', ' ')}", bundle)
     diff = _check(target, head, make, "embedding", "shared")
     print(f"[export] {target.name}: {exporter} exporter, dynamic batch; onnxruntime matches "
           f"PyTorch (max abs diff {diff:.2e} <= {TOLERANCE:g})")  # fmt: skip

@@ -7,6 +7,12 @@ inter-modal InfoNCE (Huang et al. 2023, https://arxiv.org/abs/2212.08071) one li
 modality on the pooled encoder output. Cross-modal retrieval is meaningful in that space, not
 between the backbone outputs, so a bundle may carry the two heads.
 
+Where an objective compares the two directions in different spaces (CrissCross's cross-modal
+SimSiam, Sarkar & Etemad 2023, https://arxiv.org/abs/2111.05329: ``-cos(p_a, z_v)`` and
+``-cos(p_v, z_a)``, a predictor on the query side only), ``"heads"`` holds the audio -> video
+space and ``"heads"["v2a"]`` the video -> audio one, with the same layout and weights
+``<modality>_head_v2a.safetensors``.
+
 A head is stored as a plain layer list (``config.json`` ``"heads"``) plus its weights
 (``<modality>_head.safetensors``), so that loading needs torch only, not the objective's code::
 
@@ -111,12 +117,36 @@ def describe_head(module: nn.Module) -> tuple[list[dict[str, Any]], dict[str, to
     return spec, state
 
 
+DIRECTIONS = ("a2v", "v2a")
+
+
+def head_entry(config: dict, direction: str = "a2v") -> Any:
+    """The ``"heads"`` entry of a direction's space: ``config["heads"]`` for audio -> video,
+    its ``"v2a"`` entry for video -> audio (None where the bundle has none)."""
+    heads = config.get("heads")
+    if direction == "a2v" or not isinstance(heads, dict):
+        return heads
+    return heads.get("v2a")
+
+
+def head_key(modality: str, direction: str = "a2v") -> str:
+    """Name of a head's weights in a bundle (``<name>.safetensors``)."""
+    return f"{modality}_head" + ("" if direction == "a2v" else f"_{direction}")
+
+
 def check_heads_config(config: dict, path: Any) -> None:
-    """Checks a bundle config's ``"heads"``: a layer list per modality, from each encoder's D
-    to one common P (raises ``UserError``)."""
-    heads = config["heads"]
+    """Checks a bundle config's ``"heads"`` (and its ``"v2a"`` entry where there is one): a
+    layer list per modality, from each encoder's D to one common P (raises ``UserError``)."""
+    _check_space(config, config["heads"], path, "")
+    if isinstance(config["heads"], dict) and config["heads"].get("v2a") is not None:
+        _check_space(config, config["heads"]["v2a"], path, "v2a ")
+
+
+def _check_space(config: dict, heads: Any, path: Any, name: str) -> None:
+    """One space's heads (``name``: "" or "v2a "), as :func:`check_heads_config` says."""
     if not isinstance(heads, dict) or not all(isinstance(heads.get(m), list) for m in MODALITIES):
-        raise UserError(f"{path}: config.json 'heads' needs an audio and a video layer list")
+        key = "heads" + (".v2a" if name else "")
+        raise UserError(f"{path}: config.json '{key}' needs an audio and a video layer list")
     dims = {}
     for modality in MODALITIES:
         enc_cfg = config.get(modality)
@@ -127,32 +157,38 @@ def check_heads_config(config: dict, path: Any) -> None:
         try:
             dims[modality] = head_dims(heads[modality])
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise UserError(f"{path}: invalid {modality} head in config.json ({err})") from None
+            bad = f"invalid {name}{modality} head in config.json ({err})"
+            raise UserError(f"{path}: {bad}") from None
         if dims[modality][0] != enc_cfg.get("embed_dim"):
             raise UserError(
-                f"{path}: the {modality} head takes D={dims[modality][0]} but the encoder gives "
-                f"D={enc_cfg.get('embed_dim')}"
+                f"{path}: the {name}{modality} head takes D={dims[modality][0]} but the "
+                f"encoder gives D={enc_cfg.get('embed_dim')}"
             )
     if dims["audio"][1] != dims["video"][1]:
         raise UserError(
-            f"{path}: the heads project into different widths ({dims['audio'][1]} audio, "
+            f"{path}: the {name}heads project into different widths ({dims['audio'][1]} audio, "
             f"{dims['video'][1]} video)"
         )
 
 
-def assemble_heads(config: dict, state_dicts: dict, path: Any) -> dict[str, nn.Module] | None:
-    """``{"audio": head, "video": head}`` in eval mode from a bundle config's ``"heads"`` and
-    the ``"<modality>_head"`` weights, or None when the config has no heads."""
-    if config.get("heads") is None:
+def assemble_heads(
+    config: dict, state_dicts: dict, path: Any, direction: str = "a2v"
+) -> dict[str, nn.Module] | None:
+    """``{"audio": head, "video": head}`` in eval mode from a bundle config's ``"heads"`` (or
+    its ``"v2a"`` entry) and the ``head_key(modality, direction)`` weights, or None when the
+    config has no such heads."""
+    entry = head_entry(config, direction)
+    if entry is None:
         return None
     heads: dict[str, nn.Module] = {}
     for modality in MODALITIES:
+        what = modality if direction == "a2v" else f"{direction} {modality}"
         try:
-            head = build_head(config["heads"][modality])
-            head.load_state_dict(state_dicts[f"{modality}_head"], strict=True)
+            head = build_head(entry[modality])
+            head.load_state_dict(state_dicts[head_key(modality, direction)], strict=True)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
             first = " ".join(lines[:2]) if lines else type(err).__name__
-            raise UserError(f"{path}: cannot rebuild the {modality} head: {first}") from err
+            raise UserError(f"{path}: cannot rebuild the {what} head: {first}") from err
         heads[modality] = head.eval().requires_grad_(False)
     return heads

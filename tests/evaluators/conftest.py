@@ -29,10 +29,17 @@ def tiny_prep(crop: int = 32, frames: int = 4, audio_frames: int = 128) -> dict:
 
 
 def write_tiny_bundle(
-    out: Path, audio: bool = True, video: bool = True, prep=None, seed=0, heads: int = 0
+    out: Path,
+    audio: bool = True,
+    video: bool = True,
+    prep=None,
+    seed=0,
+    heads: int = 0,
+    v2a: bool = False,
 ):
     """A bundle folder with 1-block ViT-Tiny encoders at random initialisation; ``heads`` > 0
-    adds random Linear-GELU-Linear projection heads into a space that wide."""
+    adds random Linear-GELU-Linear projection heads into a space that wide, ``v2a`` a second
+    such pair for the video -> audio direction's space."""
     from safetensors.torch import save_file
 
     from avssl.models.vit import AudioViT, VideoViT
@@ -56,14 +63,19 @@ def write_tiny_bundle(
     if heads:
         from avssl.heads import describe_head
 
-        for modality, enc in (("audio", a), ("video", v)):
-            d = enc.embed_dim
-            mlp = torch.nn.Sequential(
-                torch.nn.Linear(d, 32), torch.nn.GELU(), torch.nn.Linear(32, heads)
-            )
-            spec, state = describe_head(mlp)
-            config.setdefault("heads", {"space": "test NCE", "dim": heads})[modality] = spec
-            save_file(state, str(out / f"{modality}_head.safetensors"))
+        config["heads"] = {"space": "test NCE", "dim": heads}
+        if v2a:
+            config["heads"]["v2a"] = {"space": "test NCE back", "dim": heads}
+        for tag, entry in (("", config["heads"]), ("_v2a", config["heads"].get("v2a"))):
+            for modality, enc in (("audio", a), ("video", v)):
+                if entry is None:
+                    continue
+                d = enc.embed_dim
+                mlp = torch.nn.Sequential(
+                    torch.nn.Linear(d, 32), torch.nn.GELU(), torch.nn.Linear(32, heads)
+                )
+                entry[modality], state = describe_head(mlp)
+                save_file(state, str(out / f"{modality}_head{tag}.safetensors"))
     (out / "config.json").write_text(json.dumps(config))
     return out
 

@@ -89,6 +89,15 @@ def test_results_do_not_depend_on_input_order(dtype):
         )
 
 
+def test_cross_modal_scores_video_to_audio_in_its_own_space_when_given():
+    rng = np.random.default_rng(5)
+    a, v, a2, v2 = (rng.normal(size=(30, 6)) for _ in range(4))
+    got = cross_modal(a, v, ks=(1, 5), device="cpu", v2a=(a2, v2))
+    one, other = (cross_modal(*x, ks=(1, 5), device="cpu") for x in ((a, v), (a2, v2)))
+    assert got == {**one, **{k: x for k, x in other.items() if k.startswith("v2a")}}
+    assert got != one
+
+
 def test_cross_modal_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         cross_modal(np.ones((3, 4)), np.ones((3, 5)))

@@ -178,6 +178,25 @@ def test_cross_modal_retrieval_scores_the_shared_space(synthetic_data, cache_dir
     assert "Embeddings scored: shared" in (out / "results.md").read_text()
     # the backbone features of the same bundle give other ranks: the heads are what is scored
     assert cross_modal(te.get("audio"), te.get("video"), (1, 5, 10)) != pytest.approx(want)
+    # a bundle with a video -> audio space of its own scores that direction there
+    both = write_tiny_bundle(tmp_path / "v2a", heads=16, seed=5, v2a=True)
+    out2 = tmp_path / "o2"
+    assert main(_args("synthetic_av_retrieval", both, synthetic_data, out2, cache_dir)) == 0
+    (r,) = json.loads((out2 / "results.json").read_text())["rounds"]
+    assert "video -> audio in its test NCE back space" in r["space"]
+    bundle = load_encoder(both)
+    te = _cached(synthetic_data, both, cache_dir, "test1", ("audio", "video"))
+    a2v, v2a = (
+        cross_modal(
+            *(
+                bundle.project(m, te.get(m, per_clip=True), d).mean(dim=1)
+                for m in ("audio", "video")
+            ),
+            (1, 5, 10),
+        )  # fmt: skip
+        for d in ("a2v", "v2a")
+    )
+    assert r["metrics"] == pytest.approx({**a2v, **{k: x for k, x in v2a.items() if "v2a" in k}})
     plain = tmp_path / "plain"
     assert main(_args("synthetic_av_retrieval", write_tiny_bundle(tmp_path / "p", seed=5),
                       synthetic_data, plain, cache_dir)) == 0  # fmt: skip
@@ -195,7 +214,7 @@ def test_cross_modal_max_items_draws_a_seeded_subset(monkeypatch):
     fs = FeatureSet([f"k{i}" for i in range(n)], torch.zeros(n, dtype=torch.long),
                     {"audio": audio, "video": audio + 1}, masks)  # fmt: skip
     seen = []
-    monkeypatch.setattr(tasks, "cross_modal", lambda a, v, ks: seen.append((a, v)) or {})
+    monkeypatch.setattr(tasks, "cross_modal", lambda a, v, ks, v2a=None: seen.append((a, v)) or {})
 
     def draw(seed: int, cap: int | None = 5) -> list[int]:
         raw = yaml.safe_load((EVALUATION / "synthetic_av_retrieval.yaml").read_text())

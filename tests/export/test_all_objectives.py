@@ -101,6 +101,9 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
             bundle.project("audio", torch.zeros(1, 8))
         return
     assert files == ["audio_head.safetensors", "video_head.safetensors"]
+    back = sorted(p.name for p in (tmp_path / "bundle").glob("*_head_v2a.safetensors"))
+    if recipe != "crisscross":  # one space serves both directions
+        assert bundle.heads_v2a is None and back == [] and "v2a" not in bundle.config["heads"]
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(3, 1, 128, 128, generator=gen)
     v = torch.randn(3, 3, 4, 64, 64, generator=gen)
@@ -120,3 +123,12 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
     assert torch.allclose(got_a, want_a, atol=1e-5) and torch.allclose(got_v, want_v, atol=1e-5)
     assert bundle.config["heads"]["dim"] == want_a.shape[1]
     assert bundle.shared_space == obj.export_heads()["space"]
+    if recipe == "crisscross":  # and video predictor vs audio projector (the other direction)
+        assert back == ["audio_head_v2a.safetensors", "video_head_v2a.safetensors"]
+        with torch.no_grad():
+            want_a = obj.projector["audio"](obj.audio_encoder(a))
+            want_v = obj.predictor["video"](obj.projector["video"](obj.video_encoder(v)))
+        got_a = bundle.project("audio", bundle.audio(a), "v2a")
+        got_v = bundle.project("video", bundle.video(v), "v2a")
+        assert torch.allclose(got_a, want_a, atol=1e-5) and torch.allclose(got_v, want_v, atol=1e-5)
+        assert bundle.config["heads"]["v2a"]["space"] == obj.export_heads()["v2a"]["space"]

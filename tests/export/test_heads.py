@@ -91,6 +91,22 @@ def test_bundle_with_heads_loads_and_projects(head_bundle):
         assert torch.allclose(z, bundle.heads["audio"](x.reshape(6, -1)).reshape(2, 3, 16))
 
 
+def test_bundle_with_v2a_heads_projects_each_direction_in_its_space(tmp_path, head_bundle):
+    bundle = load_encoder(write_tiny_bundle(tmp_path / "v2a", heads=16, v2a=True))
+    assert set(bundle.heads_v2a) == {"audio", "video"} and "(+v2a)" in repr(bundle)
+    x = torch.randn(3, bundle.embed_dim["video"])
+    with torch.no_grad():
+        for m in ("audio", "video"):
+            assert torch.allclose(bundle.project(m, x), bundle.heads[m](x))
+            assert torch.allclose(bundle.project(m, x, "v2a"), bundle.heads_v2a[m](x))
+        assert not torch.allclose(bundle.project("video", x, "v2a"), bundle.project("video", x))
+    with pytest.raises(UserError, match="direction must be 'a2v' or 'v2a', got 'both'"):
+        bundle.project("audio", x, "both")
+    one = load_encoder(head_bundle)  # one space for both directions
+    assert one.heads_v2a is None and "+v2a" not in repr(one)
+    assert torch.equal(one.project("video", x, "v2a"), one.project("video", x))
+
+
 def _edit(bundle_dir, change) -> None:
     cfg = json.loads((bundle_dir / "config.json").read_text())
     change(cfg)
@@ -111,6 +127,34 @@ def test_bad_heads_config_is_one_line_error(head_bundle, change, message):
     _edit(head_bundle, change)
     with pytest.raises(UserError, match=message):
         load_encoder(head_bundle)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["heads"]["v2a"].pop("video"), "'heads.v2a' needs an audio and a video"),
+        (lambda c: c["heads"]["v2a"]["audio"][0].update({"in": 7}), "v2a audio head takes D=7"),
+        (lambda c: c["heads"]["v2a"]["video"][-1].update({"out": 8}), "v2a heads project into"),
+        (lambda c: c["heads"].update({"v2a": [1]}), "'heads.v2a' needs an audio and a video"),
+    ],
+)
+def test_bad_v2a_heads_config_is_one_line_error(tmp_path, change, message):
+    folder = write_tiny_bundle(tmp_path / "v2a", heads=16, v2a=True)
+    _edit(folder, change)
+    with pytest.raises(UserError, match=message):
+        load_encoder(folder)
+
+
+def test_missing_or_wrong_v2a_head_weights(tmp_path):
+    folder = write_tiny_bundle(tmp_path / "v2a", heads=16, v2a=True)
+    other = write_tiny_bundle(tmp_path / "other", heads=24, v2a=True)
+    shutil.copy(other / "video_head_v2a.safetensors", folder / "video_head_v2a.safetensors")
+    with pytest.raises(UserError, match="cannot rebuild the v2a video head"):
+        load_encoder(folder)
+    (folder / "video_head_v2a.safetensors").unlink()
+    with pytest.raises(UserError, match=r"video_head_v2a.safetensors: missing \(config.json lists "
+                       "a video v2a head"):  # fmt: skip
+        load_encoder(folder)
 
 
 def test_missing_or_wrong_head_weights(head_bundle, tmp_path):

@@ -70,22 +70,29 @@ def test_reexport_without_onnx_removes_stale_onnx_files(onnx_bundle, save_fake, 
     assert not list(out.glob("*.onnx.data"))
 
 
-def test_heads_export_to_onnx(tmp_path, capsys):
+@pytest.mark.parametrize("v2a", [False, True])
+def test_heads_export_to_onnx(tmp_path, capsys, v2a):
     """A bundle with projection heads gets ``<modality>_head.onnx`` (embedding -> shared space,
-    dynamic batch) matching ``bundle.project`` in onnxruntime."""
+    dynamic batch) matching ``bundle.project`` in onnxruntime, and ``<modality>_head_v2a.onnx``
+    where it has the video -> audio direction's heads."""
     from avssl.export_onnx import export_onnx
     from tests.evaluators.conftest import write_tiny_bundle
 
-    folder = write_tiny_bundle(tmp_path / "b", heads=16, seed=3)
+    folder = write_tiny_bundle(tmp_path / "b", heads=16, seed=3, v2a=v2a)
     bundle = export.load_encoder(folder)
-    written = export_onnx(bundle, folder)
-    assert {p.name for p in written} >= {"audio_head.onnx", "video_head.onnx"}
+    written = {p.name for p in export_onnx(bundle, folder)}
+    tags = ("a2v", "v2a") if v2a else ("a2v",)
+    want = {
+        f"{m}_head{'' if t == 'a2v' else '_v2a'}.onnx" for m in ("audio", "video") for t in tags
+    }
+    assert {n for n in written if "_head" in n} == want
     assert "video_head.onnx: " in capsys.readouterr().out
     gen = torch.Generator().manual_seed(4)
-    for modality in ("audio", "video"):
-        session = ort.InferenceSession(str(folder / f"{modality}_head.onnx"),
+    for modality, direction in ((m, t) for m in ("audio", "video") for t in tags):
+        tag = "" if direction == "a2v" else "_v2a"
+        session = ort.InferenceSession(str(folder / f"{modality}_head{tag}.onnx"),
                                        providers=["CPUExecutionProvider"])  # fmt: skip
         x = torch.randn(5, bundle.embed_dim[modality], generator=gen)
         (out,) = session.run(["shared"], {"embedding": x.numpy()})
-        ref = bundle.project(modality, x).numpy()
+        ref = bundle.project(modality, x, direction).numpy()
         assert out.shape == (5, 16) and np.abs(out - ref).max() <= 1e-5

@@ -78,7 +78,9 @@ def evaluate(
 
 def in_shared_space(feats: FeatureSet, bundle) -> tuple[FeatureSet, str]:
     """Per-clip features mapped by the bundle's projection heads (cross-modal retrieval), and
-    which space was scored; without heads the encoders' clip embeddings, said so."""
+    which space was scored; without heads the encoders' clip embeddings, said so. A bundle with
+    a video -> audio space of its own (``heads_v2a``) adds ``"audio_v2a"`` / ``"video_v2a"``
+    features, which the video -> audio direction is scored on."""
     if bundle.heads is None:
         return feats, (
             "backbone: the encoders' clip embeddings; this bundle has no projection heads (its "
@@ -86,12 +88,20 @@ def in_shared_space(feats: FeatureSet, bundle) -> tuple[FeatureSet, str]:
             "held them: export it again), so R@k near chance is expected"
         )
     dim = int(bundle.config["heads"]["dim"])
-    clips = {}
+    clips, masks = {}, dict(feats.masks)
+    # "<m>_v2a": the video -> audio direction's own space, where the bundle has one
+    directions = (("a2v", ""), ("v2a", "_v2a"))[: 1 + (bundle.heads_v2a is not None)]
     for m, x in feats.clips.items():  # [N, K, D] -> [N, K, P], rows without m stay zero
-        z = bundle.project(m, x).float().cpu() if len(x) else x.new_zeros(0, x.shape[1], dim)
-        clips[m] = z * feats.masks[m].reshape(-1, 1, 1).to(z.dtype)
+        for direction, tag in directions:
+            z = bundle.project(m, x, direction) if len(x) else x.new_zeros(0, x.shape[1], dim)
+            clips[m + tag] = z.float().cpu() * feats.masks[m].reshape(-1, 1, 1).float()
+            masks[m + tag] = feats.masks[m]
     space = f"shared: the bundle's projection heads into the {bundle.shared_space} space (P={dim})"
-    return FeatureSet(feats.keys, feats.labels, clips, feats.masks, feats.skipped), space
+    if bundle.heads_v2a is not None:
+        v2a = bundle.config["heads"]["v2a"]
+        space = (f"shared: audio -> video in the bundle's {bundle.shared_space} space, video -> "
+                 f"audio in its {v2a['space']} space (projection heads, P={dim})")  # fmt: skip
+    return FeatureSet(feats.keys, feats.labels, clips, masks, feats.skipped), space
 
 
 def seen_in_pretraining(p: Protocol, bundle, source, keys: dict[str, list[str]]) -> list[str]:

@@ -116,6 +116,7 @@ def cross_modal(
     video_x: ArrayLike,
     ks: tuple[int, ...] = (1, 5, 10),
     device: str | torch.device | None = None,
+    v2a: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> dict:
     """Audio->video and video->audio retrieval between paired embeddings.
 
@@ -124,12 +125,16 @@ def cross_modal(
         video_x: ``[N, D]`` video embeddings in the same space.
         ks: cut-offs.
         device: torch device; None -> CUDA when available.
+        v2a: ``(audio, video)`` embeddings of the same pairs in the space the video -> audio
+            direction is compared in, where it differs (CrissCross); None: ``audio_x``,
+            ``video_x`` serve both directions.
 
     Returns:
         ``{"a2v_R@k": %, "v2a_R@k": %, "a2v_medr": float, "v2a_medr": float}``.
     """
     out: dict = {}
-    for name, q, g in (("a2v", audio_x, video_x), ("v2a", video_x, audio_x)):
+    back_a, back_v = (audio_x, video_x) if v2a is None else v2a
+    for name, q, g in (("a2v", audio_x, video_x), ("v2a", back_v, back_a)):
         ranks = match_ranks(q, g, device)
         for k in ks:
             out[f"{name}_R@{k}"] = _recall(ranks, k)

@@ -187,6 +187,8 @@ def _cross_modal(p: Protocol, fs: FeatureSet) -> dict:
         gen = torch.Generator().manual_seed(int(p.classifier.get("seed", 0)))
         idx = idx[torch.randperm(len(idx), generator=gen)[: int(cap)]].sort().values
     a, v = fs.get("audio")[idx], fs.get("video")[idx]
+    # the video -> audio direction in its own space where the bundle has one (in_shared_space)
+    v2a = (fs.get("audio_v2a")[idx], fs.get("video_v2a")[idx]) if "video_v2a" in fs.clips else None
     if a.shape[1] != v.shape[1]:
         raise UserError(
             f"cross-modal retrieval needs audio and video embeddings of the same size, got "
@@ -197,7 +199,7 @@ def _cross_modal(p: Protocol, fs: FeatureSet) -> dict:
     return {
         "n_items": len(idx),
         "n_without_both": int((~both).sum()),
-        "metrics": cross_modal(a, v, tuple(p.classifier["ks"])),
+        "metrics": cross_modal(a, v, tuple(p.classifier["ks"]), v2a=v2a),
     }
 
 

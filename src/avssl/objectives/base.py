@@ -166,6 +166,8 @@ class AVObjective(pl.LightningModule):
         exported encoder's clip embedding (mean-pooled tokens, ``[B, D]``) into the space the
         objective's audio-video term compares (``space`` names that term). Stored in the
         bundle by ``avssl export`` (:mod:`avssl.heads`) and used by cross-modal retrieval.
+        That space serves both retrieval directions unless the dict also holds ``"v2a"``, the
+        same layout for the space video queries are compared with audio in (CrissCross).
         """
         return None
 

@@ -183,17 +183,22 @@ class CrissCross(AVObjective):
         return losses
 
     def export_heads(self) -> dict[str, Any] | None:
-        """The space CrissCross's cross-modal terms compare, one direction of it: the audio
-        predictor's output (audio projector, then predictor) against the video projector's
-        output, ``-cos(p_a, sg(z_v))`` of each audio-video pair. The other direction, ``-cos(p_v,
-        sg(z_a))``, trains as well but is not in the bundle (a bundle holds one head per
-        modality). None when only the within-modal term trains (sync and async weights 0)."""
+        """The spaces CrissCross's cross-modal terms compare, one per direction: audio queries
+        as the audio predictor's output (audio projector, then predictor) against the video
+        projector's output, ``-cos(p_a, sg(z_v))``, and (``"v2a"``) video queries as the video
+        predictor's output against the audio projector's, ``-cos(p_v, sg(z_a))``. None when
+        only the within-modal term trains (sync and async weights 0)."""
         if self.weights["sync"] == 0 and self.weights["async"] == 0:
             return None
         return {
             "audio": nn.Sequential(self.projector["audio"], self.predictor["audio"]),
             "video": self.projector["video"],
             "space": "CrissCross cross-modal SimSiam (audio predictor vs video projector)",
+            "v2a": {
+                "audio": self.projector["audio"],
+                "video": nn.Sequential(self.projector["video"], self.predictor["video"]),
+                "space": "CrissCross cross-modal SimSiam (video predictor vs audio projector)",
+            },
         }
 
     def export_encoders(self) -> dict[str, Any]:
