@@ -18,6 +18,7 @@ RECIPE ?= mavil
 DATA ?=
 ARGS ?=
 SEEDS ?=
+PARENT_ARGS ?=
 RESUME ?=
 CKPT ?=
 ONNX ?=
@@ -67,6 +68,7 @@ eval: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m avssl.demo --recipe "$(RECIPE)" $(if $(strip $(DATA)),--data "$(DATA)",) \
 	  $(if $(strip $(SEEDS)),--seeds "$(SEEDS)",) \
+	  $(if $(strip $(PARENT_ARGS)),--parent-args="$(PARENT_ARGS)",) \
 	  $(if $(strip $(ARGS)),-- $(ARGS),)
 
 bench: $(STAMP)

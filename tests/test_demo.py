@@ -82,8 +82,9 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
     calls = _demo_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(demo, "_results", lambda folder: _fake_results({"audio": 50.0}))
     parent, key = demo.CONTINUES[recipe]
-    extra = ["--trainer.max_steps", "7"]
-    assert demo.main(["--recipe", recipe, "--seeds", "2", "--", *extra]) == 0
+    extra, first_extra = ["--trainer.max_steps", "7"], ["--data.init_args.batch_size", "8"]
+    argv = ["--recipe", recipe, "--seeds", "2", "--parent-args=--data.init_args.batch_size 8"]
+    assert demo.main([*argv, "--", *extra]) == 0
     pretrains = [(args, env["AVSSL_RUN_ID"]) for args, env in calls if args[0] == "pretrain"]
     assert [(a[2], run) for a, run in pretrains] == [
         (parent, f"{demo.RUN_ID}-args-seeds2-seed0-for-{recipe}"),
@@ -95,6 +96,7 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
         (first, first_run), (second, _) = pretrains[2 * k], pretrains[2 * k + 1]
         assert first[-2:] == second[-2:] == ("--seed_everything", str(k))
         assert not set(extra) & set(first) and second[-4:-2] == tuple(extra)
+        assert first[-4:-2] == tuple(first_extra) and not set(first_extra) & set(second)
         assert [c for c in first if c.endswith(".yaml")] == demo.overlays(parent)
         assert [c for c in second if c.endswith(".yaml")] == demo.overlays(recipe)
         given = second[second.index(f"--model.init_args.{key}") + 1]
@@ -104,6 +106,14 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
     assert len(exports) == 3 and "--random-init" in exports[-1]
     summary = tmp_path / "eval_out" / "demo" / f"summary-{recipe}-args-seeds2.md"
     assert f"continues a run of {parent} with" in summary.read_text()
+    assert "with the options `--data.init_args.batch_size 8`" in summary.read_text()
+
+
+def test_demo_parent_args_only_for_a_recipe_that_continues_a_run():
+    with pytest.raises(SystemExit, match="PARENT_ARGS is for a recipe that continues another"):
+        demo.main(["--recipe", "vatt", "--parent-args", "--trainer.max_steps 3"])
+    with pytest.raises(SystemExit, match="PARENT_ARGS: No closing quotation"):
+        demo.main(["--recipe", "avid_cma", "--parent-args", "--x 'open"])
 
 
 @pytest.mark.parametrize("extra", [[], ["--model.init_args.intra_weight", "1"]])

@@ -26,7 +26,8 @@ every seed's top-1 with the gains' mean, sample standard deviation and minimum, 
 A recipe that continues another recipe's run (:data:`CONTINUES`: ``avid_cma`` after ``avid``,
 ``mavil_stage2`` after ``mavil``) first pretrains that recipe with the demo's settings (and the
 same seed) into ``runs/<parent>/<run id>-for-<recipe>/``, then the recipe itself from that run's
-last checkpoint, for the demo's budget each; the options after ``--`` go to the second run only.
+last checkpoint, for the demo's budget each; the options after ``--`` go to the second run only,
+``--parent-args "<options>"`` (``make demo PARENT_ARGS=...``) to the first.
 
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -216,9 +218,10 @@ def _seeds_table(random: dict, trained: list[dict], recipe: str) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: list[str]) -> tuple[str, Path, int, list[str]]:
-    """(recipe, shards, number of seeds, pretraining options after ``--``); SystemExit with a
-    one-line message for an unknown recipe or a bad seed count."""
+def _parse(argv: list[str]) -> tuple[str, Path, int, list[str], list[str]]:
+    """(recipe, shards, number of seeds, pretraining options after ``--``, options of the run
+    it continues); SystemExit with a one-line message for an unknown recipe, a bad seed count
+    or ``--parent-args`` for a recipe that continues no run."""
     cut = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(
         description="make demo: pretrain, export, evaluate (synthetic)",
@@ -234,6 +237,12 @@ def _parse(argv: list[str]) -> tuple[str, Path, int, list[str]]:
         help="pretrain with seeds 0..N-1 (--seed_everything) and report the gains' mean and "
         "spread (default 1: the recipe's seed, 0)",
     )
+    ap.add_argument(
+        "--parent-args",
+        default="",
+        help="pretraining options of the run a recipe continues (avid_cma: its avid run; "
+        "mavil_stage2: its stage-1 mavil run), as one string",
+    )
     args = ap.parse_args(argv[:cut])
     recipe, data = args.recipe, Path(args.data) if args.data.strip() else SHARDS
     usable = demo_recipes()
@@ -244,11 +253,26 @@ def _parse(argv: list[str]) -> tuple[str, Path, int, list[str]]:
     seeds = int(args.seeds) if args.seeds.strip().isdigit() else 0
     if seeds < 1:
         raise SystemExit(f"[demo] SEEDS must be a whole number >= 1, got {args.seeds!r}")
-    return recipe, data, seeds, argv[cut + 1 :]
+    try:
+        parent_extra = shlex.split(args.parent_args)
+    except ValueError as err:
+        raise SystemExit(f"[demo] PARENT_ARGS: {err} in {args.parent_args!r}") from None
+    if parent_extra and recipe not in CONTINUES:
+        raise SystemExit(
+            f"[demo] PARENT_ARGS is for a recipe that continues another run "
+            f"({', '.join(sorted(CONTINUES))}), not {recipe!r}"
+        )
+    return recipe, data, seeds, argv[cut + 1 :], parent_extra
 
 
 def _train_and_export(
-    recipe: str, data: Path, seeds: int, extra: list[str], name: str, run_id: str
+    recipe: str,
+    data: Path,
+    seeds: int,
+    extra: list[str],
+    name: str,
+    run_id: str,
+    parent_extra: list[str] | None = None,
 ) -> tuple[list[str], str]:
     """Steps 2 and 3: pretrains once per seed and exports each run and a random-init
     baseline; returns the trained bundles' names and the baseline's."""
@@ -265,7 +289,9 @@ def _train_and_export(
             parent, key = CONTINUES[recipe]
             print(f"[demo]     {recipe} continues a run of {parent}: pretraining {parent} first",
                   flush=True)  # fmt: skip
-            first = _pretrain(parent, data, f"{run_id}{suffix}-for-{recipe}", seed)
+            first = _pretrain(
+                parent, data, f"{run_id}{suffix}-for-{recipe}", [*(parent_extra or []), *seed]
+            )
             start = [f"--model.init_args.{key}", str(first)]
         ckpts.append(_pretrain(recipe, data, f"{run_id}{suffix}", [*start, *extra, *seed]))
         trained.append(f"demo-{name}{suffix}")
@@ -279,14 +305,14 @@ def _train_and_export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    recipe, data, seeds, extra = _parse(sys.argv[1:] if argv is None else list(argv))
+    recipe, data, seeds, extra, parent_extra = _parse(sys.argv[1:] if argv is None else list(argv))
     # an ablation, another set or several seeds keep the plain demo's results
     on = "" if data == SHARDS else f"@{data.resolve().name}"
-    tail = on + ("-args" if extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
+    tail = on + ("-args" if extra or parent_extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
     name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
     t0 = time.time()
     _prep(data)
-    trained, random = _train_and_export(recipe, data, seeds, extra, name, run_id)
+    trained, random = _train_and_export(recipe, data, seeds, extra, name, run_id, parent_extra)
     print(f"[demo] 4/4 evaluating them with the {PROTOCOL} protocol", flush=True)
     base = _evaluate(random, data)
     rows = [_evaluate(enc, data) for enc in trained]
@@ -295,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
     if recipe in CONTINUES:
         parent = CONTINUES[recipe][0]
+        added = f", with the options `{' '.join(parent_extra)}`" if parent_extra else ""
         table = (f"each {recipe} run continues a run of {parent} with the demo's budget and seed "
-                 f"(`runs/{parent}/{run_id}*-for-{recipe}/`)\n\n" + table)  # fmt: skip
+                 f"(`runs/{parent}/{run_id}*-for-{recipe}/`){added}\n\n" + table)  # fmt: skip
     if on:
         table = f"shards: `{data}`\n\n" + table
     summary = Path("eval_out/demo") / ("summary.md" if name == "mavil" else f"summary-{name}.md")
