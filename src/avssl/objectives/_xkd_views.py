@@ -13,7 +13,9 @@ Here the local view is cut from the global view (already cropped, flipped and co
 the loader) instead of from the decoded frames: its crop is a fraction of the global crop, and it
 shares the global view's colour jitter rather than drawing its own. The audio window keeps the
 global view's volume (XKD's local audio draws its own volume jitter, 0.8-1.2 where the global
-one's is 0.9-1.1). Sizes are rounded down to whole patches / tubelets (at least one).
+one's is 0.9-1.1: a gain ratio r shifts the log-mel by 2 ln r, the normalised fbank by
+ln r / std with AudioMAE's normalisation, at most -0.07 / +0.06 with AudioSet's std 4.57).
+Sizes are rounded down to whole patches / tubelets (at least one).
 
 Attention pooling (XKD's ``cm_attn_mode: mean``): each teacher token is weighted by the
 attention it receives in the last block (mean over heads and queries) and the weighted mean is
