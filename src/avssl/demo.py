@@ -27,7 +27,7 @@ A recipe that continues another recipe's run (:data:`CONTINUES`: ``avid_cma`` af
 ``mavil_stage2`` after ``mavil``) first pretrains that recipe with the demo's settings (and the
 same seed) into ``runs/<parent>/<run id>-for-<recipe>/``, then the recipe itself from that run's
 last checkpoint, for the demo's budget each; the options after ``--`` go to the second run only,
-``--parent-args "<options>"`` (``make demo PARENT_ARGS=...``) to the first.
+``--parent-args="<options>"`` (``make demo PARENT_ARGS=...``) to the first.
 
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
