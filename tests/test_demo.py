@@ -80,8 +80,13 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
     # make demo RECIPE=avid_cma SEEDS=2: per seed, the parent recipe's run with that seed, then
     # the recipe from the parent's last checkpoint; ARGS go to the second run only
     calls = _demo_folder(tmp_path, monkeypatch)
-    monkeypatch.setattr(demo, "_results", lambda folder: _fake_results({"audio": 50.0}))
     parent, key = demo.CONTINUES[recipe]
+    top1 = {"random": 45.0, f"its-{parent}": 40.0, "seed0": 50.0, "seed1": 52.0}
+
+    def fake_results(folder):
+        return _fake_results({"audio": next(v for k, v in top1.items() if str(folder).endswith(k))})
+
+    monkeypatch.setattr(demo, "_results", fake_results)
     extra, first_extra = ["--trainer.max_steps", "7"], ["--data.init_args.batch_size", "8"]
     argv = ["--recipe", recipe, "--seeds", "2", "--parent-args=--data.init_args.batch_size 8"]
     assert demo.main([*argv, "--", *extra]) == 0
@@ -101,11 +106,23 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
         assert [c for c in second if c.endswith(".yaml")] == demo.overlays(recipe)
         given = second[second.index(f"--model.init_args.{key}") + 1]
         assert given == f"runs/{parent}/{first_run}/checkpoints/last.ckpt"
-    exports = [args for args, _ in calls if args[0] == "export"]
-    assert all(f"runs/{recipe}/" in a[a.index("--ckpt") + 1] for a in exports)
-    assert len(exports) == 3 and "--random-init" in exports[-1]
+    # both runs of each seed exported and evaluated against the one random-init baseline
+    exports = {
+        a[a.index("--out") + 1]: a[a.index("--ckpt") + 1] for a, _ in calls if a[0] == "export"
+    }
+    name, run = f"demo-{recipe}-args-seeds2", f"{demo.RUN_ID}-args-seeds2"
+    want = {f"encoders/{name}-random": f"runs/{recipe}/{run}-seed0"}
+    for k in range(2):
+        want[f"encoders/{name}-seed{k}"] = f"runs/{recipe}/{run}-seed{k}"
+        want[f"encoders/{name}-seed{k}-its-{parent}"] = f"runs/{parent}/{run}-seed{k}-for-{recipe}"
+    assert exports == {enc: f"{folder}/checkpoints/last.ckpt" for enc, folder in want.items()}
+    assert len([a for a, _ in calls if a[0] == "eval"]) == 5
+    text = (tmp_path / "eval_out" / "demo" / f"summary-{recipe}-args-seeds2.md").read_text()
+    assert f"continues a run of {parent} with" in text
+    ours, theirs = text.split(f"the {parent} runs it continued, against the same baseline:")
+    assert "| audio | 45.0 | 50.0, 52.0 | +6.0 +- 1.4 |" in ours
+    assert "| audio | 45.0 | 40.0, 40.0 | -5.0 +- 0.0 |" in theirs
     summary = tmp_path / "eval_out" / "demo" / f"summary-{recipe}-args-seeds2.md"
-    assert f"continues a run of {parent} with" in summary.read_text()
     assert "with the options `--data.init_args.batch_size 8`" in summary.read_text()
 
 

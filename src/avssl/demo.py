@@ -273,13 +273,14 @@ def _train_and_export(
     name: str,
     run_id: str,
     parent_extra: list[str] | None = None,
-) -> tuple[list[str], str]:
+) -> tuple[list[str], str, list[str]]:
     """Steps 2 and 3: pretrains once per seed and exports each run and a random-init
-    baseline; returns the trained bundles' names and the baseline's."""
+    baseline; returns the trained bundles' names, the baseline's, and those of the runs the
+    recipe continued (:data:`CONTINUES`; empty for other recipes)."""
     print(f"[demo] 2/4 pretraining {recipe} (tiny) on the synthetic dataset {data}", flush=True)
     if extra:
         print(f"[demo]     with the added options: {' '.join(extra)}", flush=True)
-    ckpts, trained = [], []
+    ckpts, trained, firsts = [], [], []
     for k in range(seeds):  # one seed: the recipe's, under the plain names
         suffix, seed = (f"-seed{k}", ["--seed_everything", str(k)]) if seeds > 1 else ("", [])
         if seeds > 1:
@@ -293,15 +294,16 @@ def _train_and_export(
                 parent, data, f"{run_id}{suffix}-for-{recipe}", [*(parent_extra or []), *seed]
             )
             start = [f"--model.init_args.{key}", str(first)]
+            firsts.append((first, f"demo-{name}{suffix}-its-{parent}"))
         ckpts.append(_pretrain(recipe, data, f"{run_id}{suffix}", [*start, *extra, *seed]))
         trained.append(f"demo-{name}{suffix}")
     print("[demo] 3/4 exporting the trained encoders and a random-init baseline", flush=True)
     random = f"demo-{name}-random"
-    for ckpt, enc in zip(ckpts, trained):
+    for ckpt, enc in [*zip(ckpts, trained), *firsts]:
         _avssl("export", "--ckpt", str(ckpt), "--out", f"encoders/{enc}")
     # the baseline is seeded (export --random-init): the same weights whatever the run's seed
     _avssl("export", "--ckpt", str(ckpts[0]), "--out", f"encoders/{random}", "--random-init")
-    return trained, random
+    return trained, random, [enc for _, enc in firsts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,11 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
     t0 = time.time()
     _prep(data)
-    trained, random = _train_and_export(recipe, data, seeds, extra, name, run_id, parent_extra)
+    trained, random, firsts = _train_and_export(
+        recipe, data, seeds, extra, name, run_id, parent_extra
+    )
     print(f"[demo] 4/4 evaluating them with the {PROTOCOL} protocol", flush=True)
     base = _evaluate(random, data)
     rows = [_evaluate(enc, data) for enc in trained]
     table = _table(base, rows[0], recipe) if seeds == 1 else _seeds_table(base, rows, recipe)
+    if firsts:  # what the continued runs had reached: the part the recipe itself added
+        parent = CONTINUES[recipe][0]
+        rows = [_evaluate(enc, data) for enc in firsts]
+        first = _table(base, rows[0], parent) if seeds == 1 else _seeds_table(base, rows, parent)
+        table += f"\n\nthe {parent} runs it continued, against the same baseline:\n\n" + first
     if extra:
         table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
     if recipe in CONTINUES:
