@@ -51,7 +51,9 @@ def weights_file(modality: str) -> str:
 def head_file(modality: str, direction: str = "a2v") -> str:
     """File name of one modality's projection-head weights inside a bundle (``direction``
     "v2a": the video -> audio space's, where the bundle has one)."""
-    return f"{modality}_head{'' if direction == 'a2v' else '_' + direction}.safetensors"
+    from avssl.heads import head_key
+
+    return f"{head_key(modality, direction)}.safetensors"
 
 
 def _embed_dim(enc: Any) -> int | None:
@@ -315,14 +317,15 @@ def _export(
     ckpt_path: Path, out: Path, onnx: bool, random_init: bool = False
 ) -> tuple[list[Path], EncoderBundle]:
     from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint, write_bundle
+    from avssl.heads import head_key
 
     ckpt = read_checkpoint(ckpt_path)
     config, state_dicts = bundle_from_checkpoint(ckpt, ckpt_path, random_init)
     written = write_bundle(out, config, state_dicts)
     bundle = load_encoder(out)  # round trip: proves build_encoder(config) + weights reload
     modules = {m: e for m, e in bundle.encoders().items() if e is not None}
-    modules.update({f"{m}_head": h for m, h in (bundle.heads or {}).items()})
-    modules.update({f"{m}_head_v2a": h for m, h in (bundle.heads_v2a or {}).items()})
+    for direction, heads in (("a2v", bundle.heads), ("v2a", bundle.heads_v2a)):
+        modules.update({head_key(m, direction): h for m, h in (heads or {}).items()})
     for name, mod in modules.items():
         reloaded = mod.state_dict()
         for key, value in state_dicts[name].items():
