@@ -45,6 +45,15 @@ def _fake_results(kind_top1: dict[str, float]) -> dict:
     }
 
 
+def _results_by_ending(top1: dict[str, float]):
+    """A fake ``_results``: the audio top-1 of the first key the evaluated folder ends with."""
+
+    def fake(folder):
+        return _fake_results({"audio": next(v for k, v in top1.items() if str(folder).endswith(k))})
+
+    return fake
+
+
 def _demo_folder(tmp_path: Path, monkeypatch) -> list[tuple]:
     """A working folder with the project's recipes, no data preparation, and the demo's
     ``avssl`` commands recorded instead of run: returns the list they go to."""
@@ -82,11 +91,7 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
     calls = _demo_folder(tmp_path, monkeypatch)
     parent, key = demo.CONTINUES[recipe]
     top1 = {"random": 45.0, f"its-{parent}": 40.0, "seed0": 50.0, "seed1": 52.0}
-
-    def fake_results(folder):
-        return _fake_results({"audio": next(v for k, v in top1.items() if str(folder).endswith(k))})
-
-    monkeypatch.setattr(demo, "_results", fake_results)
+    monkeypatch.setattr(demo, "_results", _results_by_ending(top1))
     extra, first_extra = ["--trainer.max_steps", "7"], ["--data.init_args.batch_size", "8"]
     argv = ["--recipe", recipe, "--seeds", "2", "--parent-args=--data.init_args.batch_size 8"]
     assert demo.main([*argv, "--", *extra]) == 0
@@ -122,8 +127,7 @@ def test_demo_of_a_recipe_that_continues_another_runs_both(tmp_path, monkeypatch
     ours, theirs = text.split(f"the {parent} runs it continued, against the same baseline:")
     assert "| audio | 45.0 | 50.0, 52.0 | +6.0 +- 1.4 |" in ours
     assert "| audio | 45.0 | 40.0, 40.0 | -5.0 +- 0.0 |" in theirs
-    summary = tmp_path / "eval_out" / "demo" / f"summary-{recipe}-args-seeds2.md"
-    assert "with the options `--data.init_args.batch_size 8`" in summary.read_text()
+    assert "with the options `--data.init_args.batch_size 8`" in text
 
 
 def test_demo_parent_args_only_for_a_recipe_that_continues_a_run():
@@ -222,11 +226,7 @@ def test_demo_with_several_seeds_reports_each_and_the_spread(tmp_path, monkeypat
     # folders, one random-init baseline, and a table with every seed and the gains' spread
     calls = _demo_folder(tmp_path, monkeypatch)
     top1 = {"random": 40.0, "seed0": 52.0, "seed1": 47.0, "seed2": 45.0}
-
-    def fake_results(folder):
-        return _fake_results({"audio": next(v for k, v in top1.items() if str(folder).endswith(k))})
-
-    monkeypatch.setattr(demo, "_results", fake_results)
+    monkeypatch.setattr(demo, "_results", _results_by_ending(top1))
     assert demo.main(["--recipe", "vatt", "--seeds", "3"]) == 0
     pretrains = [(args, env) for args, env in calls if args[0] == "pretrain"]
     assert [env["AVSSL_RUN_ID"] for _, env in pretrains] == [

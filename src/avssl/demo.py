@@ -321,15 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     base = _evaluate(random, data)
     rows = [_evaluate(enc, data) for enc in trained]
     table = _table(base, rows[0], recipe) if seeds == 1 else _seeds_table(base, rows, recipe)
-    if firsts:  # what the continued runs had reached: the part the recipe itself added
+    if extra:
+        table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
+    if recipe in CONTINUES:  # and what the continued runs had reached, the same baseline
         parent = CONTINUES[recipe][0]
         rows = [_evaluate(enc, data) for enc in firsts]
         first = _table(base, rows[0], parent) if seeds == 1 else _seeds_table(base, rows, parent)
         table += f"\n\nthe {parent} runs it continued, against the same baseline:\n\n" + first
-    if extra:
-        table = f"pretraining options added to the demo's: `{' '.join(extra)}`\n\n" + table
-    if recipe in CONTINUES:
-        parent = CONTINUES[recipe][0]
         added = f", with the options `{' '.join(parent_extra)}`" if parent_extra else ""
         table = (f"each {recipe} run continues a run of {parent} with the demo's budget and seed "
                  f"(`runs/{parent}/{run_id}*-for-{recipe}/`){added}\n\n" + table)  # fmt: skip
