@@ -230,3 +230,28 @@ def test_broken_manifest_or_missing_shard_names_the_file(shards, tmp_path, capsy
     err = _error(capsys, _pretrain_args(data, tmp_path / "runs"))
     assert err.endswith(f"bad configuration: {data / 'manifest.json'} lists missing shard {gone}")
     assert not (tmp_path / "runs").exists()
+
+
+def test_xkd_gets_its_local_views_from_the_data_module(shards, caplog):
+    from avssl.objectives.xkd import XKD
+    from avssl.train_checks import link_local_view
+
+    dm = AVDataModule(str(shards), num_frames=8, crop_size=64, audio_frames=128, num_workers=0)
+    model = XKD(size="tiny", depth=1, tubelet_size=2, local_views=True, head_out_dim=64)
+    with caplog.at_level("INFO"):
+        link_local_view(model, dm)
+    assert dm.local_view == model.local_view_spec(8, 64, 128)
+    assert (dm.local_view.frames, dm.local_view.size, dm.local_view.audio_frames) == (2, 48, 32)
+    assert "[data] local views of the training clips: 2 frames at 48 px" in caplog.text
+    link_local_view(XKD(size="tiny", depth=1, local_views=False, head_out_dim=64), dm)
+    assert dm.local_view is None  # an objective that asks for none gets none
+    link_local_view(model, object())  # a data module without request_local_view: nothing
+
+
+def test_xkd_local_views_with_mismatched_audio_are_refused(shards, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = _pretrain_args(shards, runs, recipe="xkd") + [
+        "--data.init_args.audio_mode", "mismatched",
+    ]  # fmt: skip
+    assert _error(capsys, args).endswith("XKD: local views do not go with audio_mode 'mismatched'")
+    assert not runs.exists()

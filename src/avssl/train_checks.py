@@ -1,7 +1,7 @@
 """Checks ``avssl fit`` / ``avssl pretrain`` make before the first step, each a one-line
 ``UserError``: the checkpoint a run resumes is an avssl checkpoint of the same recipe, the
 options given with it do not change the checkpoint's model, and the data holds the modalities
-the objective trains on."""
+the objective trains on; and the link that gives the objective the local views it asks for."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pytorch_lightning.utilities import rank_zero_info
 
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
@@ -133,3 +135,20 @@ def check_data_modalities(model: AVObjective, datamodule: Any) -> None:
             f"{' or '.join(absent)} (shards looked at: "
             f"{min(len(source.shards), LOOK_AT)} of {len(source.shards)}); choose data with both"
         )
+
+
+def link_local_view(model: AVObjective, datamodule: Any) -> None:
+    """Asks the data module for the local view the objective wants (``local_view_spec``), and
+    says which; a data module without ``request_local_view`` gives none (the objective then
+    makes its own, see XKD). One-line ``UserError`` for a view the clips cannot give."""
+    request = getattr(datamodule, "request_local_view", None)
+    hp = getattr(datamodule, "hp", None)
+    if request is None or hp is None:
+        return
+    spec = model.local_view_spec(hp.num_frames, hp.crop_size, hp.audio_frames)
+    try:
+        request(spec)
+    except ValueError as err:
+        raise UserError(f"{type(model).__name__}: {' '.join(str(err).split())}") from None
+    if spec is not None:
+        rank_zero_info(f"[data] local views of the training clips: {spec.describe()}")

@@ -177,7 +177,7 @@ def _fixed_local_views(model: XKD, batch):
     """Draws the model's local views once and makes ``model.local_views`` return them."""
     torch.manual_seed(11)
     views = model.local_views(batch.audio, batch.video)
-    model.local_views = lambda audio, video: views  # type: ignore[method-assign]
+    model.local_views = lambda audio, video, local=None: views  # type: ignore[method-assign]
     return views
 
 
@@ -234,6 +234,53 @@ def test_local_views_centres_follow_the_local_teacher(batch):
     assert torch.allclose(model.center_audio, 0.1 * t_a.mean(0, keepdim=True), atol=1e-6)
 
 
+def test_loader_spec_follows_the_options_and_whole_patches():
+    model = _model(local_views=True, patch_size=16, tubelet_size=4, local_crop_scale=[0.1, 0.3],
+                   local_grey_p=0.3, local_gain_db=2.5)  # fmt: skip
+    spec = model.local_view_spec(num_frames=32, crop_size=112, audio_frames=400)
+    assert (spec.frames, spec.size, spec.audio_frames) == (8, 96, 96)  # XKD's 32 -> 8, 112 -> 96
+    aug = spec.augment
+    assert aug["crop_scale"] == [0.1, 0.3] and aug["grey_p"] == 0.3 and aug["jitter"] == 0.4
+    assert (aug["gain_db"], aug["gain_p"], aug["hue"], aug["flip_p"]) == (2.5, 1.0, 0.2, 0.5)
+    spec.check(32, 400)  # a view the loader accepts
+    assert _model(local_views=True, local_source="device").local_view_spec(32, 112, 400) is None
+    assert _model().local_view_spec(32, 112, 400) is None  # no local views at all
+
+
+def test_teachers_see_the_loaders_local_views(batch):
+    from avssl.data.batch import AVBatch
+
+    model = _model(local_views=True, local_blur_p=0.0).eval()
+    torch.manual_seed(5)
+    local = AVBatch(
+        video=torch.randn(4, 3, 2, 16, 16), audio=torch.randn(4, 1, 16, 32), key=batch.key,
+        video_mask=batch.video_mask, audio_mask=batch.audio_mask,
+    )  # fmt: skip
+    batch.local = local
+    seen = []
+    for name in ("audio", "video"):
+        model.teacher[name].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    out = model.compute_losses(batch)
+    assert torch.equal(seen[0], local.audio) and torch.equal(seen[1], local.video)
+    assert torch.isfinite(out["loss"])
+    # the device steps XKD keeps for the loader's views: blur and the audio's resize crop
+    model = _model(local_views=True, local_blur_p=1.0, local_audio_resize=True)
+    local.video = torch.randn(4, 3, 2, 48, 48)  # XKD's kernel: 48 // 20 * 2 + 1 = 5 taps
+    got_a, got_v = model.local_views(batch.audio, batch.video, local)
+    assert got_a.shape == local.audio.shape and got_v.shape == local.video.shape
+    assert not torch.allclose(got_a, local.audio) and got_v.std() < local.video.std()
+
+
+def test_batches_without_local_views_fall_back_to_the_device_cut(batch, caplog):
+    model = _model(local_views=True)
+    assert batch.local is None
+    with caplog.at_level("INFO"):
+        a, v = model.local_views(batch.audio, batch.video, batch.local)
+        model.local_views(batch.audio, batch.video, None)
+    assert a.shape == (4, 1, 16, 32) and v.shape == (4, 3, 2, 16, 16)
+    assert caplog.text.count("local views cut from the global view") == 1  # said once
+
+
 def test_attention_pooling_of_the_teacher(batch):
     model = _model(teacher_pooling="attention", depth=2).eval()
     enc = model.teacher["video"]
@@ -257,6 +304,11 @@ def test_attention_pooling_of_the_teacher(batch):
         (dict(local_grey_p=1.5), "local_grey_p"),
         (dict(local_blur_p=-0.1), "local_blur_p"),
         (dict(teacher_pooling="cls"), "teacher_pooling"),
+        (dict(local_jitter=-0.1), "local_jitter"),
+        (dict(local_jitter_p=1.5), "local_jitter_p"),
+        (dict(local_hue=0.7), "local_hue"),
+        (dict(local_gain_db=-1), "local_gain_db"),
+        (dict(local_source="gpu"), "local_source must be one of"),
     ],
 )
 def test_bad_local_view_settings_are_refused(bad, match):
@@ -274,6 +326,8 @@ def test_xkd_recipes_use_local_views_and_attention_pooling():
         assert args["local_temporal_ratio"] == 4 and args["local_crop_scale"] == [0.08, 0.4]
         assert args["head_norm"] is True  # XKD's projector norm3
         assert args["local_audio_resize"] is True  # XKD's local audio randcrop
+        assert args["local_source"] == "loader"  # own crop of the frame, colour and volume
+        assert (args["local_jitter"], args["local_jitter_p"], args["local_hue"]) == (0.4, 1, 0.2)
         assert (args["decoder_dim"], args["decoder_depth"], args["decoder_heads"]) == (384, 4, 12)
         demo = yaml.safe_load((recipes / "demo" / f"{name}.yaml").read_text())["model"]
         assert demo["init_args"]["decoder_dim"] is None  # the demo's decoders follow tiny

@@ -36,6 +36,8 @@ class AVBatch:
             is then an empty ``[B, (K,) C, T, 0, 0]`` placeholder).
         video_affine: float ``[B, (K,) 3, 6]`` colour matrix, offset and clamp bounds per
             channel that turn ``video_u8`` into normalised, colour-jittered ``video``.
+        local: the samples' local views (:mod:`avssl.data.local_view`), an ``AVBatch`` with
+            the same keys, labels and masks; None unless the objective asked for them.
     """
 
     video: torch.Tensor
@@ -52,23 +54,26 @@ class AVBatch:
     audio_bands: torch.Tensor | None = None
     video_u8: torch.Tensor | None = None
     video_affine: torch.Tensor | None = None
+    local: AVBatch | None = None
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.key)
 
     def pin_memory(self) -> AVBatch:
-        """Pins every tensor field (called by DataLoader when ``pin_memory=True``)."""
+        """Pins every tensor field and the ``local`` batch (DataLoader, ``pin_memory=True``)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.pin_memory() if torch.is_tensor(v) else v
+            out[f.name] = v.pin_memory() if torch.is_tensor(v) or isinstance(v, AVBatch) else v
         return AVBatch(**out)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AVBatch:
-        """Moves every tensor field to ``device``; other fields are kept as they are."""
+        """Moves every tensor field and the ``local`` batch to ``device``; other fields are kept
+        as they are."""
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+            moves = torch.is_tensor(v) or isinstance(v, AVBatch)
+            out[f.name] = v.to(device, non_blocking=non_blocking) if moves else v
         return AVBatch(**out)

@@ -16,6 +16,7 @@ import torch
 
 from avssl.data.batch import AVBatch
 from avssl.data.fbank import FbankConfig, compute_fbank_batch
+from avssl.data.local_view import LocalViews, local_items
 from avssl.data.sampling import SampleProcessor
 from avssl.data.transforms import apply_affine
 
@@ -42,8 +43,11 @@ def mismatch(items: list[dict], prob: float, gen: torch.Generator, prev: dict | 
     return flags
 
 
-def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilabel: bool):
-    """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``)."""
+def collate(
+    items: list[dict], proc: SampleProcessor | LocalViews, num_classes: int, multilabel: bool
+) -> AVBatch:
+    """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``);
+    their local views, when ``proc`` makes them, into its ``local`` batch."""
     k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
     has_audio, has_video = "audio" in proc.modalities, "video" in proc.modalities
     waves = _stack_waves(items, proc) if proc.on_device and has_audio else None
@@ -68,6 +72,9 @@ def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilab
     clip_start = torch.tensor([it["clip_start"] for it in items], dtype=torch.float)  # [B, K]
     audio_start = torch.tensor([it["audio_start"] for it in items], dtype=torch.float)
     squeeze = (lambda x: x[:, 0]) if k == 1 else (lambda x: x)
+    local = None
+    if proc.local is not None:
+        local = collate(local_items(items), proc.local, num_classes, multilabel)
     return AVBatch(
         video=squeeze(video),
         audio=squeeze(audio),
@@ -82,10 +89,11 @@ def collate(items: list[dict], proc: SampleProcessor, num_classes: int, multilab
         audio_bands=squeeze(waves[2]) if waves else None,
         video_u8=squeeze(clips[0]) if clips else None,
         video_affine=squeeze(clips[1]) if clips else None,
+        local=local,
     )
 
 
-def _stack_clips(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_clips(items: list[dict], proc) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[B, K, T, H, W, 3]`` clips and ``[B, K, 3, 6]`` colour affine maps of items
     processed with ``on_device`` (zeros for items without video)."""
     n, k, t, s = len(items), proc.k, proc.spec.num_frames, proc.crop_size
@@ -97,7 +105,7 @@ def _stack_clips(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor
     return clips, maps
 
 
-def _stack_waves(items: list[dict], proc: SampleProcessor) -> tuple[torch.Tensor, ...]:
+def _stack_waves(items: list[dict], proc) -> tuple[torch.Tensor, ...]:
     """``[B, K, S]`` waveform windows, ``[B, K]`` lengths and ``[B, K, M, 3]`` SpecAugment
     bands of items processed with ``on_device`` (zeros for items without audio)."""
     n, k = len(items), proc.k

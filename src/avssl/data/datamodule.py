@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,6 +34,7 @@ from avssl.data.batch import AVBatch
 from avssl.data.batching import collate, features_on_device
 from avssl.data.decode import ClipSpec
 from avssl.data.fbank import FbankConfig
+from avssl.data.local_view import LocalViewSpec
 from avssl.data.sampling import AUDIO_MODES, MODALITIES, build_processor, check_modalities
 from avssl.data.shards import SplitTable, dist_info, resolve, split_table
 from avssl.data.streams import EvalStream, TrainStream
@@ -290,6 +292,7 @@ class AVDataModule(pl.LightningDataModule):
             rank_zero_info(f"[data] train_split auto: {which} of {data}")
         self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
         self.fbank = self._fbank_config()
+        self.local_view: LocalViewSpec | None = None  # request_local_view
         self.skipped_total = 0
         self._tables: dict[str | None, SplitTable] = {}
 
@@ -346,6 +349,16 @@ class AVDataModule(pl.LightningDataModule):
         if split not in self._tables:
             self._tables[split] = split_table(self.source, split)
         return self._tables[split]
+
+    def request_local_view(self, spec: LocalViewSpec | None) -> None:
+        """Training batches carry a local view of each clip as ``AVBatch.local`` (None: none),
+        as an objective asks (XKD; :mod:`avssl.data.local_view`). One-line ``ValueError`` for a
+        view the clips cannot give."""
+        if spec is not None:
+            spec.check(self.hp.num_frames, self.hp.audio_frames)
+            if self.hp.audio_mode == "mismatched":
+                raise ValueError("local views do not go with audio_mode 'mismatched'")
+        self.local_view = spec
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -414,6 +427,7 @@ class AVDataModule(pl.LightningDataModule):
             on_device=self.on_device(),
             keyframe_starts=self.hp.keyframe_starts,
             modalities=self.modalities,
+            local=self.local_view,
         )
         table, *rest = self._stream_args(self.hp.train_split, rank, world)
         bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
@@ -459,6 +473,9 @@ class AVDataModule(pl.LightningDataModule):
         ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
         if isinstance(batch, AVBatch):
             batch = features_on_device(batch, self.fbank)
+            if batch.local is not None and self.local_view is not None:
+                local_fbank = replace(self.fbank, target_frames=self.local_view.audio_frames)
+                batch.local = features_on_device(batch.local, local_fbank)
             trainer = getattr(self, "trainer", None)
             if trainer is None or trainer.training:
                 self.skipped_total += int(batch.extra.get("skipped", 0))

@@ -14,8 +14,10 @@ returns the zero-padded waveform windows after the waveform transforms and the S
 bands drawn for them instead of the fbank, and the uint8 clips after cropping and flipping
 with their colour jitter + normalisation as one affine map instead of float clips (a quarter
 of the bytes to move between processes); :func:`avssl.data.batching.features_on_device`
-finishes them where the batch is. Batches and streams: :mod:`avssl.data.batching`,
-:mod:`avssl.data.streams`.
+finishes them where the batch is. With a :class:`~avssl.data.local_view.LocalViewSpec` each
+training clip also gets a local view from the same frames and audio
+(:mod:`avssl.data.local_view`; ``local_*`` entries, ``AVBatch.local``). Batches and streams:
+:mod:`avssl.data.batching`, :mod:`avssl.data.streams`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from avssl.data.decode import (
     probe_video,
 )
 from avssl.data.fbank import FbankConfig, compute_fbank
+from avssl.data.local_view import LocalViews, LocalViewSpec
 from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -93,6 +96,7 @@ class SampleProcessor:
         on_device: bool = False,
         keyframe_starts: bool = False,
         modalities: tuple[str, ...] = MODALITIES,
+        local: LocalViews | None = None,
     ):
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
@@ -111,6 +115,7 @@ class SampleProcessor:
         self.audio_windows = True  # shard FLAC decoded per window (bench/loader.py: False)
         self.num_bands = sum(t.num_bands() for t in spec_tf.transforms) if on_device else 0
         self.video_geometry = Compose(video_tf.transforms[:-1]) if on_device else None
+        self.local = local  # a local view of each clip (None: none)
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict:
         meta = json.loads(sample["json"])
@@ -122,11 +127,14 @@ class SampleProcessor:
         try:
             frames = "mp4" in sample or JPEG_FIRST in sample
             if frames and meta.get("has_video", True) and "video" in self.modalities:
-                out["video"], starts, centres = self._video(sample, meta, gen)
+                out["video"], starts, centres, local_v = self._video(sample, meta, gen)
             else:
-                out["video"], starts, centres = None, [0.0] * self.k, None
+                out["video"], starts, centres, local_v = None, [0.0] * self.k, None, None
             out["clip_start"] = starts
-            out["audio"], out["audio_start"] = self._audio(wave, centres, gen)
+            out["audio"], out["audio_start"], local_a = self._audio(wave, centres, gen)
+            if self.local is not None:
+                out["local_video"], out["local_clip_start"] = local_v or (None, starts)
+                out["local_audio"], out["local_audio_start"] = local_a or (None, [0.0] * self.k)
         finally:
             if isinstance(wave, FlacWindows):
                 wave.close()
@@ -168,13 +176,20 @@ class SampleProcessor:
         t = self.spec.num_frames
         clips = [torch.from_numpy(np.stack(frames[i * t : (i + 1) * t])) for i in range(self.k)]
         centres = [s + self.spec.span_s(fps) / 2 for s in starts]
+        video: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
         if self.video_geometry is not None:  # on_device: uint8 clips + their colour affine
             crops, maps = [], []  # K x [T, H, W, 3], K x [3, 6]; draws in video_tf's order
             for c in clips:
                 crops.append(self.video_geometry(c, gen))
                 maps.append(self.video_tf.transforms[-1].affine(crops[-1], gen))
-            return (_stack(crops), _stack(maps)), starts, centres
-        return _stack([self.video_tf(c, gen) for c in clips]), starts, centres  # [K, C, T, H, W]
+            video = (_stack(crops), _stack(maps))
+        else:
+            video = _stack([self.video_tf(c, gen) for c in clips])  # [K, C, T, H, W]
+        local = None
+        if self.local is not None:  # local views of the same decoded frames
+            times = [self.spec.frame_times(s, fps) for s in starts]
+            local = self.local.video(clips, times, gen)
+        return video, starts, centres, local
 
     def _mp4_frames(self, data: bytes, gen: torch.Generator):
         with open_media(data) as container:
@@ -220,19 +235,22 @@ class SampleProcessor:
 
     def _audio(self, wave, centres, gen):
         """``[K, 1, Ta, F]`` fbank, or with ``on_device`` a triple (``[K, window]``
-        zero-padded waveforms, ``[K]`` valid lengths, ``[K, M, 3]`` SpecAugment bands); and the
-        window start times."""
+        zero-padded waveforms, ``[K]`` valid lengths, ``[K, M, 3]`` SpecAugment bands); the
+        window start times; and the local views of the windows (None without ``local``)."""
         if wave is None:
-            return None, [0.0] * self.k
+            return None, [0.0] * self.k, None
         starts = self._window_starts(len(wave), centres, gen)
         seconds = [a / self.fbank.sample_rate for a in starts]
         if self.on_device:
-            return self._waves(wave, starts, gen), seconds
-        specs = []
-        for a in starts:
-            w = self.wave_tf(wave[int(a) : int(a) + self.window], gen)
-            specs.append(self.spec_tf(compute_fbank(w, self.fbank), gen))  # [Ta, F]
-        return torch.stack(specs).unsqueeze(1), seconds  # [K, 1, Ta, F]
+            audio = self._waves(wave, starts, gen)
+        else:
+            specs = []
+            for a in starts:
+                w = self.wave_tf(wave[int(a) : int(a) + self.window], gen)
+                specs.append(self.spec_tf(compute_fbank(w, self.fbank), gen))  # [Ta, F]
+            audio = torch.stack(specs).unsqueeze(1)  # [K, 1, Ta, F]
+        local = None if self.local is None else self.local.audio(wave, starts, self.window, gen)
+        return audio, seconds, local
 
     def _waves(self, wave, starts, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The windows after the waveform transforms, zero-padded, their lengths and the
@@ -264,13 +282,18 @@ def build_processor(
     on_device: bool = False,
     keyframe_starts: bool = False,
     modalities: tuple[str, ...] = MODALITIES,
+    local: LocalViewSpec | None = None,
 ) -> SampleProcessor:
-    """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``)."""
+    """A SampleProcessor from a preprocessing dict (see ``AVDataModule.preprocessing``);
+    ``local``: a local view of each clip (training)."""
     spec = ClipSpec(prep["num_frames"], prep.get("frame_stride"), prep.get("target_fps"))
     fbank = FbankConfig(**prep["fbank"])
     mean, std = prep.get("video_mean") or IMAGENET_MEAN, prep.get("video_std") or IMAGENET_STD
     video_tf = build_video_transform(preset, prep["crop_size"], mean, std, augment)
     wave_tf, spec_tf = build_audio_transforms(preset, augment)
+    views = None
+    if local is not None:
+        views = LocalViews(local, fbank, mean, std, num_clips, modalities, on_device)
     return SampleProcessor(
         spec,
         fbank,
@@ -285,4 +308,5 @@ def build_processor(
         on_device,
         keyframe_starts,
         modalities,
+        views,
     )

@@ -2,20 +2,24 @@
 
 Local views (XKD, https://arxiv.org/abs/2211.13929; its public Kinetics config): besides the
 global view (the clip the loader delivers), each clip gives one *local* view: a random contiguous
-window of ``1 / temporal_ratio`` of its frames (video) or fbank frames (audio). The video window
-then takes a random-resized crop of area ``crop_scale`` (aspect 3/4-4/3), resized to
-``size / spatial_ratio`` pixels, a horizontal flip (p 0.5), grey-scale (p 0.2) and a Gaussian
-blur (p 0.5, sigma 0.1-2, kernel ``size // 20 * 2 + 1`` as XKD's); the audio window may take
-XKD's random time/frequency rescaling (:func:`audio_resize_crop`). XKD's teachers see the local
-view, its students both views.
+window of ``1 / temporal_ratio`` of its frames (video) or of its audio. The video window
+then takes a random-resized crop of area ``crop_scale`` of the frame (aspect 3/4-4/3), resized to
+``size / spatial_ratio`` pixels, a horizontal flip (p 0.5), colour jitter (0.4, hue 0.2, on
+every clip), grey-scale (p 0.2) and a Gaussian blur (p 0.5, sigma 0.1-2, kernel
+``size // 20 * 2 + 1`` as XKD's); the audio window its own volume jitter (XKD: x U(0.8, 1.2))
+and XKD's random time/frequency rescaling (:func:`audio_resize_crop`). XKD's teachers see the
+local view, its students both views. Sizes are rounded down to whole patches / tubelets (at
+least one).
 
-Here the local view is cut from the global view (already cropped, flipped and colour-jittered by
-the loader) instead of from the decoded frames: its crop is a fraction of the global crop, and it
-shares the global view's colour jitter rather than drawing its own. The audio window keeps the
-global view's volume (XKD's local audio draws its own volume jitter, 0.8-1.2 where the global
-one's is 0.9-1.1: a gain ratio r shifts the log-mel by 2 ln r, the normalised fbank by
-ln r / std with AudioMAE's normalisation, at most -0.07 / +0.06 with AudioSet's std 4.57).
-Sizes are rounded down to whole patches / tubelets (at least one).
+``local_source: loader`` (the recipes): the loader makes the local view from the same decoded
+frames and audio as the global one (:func:`loader_spec`, :mod:`avssl.data.local_view`: its own
+crop of the frame, flip, colour jitter, grey-scale and volume); the blur and the audio's
+resize crop are applied here, on the device. ``local_source: device``, and a batch without
+local views (a data module that makes none), cut the local view from the global view instead
+(:func:`local_video_view`, :func:`local_audio_view`): its crop is then a fraction of the global
+crop, and it shares the global view's colour jitter and volume (a gain ratio r shifts the
+log-mel by 2 ln r, the normalised fbank by ln r / std with AudioMAE's normalisation: at most
+-0.07 / +0.06 with AudioSet's std 4.57 between XKD's 0.8-1.2 and 0.9-1.1 volume draws).
 
 Attention pooling (XKD's ``cm_attn_mode: mean``): each teacher token is weighted by the
 attention it receives in the last block (mean over heads and queries) and the weighted mean is
@@ -31,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from avssl.data.local_view import LocalViewSpec
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from avssl.models.layers import Block
 from avssl.models.vit import ViTEncoder
@@ -184,12 +189,49 @@ def local_video_view(
         grey = ((out * std + mean) * luma).sum(dim=1, keepdim=True)  # [B, 1, frames, S, S]
         pick = (torch.rand(B, device=out.device) < grey_p).view(B, 1, 1, 1, 1)
         out = torch.where(pick, (grey - mean) / std, out)
-    if blur_p > 0:
-        sigma = torch.empty(B, device=out.device).uniform_(*blur_sigma)
-        blurred = _gaussian_blur(out.reshape(B, C * frames, size, size), sigma, size // 20 * 2 + 1)
-        pick = (torch.rand(B, device=out.device) < blur_p).view(B, 1, 1, 1, 1)
-        out = torch.where(pick, blurred.view_as(out), out)
-    return out.to(video.dtype)
+    return blur_views(out, blur_p, blur_sigma).to(video.dtype)
+
+
+def blur_views(
+    video: torch.Tensor, p: float, sigma: tuple[float, float] = (0.1, 2.0)
+) -> torch.Tensor:
+    """``[B, C, T, S, S]`` clips, each blurred with probability ``p`` (Gaussian, ``sigma``
+    uniform in the range, kernel ``S // 20 * 2 + 1`` as XKD's, every frame alike)."""
+    if p <= 0:
+        return video
+    B, C, T, S, _ = video.shape
+    x = video.float()
+    sig = torch.empty(B, device=x.device).uniform_(*sigma)
+    blurred = _gaussian_blur(x.reshape(B, C * T, S, S), sig, S // 20 * 2 + 1)
+    pick = (torch.rand(B, device=x.device) < p).view(B, 1, 1, 1, 1)
+    return torch.where(pick, blurred.view_as(x), x).to(video.dtype)
+
+
+def loader_spec(
+    cfg: dict, audio_patch: int, tubelet: int, patch: int, sizes: tuple[int, int, int]
+) -> LocalViewSpec:
+    """The loader's local view for XKD's options ``cfg`` (``local_*``) and clips of ``sizes``
+    = (frames, crop size, fbank frames): frames, side and fbank frames rounded down to whole
+    tubelets / patches as :func:`whole_units`; crop, flip, colour jitter, grey-scale and
+    volume of the local view (the blur and the audio's resize crop come on the device)."""
+    frames, crop, audio_frames = sizes
+    ratio, gain = cfg["local_temporal_ratio"], cfg["local_gain_db"]
+    return LocalViewSpec(
+        frames=whole_units(frames, ratio, tubelet),
+        size=whole_units(crop, cfg["local_spatial_ratio"], patch),
+        audio_frames=whole_units(audio_frames, ratio, audio_patch),
+        augment={
+            "crop": "random",
+            "crop_scale": list(cfg["local_crop_scale"]),
+            "flip_p": cfg["local_flip_p"],
+            "jitter": cfg["local_jitter"],
+            "jitter_p": cfg["local_jitter_p"],
+            "hue": cfg["local_hue"],
+            "grey_p": cfg["local_grey_p"],
+            "gain_db": gain,
+            "gain_p": 1.0 if gain > 0 else 0.0,
+        },
+    )
 
 
 def tokens_and_attention(enc: ViTEncoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

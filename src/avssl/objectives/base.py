@@ -17,7 +17,7 @@ import json
 import math
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,6 +28,9 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.models.layers import COMPILE_MODES, compile_blocks
+
+if TYPE_CHECKING:
+    from avssl.data.local_view import LocalViewSpec
 
 NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "embedding")
 
@@ -238,6 +241,15 @@ class AVObjective(pl.LightningModule):
     def check_before_fit(self, resuming: bool) -> None:
         """Raises ``ValueError`` (one line) when this objective cannot train as configured;
         ``resuming``: a checkpoint will be loaded first. Called before the first step."""
+
+    def local_view_spec(
+        self, num_frames: int, crop_size: int, audio_frames: int
+    ) -> LocalViewSpec | None:
+        """The local view this objective wants the loader to make of each training clip of
+        ``num_frames`` frames at ``crop_size`` px and ``audio_frames`` fbank frames (XKD's
+        teachers' view; ``AVBatch.local``), or None (the default: none). ``avssl pretrain``
+        passes it to ``AVDataModule.request_local_view`` before training."""
+        return None
 
     def on_fit_start(self) -> None:
         """Logs the hyper-parameters as ``model/<name>``; gives every rank its own RNG stream

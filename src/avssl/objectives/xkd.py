@@ -17,10 +17,11 @@ norm of the audio and video students (patch embeddings, decoders and heads stay 
 The recipes clip every gradient tensor to norm 0.3 as the reference does (DINO's per-parameter
 clipping; ``clip_grad_per_param`` of :class:`~avssl.objectives.base.AVObjective`).
 Local views (``local_views: true``, the recipes): as the reference code, the teachers see a
-*local* view of each clip (a quarter of its duration, a small crop; see
-:mod:`avssl.objectives._xkd_views` for how it is cut here), the students both the masked global
-view and the unmasked local view; each student view is distilled towards the other modality's
-teacher (the two cross-entropies averaged) and the students' alignment term takes both views.
+*local* view of each clip (a quarter of its duration, a small crop of the frame with its own
+colour and volume jitter, made by the loader; see :mod:`avssl.objectives._xkd_views`), the
+students both the masked global view and the unmasked local view; each student view is
+distilled towards the other modality's teacher (the two cross-entropies averaged) and the
+students' alignment term takes both views.
 Teacher pooling (``teacher_pooling: attention``, the recipes): the teacher's tokens are weighted
 by the attention they receive in its last block before the mean, as the reference code.
 ``align: coral`` is Deep CORAL (covariances only); ``align: mean_coral`` is the CORAL of XKD's
@@ -35,9 +36,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.data.local_view import LocalViewSpec
 from avssl.losses.distillation import coral, dino_distill, mean_coral, mmd, update_center
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
@@ -49,6 +52,8 @@ from avssl.objectives._xkd_views import (
     attention_pool,
     audio_resize_boxes,
     audio_resize_crop,
+    blur_views,
+    loader_spec,
     local_audio_view,
     local_video_view,
     tokens_and_attention,
@@ -57,6 +62,7 @@ from avssl.objectives._xkd_views import (
 from avssl.objectives.base import AVObjective
 
 ALIGNS = {"mmd": mmd, "coral": coral, "mean_coral": mean_coral}  # align option -> loss
+LOCAL_SOURCES = ("loader", "device")  # where local views are made (_xkd_views)
 
 
 def _check_local_options(
@@ -65,8 +71,11 @@ def _check_local_options(
     crop_scale: tuple[float, float] | list[float],
     probabilities: tuple[float, float, float],
     teacher_pooling: str,
+    colour: tuple[float, float, float, float] = (0.4, 1.0, 0.2, 1.9),
+    source: str = "loader",
 ) -> None:
-    """Refuses local-view and pooling settings that cannot be drawn (one-line errors)."""
+    """Refuses local-view and pooling settings that cannot be drawn (one-line errors);
+    ``colour``: (jitter, jitter_p, hue, gain_db) of the loader's local view."""
     if temporal_ratio < 1 or spatial_ratio < 1:
         raise ValueError(
             f"XKD local_temporal_ratio and local_spatial_ratio must be >= 1 (the local view is "
@@ -80,6 +89,14 @@ def _check_local_options(
         raise ValueError(
             f"XKD local_flip_p, local_grey_p, local_blur_p must be in [0, 1], got {probabilities}"
         )
+    jitter, jitter_p, hue, gain_db = colour
+    if jitter < 0 or gain_db < 0 or not 0 <= jitter_p <= 1 or not 0 <= hue <= 0.5:
+        raise ValueError(
+            f"XKD local_jitter and local_gain_db must be >= 0, local_jitter_p in [0, 1] and "
+            f"local_hue in [0, 0.5], got {jitter}, {gain_db}, {jitter_p}, {hue}"
+        )
+    if source not in LOCAL_SOURCES:
+        raise ValueError(f"XKD local_source must be one of {LOCAL_SOURCES}, got {source!r}")
     if teacher_pooling not in ("mean", "attention"):
         raise ValueError(
             f"XKD teacher_pooling must be 'mean' or 'attention', got {teacher_pooling!r}"
@@ -145,9 +162,18 @@ class XKD(AVObjective):
             module docstring). Off: teachers and students on the global view only.
         local_temporal_ratio: the local view's share of the frames is 1 / this (XKD: 4).
         local_spatial_ratio: local view side = global side / this (XKD: 1.16, 112 -> 96 px).
-        local_crop_scale: area range of the local crop within the global view (XKD: 0.08-0.4).
+        local_crop_scale: area range of the local crop, a fraction of the frame (XKD:
+            0.08-0.4; of the global view with ``local_source: device``).
         local_flip_p, local_grey_p, local_blur_p: the local view's flip, grey-scale and blur
             probabilities (XKD: 0.5, 0.2, 0.5).
+        local_jitter, local_jitter_p, local_hue: the local view's own colour jitter
+            (brightness, contrast, saturation factors in 1 +- jitter, hue in +- hue turns, with
+            probability jitter_p; XKD: 0.4, every clip, 0.2); ``local_source: loader`` only.
+        local_gain_db: the local audio's own volume jitter, uniform in +- this many dB (XKD:
+            x U(0.8, 1.2), -1.9 to +1.6 dB); ``local_source: loader`` only.
+        local_source: "loader" (the loader makes the local views from the decoded frames and
+            audio; ``AVBatch.local``) or "device" (cut from the global view on the device,
+            sharing its colour jitter and volume; also used for batches without local views).
         local_audio_resize: the local audio view also takes XKD's random time/frequency
             rescaling (BYOL-A's random resize crop; ``_xkd_views.audio_resize_crop``).
         teacher_pooling: "mean" of the teacher's tokens, or "attention"-weighted (XKD's code).
@@ -197,6 +223,11 @@ class XKD(AVObjective):
         local_grey_p: float = 0.2,
         local_blur_p: float = 0.5,
         local_audio_resize: bool = False,
+        local_jitter: float = 0.4,
+        local_jitter_p: float = 1.0,
+        local_hue: float = 0.2,
+        local_gain_db: float = 1.9,
+        local_source: str = "loader",
         teacher_pooling: str = "mean",
         **kwargs: Any,
     ) -> None:
@@ -204,6 +235,7 @@ class XKD(AVObjective):
         _check_local_options(
             local_temporal_ratio, local_spatial_ratio, local_crop_scale,
             (local_flip_p, local_grey_p, local_blur_p), teacher_pooling,
+            (local_jitter, local_jitter_p, local_hue, local_gain_db), local_source,
         )  # fmt: skip
         if align not in ALIGNS:
             raise ValueError(f"XKD align must be one of {sorted(ALIGNS)}, got {align!r}")
@@ -230,6 +262,7 @@ class XKD(AVObjective):
         self.register_buffer("center_audio", torch.zeros(1, head_out_dim))
         self.register_buffer("center_video", torch.zeros(1, head_out_dim))
         self.ema_momentum = ema_start
+        self._told_device_cut = False
         total = recon_weight + kd_weight + align_weight
         self.weights = (recon_weight / total, kd_weight / total, align_weight / total)
         self.cfg = hp
@@ -268,10 +301,31 @@ class XKD(AVObjective):
             pooled = enc(x)  # mean of the tokens
         return self.teacher[f"{modality}_head"](pooled).float()  # [B, K]
 
-    def local_views(self, audio: torch.Tensor, video: torch.Tensor):
-        """The local views ``(audio [B, 1, Ta', F], video [B, C, T', S, S])`` of the global ones
-        (module :mod:`avssl.objectives._xkd_views`)."""
+    def local_view_spec(
+        self, num_frames: int, crop_size: int, audio_frames: int
+    ) -> LocalViewSpec | None:
+        """The loader's local view (``local_source: loader``; :func:`_xkd_views.loader_spec`)."""
         c = self.cfg
+        if not c["local_views"] or c["local_source"] != "loader":
+            return None
+        a_enc, v_enc = self.audio_encoder, self.video_encoder
+        sizes = (num_frames, crop_size, audio_frames)
+        return loader_spec(c, a_enc.patch_size, v_enc.tubelet_size, v_enc.patch_size, sizes)
+
+    def local_views(self, audio: torch.Tensor, video: torch.Tensor, local: AVBatch | None = None):
+        """The local views ``(audio [B, 1, Ta', F], video [B, C, T', S, S])``: the loader's
+        (``local``, ``AVBatch.local``) with the blur and the audio's resize crop added, else
+        cut from the global ones (module :mod:`avssl.objectives._xkd_views`)."""
+        c = self.cfg
+        if local is not None:
+            local_a, local_v, _, _ = flatten_inputs(local)
+            return self._audio_resize(local_a), blur_views(local_v, c["local_blur_p"])
+        if c["local_source"] == "loader" and not self._told_device_cut:
+            self._told_device_cut = True
+            rank_zero_info(
+                "[xkd] the batches carry no local views (a data module without "
+                "request_local_view): local views cut from the global view on the device"
+            )
         a_enc, v_enc = self.audio_encoder, self.video_encoder
         frames_a = whole_units(audio.shape[2], c["local_temporal_ratio"], a_enc.patch_size)
         frames_v = whole_units(video.shape[2], c["local_temporal_ratio"], v_enc.tubelet_size)
@@ -281,10 +335,14 @@ class XKD(AVObjective):
             c["local_flip_p"], c["local_grey_p"], c["local_blur_p"],
         )  # fmt: skip
         local_a = local_audio_view(audio, frames_a)  # [B, 1, frames_a, F]
-        if c["local_audio_resize"]:
-            boxes = audio_resize_boxes(len(local_a), frames_a, local_a.shape[-1], audio.device)
-            local_a = audio_resize_crop(local_a, boxes)
-        return local_a, local_v
+        return self._audio_resize(local_a), local_v
+
+    def _audio_resize(self, local_a: torch.Tensor) -> torch.Tensor:
+        """XKD's random resize crop of the local fbanks ``[B, 1, Ta', F]`` (when enabled)."""
+        if not self.cfg["local_audio_resize"]:
+            return local_a
+        B, _, frames, bins = local_a.shape
+        return audio_resize_crop(local_a, audio_resize_boxes(B, frames, bins, local_a.device))
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = flatten_inputs(batch)
@@ -292,7 +350,7 @@ class XKD(AVObjective):
         recon_v, s_v = self._student_branch(video, "video", v_ok)
         students_a, students_v = [s_a], [s_v]  # head logits per student view
         if self.cfg["local_views"]:
-            audio, video = self.local_views(audio, video)  # the teachers see the local view
+            audio, video = self.local_views(audio, video, batch.local)  # the teachers' view
             students_a.append(self.audio_head(self.audio_encoder(audio)))
             students_v.append(self.video_head(self.video_encoder(video)))
         t_a = self._teacher_logits(audio, "audio")
