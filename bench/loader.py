@@ -35,8 +35,10 @@ alternated, shard audio stored as 16-bit PCM WAV (``data_prep --audio-codec wav`
 without decoding) against FLAC, for these clips and for CAV-MAE's sample (one frame from a
 keyframe + the 10 s window), that sample's frame taken from JPEG frames at 1 fps
 (``data_prep --jpeg-fps 1``) against the mp4's keyframes, video-only clips from JPEG frames
-stored at the rate the clip samples (fps / stride) against the mp4, alternated, and repeated
-sampling
+stored at the rate the clip samples (fps / stride) against the mp4, clips with XKD's local
+view made alongside (``AVDataModule.request_local_view``: a quarter of the frames at 1 / 1.16 of
+the side, a quarter of the audio, its own crop, colour and volume) against without, alternated,
+and repeated sampling
 (``AVDataModule(repeated_sampling=R)``, ``--repeats 4``): R entries, each with its own clip
 times and augmentation, from one decoded sample.
 
@@ -69,6 +71,7 @@ from avssl.data import decode
 from avssl.data.audio_decode import load_audio
 from avssl.data.datamodule import build_processor, tune_worker_process
 from avssl.data.fbank import FbankConfig
+from avssl.data.local_view import LocalViewSpec
 from avssl.data.sampling import SampleProcessor
 from avssl.data.shards import ShardReader, resolve, split_table
 from avssl.data.writer import EncodeSettings, JpegFrames, encode_flac, encode_wav
@@ -152,6 +155,21 @@ def naive_clip(proc: SampleProcessor, sample: dict, gen: torch.Generator) -> Non
     proc.video_tf(torch.from_numpy(np.stack([frames[i] for i in idx])), gen)
     wave, _ = load_audio(sample.get("flac", sample.get("wav")), proc.fbank.sample_rate)
     proc._audio(wave, [start + spec.span_s(fps) / 2], gen)
+
+
+XKD_LOCAL = {"crop_scale": [0.08, 0.4], "jitter": 0.4, "jitter_p": 1.0, "hue": 0.2,
+             "grey_p": 0.2, "gain_db": 1.9, "gain_p": 1.0}  # fmt: skip
+
+
+def xkd_local_view(frames: int, crop: int, audio_frames: int) -> LocalViewSpec:
+    """XKD's local view (its recipe's options) of clips of these sizes, 16-px patches and
+    4-frame tubelets: a quarter of the frames and fbank frames, 1 / 1.16 of the side."""
+    return LocalViewSpec(
+        frames=max(1, frames // 4),
+        size=max(16, int(crop / 1.16) // 16 * 16),
+        audio_frames=max(16, audio_frames // 4 // 16 * 16),
+        augment=XKD_LOCAL,
+    )
 
 
 def rate(fn, samples: list[dict], clips: int) -> tuple[float, float]:
@@ -319,7 +337,12 @@ def _measure(args: argparse.Namespace, scan: list[int], data: Path, plain: Path 
         {**prep, "num_frames": 1, "fbank": FbankConfig(target_frames=1000).to_dict()},
         "train", 1, "aligned", train=True, threads=1, on_device=True, keyframe_starts=True,
     )  # fmt: skip
+    local_proc = build_processor(  # + XKD's local view of every clip (avssl.data.local_view)
+        prep, "train", 1, "aligned", train=True, threads=1, on_device=True,
+        local=xkd_local_view(args.frames, args.crop, fb.target_frames),
+    )  # fmt: skip
     runs = {"random": (lambda s: wave_proc(s, gen), samples),
+            "local": (lambda s: local_proc(s, gen), samples),
             "per_frame": (per_frame_rgb(lambda s: wave_proc(s, gen)), samples),
             "window": (lambda s: by_window(s, gen), flacs),  # FLAC even from WAV shards
             "whole": (lambda s: whole(s, gen), flacs),
@@ -371,6 +394,11 @@ def _report(args: argparse.Namespace, data: Path, samples: list[dict], res: dict
     print(f"[bench loader] cpu : RGB through one swscale context per thread (to_rgb), features "
           f"on the device {shared:.1f} clips/s per worker, {per_frame:.1f} with PyAV's "
           f"per-frame to_ndarray, {shared / per_frame:.2f}x")  # fmt: skip
+    local = xkd_local_view(args.frames, args.crop, round(args.audio_seconds * 100))
+    print(f"[bench loader] cpu : with XKD's local view of each clip ({local.frames} frames at "
+          f"{local.size} px, {local.audio_frames} fbank frames), features on the device "
+          f"{starts['local']:.1f} clips/s per worker, {starts['random']:.1f} without, "
+          f"{starts['local'] / starts['random']:.2f}x")  # fmt: skip
     print(f"[bench loader] cpu : video only (modalities [video]), features on the device "
           f"{starts['video']:.1f} clips/s per worker, {starts['random']:.1f} with the audio, "
           f"{starts['video'] / starts['random']:.2f}x")  # fmt: skip

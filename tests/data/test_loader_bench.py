@@ -30,6 +30,11 @@ VIDEO_ONLY = re.compile(
     r"\[bench loader\] cpu : video only \(modalities \[video\]\), features on the device "
     r"([\d.]+) clips/s per worker, ([\d.]+) with the audio, ([\d.]+)x"
 )
+LOCAL = re.compile(
+    r"\[bench loader\] cpu : with XKD's local view of each clip \(\d+ frames at \d+ px, \d+ "
+    r"fbank frames\), features on the device ([\d.]+) clips/s per worker, ([\d.]+) without, "
+    r"([\d.]+)x"
+)
 WINDOWS = re.compile(
     r"\[bench loader\] cpu : 3.2 s audio windows decoded alone \(FlacWindows\), features on "
     r"the device ([\d.]+) clips/s per worker, ([\d.]+) decoding the whole recording, ([\d.]+)x"
@@ -100,6 +105,8 @@ def test_bench_quick_prints_rates_and_ratio(synth):
     _, both, _ = _one_ratio_line(VIDEO_ONLY, done.stdout)
     assert both == rnd  # the same baseline run, printed twice
     _one_ratio_line(WINDOWS, done.stdout)
+    _, without, _ = _one_ratio_line(LOCAL, done.stdout)
+    assert without == rnd  # the same baseline run
     shared, _, _ = _one_ratio_line(RGB, done.stdout)
     assert shared == rnd
     _one_ratio_line(WAV, done.stdout)
