@@ -53,6 +53,7 @@ from avssl.objectives._xkd_views import (
     audio_resize_boxes,
     audio_resize_crop,
     blur_views,
+    check_local_options,
     loader_spec,
     local_audio_view,
     local_video_view,
@@ -62,45 +63,6 @@ from avssl.objectives._xkd_views import (
 from avssl.objectives.base import AVObjective
 
 ALIGNS = {"mmd": mmd, "coral": coral, "mean_coral": mean_coral}  # align option -> loss
-LOCAL_SOURCES = ("loader", "device")  # where local views are made (_xkd_views)
-
-
-def _check_local_options(
-    temporal_ratio: float,
-    spatial_ratio: float,
-    crop_scale: tuple[float, float] | list[float],
-    probabilities: tuple[float, float, float],
-    teacher_pooling: str,
-    colour: tuple[float, float, float, float] = (0.4, 1.0, 0.2, 1.9),
-    source: str = "loader",
-) -> None:
-    """Refuses local-view and pooling settings that cannot be drawn (one-line errors);
-    ``colour``: (jitter, jitter_p, hue, gain_db) of the loader's local view."""
-    if temporal_ratio < 1 or spatial_ratio < 1:
-        raise ValueError(
-            f"XKD local_temporal_ratio and local_spatial_ratio must be >= 1 (the local view is "
-            f"at most the global one), got {temporal_ratio} and {spatial_ratio}"
-        )
-    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-        raise ValueError(
-            f"XKD local_crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {crop_scale}"
-        )
-    if not all(0 <= p <= 1 for p in probabilities):
-        raise ValueError(
-            f"XKD local_flip_p, local_grey_p, local_blur_p must be in [0, 1], got {probabilities}"
-        )
-    jitter, jitter_p, hue, gain_db = colour
-    if jitter < 0 or gain_db < 0 or not 0 <= jitter_p <= 1 or not 0 <= hue <= 0.5:
-        raise ValueError(
-            f"XKD local_jitter and local_gain_db must be >= 0, local_jitter_p in [0, 1] and "
-            f"local_hue in [0, 0.5], got {jitter}, {gain_db}, {jitter_p}, {hue}"
-        )
-    if source not in LOCAL_SOURCES:
-        raise ValueError(f"XKD local_source must be one of {LOCAL_SOURCES}, got {source!r}")
-    if teacher_pooling not in ("mean", "attention"):
-        raise ValueError(
-            f"XKD teacher_pooling must be 'mean' or 'attention', got {teacher_pooling!r}"
-        )
 
 
 class DINOHead(nn.Module):
@@ -232,7 +194,7 @@ class XKD(AVObjective):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_local_options(
+        check_local_options(
             local_temporal_ratio, local_spatial_ratio, local_crop_scale,
             (local_flip_p, local_grey_p, local_blur_p), teacher_pooling,
             (local_jitter, local_jitter_p, local_hue, local_gain_db), local_source,
