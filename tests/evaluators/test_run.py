@@ -278,7 +278,8 @@ def test_train_split_too_small_for_lambda_choice(
     assert err.endswith(
         "video/split1: the training split (9 clips) is too small to hold out a validation part for "
         "choosing lambda (none of its classes has enough clips); give the protocol one lambda "
-        "(classifier: lambdas: [<value>]) or more training clips"
+        '(make eval ARGS="--set classifier.lambdas=[<value>]", or classifier: lambdas: [<value>] '
+        "in its file) or more training clips"
     )
     one = path.read_text().replace(
         "lambdas: [1.0e-7, 1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]",
@@ -288,6 +289,59 @@ def test_train_split_too_small_for_lambda_choice(
     assert main(_args(str(path), tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)) == 0
     rounds = json.loads((tmp_path / "o" / "results.json").read_text())["rounds"]
     assert [r["lambda"] for r in rounds] == [1.0e-4] * 3
+    # the same from the command line, the protocol's file left as it is
+    path.write_text(proto.replace("modality: [audio, video, joint]", "modality: [video]"))
+    args = _args(str(path), tiny_bundle, synthetic_data, tmp_path / "s", cache_dir)
+    assert main([*args, "--set", "classifier.lambdas=[1.0e-4]"]) == 0
+    done = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert [r["lambda"] for r in done["rounds"]] == [1.0e-4] * 3
+    assert done["protocol"]["overrides"] == ["classifier.lambdas=[1.0e-4]"]
+    said = (tmp_path / "s" / "results.md").read_text()
+    assert "changed with --set classifier.lambdas=[1.0e-4]" in said
+
+
+@pytest.mark.parametrize(
+    "given, want",
+    [
+        ("classifier.lambdas", "--set 'classifier.lambdas': give KEY=VALUE"),
+        ("=3", "--set '=3': give KEY=VALUE"),
+        ("classifier..k=3", "give KEY=VALUE"),
+        ("classifier.lambdas=[0.1", "VALUE is not YAML"),
+        ("metrics.top1=3", "the protocol's 'metrics' is not a mapping"),
+        ("clips=3", "unknown key(s) ['clips']"),
+        ("classifier.lambdas=[-1]", "classifier.lambdas must be a non-empty list of positive"),
+        ("classifier.type=svm", "classifier.type must be one of"),
+    ],
+)
+def test_bad_set_overrides_are_one_line_errors(given, want, tiny_bundle, synthetic_data,
+                                               tmp_path, cache_dir, capsys):  # fmt: skip
+    args = _args("synthetic_linear", tiny_bundle, synthetic_data, tmp_path / "o", cache_dir)
+    err = _eval_error(capsys, [*args, "--set", given])
+    assert want in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_results_go_beside_the_plain_protocols(
+    monkeypatch, tmp_path, tiny_bundle, synthetic_data, cache_dir
+):
+    from avssl.evaluators.protocols import apply_overrides, load_protocol
+
+    monkeypatch.chdir(tmp_path)
+    args = _args("synthetic_knn", tiny_bundle, synthetic_data, "unused", cache_dir)
+    at = args.index("--out")
+    del args[at : at + 2]  # the default folder
+    assert main([*args, "--set", "classifier.k=[3]"]) == 0
+    filed = tmp_path / "eval_out" / "synthetic_knn-set" / Path(tiny_bundle).name
+    assert (filed / "results.json").is_file()
+    assert not (tmp_path / "eval_out" / "synthetic_knn").exists()
+
+    p = load_protocol("synthetic_knn", ["classifier.k=[5]", "clips_per_video=1", "notes=x"])
+    assert p.classifier["k"] == [5] and p.clips_per_video == 1
+    assert p.overrides == ["classifier.k=[5]", "clips_per_video=1", "notes=x"]
+    assert load_protocol("synthetic_knn").overrides == []
+    raw = {"classifier": {"type": "knn", "k": [20]}}
+    assert apply_overrides(raw, ["classifier.k=[5, 7]"])["classifier"]["k"] == [5, 7]
+    assert raw["classifier"]["k"] == [20]  # the loaded mapping is left as it was
 
 
 def test_test_clips_seen_in_pretraining_are_noted(synthetic_data):

@@ -19,7 +19,8 @@ Classifier types: ``linear`` (multinomial logistic regression, one class per sam
 ``retrieval`` and ``cross_modal`` (single-label data), and ``linear_multilabel`` (one-vs-rest
 logistic regression for multi-label data such as AudioSet, metrics mAP / mAUC / d_prime; it
 also accepts single-label data, as one-hot targets). Unknown keys are errors (a typo must not
-silently fall back to a default).
+silently fall back to a default). ``avssl eval --set KEY=VALUE`` changes one setting of the
+loaded file (:func:`apply_overrides`; dotted keys, YAML values) before it is validated.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Protocol:
     data: str | None = None
     description: str = ""
     path: str = ""
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, as given
 
     @property
     def type(self) -> str:
@@ -156,8 +158,9 @@ def find_protocol(name: str) -> Path:
     raise UserError(f"unknown protocol {name!r}; known protocols: {', '.join(known_protocols())}")
 
 
-def load_protocol(name: str) -> Protocol:
-    """Loads and validates a protocol by name or path; raises ``UserError`` naming the file."""
+def load_protocol(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Protocol:
+    """Loads and validates a protocol by name or path, with ``overrides`` (``KEY=VALUE``, see
+    :func:`apply_overrides`) applied first; raises ``UserError`` naming the file."""
     import yaml
 
     path = find_protocol(name)
@@ -165,10 +168,47 @@ def load_protocol(name: str) -> Protocol:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: a protocol must be a mapping")
+        raw = apply_overrides(raw, overrides)
     try:
-        return parse_protocol(raw, str(path))
+        p = parse_protocol(raw, str(path))
     except (TypeError, ValueError, KeyError) as err:
-        raise UserError(f"{path}: {err}") from None
+        given = f" (with --set {' '.join(overrides)})" if overrides else ""
+        raise UserError(f"{path}{given}: {err}") from None
+    p.overrides = list(overrides)
+    return p
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of the protocol mapping ``raw`` with each ``KEY=VALUE`` set: ``KEY`` a dotted
+    path into the mapping (``classifier.lambdas``; the last part may be new, the rest must be
+    mappings), ``VALUE`` read as YAML (``[0.001]``, ``10``, ``mean_scores``, ``null``).
+    Whether the result is a valid protocol is checked afterwards, as for the file itself."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {item!r}: give KEY=VALUE, e.g. classifier.lambdas=[0.001]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise UserError(f"--set {item!r}: VALUE is not YAML ({first})") from None
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.get(part)
+            if not isinstance(node, dict):
+                where = ".".join(parts[: i + 1])
+                raise UserError(f"--set {item!r}: the protocol's {where!r} is not a mapping")
+        node[parts[-1]] = value
+    return out
 
 
 def parse_protocol(raw: Any, path: str = "<dict>") -> Protocol:

@@ -123,8 +123,10 @@ def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
         else f"{'sigmoid' if p.type == 'linear_multilabel' else 'softmax'} scores averaged "
         "over clips"
     )
+    changed = f", changed with --set {' '.join(p.overrides)}" if p.overrides else ""
     parts = [
-        f"Protocol `{p.name}` ({p.path}): dataset {p.dataset}; splits (train -> test): {pairs}.",
+        f"Protocol `{p.name}` ({p.path}{changed}): dataset {p.dataset}; splits (train -> "
+        f"test): {pairs}.",
         f"Features: {', '.join(p.kinds)}; {p.clips_per_video} uniformly spaced clip(s) per "
         f"video, centre crop, {agg}.",
     ]

@@ -29,6 +29,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default="eval_out/cache", help="feature cache folder")
     ap.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one protocol setting (dotted key, YAML value), e.g. "
+        "classifier.lambdas=[0.001] or clips_per_video=1; repeatable; results go to "
+        "eval_out/<protocol>-set/<enc> unless --out",
+    )
     args = ap.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from avssl.evaluators.evaluate import evaluate
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    p = load_protocol(args.protocol)
+    p = load_protocol(args.protocol, args.set)
     if not args.encoder:
         raise UserError("--encoder is required (an encoder bundle folder or a checkpoint)")
     data = args.data or (p.data or "")
@@ -181,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_encoder(args.encoder)
     mods = check_bundle(bundle, p)
     name = encoder_name(args.encoder)
-    out = Path(args.out) if args.out else Path("eval_out") / p.name / name
+    filed = p.name + ("-set" if p.overrides else "")  # the plain protocol's results stay
+    out = Path(args.out) if args.out else Path("eval_out") / filed / name
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     t0 = time.time()
