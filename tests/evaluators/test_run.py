@@ -454,3 +454,24 @@ def test_inputs_finished_on_the_device_give_the_same_features(synthetic_data, ti
         assert loader[m].keys == device[m].keys and torch.equal(loader[m].mask, device[m].mask)
         assert torch.equal(loader[m].labels, device[m].labels) and loader[m].mask.any()
         torch.testing.assert_close(device[m].features, loader[m].features, rtol=1e-4, atol=1e-4)
+
+
+def test_several_protocols_in_one_run(tiny_bundle, synthetic_data, tmp_path, cache_dir, capsys):
+    args = _args("synthetic_knn,synthetic_retrieval", tiny_bundle, synthetic_data,
+                 tmp_path / "o", cache_dir)  # fmt: skip
+    assert main(args) == 0
+    for name in ("synthetic_knn", "synthetic_retrieval"):
+        done = json.loads((tmp_path / "o" / name / "results.json").read_text())
+        assert done["protocol"]["name"] == name
+    assert "[eval] 2 protocols on" in capsys.readouterr().out
+    # a bad second protocol stops before the first runs
+    args = _args("synthetic_knn,esc50_linear", tiny_bundle, synthetic_data, tmp_path / "p",
+                 cache_dir)  # fmt: skip
+    err = _eval_error(capsys, args)
+    assert "protocol esc50_linear is for dataset 'esc50'" in err
+    assert not (tmp_path / "p").exists()
+    for given, want in (("synthetic_knn,,synthetic_linear", "an empty name between commas"),
+                        ("synthetic_knn,synthetic_knn", "a protocol named twice"),
+                        ("synthetic_knn,nope", "unknown protocol 'nope'")):  # fmt: skip
+        args = _args(given, tiny_bundle, synthetic_data, tmp_path / "q", cache_dir)
+        assert want in _eval_error(capsys, args)

@@ -317,7 +317,7 @@ def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
         raise ValueError(
             f"the training split ({len(y)} clips) is too small to hold out a validation part "
             "for choosing lambda (none of its classes has enough clips); give the protocol one "
-            "lambda (make eval ARGS=\"--set classifier.lambdas=[<value>]\", or classifier: "
+            'lambda (make eval ARGS="--set classifier.lambdas=[<value>]", or classifier: '
             "lambdas: [<value>] in its file) or more training clips"
         )
     fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)

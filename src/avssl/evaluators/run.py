@@ -4,6 +4,8 @@ Loads the protocol (``evaluation/<P>.yaml``) and the encoder bundle (or training
 checks that they fit the data, extracts (or reads from the cache) the features of every sample
 the protocol's splits name, runs the classifier of each round, and writes ``results.json``,
 ``results.md`` and plots into ``O`` (default ``eval_out/<protocol>/<encoder name>/``).
+``--protocol a,b,c`` runs several protocols with one encoder (``O/<protocol>`` each with
+``--out``); ``--set KEY=VALUE`` changes protocol settings for the run (``protocols.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from avssl.evaluators.protocols import Protocol, load_protocol, protocols_for, s
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="avssl eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", default="", help="protocol name (evaluation/<name>.yaml) or path")
+    ap.add_argument(
+        "--protocol",
+        default="",
+        help="protocol name (evaluation/<name>.yaml) or path; several joined by commas",
+    )
     ap.add_argument("--encoder", default="", help="encoder bundle folder or training checkpoint")
     ap.add_argument("--data", default="", help="prepared dataset folder (default: the protocol's)")
     ap.add_argument("--out", default="", help="output folder (default eval_out/<protocol>/<enc>)")
@@ -174,34 +180,61 @@ def _clear_previous(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def protocol_names(given: str) -> list[str]:
+    """The protocols ``--protocol`` names: one name or path, or several joined by commas
+    (``ucf101_linear,ucf101_knn``); a path to an existing file is one, commas and all."""
+    if not given or Path(given).expanduser().is_file() or "," not in given:
+        return [given]
+    names = [n.strip() for n in given.split(",")]
+    if not all(names):
+        raise UserError(f"--protocol {given!r}: an empty name between commas")
+    if len(set(names)) != len(names):
+        raise UserError(f"--protocol {given!r}: a protocol named twice")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``avssl eval``; returns 0, raises ``UserError`` on bad input."""
+    """Entry point of ``avssl eval``; returns 0, raises ``UserError`` on bad input. Several
+    protocols (``--protocol a,b``) are all checked against the encoder and the data before
+    the first runs; they share the feature cache, and with ``--out`` each reports into
+    ``<out>/<protocol>``."""
     from avssl.evaluators.evaluate import evaluate
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    p = load_protocol(args.protocol, args.set)
+    protocols = [load_protocol(n, args.set) for n in protocol_names(args.protocol)]
     if not args.encoder:
         raise UserError("--encoder is required (an encoder bundle folder or a checkpoint)")
-    data = args.data or (p.data or "")
-    source = open_data(p, data)
-    keys = split_keys(source, p)
     from avssl.export import load_encoder
 
     bundle = load_encoder(args.encoder)
-    mods = check_bundle(bundle, p)
     name = encoder_name(args.encoder)
-    filed = p.name + ("-set" if p.overrides else "")  # the plain protocol's results stay
-    out = Path(args.out) if args.out else Path("eval_out") / filed / name
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    t0 = time.time()
-    results = evaluate(p, bundle, data, source, keys, mods, name, args)
+    plans = []
+    for p in protocols:  # every check first: a bad second protocol stops before any work
+        data = args.data or (p.data or "")
+        source = open_data(p, data)
+        keys = split_keys(source, p)
+        mods = check_bundle(bundle, p)
+        filed = p.name + ("-set" if p.overrides else "")  # the plain protocol's results stay
+        if args.out:
+            out = Path(args.out) / filed if len(protocols) > 1 else Path(args.out)
+        else:
+            out = Path("eval_out") / filed / name
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: exists and is not a folder")
+        plans.append((p, data, source, keys, mods, out))
     from avssl.evaluators.report import to_markdown, write_report
 
-    _clear_previous(out)
-    written = write_report(out, results, p, source.classes)
-    print(to_markdown(results, p))
-    print(f"[eval] {p.name} on {name} in {time.time() - t0:.0f} s; wrote:")
-    for path in written:
-        print(f"[eval]   {path}")
+    start = time.time()
+    for p, data, source, keys, mods, out in plans:
+        t0 = time.time()
+        results = evaluate(p, bundle, data, source, keys, mods, name, args)
+        _clear_previous(out)
+        written = write_report(out, results, p, source.classes)
+        print(to_markdown(results, p))
+        print(f"[eval] {p.name} on {name} in {time.time() - t0:.0f} s; wrote:")
+        for path in written:
+            print(f"[eval]   {path}")
+    if len(plans) > 1:
+        print(f"[eval] {len(plans)} protocols on {name} in {time.time() - start:.0f} s: "
+              f"{', '.join(str(plan[-1]) for plan in plans)}")  # fmt: skip
     return 0
