@@ -255,3 +255,21 @@ def test_xkd_local_views_with_mismatched_audio_are_refused(shards, tmp_path, cap
     ]  # fmt: skip
     assert _error(capsys, args).endswith("XKD: local views do not go with audio_mode 'mismatched'")
     assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, objective, why",
+    [
+        ("avid", "AVContrastive", "its memory NCE needs each clip's memory row"),
+        ("xdc", "XDC", "its targets are the cluster ids of the clustered training clips"),
+    ],
+)
+def test_val_split_for_an_objective_without_validation_loss_is_refused(
+    recipe, objective, why, shards, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    args = _pretrain_args(shards, runs, recipe=recipe) + ["--data.init_args.val_split", "test1"]
+    err = _error(capsys, args)
+    assert f"{objective} has no validation loss ({why}" in err
+    assert err.endswith("); drop data.init_args.val_split ('test1')")
+    assert not runs.exists()

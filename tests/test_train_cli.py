@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -188,7 +189,10 @@ def test_user_errors_exit_2_with_one_line(shards, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_process_cpu_ddp_run_of_the_debug_recipe(shards, tmp_path):
     runs = tmp_path / "runs"
-    args = debug_args("mavil", shards, runs, "--trainer.devices=2", "--trainer.strategy=ddp")
+    args = debug_args(
+        "mavil", shards, runs, "--trainer.devices=2", "--trainer.strategy=ddp",
+        "--data.init_args.val_split=test1", "--trainer.val_check_interval=2",
+    )  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", AVSSL_RUN_ID="ddp")
     proc = subprocess.run(
         [sys.executable, "-m", "avssl.cli", *args],
@@ -203,3 +207,10 @@ def test_two_process_cpu_ddp_run_of_the_debug_recipe(shards, tmp_path):
     assert ckpt["global_step"] == 4
     # learning rate scaled by the effective batch: 4 per rank x 2 ranks
     assert "effective batch 8" in proc.stderr + proc.stdout
+    # validation on both ranks (test1's 3 clips: 2 on one rank, 1 on the other; no gather)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / "mavil" / "ddp"))
+    events.Reload()
+    val = events.Scalars("val/loss")
+    assert [v.step for v in val] == [1, 3] and all(math.isfinite(v.value) for v in val)

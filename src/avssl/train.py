@@ -31,7 +31,12 @@ from pytorch_lightning.cli import LightningCLI
 from avssl.callbacks import ImageLogger, ThroughputMonitor
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
-from avssl.train_checks import check_data_modalities, check_resume, link_local_view
+from avssl.train_checks import (
+    check_data_modalities,
+    check_resume,
+    check_validation,
+    link_local_view,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_RECIPES = ("_base", "debug", "demo")  # overlays, not recipes
@@ -170,6 +175,7 @@ class AVSSLCLI(LightningCLI):
                 raise UserError(" ".join(str(err).split())) from None
             check_data_modalities(self.model, self.datamodule)
             link_local_view(self.model, self.datamodule)
+            check_validation(self.model, self.datamodule)
         try:
             self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
         except (FileNotFoundError, ValueError) as err:

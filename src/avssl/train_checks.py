@@ -137,6 +137,18 @@ def check_data_modalities(model: AVObjective, datamodule: Any) -> None:
         )
 
 
+def check_validation(model: AVObjective, datamodule: Any) -> None:
+    """A ``val_split`` needs an objective with a validation loss (``no_validation_reason``)."""
+    hp = getattr(datamodule, "hp", None)
+    split = getattr(hp, "val_split", None) if hp is not None else None
+    reason = model.no_validation_reason()
+    if split is not None and reason:
+        raise UserError(
+            f"{type(model).__name__} has no validation loss ({reason}); drop "
+            f"data.init_args.val_split ({split!r})"
+        )
+
+
 def link_local_view(model: AVObjective, datamodule: Any) -> None:
     """Asks the data module for the local view the objective wants (``local_view_spec``), and
     says which; a data module without ``request_local_view`` gives none (the objective then

@@ -158,13 +158,17 @@ def test_local_views_follow_repeated_sampling_and_clip_axes(synth, small_args) -
     assert b.local.audio.shape == (2, 2, 1, 32, 128) and b.local.key == b.key
 
 
-def test_validation_and_unrequested_batches_carry_none(synth, small_args) -> None:
+def test_requested_views_come_with_training_and_validation_batches(synth, small_args) -> None:
     dm = AVDataModule(str(synth), **small_args(batches_per_epoch=1))
     dm.setup("fit")
-    assert next(iter(dm.train_dataloader(0, 1))).local is None
-    dm.request_local_view(_spec())
-    assert next(iter(dm.train_dataloader(0, 1))).local is not None
+    assert next(iter(dm.train_dataloader(0, 1))).local is None  # not asked for: none
     assert next(iter(dm.val_dataloader(0, 1))).local is None
+    dm.request_local_view(_spec(jitter=0.4, jitter_p=1.0))
+    assert next(iter(dm.train_dataloader(0, 1))).local is not None
+    first, again = (next(iter(dm.val_dataloader(0, 1))) for _ in range(2))
+    assert first.local is not None and first.local.video.shape == (2, 3, 2, 16, 16)
+    assert torch.equal(first.local.video, again.local.video)  # validation draws are fixed
+    assert dm.eval_loader("test1").dataset.proc.local is None  # evaluation: never
 
 
 def test_batch_moves_and_pins_its_local_views() -> None:

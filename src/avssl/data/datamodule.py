@@ -183,7 +183,8 @@ class AVDataModule(pl.LightningDataModule):
         num_mel_bins / fbank_norm / fbank_mean / fbank_std: fbank settings; mean/std default
             to the folder's ``stats.json``.
         clips_per_video: K clips per sample in training (adds a K axis when > 1);
-            val_clips: K in validation.
+            val_clips: K in validation (None: ``clips_per_video``, the K the objective trains
+            on; CrissCross needs 2).
         audio_mode: "aligned" | "random" | "mismatched" (then ``mismatch_prob`` of samples).
         train_preset / eval_preset: transform presets ("train", "mae", "videomae", "eval", "none");
             augment: overrides of the training preset's options (validation takes
@@ -246,7 +247,7 @@ class AVDataModule(pl.LightningDataModule):
         fbank_mean: float | None = None,
         fbank_std: float | None = None,
         clips_per_video: int = 1,
-        val_clips: int = 1,
+        val_clips: int | None = None,
         audio_mode: str = "aligned",
         mismatch_prob: float = 0.5,
         train_preset: str = "train",
@@ -351,7 +352,8 @@ class AVDataModule(pl.LightningDataModule):
         return self._tables[split]
 
     def request_local_view(self, spec: LocalViewSpec | None) -> None:
-        """Training batches carry a local view of each clip as ``AVBatch.local`` (None: none),
+        """Training and validation batches carry a local view of each clip as ``AVBatch.local``
+        (None: none),
         as an objective asks (XKD; :mod:`avssl.data.local_view`). One-line ``ValueError`` for a
         view the clips cannot give."""
         if spec is not None:
@@ -447,12 +449,13 @@ class AVDataModule(pl.LightningDataModule):
         proc = build_processor(
             self.preprocessing(),
             self.hp.eval_preset,
-            self.hp.val_clips,
+            self.hp.clips_per_video if self.hp.val_clips is None else self.hp.val_clips,
             mode,
             False,
             None,  # ``augment`` overrides the training preset only
             on_device=self.on_device(),
             modalities=self.modalities,
+            local=self.local_view,  # the same local views, drawn per batch as its clips are
         )
         table, *rest = self._stream_args(self.hp.val_split, rank, world)
         return self._loader(EvalStream(table, proc, *rest))

@@ -6,7 +6,8 @@ its teachers a local view of each clip: a contiguous quarter of the clip's frame
 random-resized crop of the frame (area 0.08-0.4), flip, colour jitter, grey-scale and blur, and
 a quarter of its audio with its own volume jitter. An objective asks for one with a
 :class:`LocalViewSpec` (``AVObjective.local_view_spec``; ``avssl pretrain`` passes it to
-``AVDataModule.request_local_view`` before training); training batches then carry it as
+``AVDataModule.request_local_view`` before training); training and validation batches then
+carry it as
 ``AVBatch.local``, an ``AVBatch`` of the same samples (same masks, keys and labels) with
 ``[B, C, frames, size, size]`` clips and ``[B, 1, audio_frames, F]`` fbanks.
 

@@ -5,18 +5,40 @@
   (Akbari et al. 2021, https://arxiv.org/abs/2104.11178), MMV, LAVA and CAV-MAE.
 - MIL-NCE: Miech et al. 2020, "End-to-End Learning of Visual Representations from Uncurated
   Instructional Videos", https://arxiv.org/abs/1912.06430 (several positives per sample).
-- Negatives from every rank: features are all-gathered with gradients (as SimCLR / VATT).
+- Negatives from every rank: features are all-gathered with gradients (as SimCLR / VATT);
+  inside :func:`rank_local` (validation) each rank keeps its own batch.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+_RANK_LOCAL = [False]  # set inside rank_local()
 
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed."""
+
+@contextlib.contextmanager
+def rank_local() -> Iterator[None]:
+    """Within it the gathers here are the identity: each rank's losses take its own batch
+    only. For validation, where ranks may hold different numbers and sizes of batches (a
+    collective there would wait forever or fail on the shapes)."""
+    before = _RANK_LOCAL[0]
+    _RANK_LOCAL[0] = True
+    try:
+        yield
+    finally:
+        _RANK_LOCAL[0] = before
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed
+    (or inside :func:`rank_local`)."""
+    if _RANK_LOCAL[0]:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -27,7 +49,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        rank, world = _world()
+        rank, world = rank_and_world()
         ctx.rank, ctx.local = rank, x.shape[0]
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(world)]
@@ -52,7 +74,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[W * B, ...]`` with rank r's rows at ``r * B : (r + 1) * B``.
     """
-    _, world = _world()
+    _, world = rank_and_world()
     if world == 1:
         return x
     return _AllGatherWithGrad.apply(x)
@@ -67,7 +89,7 @@ def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool):
     """Gathered candidates and the labels of the local rows among them."""
     if not gather:
         return a, b, torch.arange(a.shape[0], device=a.device)
-    rank, _ = _world()
+    rank, _ = rank_and_world()
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
     return gather_with_grad(a), gather_with_grad(b), labels
 
@@ -159,7 +181,7 @@ def mil_nce(
 def gather_plain(x: torch.Tensor) -> torch.Tensor:
     """All-gathers ``x [B, ...]`` without gradients (masks, labels); identity when not
     distributed."""
-    _, world = _world()
+    _, world = rank_and_world()
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]

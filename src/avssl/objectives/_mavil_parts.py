@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.losses.contrastive import gather_plain, gather_with_grad
+from avssl.losses.contrastive import gather_plain, gather_with_grad, rank_and_world
 from avssl.models.fusion import JointFusion
 from avssl.models.vit import SIZES, AudioViT, VideoViT
 from avssl.objectives import _viz
@@ -133,7 +132,7 @@ def masked_info_nce(
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
     valid = valid.float()
-    rank = dist.get_rank() if gather and dist.is_available() and dist.is_initialized() else 0
+    rank = rank_and_world()[0] if gather else 0  # 0 inside rank_local (validation)
     a_all = gather_with_grad(a) if gather else a  # [W B, D]
     b_all = gather_with_grad(b) if gather else b
     v_all = gather_plain(valid) if gather else valid  # [W B]

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from avssl.data.local_view import LocalViewSpec
 
 NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "embedding")
+VALIDATION_SEED = 20261129  # + batch index: the masks and views of validation batches
 
 
 class WarmupCosine:
@@ -277,6 +278,33 @@ class AVObjective(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.clip_grad_per_param > 0:
             clip_per_param(self.parameters(), self.clip_grad_per_param)
+
+    # ----------------------------------------------------------------- validation
+    def no_validation_reason(self) -> str | None:
+        """Why this objective has no validation loss (None: it has one, the default). An
+        objective whose loss needs per-sample state of the training clips (a memory row, a
+        cluster id) has none for unseen clips; ``avssl pretrain`` refuses a ``val_split``
+        for it in one line."""
+        return None
+
+    def validation_step(self, batch: AVBatch, batch_idx: int) -> None:
+        """The objective's losses on a validation batch (``data.init_args.val_split``), logged
+        as ``val/<term>``, their means over the validation split (across ranks). The masks and
+        views are drawn from a fixed seed per batch, so that epochs compare, and the training
+        stream of random numbers is left as it was; negatives come from the rank's own batch
+        (no cross-rank gather: ranks may hold different numbers of validation batches)."""
+        from avssl.losses.contrastive import rank_local
+
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), rank_local():
+            torch.manual_seed(VALIDATION_SEED + batch_idx)
+            losses = self.compute_losses(batch)
+        logs = {
+            f"val/{k}": v.detach().float()
+            for k, v in losses.items()
+            if torch.is_tensor(v) and v.numel() == 1
+        }
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def on_validation_batch_start(
         self, batch: Any, batch_idx: int, dataloader_idx: int = 0

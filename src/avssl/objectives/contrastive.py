@@ -261,6 +261,13 @@ class AVContrastive(AVObjective):
         return losses
 
     # ----------------------------------------------------------------- AVID memory bank
+    def no_validation_reason(self) -> str | None:
+        """AVID's memory NCE compares each clip with its own memory row, which only training
+        clips have (a validation clip would be added to the memory)."""
+        if self.memory_bank:
+            return "its memory NCE needs each clip's memory row, and only training clips have one"
+        return None
+
     def _bank_rows(self, keys: list[str], feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows ``[B]`` of ``keys``; new keys get new rows initialised with ``feats``."""
         new = [k for k in dict.fromkeys(keys) if k not in self.bank_index]

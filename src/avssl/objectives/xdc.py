@@ -199,6 +199,10 @@ class XDC(AVObjective):
             self.recluster(self._cluster_source(), epoch)
 
     # ----------------------------------------------------------------- loss
+    def no_validation_reason(self) -> str | None:
+        """The cluster ids XDC predicts are those of the clustered training clips."""
+        return "its targets are the cluster ids of the clustered training clips"
+
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         k = len(audio) // len(batch)

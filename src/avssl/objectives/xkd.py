@@ -285,9 +285,8 @@ class XKD(AVObjective):
         if c["local_source"] == "loader" and not self._told_device_cut:
             self._told_device_cut = True
             rank_zero_info(
-                "[xkd] a batch without the loader's local views (a validation batch, or a data "
-                "module without request_local_view): its local views cut from the global view "
-                "on the device"
+                "[xkd] a batch without the loader's local views (a data module without "
+                "request_local_view): its local views cut from the global view on the device"
             )
         a_enc, v_enc = self.audio_encoder, self.video_encoder
         frames_a = whole_units(audio.shape[2], c["local_temporal_ratio"], a_enc.patch_size)
