@@ -1,7 +1,8 @@
 """Checks ``avssl fit`` / ``avssl pretrain`` make before the first step, each a one-line
 ``UserError``: the checkpoint a run resumes is an avssl checkpoint of the same recipe, the
 options given with it do not change the checkpoint's model, and the data holds the modalities
-the objective trains on; and the link that gives the objective the local views it asks for."""
+the objective trains on, and a ``val_split`` only for an objective with a validation loss; and
+the link that gives the objective the local views it asks for."""
 
 from __future__ import annotations
 
