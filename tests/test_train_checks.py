@@ -261,7 +261,6 @@ def test_xkd_local_views_with_mismatched_audio_are_refused(shards, tmp_path, cap
     "recipe, objective, why",
     [
         ("avid", "AVContrastive", "its memory NCE needs each clip's memory row"),
-        ("xdc", "XDC", "its targets are the cluster ids of the clustered training clips"),
     ],
 )
 def test_val_split_for_an_objective_without_validation_loss_is_refused(

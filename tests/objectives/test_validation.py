@@ -14,7 +14,7 @@ from tests.export.test_all_objectives import NAMES, RECIPES, build_objective
 from tests.objectives.batches import make_batch
 
 pytestmark = pytest.mark.slow
-NO_VALIDATION = {"avid", "avid_cma", "xdc"}  # memory rows / cluster ids of training clips
+NO_VALIDATION = {"avid", "avid_cma"}  # memory rows of training clips
 
 
 def _logged(model, batch, batch_idx: int) -> dict[str, float]:
@@ -60,3 +60,21 @@ def test_rank_local_gathers_nothing(monkeypatch):
         assert contrastive.rank_and_world() == (0, 1)
         assert contrastive.gather_with_grad(x) is x and contrastive.gather_plain(x) is x
     assert contrastive.rank_and_world() == (1, 2)  # restored on leaving
+
+
+def test_xdc_validation_targets_are_the_nearest_centroids(tmp_path):
+    model = build_objective("xdc", tmp_path).eval()
+    batch = make_batch(B=6, frames=4, px=64, audio_frames=128, mel=128)
+    with torch.no_grad():
+        assert (model.nearest_clusters(torch.randn(3, 192), "audio") == -1).all()  # unclustered
+        emb = model.embed_batches([batch])
+        model.set_cluster_state(model.cluster(emb), epoch=0)
+        feats = emb["feats"]["video"]
+        ids = model.nearest_clusters(feats, "video")
+        # the clustered clips themselves: nearest-centroid ids are their k-means assignments
+        assert torch.equal(ids, model.assignments["video"])
+        batch.key = [f"held-out/{i}" for i in range(6)]  # keys the clustering never saw
+        keyed = model.compute_losses(batch)
+        held = model.validation_losses(batch)
+    assert float(keyed["known_video_targets"]) == 0.0 and float(keyed["loss"]) == 0.0
+    assert float(held["known_video_targets"]) == 1.0 and float(held["loss"]) > 0.0

@@ -287,6 +287,12 @@ class AVObjective(pl.LightningModule):
         for it in one line."""
         return None
 
+    def validation_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        """The losses :meth:`validation_step` logs: :meth:`compute_losses` by default; an
+        objective whose training targets are looked up per training clip scores validation
+        clips its own way (XDC)."""
+        return self.compute_losses(batch)
+
     def validation_step(self, batch: AVBatch, batch_idx: int) -> None:
         """The objective's losses on a validation batch (``data.init_args.val_split``), logged
         as ``val/<term>``, their means over the validation split (across ranks). The masks and
@@ -298,7 +304,7 @@ class AVObjective(pl.LightningModule):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), rank_local():
             torch.manual_seed(VALIDATION_SEED + batch_idx)
-            losses = self.compute_losses(batch)
+            losses = self.validation_losses(batch)
         logs = {
             f"val/{k}": v.detach().float()
             for k, v in losses.items()

@@ -18,6 +18,11 @@ Cluster state (key table, assignments, centroids, epoch of the clustering) is sa
 ``checkpoint["xdc"]`` and restored on resume; a resumed run re-clusters only when the interval
 says so, counted from the saved clustering. Under DDP every rank embeds its share of the subset,
 rank 0 runs k-means on everything, and the result is broadcast.
+
+Validation clips (``data.init_args.val_split``) are not in the clustering, so their targets are
+the clusters of the nearest centroids of their current features (:meth:`XDC.nearest_clusters`,
+the squared-L2 assignment k-means makes): ``val/*_predicts_*`` say how well each head predicts
+the other modality's cluster of a held-out clip.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses.clustering import cluster_cross_entropy
-from avssl.models.kmeans import kmeans
+from avssl.models.kmeans import assign, kmeans
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective
 from avssl.objectives.contrastive import projection_head
@@ -199,20 +204,39 @@ class XDC(AVObjective):
             self.recluster(self._cluster_source(), epoch)
 
     # ----------------------------------------------------------------- loss
-    def no_validation_reason(self) -> str | None:
-        """The cluster ids XDC predicts are those of the clustered training clips."""
-        return "its targets are the cluster ids of the clustered training clips"
+    def nearest_clusters(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """Cluster ids ``[N]`` of features ``x`` ``[N, D]``: the nearest centroid of the
+        current clustering of ``modality`` (features L2-normalised first when the clustering's
+        were); -1 for every row before the first clustering."""
+        centroids = self.centroids.get(modality)
+        if centroids is None:
+            return torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        x = x.detach().float()
+        if self.cfg["normalize_features"]:
+            x = F.normalize(x, dim=-1)
+        return assign(x, centroids.to(x.device))
 
-    def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+    def validation_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
+        """The training loss with nearest-centroid targets (validation clips have no key in
+        the clustering; module docstring)."""
+        return self.compute_losses(batch, targets="nearest")
+
+    def compute_losses(self, batch: AVBatch, targets: str = "keys") -> dict[str, torch.Tensor]:
+        """XDC's loss; ``targets``: "keys" (the clustered clips' ids, looked up by sample key)
+        or "nearest" (:meth:`nearest_clusters` of each clip's features, for validation)."""
         audio, video, a_ok, v_ok = flatten_inputs(batch)
         k = len(audio) // len(batch)
         feats = {"audio": self.audio_encoder(audio), "video": self.video_encoder(video)}  # [B K, D]
         ok = {"audio": a_ok > 0.5, "video": v_ok > 0.5}
         w = self.cfg["within_weight"]
-        # each modality's cluster ids [B K], looked up once; -1 where the sample has none
-        ids = {
-            m: self.targets(batch.key, m).repeat_interleave(k).to(self.device) for m in MODALITIES
-        }
+        # each modality's cluster ids [B K]; -1 where the sample has none
+        if targets == "nearest":
+            ids = {m: self.nearest_clusters(feats[m], m) for m in MODALITIES}
+        else:
+            ids = {
+                m: self.targets(batch.key, m).repeat_interleave(k).to(self.device)
+                for m in MODALITIES
+            }
         losses = {}
         for m in MODALITIES:  # head of m predicts the clusters of the other modality (and, MDC,
             # its own): no target where m's input is missing
