@@ -272,3 +272,15 @@ def test_val_split_for_an_objective_without_validation_loss_is_refused(
     assert f"{objective} has no validation loss ({why}" in err
     assert err.endswith("); drop data.init_args.val_split ('test1')")
     assert not runs.exists()
+
+
+def test_val_split_needs_a_clip_per_rank(shards):
+    from avssl.objectives.xkd import XKD
+    from avssl.train_checks import check_validation
+
+    dm = AVDataModule(str(shards), val_split="test1", num_workers=0)  # 3 clips
+    model = XKD(size="tiny", depth=1, head_out_dim=64)
+    check_validation(model, dm, world=3)  # one each: fine
+    with pytest.raises(cli.UserError, match=r"val_split 'test1' has 3 clip\(s\) for 4 ranks"):
+        check_validation(model, dm, world=4)
+    check_validation(model, AVDataModule(str(shards), num_workers=0), world=4)  # no val_split

@@ -175,7 +175,7 @@ class AVSSLCLI(LightningCLI):
                 raise UserError(" ".join(str(err).split())) from None
             check_data_modalities(self.model, self.datamodule)
             link_local_view(self.model, self.datamodule)
-            check_validation(self.model, self.datamodule)
+            check_validation(self.model, self.datamodule, self.trainer.world_size)
         try:
             self.datamodule.setup("fit")  # AVDataModule caches what it reads; Lightning reuses it
         except (FileNotFoundError, ValueError) as err:

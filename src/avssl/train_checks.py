@@ -138,15 +138,28 @@ def check_data_modalities(model: AVObjective, datamodule: Any) -> None:
         )
 
 
-def check_validation(model: AVObjective, datamodule: Any) -> None:
-    """A ``val_split`` needs an objective with a validation loss (``no_validation_reason``)."""
+def check_validation(model: AVObjective, datamodule: Any, world: int = 1) -> None:
+    """A ``val_split`` needs an objective with a validation loss (``no_validation_reason``)
+    and at least one clip per rank (``world`` ranks; a rank without a validation batch would
+    leave the others waiting in the epoch's synchronisation of the ``val/`` means)."""
     hp = getattr(datamodule, "hp", None)
     split = getattr(hp, "val_split", None) if hp is not None else None
+    if split is None:
+        return
     reason = model.no_validation_reason()
-    if split is not None and reason:
+    if reason:
         raise UserError(
             f"{type(model).__name__} has no validation loss ({reason}); drop "
             f"data.init_args.val_split ({split!r})"
+        )
+    try:
+        clips = datamodule.table(split).num_samples
+    except (AttributeError, FileNotFoundError, ValueError):
+        return  # no table to read, or a bad split: the data module's setup says so
+    if clips < world:
+        raise UserError(
+            f"val_split {split!r} has {clips} clip(s) for {world} ranks; every rank needs at "
+            "least one (choose a larger split, or drop data.init_args.val_split)"
         )
 
 
