@@ -4,7 +4,7 @@ A bundle is a folder (DESIGN section 3) holding ``audio_encoder.safetensors``,
 ``video_encoder.safetensors`` (either may be absent) and ``config.json``, and, when the objective
 trained a shared audio-video space, ``audio_head.safetensors`` + ``video_head.safetensors``::
 
-    {"format": "avssl-encoder-bundle", "format_version": 1,
+    {"format": "avssl-encoder-bundle", "format_version": 1 (2 with "weights_in", below),
      "audio": encoder config | null, "video": encoder config | null,
      "preprocessing": AVDataModule.preprocessing() layout: frames, fps/stride, crop, video
                       mean/std, "fbank": settings + stats (see avssl.export_preproc),
@@ -13,7 +13,10 @@ trained a shared audio-video space, ``audio_head.safetensors`` + ``video_head.sa
      "heads": {"audio": layer list, "video": layer list, "space": term, "dim": P,  (optional;
                "v2a": the same layout}  see avssl.heads: clip embedding [D] -> shared space
                                         [P]; "v2a" (optional): the video -> audio direction's
-                                        space where it differs, <modality>_head_v2a.safetensors)}
+                                        space where it differs, <modality>_head_v2a.safetensors;
+                                        "weights_in": {modality: head key} (format_version 2):
+                                        that head's weights are the first layers of the named
+                                        head's file, avssl.heads.share_head_weights)}
 
 Nothing in a bundle or a checkpoint is unpickled: checkpoints are read with
 ``torch.load(weights_only=True)`` and weights with safetensors. Loading a bundle imports torch,
@@ -36,7 +39,8 @@ from torch import nn
 from avssl.cli import UserError
 
 FORMAT = "avssl-encoder-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this avssl reads; 2: a head's weights may lie in another's file
+FORMAT_VERSION_PLAIN = 1  # written where every file holds its own weights (older avssl reads it)
 MODALITIES = ("audio", "video")
 CONFIG_FILE = "config.json"
 
@@ -218,7 +222,7 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from avssl.heads import DIRECTIONS, head_entry, head_key
+    from avssl.heads import DIRECTIONS, head_entry, head_key, leading_layers, stored_in
 
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
@@ -229,9 +233,10 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
         raise UserError(f"{cfg_path}: not valid JSON ({err})") from err
     check_config(config, folder)
     files = {m: weights_file(m) for m in MODALITIES if config.get(m) is not None}
-    for direction in DIRECTIONS:
-        if head_entry(config, direction) is not None:
-            files.update({head_key(m, direction): head_file(m, direction) for m in MODALITIES})
+    heads = [(m, d) for d in DIRECTIONS if head_entry(config, d) is not None for m in MODALITIES]
+    for m, d in heads:
+        if stored_in(config, m, d) is None:
+            files[head_key(m, d)] = head_file(m, d)
     state_dicts = {}
     for name, file in files.items():
         wpath = folder / file
@@ -243,6 +248,12 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
             state_dicts[name] = load_file(str(wpath), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise UserError(f"{wpath}: not a readable safetensors file ({err})") from err
+    for m, d in heads:  # weights stored as another head's first layers (avssl.heads)
+        full = stored_in(config, m, d)
+        if full is not None:
+            state_dicts[head_key(m, d)] = leading_layers(
+                state_dicts[full], len(head_entry(config, d)[m])
+            )
     return assemble(config, state_dicts, folder)
 
 
@@ -345,13 +356,29 @@ def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
         heads = bundle.config["heads"]
         if path.name.endswith("_head_v2a.safetensors"):
             heads = heads["v2a"]
-        return f"{path} (projection into the {heads['space']} space, P={heads['dim']}, {size})"
+        also = _also_holds(bundle.config, path.name.removesuffix(".safetensors"))
+        return (
+            f"{path} (projection into the {heads['space']} space, P={heads['dim']}, {size}{also})"
+        )
     if bundle is None or not path.name.endswith("_encoder.safetensors"):
         return f"{path} ({size})"
     modality = path.name.split("_")[0]
     cfg = bundle.config[modality]
     arch = f"{cfg.get('modality')} ViT-{cfg.get('size', '?')} depth {cfg.get('depth', '?')}"
     return f"{path} ({modality} encoder: {arch}, D={bundle.embed_dim[modality]}, {size})"
+
+
+def _also_holds(config: dict, key: str) -> str:
+    """ "; also the <direction> <modality> head (its first N layers)" for every head whose
+    weights a head file holds (avssl.heads.stored_in), else ""."""
+    from avssl.heads import DIRECTIONS, head_entry, stored_in
+
+    out = ""
+    for d in DIRECTIONS:
+        for m in MODALITIES:
+            if stored_in(config, m, d) == key:
+                out += f"; also the {d} {m} head (its first {len(head_entry(config, d)[m])} layers)"
+    return out
 
 
 def _previous_bundle(out: Path) -> str:

@@ -27,9 +27,17 @@ import torch
 from torch import nn
 
 from avssl.cli import UserError
-from avssl.export import CONFIG_FILE, FORMAT, FORMAT_VERSION, MODALITIES, head_file, weights_file
+from avssl.export import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    FORMAT_VERSION_PLAIN,
+    MODALITIES,
+    head_file,
+    weights_file,
+)
 from avssl.export_preproc import preprocessing_from_data
-from avssl.heads import DIRECTIONS, head_entry, head_key
+from avssl.heads import DIRECTIONS, head_entry, head_key, share_head_weights, stored_in
 
 _OBJECTIVE_NAME = re.compile(r"avssl\.objectives(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -183,7 +191,7 @@ def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
         "epoch": ckpt.get("epoch"),
         "avssl_version": meta.get("version"),
         "exported_with": avssl.__version__,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION_PLAIN,
         "encoder": {"which": exported.get("which"), "note": exported.get("note", "")},
         "train_data": meta.get("train_data"),
         "shared_backbone": shared,
@@ -214,7 +222,7 @@ def bundle_from_checkpoint(
         raise UserError(f"{src}: the objective exports no encoder")
     _check_loaded(objective, modules, missing, src)
     shared = len(modules) == 2 and modules["audio"] is modules["video"]
-    config: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    config: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION_PLAIN}
     for modality in MODALITIES:
         enc = modules.get(modality)
         config[modality] = None if enc is None else _encoder_config(enc, modality, src)
@@ -285,9 +293,14 @@ def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[
                       f"{modality}_head.onnx", f"{modality}_head_v2a.onnx"):  # fmt: skip
             (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
         files[modality] = (out / weights_file(modality), config.get(modality) is not None)
+    if share_head_weights(config, state_dicts):  # a head stored as another's first layers
+        config["format_version"] = FORMAT_VERSION
+        if isinstance(config.get("provenance"), dict):
+            config["provenance"]["format_version"] = FORMAT_VERSION
     for modality in MODALITIES:
         for direction in DIRECTIONS:
             wanted = head_entry(config, direction) is not None
+            wanted = wanted and stored_in(config, modality, direction) is None
             files[head_key(modality, direction)] = (out / head_file(modality, direction), wanted)
     for name, (target, wanted) in files.items():
         if not wanted:

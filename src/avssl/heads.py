@@ -11,7 +11,9 @@ Where an objective compares the two directions in different spaces (CrissCross's
 SimSiam, Sarkar & Etemad 2023, https://arxiv.org/abs/2111.05329: ``-cos(p_a, z_v)`` and
 ``-cos(p_v, z_a)``, a predictor on the query side only), ``"heads"`` holds the audio -> video
 space and ``"heads"["v2a"]`` the video -> audio one, with the same layout and weights
-``<modality>_head_v2a.safetensors``.
+``<modality>_head_v2a.safetensors``. A head whose layers and weights are the first layers of
+another head's (CrissCross's projector alone) has no file of its own: its space entry's
+``"weights_in"`` names the file (:func:`share_head_weights`; bundle format_version 2).
 
 A head is stored as a plain layer list (``config.json`` ``"heads"``) plus its weights
 (``<modality>_head.safetensors``), so that loading needs torch only, not the objective's code::
@@ -136,10 +138,12 @@ def head_key(modality: str, direction: str = "a2v") -> str:
 
 def check_heads_config(config: dict, path: Any) -> None:
     """Checks a bundle config's ``"heads"`` (and its ``"v2a"`` entry where there is one): a
-    layer list per modality, from each encoder's D to one common P (raises ``UserError``)."""
+    layer list per modality, from each encoder's D to one common P, and where a head's weights
+    lie in another head's file, a head that can hold them (raises ``UserError``)."""
     _check_space(config, config["heads"], path, "")
     if isinstance(config["heads"], dict) and config["heads"].get("v2a") is not None:
         _check_space(config, config["heads"]["v2a"], path, "v2a ")
+    check_weights_in(config, path)
 
 
 def _check_space(config: dict, heads: Any, path: Any, name: str) -> None:
@@ -192,3 +196,97 @@ def assemble_heads(
             raise UserError(f"{path}: cannot rebuild the {what} head: {first}") from err
         heads[modality] = head.eval().requires_grad_(False)
     return heads
+
+
+# --- heads stored inside another head's file -------------------------------------------------
+# CrissCross's two spaces hold each projector twice: alone (the key side of one direction) and
+# followed by its predictor (the query side of the other). Where a head's layers and weights are
+# the leading layers of another head's, the bundle stores them once: the space entry's
+# ``"weights_in": {modality: head key}`` names the file whose first layers they are (bundle
+# format_version 2; a layer's weights are ``"<index>.<name>"`` in both).
+
+
+def stored_in(config: dict, modality: str, direction: str = "a2v") -> str | None:
+    """The head key whose file holds this head's weights as its first layers, or None where
+    the head has a file of its own (or the bundle has no such head)."""
+    entry = head_entry(config, direction)
+    if not isinstance(entry, dict) or not isinstance(entry.get("weights_in"), dict):
+        return None
+    return entry["weights_in"].get(modality)
+
+
+def leading_layers(state: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The weights of the first ``n`` layers of a head's ``state``."""
+    index = {k: k.split(".", 1)[0] for k in state}
+    return {k: v for k, v in state.items() if index[k].isdigit() and int(index[k]) < n}
+
+
+def _heads_by_key(config: dict) -> dict[str, tuple[dict, str]]:
+    """``head_key`` -> (its space entry, modality) for every head a config lists."""
+    out = {}
+    for direction in DIRECTIONS:
+        entry = head_entry(config, direction)
+        if isinstance(entry, dict):
+            out.update({head_key(m, direction): (entry, m) for m in MODALITIES if m in entry})
+    return out
+
+
+def share_head_weights(config: dict, state_dicts: dict[str, dict]) -> dict[str, str]:
+    """Records in ``config`` (``"weights_in"``) every head whose layers and weights equal the
+    leading layers of a longer (or, at equal length, an earlier-listed) stored head; returns
+    ``{head key: key of the file holding its weights}`` (empty: every head has its own file)."""
+    heads = _heads_by_key(config)
+    for entry, _ in heads.values():
+        entry.pop("weights_in", None)
+    order = sorted(heads, key=lambda k: -len(heads[k][0][heads[k][1]]))  # stable on ties
+    stored: list[str] = []
+    shared: dict[str, str] = {}
+    for key in order:
+        entry, modality = heads[key]
+        for full in stored:
+            full_entry, full_modality = heads[full]
+            if _begins_with(full_entry[full_modality], state_dicts[full], entry[modality],
+                            state_dicts[key]):  # fmt: skip
+                entry.setdefault("weights_in", {})[modality] = shared[key] = full
+                break
+        else:
+            stored.append(key)
+    return shared
+
+
+def _begins_with(spec: list, state: dict, prefix_spec: list, prefix_state: dict) -> bool:
+    """Whether a head (layer list, weights) begins with another head's layers and weights."""
+    if spec[: len(prefix_spec)] != prefix_spec:
+        return False
+    lead = leading_layers(state, len(prefix_spec))
+    same = lead.keys() == prefix_state.keys()
+    return same and all(torch.equal(lead[k], prefix_state[k]) for k in lead)
+
+
+def check_weights_in(config: dict, path: Any) -> None:
+    """Checks every ``"weights_in"`` entry: a head of this bundle with a file of its own whose
+    layer list begins with the referring head's (raises ``UserError``)."""
+    heads = _heads_by_key(config)
+    for direction in DIRECTIONS:
+        entry = head_entry(config, direction)
+        refs = entry.get("weights_in") if isinstance(entry, dict) else None
+        if refs is None:
+            continue
+        name = "heads" + ("" if direction == "a2v" else f".{direction}")
+        if not isinstance(refs, dict) or not set(refs) <= set(MODALITIES):
+            raise UserError(f"{path}: config.json '{name}.weights_in' maps audio/video to a head")
+        for modality, full in refs.items():
+            what = f"{name}.weights_in.{modality}"
+            if full not in heads or full == head_key(modality, direction):
+                raise UserError(f"{path}: config.json '{what}' names no other head ({full!r})")
+            full_entry, full_modality = heads[full]
+            full_dir = "a2v" if full_entry is config["heads"] else "v2a"
+            if stored_in(config, full_modality, full_dir) is not None:
+                raise UserError(
+                    f"{path}: config.json '{what}' names {full}, itself stored elsewhere"
+                )
+            spec = entry[modality]
+            if full_entry[full_modality][: len(spec)] != spec:
+                raise UserError(
+                    f"{path}: config.json '{what}': {full}'s layers do not begin with this head's"
+                )

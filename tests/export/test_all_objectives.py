@@ -100,10 +100,11 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
         with pytest.raises(export.UserError, match="no projection heads"):
             bundle.project("audio", torch.zeros(1, 8))
         return
-    assert files == ["audio_head.safetensors", "video_head.safetensors"]
     back = sorted(p.name for p in (tmp_path / "bundle").glob("*_head_v2a.safetensors"))
-    if recipe != "crisscross":  # one space serves both directions
+    if recipe != "crisscross":  # one space serves both directions, each head in its own file
+        assert files == ["audio_head.safetensors", "video_head.safetensors"]
         assert bundle.heads_v2a is None and back == [] and "v2a" not in bundle.config["heads"]
+        assert bundle.config["format_version"] == 1 and "weights_in" not in bundle.config["heads"]
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(3, 1, 128, 128, generator=gen)
     v = torch.randn(3, 3, 4, 64, 64, generator=gen)
@@ -124,7 +125,11 @@ def test_recipe_heads_project_as_the_objective(recipe, tmp_path):
     assert bundle.config["heads"]["dim"] == want_a.shape[1]
     assert bundle.shared_space == obj.export_heads()["space"]
     if recipe == "crisscross":  # and video predictor vs audio projector (the other direction)
-        assert back == ["audio_head_v2a.safetensors", "video_head_v2a.safetensors"]
+        # each projector stored once: projector + predictor files hold the projectors alone
+        assert files == ["audio_head.safetensors"] and back == ["video_head_v2a.safetensors"]
+        assert bundle.config["heads"]["weights_in"] == {"video": "video_head_v2a"}
+        assert bundle.config["heads"]["v2a"]["weights_in"] == {"audio": "audio_head"}
+        assert bundle.config["format_version"] == 2
         with torch.no_grad():
             want_a = obj.projector["audio"](obj.audio_encoder(a))
             want_v = obj.predictor["video"](obj.projector["video"](obj.video_encoder(v)))
