@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, index_media, need_file, read_lines, rel_to
+from data_prep.common import Context, Plan, index_media, need_file, read_lines, read_text, rel_to
 from data_prep.vggsound import format_name
 
 OPTIONS = ("pattern", "csv", "labels")
@@ -65,13 +65,18 @@ def read_labels(ctx: Context, root: Path) -> tuple[list[str], dict[str, int]]:
     )
     path = next((c for c in cands if c.is_file()), cands[0])
     need_file(path, "AudioSet class_labels_indices.csv")
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    rows = list(csv.DictReader(io.StringIO(read_text(path))))
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
         raise UserError(f"{path}: expected columns index,mid,display_name")
-    names = {int(r["index"]): r["display_name"] for r in rows}
+    names: dict[int, str] = {}
+    for n, row in enumerate(rows, 2):
+        if not str(row["index"]).strip().isdigit():
+            raise UserError(f"{path}:{n}: index {row['index']!r} is not a non-negative integer")
+        row["index"] = int(row["index"])
+        names[row["index"]] = row["display_name"]
     if sorted(names) != list(range(len(names))):
         raise UserError(f"{path}: indices must be 0..{len(names) - 1} without gaps")
-    return [names[i] for i in range(len(names))], {r["mid"]: int(r["index"]) for r in rows}
+    return [names[i] for i in range(len(names))], {r["mid"]: r["index"] for r in rows}
 
 
 def parse_segments(path: Path, mids: dict[str, int]) -> list[dict]:
@@ -110,18 +115,21 @@ def _fields(row: dict) -> dict:
 def detect_pattern(rows: list[dict], index: dict[str, Path], root: Path) -> str:
     """The known pattern matching the most files (ties: the first in KNOWN_PATTERNS).
 
-    Scores the first 500 rows. When none of them matches a file, the first pattern is used
-    if it matches a file for any row; no rows at all also give the first pattern.
+    Scores up to 5,000 rows spread evenly over every listed CSV (all rows when none of those
+    matches a file: a user may hold the clips of one list only); no rows at all give the
+    first pattern.
 
     Raises:
         UserError: no known pattern matches a file under ``root`` (pass ``--pattern``).
     """
-    sample = rows[:500]
-    scores = [sum(p.format(**_fields(r)) in index for r in sample) for p in KNOWN_PATTERNS]
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    fallback = KNOWN_PATTERNS[0]
-    if scores[best] or not rows or any(fallback.format(**_fields(r)) in index for r in rows):
-        return KNOWN_PATTERNS[best]
+    if not rows:
+        return KNOWN_PATTERNS[0]
+    step = max(1, len(rows) // 5000)
+    for sample in (rows[::step], rows) if step > 1 else (rows,):
+        scores = [sum(p.format(**_fields(r)) in index for r in sample) for p in KNOWN_PATTERNS]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        if scores[best]:
+            return KNOWN_PATTERNS[best]
     found = next(iter(index.values()), None)
     example = f"e.g. {found.name}" if found is not None else "no media files there"
     raise UserError(
@@ -139,6 +147,8 @@ def collect(ctx: Context) -> Plan:
     pattern = ctx.options.get("pattern") or detect_pattern(all_rows, index, root)
     plan = Plan(dataset=ctx.dataset, classes=classes, multilabel=True, require_video=False)
     plan.notes.append(f"file name pattern: {pattern}")
+    if len(classes) != 527:
+        plan.notes.append(f"class_labels_indices.csv lists {len(classes)} classes (AudioSet: 527)")
     plan.looked_for = f"the segments listed in {', '.join(str(p) for p, _ in tables.values())}"
     for split, (path, rows) in tables.items():
         plan.splits.setdefault(split, [])

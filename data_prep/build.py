@@ -19,7 +19,12 @@ from typing import Any
 
 from avssl.cli import UserError
 from avssl.data.writer import EncodeSettings, FbankStats, write_json
-from data_prep.checks import check_encoding, check_numbers, check_plan_found_clips
+from data_prep.checks import (
+    check_encoding,
+    check_numbers,
+    check_plan_found_clips,
+    consistency_notes,
+)
 from data_prep.common import Context, Item, Plan
 from data_prep.shards import run_shards
 
@@ -200,6 +205,7 @@ def prepare_dataset(
     _check_out(out, dataset)
     plan = adapter.collect(Context(dataset, root_p, splits_p, out, int(workers), given, progress))
     check_plan_found_clips(plan, root_p)
+    plan.notes += consistency_notes(plan, getattr(adapter, "OFFICIAL_SPLITS", None))
     for note in plan.notes:
         log(note)
     settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)

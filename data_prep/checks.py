@@ -98,3 +98,37 @@ def check_plan_found_clips(plan: Plan, root: Path | None) -> None:
     sought = f": looked for {plan.looked_for}" if plan.looked_for else ""
     notes = "".join(f"; {note}" for note in plan.notes)
     raise UserError(f"no clips found for dataset {plan.dataset}{where}{sought}{notes}")
+
+
+HELD_OUT = ("test", "val", "validate", "validation", "eval")
+
+
+def consistency_notes(plan: Plan, official: dict[str, int] | None = None) -> list[str]:
+    """Notes on what a plan's lists say that a user should know before training on them: clips
+    listed with two labels (the first kept), clips in both the training and the held-out list
+    of one split (``train1`` / ``test1``, ``train`` / ``val``, any two ESC-50 folds), and
+    split sizes that differ from the dataset's official ones (``official``: split -> clips)."""
+    notes = []
+    if plan.relabelled:
+        key, kept, other = plan.relabelled[0]
+        notes.append(
+            f"{len(plan.relabelled)} listing(s) give a clip a second label; the first is kept "
+            f"(e.g. {key}: {kept!r}, not {other!r})"
+        )
+    names = list(plan.splits)
+    pairs = [(a, a.replace("train", h, 1)) for a in names if "train" in a for h in HELD_OUT]
+    folds = sorted(n for n in names if n.startswith("fold"))
+    pairs += [(a, b) for i, a in enumerate(folds) for b in folds[i + 1 :]]
+    for a, b in pairs:
+        if b in plan.splits:
+            both = set(plan.splits[a]) & set(plan.splits[b])
+            if both:
+                notes.append(f"{len(both)} clip(s) are in both {a} and {b} (e.g. {min(both)})")
+    for name, want in (official or {}).items():
+        got = len(plan.splits.get(name, []))
+        if got != want:
+            notes.append(
+                f"{name}: {got:,} clips found, the official list has {want:,} (a subset, another "
+                "list version, or clips missing on disk: see the failures)"
+            )
+    return notes

@@ -81,8 +81,9 @@ class Plan:
     require_video: bool = True
     notes: list[str] = field(default_factory=list)
     looked_for: str = ""
+    relabelled: list[tuple[str, Any, Any]] = field(default_factory=list)  # key, kept, other
     _by_key: dict[str, Item] = field(default_factory=dict, repr=False)
-    _missing: set[str] = field(default_factory=set, repr=False)
+    _missing: dict[str, str] = field(default_factory=dict, repr=False)  # key -> path listed
     _members: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def add(
@@ -96,19 +97,26 @@ class Plan:
         """Adds (or re-uses) the item for ``rel`` and appends its key to ``split_names``.
 
         A ``path`` of None (or a file that does not exist) is recorded once in ``failures``
-        with ``listed_in`` in the reason and left out of the splits. Returns the key or None.
+        with ``listed_in`` in the reason and left out of the splits, as is another file whose
+        key is taken. A clip listed again with another label keeps its first one (counted in
+        ``relabelled``). Returns the key or None.
         """
         key = make_key(self.dataset, rel)
+        shown = str(path) if path is not None else rel
         for name in split_names:
             self.splits.setdefault(name, [])
-        if key in self._missing:
-            return None
         item = self._by_key.get(key)
+        taken = item.path if item is not None else self._missing.get(key)
+        if taken is not None and path is not None and shown != str(taken):
+            reason = f"same key as {taken} (keys drop the extension and map '.' to '_')"
+            self.failures.append({"key": key, "path": shown, "reason": reason})
+            return None
+        if key in self._missing:  # listed again, reported once
+            return None
         if item is None:
             if path is None or not path.is_file():
-                self._missing.add(key)
+                self._missing[key] = shown
                 where = f" (listed in {listed_in})" if listed_in else ""
-                shown = str(path) if path is not None else rel
                 self.failures.append(
                     {"key": key, "path": shown, "reason": f"missing on disk{where}"}
                 )
@@ -116,10 +124,8 @@ class Plan:
             item = Item(key=key, path=path, **fields)
             self._by_key[key] = item
             self.items.append(item)
-        elif path is not None and path != item.path:
-            reason = f"same key as {item.path} (keys drop the extension and map '.' to '_')"
-            self.failures.append({"key": key, "path": str(path), "reason": reason})
-            return None
+        elif "label" in fields and fields["label"] != item.label:
+            self.relabelled.append((key, item.label_name, fields.get("label_name")))
         for name in split_names:
             if (name, key) not in self._members:  # a duplicate line adds nothing
                 self._members.add((name, key))
@@ -134,6 +140,14 @@ def make_key(dataset: str, rel: str) -> str:
     if ext.lower() not in MEDIA_EXTS:
         stem = rel
     return f"{dataset}/{stem}".replace(".", "_")
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a byte-order mark tolerated); one-line error when it is not text."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def read_lines(path: Path) -> list[str]:
@@ -163,14 +177,14 @@ def resolve(base: Path, rel: str) -> Path:
     if path.is_file():
         return path
     parent = path.parent
-    if not parent.is_dir() and parent.parent.is_dir():
-        low = parent.name.lower()
-        parent = next((d for d in parent.parent.iterdir() if d.name.lower() == low), parent)
+    if not parent.is_dir() and parent.parent.is_dir():  # "tap_dancing" finds "Tap Dancing"
+        low = _folder_name(parent.name)
+        parent = next((d for d in parent.parent.iterdir() if _folder_name(d.name) == low), parent)
     if not parent.is_dir():
         return path
     want = path.name.lower()
     stem = os.path.splitext(want)[0]
-    names = sorted(parent.iterdir())
+    names = sorted(parent.iterdir(), key=_video_first)
     for cand in names:
         if cand.name.lower() == want:
             return cand
@@ -181,16 +195,29 @@ def resolve(base: Path, rel: str) -> Path:
     return path
 
 
+def _folder_name(name: str) -> str:
+    return name.lower().replace("_", " ")
+
+
+def _video_first(path: Path) -> tuple[bool, str]:
+    """Sort key: video containers before audio-only files, then by name."""
+    return (not path.name.lower().endswith(VIDEO_EXTS), path.name)
+
+
 def index_media(root: Path) -> dict[str, Path]:
-    """Maps file stem (and full name) -> path for every media file below ``root``."""
+    """Maps file stem (and full name) -> path for every media file below ``root``; where a
+    stem has several files, a video container wins over an audio-only file (a mirror's
+    ``audio/<id>.wav`` beside ``video/<id>.mp4``), then the first in sorted order."""
     index: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(MEDIA_EXTS):
                 path = Path(dirpath) / name
-                index.setdefault(name, path)
-                index.setdefault(os.path.splitext(name)[0], path)
+                for key in (name, os.path.splitext(name)[0]):
+                    held = index.get(key)
+                    if held is None or _video_first(path)[0] < _video_first(held)[0]:
+                        index[key] = path
     return index
 
 

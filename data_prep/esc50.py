@@ -11,10 +11,14 @@ import csv
 import io
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, need_file, resolve
+from data_prep.common import Context, Plan, need_file, read_text, resolve
 
 OPTIONS: tuple[str, ...] = ()
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+
+
+#: 400 clips in each of the 5 folds (a different count is noted, not refused)
+OFFICIAL_SPLITS = {f"fold{k}": 400 for k in range(1, 6)}
 
 
 def collect(ctx: Context) -> Plan:
@@ -24,7 +28,7 @@ def collect(ctx: Context) -> Plan:
     else:
         meta = (ctx.splits or root / "meta") / "esc50.csv"
     need_file(meta, "ESC-50 metadata (meta/esc50.csv)")
-    rows = list(csv.DictReader(io.StringIO(meta.read_text(encoding="utf-8-sig"))))
+    rows = list(csv.DictReader(io.StringIO(read_text(meta))))
     missing = [c for c in COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
         raise UserError(f"{meta}: expected columns {','.join(COLUMNS)} (missing {missing})")
@@ -34,6 +38,8 @@ def collect(ctx: Context) -> Plan:
             target, fold = int(row["target"]), int(row["fold"])
         except ValueError:
             raise UserError(f"{meta}:{n}: target and fold must be integers") from None
+        if not 1 <= fold <= 5:
+            raise UserError(f"{meta}:{n}: fold must be 1..5 (ESC-50's five folds), got {fold}")
         if names.setdefault(target, row["category"]) != row["category"]:
             raise UserError(f"{meta}:{n}: target {target} has two categories")
         row["_target"], row["_fold"] = target, fold

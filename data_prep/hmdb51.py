@@ -46,6 +46,13 @@ def _parse(path: Path) -> list[tuple[str, str | None]]:
     return rows
 
 
+#: videos per split in the official lists (70 train / 30 test per class; a different count is
+#: noted, not refused)
+OFFICIAL_SPLITS = {
+    f"{kind}{k}": n for k in (1, 2, 3) for kind, n in (("train", 3570), ("test", 1530))
+}
+
+
 def collect(ctx: Context) -> Plan:
     root = ctx.need_root()
     split_dir = find_dir(

@@ -15,6 +15,8 @@ from data_prep.common import Context, Plan, find_dir, need_file, read_lines, res
 
 OPTIONS: tuple[str, ...] = ()
 SPLIT_NAMES = ("train1", "test1", "train2", "test2", "train3", "test3")
+#: clips per split in the official lists (a different count is noted, not refused)
+OFFICIAL_SPLITS = dict(zip(SPLIT_NAMES, (9537, 3783, 9586, 3734, 9624, 3696)))
 
 
 def read_class_index(path: Path) -> list[str]:
@@ -40,7 +42,9 @@ def _parse_list(path: Path, classes: dict[str, int], labelled: bool) -> list[tup
         if folder not in classes:
             raise UserError(f"{path}:{n}: class folder {folder!r} of {rel!r} not in classInd.txt")
         label = classes[folder]
-        if labelled and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) - 1 != label:
+        if labelled and len(parts) > 1 and not parts[1].isdigit():
+            raise UserError(f"{path}:{n}: label {parts[1]!r} of {rel!r} is not a classInd.txt id")
+        if labelled and len(parts) > 1 and int(parts[1]) - 1 != label:
             raise UserError(
                 f"{path}:{n}: label {parts[1]} does not match class {folder} "
                 f"(id {label + 1} in classInd.txt)"

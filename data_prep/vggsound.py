@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, index_media, need_file, rel_to
+from data_prep.common import Context, Plan, index_media, need_file, read_text, rel_to
 
 OPTIONS = ("pattern", "csv")
 DEFAULT_PATTERN = "{ytid}_{start:06d}"
@@ -41,7 +41,7 @@ def format_name(pattern: str, path: Path, n: int, **fields: object) -> str:
 
 def parse_rows(path: Path) -> list[tuple[str, int, str, str]]:
     rows = []
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row or row[0].lstrip().startswith("#"):
             continue

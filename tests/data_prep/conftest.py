@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prep_helpers import write_clip, write_codecless_avi, write_wav
+from prep_helpers import write_audio_codecless_avi, write_clip, write_codecless_avi, write_wav
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "long": write_clip(d / "long.mp4", fps=25, seconds=4.0, faststart=True, audio_rate=None),
         "wav": write_wav(d / "tone.wav"),
         "nocodec": write_codecless_avi(d / "nocodec.avi"),
+        "nocodec_audio": write_audio_codecless_avi(d / "nocodec_audio.avi"),
     }
     data = files["long"].read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])

@@ -84,6 +84,29 @@ def write_codecless_avi(path: Path) -> Path:
     return path
 
 
+def write_audio_codecless_avi(path: Path) -> Path:
+    """An AVI with a decodable video stream and an audio stream whose format tag (the
+    WAVEFORMATEX ``wFormatTag``) is replaced by an unknown one: audio without a codec."""
+    with av.open(str(path), "w", format="avi") as out:
+        v = out.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), "rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode())
+        tone = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), "s16", "mono")
+        tone.sample_rate, tone.pts = 16000, 0
+        out.mux(a.encode(tone))
+        out.mux(a.encode())
+    data = bytearray(path.read_bytes())
+    strf = data.find(b"strf", data.find(b"auds"))  # the audio stream's format chunk
+    data[strf + 8 : strf + 10] = (0x7777).to_bytes(2, "little")  # after the id and the size
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_wav(path: Path, seconds: float = 1.0, rate: int = 44100) -> Path:
     with av.open(str(path), "w") as out:
         a = out.add_stream("pcm_s16le", rate=rate, layout="mono")

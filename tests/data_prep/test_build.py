@@ -68,7 +68,7 @@ def test_real_clips_through_folder(tmp_path):
 def make_bad_tree(root: Path, media: dict) -> Path:
     place(media["av"], root / "good" / "a.mp4")
     place(media["noaudio"], root / "good" / "b.mp4")
-    for name in ("zero", "truncated", "text", "badaudio", "nocodec"):
+    for name in ("zero", "truncated", "text", "badaudio", "nocodec", "nocodec_audio"):
         place(media[name], root / "bad" / media[name].name)
     write_text(root / "bad" / "notes.txt", "not media, ignored\n")
     place(media["av"], root / "good" / "a.mkv")  # same key as a.mp4
@@ -81,7 +81,7 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
     args = ["--dataset", "folder", "--root", str(root), "--out", str(out), "--no-progress"]
     assert main([*args, "--max-failures", "0.9"]) == 0
     printed = capsys.readouterr().out
-    assert "converted 2, failed 6 (75.0%)" in printed
+    assert "converted 2, failed 7 (77.8%)" in printed
     assert f"make pretrain RECIPE=mavil DATA={out}" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     reasons = {Path(f["path"]).name: f["reason"] for f in manifest["failures"]}
@@ -90,6 +90,7 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
     assert reasons["text.avi"].startswith("not a readable media file")
     assert reasons["badaudio.mp4"].startswith("audio undecodable")
     assert reasons["nocodec.avi"] == "video stream without a usable codec"
+    assert reasons["nocodec_audio.avi"] == "audio stream without a usable codec"
     assert reasons["a.mp4"].startswith("same key as") and reasons["a.mp4"].endswith(")")
     assert manifest["classes"] == ["bad", "good"]
     assert manifest["splits"] == {"all": 2, "train": 1, "test": 1}  # the bad clips failed
@@ -97,8 +98,8 @@ def test_bad_media_recorded_and_max_failures(tmp_path, media, capsys):
     assert main([*args, "--max-failures", ""]) == 1  # default 0.05
     captured = capsys.readouterr()
     assert "more than MAX_FAILURES=0.05" in captured.err
-    assert "converted 2, failed 6" in captured.out and "next:" not in captured.out  # no hint
-    assert json.loads((out / "manifest.json").read_text())["num_failed"] == 6
+    assert "converted 2, failed 7" in captured.out and "next:" not in captured.out  # no hint
+    assert json.loads((out / "manifest.json").read_text())["num_failed"] == 7
 
 
 @pytest.mark.parametrize(

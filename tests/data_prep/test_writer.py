@@ -130,6 +130,7 @@ def test_audio_only_file_has_no_video(media):
         ("cut_header", "not a readable media file"),
         ("badaudio", "audio undecodable"),
         ("nocodec", "video stream without a usable codec"),
+        ("nocodec_audio", "audio stream without a usable codec"),  # not kept as silent
     ],
 )
 def test_bad_media_reasons(media, name, reason):

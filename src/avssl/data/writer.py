@@ -94,8 +94,8 @@ def _pick_streams(container: Any, want_video: bool) -> tuple[Any, Any]:
     audio = next((s for s in container.streams.audio if _decodable(s)), None)
     if container.streams.video and video is None and want_video:
         raise MediaError("video stream without a usable codec")
-    if container.streams.audio and audio is None and video is None:
-        raise MediaError("audio stream without a usable codec")
+    if container.streams.audio and audio is None:  # not kept as silent: has_audio false means
+        raise MediaError("audio stream without a usable codec")  # the source has no sound
     return (video if want_video else None), audio
 
 
