@@ -55,6 +55,24 @@ def test_avc_batch_negatives_pair_each_video_with_the_next_audio(batch):
     assert float(out["positive_fraction"]) == pytest.approx(0.5)
 
 
+@torch.no_grad()
+def test_avc_batch_negatives_from_the_same_video_are_left_out(batch):
+    """A key drawn twice (or a batch of 1) would pair a video with its own audio as a
+    'negative'; such pairs are not scored."""
+    torch.manual_seed(0)
+    model = AVC(**TINY, negatives="batch")
+    batch.key = ["v/a", "v/a", "v/b", "v/c"]  # sample 1's negative would come from sample 0
+    out = model.compute_losses(batch)
+    fa, fv = model.audio_encoder(batch.audio), model.video_encoder(batch.video)
+    pos = model.correspondence_logits(fa, fv)
+    neg = model.correspondence_logits(fa[[3, 1, 2]], fv[[0, 2, 3]])  # not sample 1
+    want = F.cross_entropy(torch.cat([pos, neg]), torch.tensor([1] * 4 + [0] * 3))
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(out["positive_fraction"]) == pytest.approx(4 / 7)
+    one = make_batch(B=1)
+    assert float(model.compute_losses(one)["positive_fraction"]) == 1.0  # no negative at all
+
+
 def test_avc_hand_value_and_learning(batch):
     torch.manual_seed(0)
     model = AVC(**TINY, negatives="batch")

@@ -123,6 +123,32 @@ def test_mdc_heads_also_predict_their_own_modalitys_clusters():
         _model(within_weight=-1.0)
 
 
+def test_reclustering_drops_the_heads_optimizer_moments():
+    """As DeepCluster's new top-layer optimiser: the fresh heads start without the AdamW
+    moments of the last clustering's ids; the encoders keep theirs."""
+    from types import SimpleNamespace
+
+    from avssl.objectives.base import param_groups
+
+    model = _model()
+    batches = _batches()
+    model.recluster(batches, epoch=0)
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3)
+    model.compute_losses(batches[0])["loss"].backward()
+    opt.step()
+    heads = list(model.heads.parameters())
+    encoder = next(model.audio_encoder.parameters())
+    assert all(p in opt.state for p in heads) and encoder in opt.state
+    model._trainer = SimpleNamespace(optimizers=[opt])
+    model.recluster(batches, epoch=1)
+    assert not any(p in opt.state for p in heads) and encoder in opt.state
+    opt.zero_grad()
+    model.compute_losses(batches[0])["loss"].backward()
+    opt.step()  # the heads start again from step 1
+    assert all(int(opt.state[p]["step"]) == 1 for p in heads)
+    assert int(opt.state[encoder]["step"]) == 2
+
+
 def test_heads_are_reinitialised_and_too_many_clusters_are_capped():
     model = _model()
     batches = _batches()

@@ -70,6 +70,44 @@ def test_centres_follow_the_teacher_mean_in_training_only(batch):
     assert torch.allclose(model.center_video, 0.1 * tv.mean(0, keepdim=True), atol=1e-6)
 
 
+def test_centres_leave_out_clips_missing_a_modality(batch):
+    model = _model().train()
+    batch.audio_mask = torch.tensor([True, True, False, True])
+    batch.audio[2] = 0.0  # the placeholder input of a clip without audio
+    ta = model._teacher_logits(batch.audio, "audio")
+    model.compute_losses(batch)
+    keep = torch.tensor([0, 1, 3])
+    assert torch.allclose(model.center_audio, 0.1 * ta[keep].mean(0, keepdim=True), atol=1e-6)
+    batch.audio_mask[:] = False  # no clip with both: the centres stay where they are
+    before = model.center_audio.clone()
+    model.compute_losses(batch)
+    assert torch.equal(model.center_audio, before)
+
+
+def test_teacher_moves_once_per_optimizer_step(batch):
+    """With gradient accumulation Lightning ends every micro-batch, but steps (and counts
+    global_step) once per window; a batch skipped for a non-finite loss has no outputs."""
+    from types import SimpleNamespace
+
+    model = _model()
+    calls = []
+    model.update_teacher = lambda step, total: calls.append((step, total))  # type: ignore
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=8)
+    model._trainer = trainer  # what the hooks read of the trainer
+    model.on_train_start()
+    out = {"loss": torch.tensor(1.0)}
+    for micro, step_after in enumerate([0, 1, 1, 2, 2, 3]):  # accumulate 2, a step every 2nd
+        trainer.global_step = step_after
+        model.on_train_batch_end(out, batch, micro)
+    assert calls == [(0, 8), (1, 8), (2, 8)]
+    trainer.global_step = 4  # a step counted, but its loss was skipped: the teacher stays
+    model.on_train_batch_end(None, batch, 6)
+    assert calls == [(0, 8), (1, 8), (2, 8)]
+    trainer.global_step = 5
+    model.on_train_batch_end(out, batch, 7)
+    assert calls[-1] == (4, 8)
+
+
 def test_loss_is_the_normalised_weighted_sum(batch):
     model = _model(recon_weight=5.0, kd_weight=1.0, align_weight=1.0)
     out = {k: float(v.detach()) for k, v in model.compute_losses(batch).items()}

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from avssl.losses._precision import float32_loss
+
 _RANK_LOCAL = [False]  # set inside rank_local()
 
 
@@ -94,6 +96,7 @@ def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool):
     return gather_with_grad(a), gather_with_grad(b), labels
 
 
+@float32_loss
 def info_nce(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -124,6 +127,7 @@ def info_nce(
     return loss
 
 
+@float32_loss
 def mil_nce(
     a: torch.Tensor,
     b: torch.Tensor,

@@ -14,12 +14,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from avssl.losses._precision import float32_loss
+
 # Inverse squared bandwidths gamma of the Gaussian kernels exp(-gamma * ||x - y||^2) summed by
 # `mmd`: one per decade from 1e-3 to 1e3, the set used by XKD's public code (taken there from
 # DomainBed), so that some kernel is informative whatever the scale of the features.
 MMD_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
+@float32_loss
 def dino_distill(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -47,6 +50,7 @@ def dino_distill(
             f"dino_distill: student {tuple(student_logits.shape)} and teacher "
             f"{tuple(teacher_logits.shape)} shapes differ"
         )
+    teacher_logits, student_logits = teacher_logits.float(), student_logits.float()
     target = F.softmax((teacher_logits - center) / teacher_temp, dim=-1).detach()
     log_prob = F.log_softmax(student_logits / student_temp, dim=-1)
     return -(target * log_prob).sum(dim=-1).mean()
@@ -67,14 +71,17 @@ def update_center(
         momentum: EMA momentum (DINO and XKD use 0.9).
 
     Returns:
-        The new centre, same shape as ``center`` (the input is not modified).
+        The new centre, same shape as ``center`` (the input is not modified); ``center`` itself
+        when no rank has a row (``teacher_logits`` may hold 0 rows).
     """
     total = teacher_logits.detach().float().sum(dim=0)  # [K]
     count = torch.tensor([float(teacher_logits.shape[0])], device=total.device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
         dist.all_reduce(count)
-    batch_mean = (total / count.clamp_min(1.0)).to(center.dtype).reshape(center.shape)
+    if float(count) == 0:
+        return center.clone()
+    batch_mean = (total / count).to(center.dtype).reshape(center.shape)
     return center * momentum + batch_mean * (1.0 - momentum)
 
 
@@ -93,6 +100,7 @@ def gaussian_kernel_sum(
     return sum(torch.exp(-g * d2) for g in gammas)  # type: ignore[return-value]
 
 
+@float32_loss
 def mmd(x: torch.Tensor, y: torch.Tensor, gammas: tuple[float, ...] = MMD_GAMMAS) -> torch.Tensor:
     """Squared maximum mean discrepancy between two samples (biased V-statistic).
 
@@ -112,6 +120,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, gammas: tuple[float, ...] = MMD_GAMMAS
         raise ValueError(
             f"mmd: expected [Nx, D] and [Ny, D], got {tuple(x.shape)}, {tuple(y.shape)}"
         )
+    x, y = x.float(), y.float()
     kxx = gaussian_kernel_sum(x, x, gammas).mean()
     kyy = gaussian_kernel_sum(y, y, gammas).mean()
     kxy = gaussian_kernel_sum(x, y, gammas).mean()
@@ -124,6 +133,7 @@ def _covariance(x: torch.Tensor) -> torch.Tensor:
     return centred.T @ centred / (x.shape[0] - 1)
 
 
+@float32_loss
 def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Deep CORAL loss ``||C_x - C_y||_F^2 / (4 d^2)`` (Sun & Saenko 2016).
 
@@ -135,10 +145,12 @@ def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         Scalar loss, with ``C`` the unbiased covariance of each sample.
     """
     _check_domains("coral", x, y)
+    x, y = x.float(), y.float()
     d = x.shape[1]
     return (_covariance(x) - _covariance(y)).pow(2).sum() / (4.0 * d * d)
 
 
+@float32_loss
 def mean_coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CORAL with the gap between the means added, the variant of DomainBed
     (https://arxiv.org/abs/2007.01434) that XKD's public code aligns with:
@@ -152,6 +164,7 @@ def mean_coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y: ``[Ny, D]`` target features, Ny >= 2.
     """
     _check_domains("mean_coral", x, y)
+    x, y = x.float(), y.float()
     mean_gap = (x.mean(dim=0) - y.mean(dim=0)).pow(2).mean()
     return mean_gap + (_covariance(x) - _covariance(y)).pow(2).mean()
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.losses._precision import float32_loss
 from avssl.losses.contrastive import gather_plain, gather_with_grad, rank_and_world
 from avssl.models.fusion import JointFusion
 from avssl.models.vit import SIZES, AudioViT, VideoViT
@@ -106,6 +107,7 @@ def flatten_inputs(batch: AVBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return audio, video, a_ok, v_ok
 
 
+@float32_loss
 def masked_info_nce(
     a: torch.Tensor,
     b: torch.Tensor,

@@ -70,9 +70,12 @@ class AVC(AVObjective):
         """(audio features, video features, target 1=corresponds, valid) of the scored pairs."""
         k = len(fa) // len(batch)
         if self.negatives == "batch":
-            shift = torch.roll(torch.arange(len(batch)), 1).repeat_interleave(k) * k
-            shift = shift + torch.arange(len(fa)) % k  # same clip slot of the next sample
+            other = torch.roll(torch.arange(len(batch)), 1)  # [B] the sample whose audio
+            shift = other.repeat_interleave(k) * k + torch.arange(len(fa)) % k  # same clip slot
             fa2, ok2 = fa[shift], a_ok[shift]
+            # a negative from the same video (a batch of 1, a key drawn twice) is no negative
+            apart = torch.tensor([batch.key[int(j)] != key for j, key in zip(other, batch.key)])
+            ok2 = ok2 * apart.repeat_interleave(k).to(ok2)
             target = torch.cat([torch.ones(len(fa)), torch.zeros(len(fa))]).long()
             valid = torch.cat([a_ok * v_ok, ok2 * v_ok])
             return torch.cat([fa, fa2]), torch.cat([fv, fv]), target.to(fa.device), valid

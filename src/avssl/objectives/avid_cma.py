@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from avssl.losses._precision import float32_loss
 from avssl.objectives._mavil_parts import read_run_checkpoint
 from avssl.objectives.contrastive import AVContrastive
 
@@ -88,6 +89,7 @@ def negatives_avoiding(
     return draw + (draw[:, :, None] >= ref[:, None, :]).sum(dim=2)
 
 
+@float32_loss
 def _positive_nce(
     z: torch.Tensor, bank: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t, valid
 ) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.losses._precision import float32_loss
 from avssl.losses.contrastive import mil_nce
 from avssl.models.masking import random_masking
 from avssl.models.vit import ViTEncoder
@@ -277,9 +278,9 @@ class AVContrastive(AVObjective):
         rows = torch.tensor([self.bank_index[k] for k in keys], device=self.device)
         for m, f in feats.items():
             bank = self.bank.get(m)
-            if bank is None:
-                bank = f.new_zeros(0, f.shape[1])
-            bank = bank.to(f.device)
+            if bank is None:  # float32 whatever the step's precision (AVID's memory)
+                bank = f.new_zeros(0, f.shape[1], dtype=torch.float32)
+            bank = bank.to(f.device, torch.float32)
             if len(self.bank_index) > len(bank):  # grow (doubling) to hold the new rows
                 extra = max(len(self.bank_index), 2 * len(bank)) - len(bank)
                 bank = torch.cat([bank, bank.new_zeros(extra, f.shape[1])])
@@ -349,7 +350,7 @@ class AVContrastive(AVObjective):
         state = checkpoint.get("avid_bank")
         if state:
             self.bank_index = {k: i for i, k in enumerate(state["keys"])}
-            self.bank = {m: state[m].clone() for m in ("audio", "video") if m in state}
+            self.bank = {m: state[m].float() for m in ("audio", "video") if m in state}
 
     def export_heads(self) -> dict[str, Any] | None:
         """The two projection heads, unless only within-modal terms trained them (Self-AVID)."""
@@ -384,6 +385,7 @@ def bank_negative_rows(rows: torch.Tensor, filled: int, count: int) -> torch.Ten
     return neg + (neg >= rows[:, None]).long()
 
 
+@float32_loss
 def _memory_nce(
     z: torch.Tensor,
     bank: torch.Tensor,

@@ -179,6 +179,19 @@ class XDC(AVObjective):
         if _world() > 1:  # same fresh heads on every rank (DDP does not re-sync weights)
             for p in self.heads.parameters():
                 dist.broadcast(p.data, src=0)
+        self._forget_head_moments()
+
+    def _forget_head_moments(self) -> None:
+        """Drops the optimiser's state (AdamW's moments and step count) of the re-initialised
+        heads, as DeepCluster builds a new optimiser for its top layer at every clustering: the
+        moments belonged to the last clustering's ids, which the new ones do not follow."""
+        trainer = self._trainer
+        heads = {id(p) for p in self.heads.parameters()}
+        for opt in trainer.optimizers if trainer is not None else []:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in heads:
+                        opt.state.pop(p, None)
 
     def targets(self, keys: list[str], modality: str) -> torch.Tensor:
         """Cluster ids ``[B]`` of ``modality`` for sample keys (-1 when not clustered)."""

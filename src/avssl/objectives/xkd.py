@@ -224,6 +224,7 @@ class XKD(AVObjective):
         self.register_buffer("center_audio", torch.zeros(1, head_out_dim))
         self.register_buffer("center_video", torch.zeros(1, head_out_dim))
         self.ema_momentum = ema_start
+        self._teacher_step = 0  # global step of the last teacher update (on_train_start sets it)
         self._told_device_cut = False
         total = recon_weight + kd_weight + align_weight
         self.weights = (recon_weight / total, kd_weight / total, align_weight / total)
@@ -341,10 +342,10 @@ class XKD(AVObjective):
             align = 0.5 * (align_s + align_fn(t_v[both], t_a[both]))
         else:
             align = (s_a.sum() + s_v.sum()) * 0.0
-        if self.training:
+        if self.training:  # centres of the clips distilled (a missing input's logits are not)
             m = c["center_momentum"]
-            self.center_video.copy_(update_center(self.center_video, t_v, m))
-            self.center_audio.copy_(update_center(self.center_audio, t_a, m))
+            self.center_video.copy_(update_center(self.center_video, t_v[both], m))
+            self.center_audio.copy_(update_center(self.center_audio, t_a[both], m))
         recon, kd = 0.5 * (recon_a + recon_v), 0.5 * (kd_a + kd_v)
         w_r, w_k, w_a = self.weights
         return {
@@ -355,10 +356,19 @@ class XKD(AVObjective):
         }  # fmt: skip
 
     # ----------------------------------------------------------------- EMA teacher
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._teacher_step = self.trainer.global_step  # a resumed run's steps are done
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Teacher EMA after each optimiser step, at the momentum of the step just taken."""
-        step = max(self.trainer.global_step - 1, 0)  # global_step already counts this step
-        self.update_teacher(step, int(self.trainer.estimated_stepping_batches))
+        """Teacher EMA once per optimiser step, at the momentum of the step just taken: not
+        after the micro-batches of an accumulation window that take no step, nor after a
+        batch whose non-finite loss was skipped (``outputs`` None)."""
+        step = self.trainer.global_step  # already counts a step just taken
+        if outputs is None or step == self._teacher_step:
+            return
+        self._teacher_step = step
+        self.update_teacher(max(step - 1, 0), int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
     def update_teacher(self, step: int, total_steps: int) -> float:
