@@ -93,7 +93,23 @@ def test_video_groups_from_ucf101_names():
             "ucf101/B/v_B_g08_c01", "other_clip", "ucf101/A/v_A_g08_c03"]  # fmt: skip
     g = video_groups(keys)
     assert g.tolist() == [0, 0, 1, 2, 3, 0]  # A's g08 clips share one id, B's g08 is another
-    assert video_groups(["esc50/1-100032-A-0", "clip_c01"]) is None
+    assert (
+        video_groups(["folder/dog/1-100032", "clip_c01", "hmdb51/run/x_walk_f_cm_np1_fr_med_0"])
+        is None
+    )
+
+
+def test_video_groups_from_esc50_and_hmdb51_names():
+    """ESC-50's takes of one recording and HMDB51's clips of one film share a group."""
+    esc = ["esc50/audio/1-100032-A-0", "esc50/audio/1-100032-B-0", "esc50/audio/1-115545-A-48",
+           "esc50/audio/2-100032-A-0"]  # fmt: skip
+    assert video_groups(esc).tolist() == [0, 0, 1, 2]  # fold 2's recording is another
+    hmdb = ["hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0",
+            "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1",
+            "hmdb51/brush_hair/Brushing_my_hair_brush_hair_h_cm_np1_ri_goo_1",
+            "hmdb51/cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0",
+            "hmdb51/cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_1"]  # fmt: skip
+    assert video_groups(hmdb).tolist() == [0, 0, 1, 2, 2]
 
 
 def test_stratified_split_holds_out_whole_groups():

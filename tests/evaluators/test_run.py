@@ -58,7 +58,10 @@ def test_three_split_linear_protocol(synthetic_data, tiny_bundle, cache_dir, tmp
     assert [(r["kind"], r["split"]) for r in rounds] == [
         (k, f"split{i}") for k in ("audio", "video", "joint") for i in (1, 2, 3)
     ]
-    assert all(r["n_train"] == 9 and r["n_test"] == 3 for r in rounds)
+    # one training clip of the set has no audio: left out of the audio and joint rounds
+    want_train = {"audio": 8, "video": 9, "joint": 8}
+    assert all(r["n_train"] == want_train[r["kind"]] and r["n_test"] == 3 for r in rounds)
+    assert all(r["n_missing_modality"]["train"] == 9 - want_train[r["kind"]] for r in rounds)
     for kind in ("audio", "video", "joint"):
         top1 = [r["metrics"]["top1"] for r in rounds if r["kind"] == kind]
         assert res["summary"][kind]["top1"] == pytest.approx(sum(top1) / 3)
@@ -89,6 +92,8 @@ def test_three_split_linear_protocol(synthetic_data, tiny_bundle, cache_dir, tmp
     assert "**mean of 3**" in md and "train1 -> test1" in md and "Chosen lambda" in md
     assert "whole video groups held out" in md
     assert "L2-normalised audio and video" in md  # the joint features are explained
+    assert "audio/split1: 1 train and 0 test sample(s) lack the audio modality and are left" in md
+    assert "joint/split1: 1 train and 0 test sample(s) lack audio or video and are left" in md
     for name in ("confusion_joint.png", "per_class_accuracy_video.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "| video | split3 |" in capsys.readouterr().out
@@ -416,7 +421,7 @@ def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cach
     out = tmp_path / "o"
     assert main(_args(str(path), tiny_bundle, synthetic_data, out, cache_dir)) == 0
     got = json.loads((out / "results.json").read_text())["rounds"][0]["metrics"]["k3_top1"]
-    # the same by hand: softmax of the kNN scores of each clip, averaged over the 2 clips
+    # the same by hand: each clip's vote shares (votes over their total), averaged over clips
     from avssl.evaluators.knn import knn_predict
 
     bundle = load_encoder(tiny_bundle)
@@ -436,9 +441,12 @@ def test_mean_scores_protocol_from_a_yaml_path(synthetic_data, tiny_bundle, cach
     tr, te = fs.select(split["train1"]), fs.select(split["test1"])
     clips = te.get("video", per_clip=True)  # [3, 2, D]
     s = knn_predict(tr.get("video"), tr.labels, clips.reshape(6, -1), 3, 0.1, 3, device="cpu")
-    probs = s.double().softmax(1).reshape(3, 2, 3).mean(1)
+    probs = (s.double() / s.double().sum(1, keepdim=True)).reshape(3, 2, 3).mean(1)
     assert got == pytest.approx(100 * (probs.argmax(1) == te.labels).double().mean().item())
-    assert "softmax scores averaged over clips" in (out / "results.md").read_text()
+    assert (
+        "vote shares (each clip's class votes over their total) averaged over clips"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_inputs_finished_on_the_device_give_the_same_features(synthetic_data, tiny_bundle):

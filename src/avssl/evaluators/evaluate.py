@@ -160,6 +160,23 @@ def _header(p: Protocol, bundle, data: str, source, name: str, num_classes: int)
     }
 
 
+def _fit_notes(rounds: list[dict]) -> list[str]:
+    """The linear probes' sweep lambdas that repeated the probe before, and unconverged fits."""
+    same = [f"{r['kind']}/{r['split']} lambda <= {max(r['lambdas_as_previous']):.0e}"
+            for r in rounds if r.get("lambdas_as_previous")]  # fmt: skip
+    capped = sum(int(r.get("fits_not_converged") or 0) for r in rounds)
+    notes = []
+    if same:
+        notes.append(
+            "lambda sweep: the warm-started fits of the weakest lambdas did no iteration (the "
+            "gradient already below tol) and repeated the probe of the lambda before, so they "
+            f"are never chosen: {'; '.join(same)}"
+        )
+    if capped:
+        notes.append(f"{capped} probe fit(s) stopped at max_iter before converging")
+    return notes
+
+
 def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
     """Things a reader must know: left-out samples, missing modalities, prep failures."""
     notes = []
@@ -172,9 +189,16 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
     for r in rounds:
         miss = r.get("n_missing_modality", {})
         if any(miss.values()):
+            need = "audio or video" if r["kind"] == "joint" else f"the {r['kind']} modality"
             notes.append(
                 f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
-                f"test sample(s) lack the {r['kind']} modality (zero features, kept)"
+                f"test sample(s) lack {need} and are left out (counts below exclude them)"
+            )
+        if r.get("n_in_both") and r["kind"] == rounds[0]["kind"]:  # the same for every kind
+            notes.append(
+                f"{r['split']}: {r['n_in_both']} test sample(s) are also in the train split "
+                f"({'+'.join(r['train'])}): kNN and retrieval find each among the training "
+                "items, and the linear probe has fitted it"
             )
         if r.get("n_skipped_ap") or r.get("n_skipped_auc"):  # the same for every kind
             note = (
@@ -188,6 +212,7 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
                 f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "
                 "video and are left out of cross-modal retrieval"
             )
+    notes += _fit_notes(rounds)
     failed = source.manifest.get("num_failed", 0)
     if failed:
         notes.append(

@@ -7,7 +7,8 @@ each clip to ``[D]`` (mean-pooled tokens), and the ``[N, K, D]`` features are ca
 
 *Joint* features are the concatenation of the L2-normalised audio and video features
 (``[N, D_a + D_v]``); a missing modality contributes zeros. Samples without a modality get zero
-features and ``mask`` False for it.
+features and ``mask`` False for it; evaluation leaves them out of that modality's rounds (of
+the joint rounds when either is missing, :mod:`avssl.evaluators.tasks`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MODALITIES = ("audio", "video")
 FEATURE_KINDS = ("audio", "video", "joint")
 JOINT_DOC = (
     "joint = concatenation of the L2-normalised audio and video features (clip means); "
-    "a missing modality contributes zeros"
+    "evaluated on the samples that have both"
 )
 
 
@@ -56,13 +57,14 @@ class FeatureSet:
         """The rows of ``keys`` that are present (absent ones must be in ``skipped``)."""
         index = {k: i for i, k in enumerate(self.keys)}
         rows = [index[k] for k in keys if k in index]
+        wanted = set(keys)
         sel = torch.tensor(rows, dtype=torch.long)
         return FeatureSet(
             [self.keys[i] for i in rows],
             self.labels[sel],
             {m: x[sel] for m, x in self.clips.items()},
             {m: x[sel] for m, x in self.masks.items()},
-            {k: r for k, r in self.skipped.items() if k in set(keys)},
+            {k: r for k, r in self.skipped.items() if k in wanted},
         )
 
     def get(self, kind: str, per_clip: bool = False) -> torch.Tensor:

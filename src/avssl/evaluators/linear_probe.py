@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -53,13 +54,33 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
 
 
 _GROUP = re.compile(r"_g\d+_c\d+$")  # UCF101 clip names: v_<Class>_g<group>_c<clip>
+_ESC50 = re.compile(r"^(\d+-[0-9A-Za-z]+)-[A-Za-z]+-\d+$")  # <fold>-<src_file>-<take>-<target>
+#: HMDB51 clip names: <film>_<class>_<visible body>_<camera>_<people>_<viewpoint>_<quality>_<n>
+_HMDB = re.compile(r"_[a-z]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+$")
+
+
+def _group_name(key: str) -> str | None:
+    """The source a sample key names, where its dataset's names say (None elsewhere)."""
+    if _GROUP.search(key):  # UCF101: the clips of group NN come from one long video
+        return key[: key.rfind("_c")]
+    folder, _, name = key.rpartition("/")
+    esc = _ESC50.match(name)
+    if esc:  # ESC-50: the takes of one freesound recording
+        return f"{folder}/{esc.group(1)}"
+    cls = folder.rpartition("/")[2]
+    tail = _HMDB.search(name)
+    if tail and name[: tail.start()].endswith(f"_{cls}"):  # HMDB51: the clips of one film
+        return f"{folder}/{name[: tail.start() - len(cls) - 1]}"
+    return None
 
 
 def video_groups(keys: list[str]) -> np.ndarray | None:
-    """Group ids ``[N]`` for sample keys named as UCF101 names its clips (``..._gNN_cNN``: the
-    clips of group NN of a class are cut from one long video): keys equal up to ``_cNN`` share
-    an id, other keys get their own. None when no key has such a name."""
-    names = [k[: k.rfind("_c")] if _GROUP.search(k) else None for k in keys]
+    """Group ids ``[N]`` for sample keys whose names say which clips share a source: UCF101's
+    ``..._gNN_cNN`` (the clips of group NN of a class are cut from one long video), ESC-50's
+    ``<fold>-<src_file>-<take>-<target>`` (takes of one recording), HMDB51's
+    ``<film>_<class>_<tags>`` (clips of one film, per class). Keys of one source share an id,
+    other keys get their own. None when no key names its source."""
+    names = [_group_name(k) for k in keys]
     if all(n is None for n in names):
         return None
     ids: dict[str, int] = {}
@@ -124,23 +145,32 @@ def _fit_torch(
     max_iter=500,
     tol=1e-4,
     loss: LossGrad = loss_grad,
+    report: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimises ``loss`` (default mean CE) + lam/2 ||W||^2 over (W [D, C], b [C]) with
-    :mod:`._lbfgs`."""
+    :mod:`._lbfgs`; ``report`` (a dict) receives the fit's ``iterations`` and ``converged``."""
     theta = torch.zeros(x.shape[1] + 1, c, dtype=x.dtype, device=x.device)  # [D + 1, C]
     if init is not None:
         theta[:-1], theta[-1] = init[0], init[1]
-    theta, _ = minimize(theta, x, y, lam, max_iter=max_iter, tol=tol, loss=loss)
+    theta, done = minimize(theta, x, y, lam, max_iter=max_iter, tol=tol, loss=loss)
+    if report is not None:
+        report.update(iterations=int(done["iterations"]), converged=bool(done["converged"]))
     return theta[:-1], theta[-1]
 
 
-def _fit_sklearn(x, y, c, lam, init=None, max_iter=500, tol=1e-4):
+def _fit_sklearn(x, y, c, lam, init=None, max_iter=500, tol=1e-4, report=None):
     """The same objective with scikit-learn's lbfgs; returns (W [D, C], b [C]) as tensors."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     xn, yn = x.cpu().double().numpy(), y.cpu().numpy()
     clf = LogisticRegression(C=1.0 / (lam * len(yn)), solver="lbfgs", max_iter=max_iter, tol=tol)
-    clf.fit(xn, yn)
+    with warnings.catch_warnings():  # not converging is reported, as the torch solver's
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        clf.fit(xn, yn)
+    if report is not None:
+        iterations = int(np.max(clf.n_iter_))
+        report.update(iterations=iterations, converged=iterations < max_iter)
     coef = np.asarray(clf.coef_)
     inter = np.asarray(clf.intercept_)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax-equivalent is +-half
@@ -295,8 +325,11 @@ def _choose_and_refit(fit, xtr, ytr, xte, c, grid, held_out, score, key, info, m
     ``[M, C]`` on the CPU; ``info["lambda"]`` is the choice."""
     best, init = grid[0], None
     if len(grid) > 1:
-        best, init, info[key] = _sweep(fit, xtr, ytr, c, grid, held_out(), max_iter, tol, score)
-    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol)
+        best, init, info[key], info["val_fits"] = _sweep(
+            fit, xtr, ytr, c, grid, held_out(), max_iter, tol, score
+        )
+    info["refit"] = {}
+    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol, report=info["refit"])
     info["lambda"] = best
     return torch.addmm(b, xte.to(xtr.device, w.dtype), w).cpu()
 
@@ -311,7 +344,10 @@ def _map(scores: torch.Tensor, y: torch.Tensor) -> float:
 
 def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
     """Held-out ``score`` per lambda (strong -> weak, warm-started) on the rows ``held`` =
-    (fit, held out): (best lambda, its weights, scores)."""
+    (fit, held out): (best lambda, its weights, scores, each fit's ``iterations`` and
+    ``converged``). A warm start whose gradient is already below ``tol`` does no iteration:
+    that lambda gives the previous one's probe (and, ties going to the stronger, is never
+    chosen)."""
     fit_idx, val_idx = held
     if len(val_idx) == 0:
         raise ValueError(
@@ -321,11 +357,12 @@ def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
             "lambdas: [<value>] in its file) or more training clips"
         )
     fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)
-    accs, best, best_acc, best_wb, wb = {}, grid[0], -1.0, None, None
+    accs, best, best_acc, best_wb, wb, fits = {}, grid[0], -1.0, None, None, {}
     for lam in grid:
-        wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol)
+        fits[lam] = {}
+        wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol, report=fits[lam])
         acc = score(torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]), y[vi])
         accs[lam] = acc
         if acc > best_acc:  # strict: ties keep the stronger regularisation
             best, best_acc, best_wb = lam, acc, wb
-    return best, best_wb, accs
+    return best, best_wb, accs, fits

@@ -69,7 +69,8 @@ CLASSIFIERS: dict[str, dict[str, Any]] = {
     "cross_modal": {"ks": [1, 5, 10], "max_items": None, "seed": 0},
 }
 # Classifiers with class scores: mean_scores averages them over the clips (softmax scores for
-# linear and knn, sigmoid scores for linear_multilabel).
+# linear, sigmoid scores for linear_multilabel, each clip's vote shares for knn); the probes
+# are then fitted on single clips too.
 SCORED = ("linear", "linear_multilabel", "knn")
 METRICS = {
     "linear": ("top1", "top5", "mean_class_acc"),

@@ -55,12 +55,14 @@ def _linear_doc(c: dict, rounds: list[dict]) -> str:
 
 
 def _multilabel_doc(c: dict, rounds: list[dict]) -> str:
-    scored = "; ".join(
-        dict.fromkeys(
-            f"{r['split']}: AP of {r['n_classes'] - r['n_skipped_ap']}, AUC of "
-            f"{r['n_classes'] - r['n_skipped_auc']} of {r['n_classes']} classes"
-            for r in rounds
-        )
+    counts = {
+        (r["kind"], r["split"]): f"AP of {r['n_classes'] - r['n_skipped_ap']}, AUC of "
+        f"{r['n_classes'] - r['n_skipped_auc']} of {r['n_classes']} classes"
+        for r in rounds
+    }
+    same = len({(s, c) for (_, s), c in counts.items()}) == len({s for _, s in counts})
+    scored = "; ".join(  # the kinds named where they differ (a modality missing in some clips)
+        dict.fromkeys(f"{s if same else f'{k}/{s}'}: {c}" for (k, s), c in counts.items())
     )
     return (
         "Classifier: one-vs-rest logistic regression, an independent sigmoid + binary "
@@ -117,11 +119,13 @@ _CLASSIFIER_DOCS = {
 def describe_protocol(p: Protocol, rounds: list[dict]) -> str:
     """One paragraph stating splits, clips, classifier settings and what was chosen."""
     pairs = "; ".join(f"{s.name}: {'+'.join(s.train) or '-'} -> {s.test}" for s in p.splits)
+    scored = {"linear_multilabel": "sigmoid scores", "knn": "vote shares (each clip's "
+              "class votes over their total)"}.get(p.type, "softmax scores")  # fmt: skip
+    fitted = "; the probe is fitted on single clips" if p.type.startswith("linear") else ""
     agg = (
         "clip features averaged"
         if p.clip_aggregation == "mean_features"
-        else f"{'sigmoid' if p.type == 'linear_multilabel' else 'softmax'} scores averaged "
-        "over clips"
+        else f"{scored} averaged over clips{fitted}"
     )
     changed = f", changed with --set {' '.join(p.overrides)}" if p.overrides else ""
     parts = [

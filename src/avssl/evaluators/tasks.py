@@ -46,16 +46,48 @@ def _mean_class_acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float(np.mean(accs)) if accs else float("nan")
 
 
-def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str, sigmoid: bool = False):
-    """Class scores of the test rows; ``mean_scores`` averages softmax scores (sigmoid scores
-    for independent per-class probes, ``sigmoid``) over K clips."""
+def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str, norm: str = "softmax"):
+    """Class scores of the test rows; ``mean_scores`` averages each clip's scores over its K
+    clips, as probabilities: ``norm`` "softmax" (logits), "sigmoid" (independent per-class
+    probes) or "votes" (kNN's vote sums, divided by their total)."""
     if aggregate == "mean_features":
         return fn(fs_te.get(kind))
     clips = fs_te.get(kind, per_clip=True)  # [M, K, D]
     m, k = clips.shape[:2]
     s = fn(clips.reshape(m * k, -1)).double()  # [M * K, C]
-    prob = s.sigmoid() if sigmoid else s.softmax(dim=1)
+    if norm == "votes":  # sums of exp(sim / T) of up to ~1e6 each: a softmax would be one-hot
+        prob = s / s.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    else:
+        prob = s.sigmoid() if norm == "sigmoid" else s.softmax(dim=1)
     return prob.reshape(m, k, -1).mean(dim=1)  # [M, C]
+
+
+def _present(fs: FeatureSet, kind: str) -> torch.Tensor:
+    """``[N]`` bool: the sample has the feature kind's modality (both for "joint")."""
+    return fs.mask("audio") & fs.mask("video") if kind == "joint" else fs.mask(kind)
+
+
+def _with_modality(fs: FeatureSet, kind: str, split: str, what: str) -> FeatureSet:
+    """The rows of ``fs`` that have ``kind``'s modality; a one-line error when none has."""
+    keep = _present(fs, kind)
+    if len(fs) and not bool(keep.any()):
+        need = "both audio and video" if kind == "joint" else kind
+        raise UserError(f"{kind}/{split}: no {what} sample has {need} (all {len(fs)} lack it)")
+    return fs if bool(keep.all()) else fs.select([k for k, ok in zip(fs.keys, keep) if ok])
+
+
+def _train_rows(p: Protocol, fs_tr: FeatureSet, kind: str, y_tr: torch.Tensor, groups):
+    """(features, targets, groups) the probe trains on: one row per sample (clip features
+    averaged), or with ``mean_scores`` one row per clip (the sample's target and group), so
+    that the probe is fitted on what it scores."""
+    if p.clip_aggregation == "mean_features":
+        return fs_tr.get(kind), y_tr, groups
+    clips = fs_tr.get(kind, per_clip=True)  # [N, K, D]
+    n, k = clips.shape[:2]
+    if groups is None:
+        groups = np.arange(n)  # a sample's clips are held out together
+    rows = clips.reshape(n * k, -1)  # [N K, D]
+    return rows, y_tr.repeat_interleave(k, dim=0), np.repeat(np.asarray(groups), k)
 
 
 def _classification(scores: torch.Tensor, y: torch.Tensor, prefix: str = "") -> dict:
@@ -86,21 +118,26 @@ def run_round(
     }
     if p.type == "cross_modal":
         return {**info, **_cross_modal(p, fs_te)}
+    info["n_missing_modality"] = {  # left out: no features to score them on
+        "train": int((~_present(fs_tr, kind)).sum()),
+        "test": int((~_present(fs_te, kind)).sum()),
+    }
+    info["n_in_both"] = len(set(fs_tr.keys) & set(fs_te.keys))
+    fs_tr = _with_modality(fs_tr, kind, pair.name, "train")
+    fs_te = _with_modality(fs_te, kind, pair.name, "test")
+    info["n_train"], info["n_test"] = len(fs_tr), len(fs_te)
     if p.type == "linear_multilabel":
         y_te = _multi_hot(fs_te, pair.test, num_classes)
         y_tr = _multi_hot(fs_tr, "+".join(pair.train), num_classes)
     else:
         y_te = _labels(fs_te, pair.test)
         y_tr = _labels(fs_tr, "+".join(pair.train))
-    info["n_missing_modality"] = {
-        "train": int((~fs_tr.mask(kind)).sum()),
-        "test": int((~fs_te.mask(kind)).sum()),
-    }
-    x_tr = fs_tr.get(kind)
     if p.type == "retrieval":
+        x_tr = fs_tr.get(kind)
         info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, clf["ks"], device)
         return info
     if p.type == "linear_multilabel":
+        x_tr, y_tr, _ = _train_rows(p, fs_tr, kind, y_tr, None)
         try:
             info.update(_linear_multilabel(p, x_tr, y_tr, fs_te, y_te, kind, device))
         except ValueError as err:
@@ -108,10 +145,10 @@ def run_round(
         return info
     try:
         if p.type == "linear":
-            groups = video_groups(fs_tr.keys)
-            out = _linear(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, groups)
+            x_tr, y_fit, groups = _train_rows(p, fs_tr, kind, y_tr, video_groups(fs_tr.keys))
+            out = _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups)
         else:
-            out = _knn(p, x_tr, y_tr, fs_te, y_te, kind, num_classes, device)
+            out = _knn(p, fs_tr.get(kind), y_tr, fs_te, y_te, kind, num_classes, device)
     except ValueError as err:
         raise UserError(f"{kind}/{pair.name}: {err}") from None
     info.update(out.get("extra", {}))
@@ -146,8 +183,19 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, gro
     out = _classification(_scores(probe, fs_te, kind, p.clip_aggregation), y_te)
     info = holder["info"]
     out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1"),
-                    "val_groups": info.get("val_groups")}  # fmt: skip
+                    "val_groups": info.get("val_groups"), **_fit_record(info)}  # fmt: skip
     return out
+
+
+def _fit_record(info: dict) -> dict:
+    """What the report says of the probe's fits: the lambdas whose warm-started fit did no
+    iteration (the previous lambda's probe again), and the fits stopped at ``max_iter``."""
+    fits = info.get("val_fits") or {}
+    grid = list(fits)
+    same = [lam for lam in grid[1:] if fits[lam].get("iterations") == 0]
+    capped = sum(not f.get("converged", True) for f in [*fits.values(), info.get("refit", {})])
+    return {"val_fits": fits, "refit": info.get("refit"), "lambdas_as_previous": same,
+            "fits_not_converged": capped}  # fmt: skip
 
 
 def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> dict:
@@ -159,10 +207,10 @@ def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> di
         s, holder["info"] = fit_predict_multilabel(x_tr, y_tr, x_te, **_probe_settings(clf, device))
         return s
 
-    scores = _scores(probe, fs_te, kind, p.clip_aggregation, sigmoid=True)
+    scores = _scores(probe, fs_te, kind, p.clip_aggregation, "sigmoid")
     out = multilabel_metrics(scores, y_te)
     out["lambda"], out["val_mAP"] = holder["info"]["lambda"], holder["info"].get("val_mAP")
-    return out
+    return {**out, **_fit_record(holder["info"])}
 
 
 def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
@@ -173,7 +221,8 @@ def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dic
         def vote(x_te: torch.Tensor, k: int = k) -> torch.Tensor:
             return knn_predict(x_tr, y_tr, x_te, k, clf["temperature"], num_classes, device=device)
 
-        res = _classification(_scores(vote, fs_te, kind, p.clip_aggregation), y_te, f"k{k}_")
+        scores = _scores(vote, fs_te, kind, p.clip_aggregation, "votes")
+        res = _classification(scores, y_te, f"k{k}_")
         metrics.update(res["metrics"])
         pred = res["pred"] if pred is None else pred
     return {"metrics": metrics, "pred": pred}

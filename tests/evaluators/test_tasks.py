@@ -1,0 +1,131 @@
+"""One protocol round (``avssl.evaluators.tasks.run_round``): what it fits on and scores with
+several clips per video, which samples it leaves out, and what it records of the probe's fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.cli import UserError
+from avssl.evaluators.evaluate import _fit_notes
+from avssl.evaluators.features import FeatureSet
+from avssl.evaluators.knn import knn_predict
+from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.protocols import SplitPair, parse_protocol
+from avssl.evaluators.tasks import run_round
+
+PAIR = SplitPair("s", "te", ["tr"])
+
+
+def _protocol(classifier: dict, aggregation: str = "mean_features", clips: int = 3):
+    return parse_protocol(
+        {
+            "name": "t",
+            "dataset": "d",
+            "modality": ["audio", "video", "joint"],
+            "clips_per_video": clips,
+            "clip_aggregation": aggregation,
+            "splits": [{"name": "s", "train": "tr", "test": "te"}],
+            "classifier": classifier,
+        }
+    )
+
+
+def _features(n: int, seed: int, classes: int = 4, k: int = 3, spread: float = 1.5):
+    """``n`` samples of ``classes`` Gaussian classes, ``k`` clips each scattered around the
+    sample (clip means differ from clips), audio and video alike."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.randn(classes, 16, generator=torch.Generator().manual_seed(99)) * 2
+    sample = centres[y] + torch.randn(n, 16, generator=g)
+    clips = sample[:, None] + spread * torch.randn(n, k, 16, generator=g)  # [N, K, D]
+    ones = torch.ones(n, dtype=torch.bool)
+    keys = [f"d/{seed}/{i}" for i in range(n)]
+    return FeatureSet(keys, y, {"audio": clips, "video": clips.flip(2)}, {"audio": ones,
+                      "video": ones.clone()})  # fmt: skip
+
+
+def test_mean_scores_probe_is_fitted_on_single_clips():
+    """Scored on single clips, fitted on single clips (each clip a row with its sample's
+    label, a sample's clips held out together), not on clip means."""
+    p = _protocol({"type": "linear", "lambdas": [1e-3, 1e-1]}, "mean_scores")
+    fs_tr, fs_te = _features(40, 0), _features(20, 1)
+    r = run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+    clips_tr = fs_tr.get("audio", per_clip=True).reshape(120, -1)
+    clips_te = fs_te.get("audio", per_clip=True).reshape(60, -1)
+    logits, info = fit_predict(
+        clips_tr, fs_tr.labels.repeat_interleave(3), clips_te, num_classes=4, device="cpu",
+        lambdas=[1e-3, 1e-1], groups=np.repeat(np.arange(40), 3), return_info=True,
+    )  # fmt: skip
+    probs = logits.double().softmax(1).reshape(20, 3, 4).mean(1)
+    want = 100 * (probs.argmax(1) == fs_te.labels).double().mean().item()
+    assert r["metrics"]["top1"] == pytest.approx(want)
+    assert r["lambda"] == info["lambda"] and r["val_groups"] == 40
+    means, _ = fit_predict(fs_tr.get("audio"), fs_tr.labels, clips_te, num_classes=4,
+                           device="cpu", lambdas=[info["lambda"]], return_info=True)  # fmt: skip
+    assert not torch.allclose(means, logits)  # what the round did before: a different probe
+
+
+def test_samples_without_the_modality_are_left_out_and_counted():
+    p = _protocol({"type": "knn", "k": [3], "temperature": 0.07})
+    fs_tr, fs_te = _features(24, 0), _features(12, 1)
+    fs_tr.masks["audio"][[1, 5]] = False  # zero features in the cache
+    fs_tr.clips["audio"][[1, 5]] = 0.0
+    fs_te.masks["video"][[0]] = False
+    fs_te.clips["video"][[0]] = 0.0
+    r = run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+    assert r["n_missing_modality"] == {"train": 2, "test": 0}
+    assert (r["n_train"], r["n_test"]) == (22, 12)
+    keep = [i for i in range(24) if i not in (1, 5)]
+    votes = knn_predict(fs_tr.get("audio")[keep], fs_tr.labels[keep], fs_te.get("audio"), 3,
+                        0.07, 4, device="cpu")  # fmt: skip
+    want = 100 * (votes.argmax(1) == fs_te.labels).double().mean().item()
+    assert r["metrics"]["k3_top1"] == pytest.approx(want)
+    joint = run_round(p, fs_tr, fs_te, "joint", PAIR, 4, "cpu")  # needs both modalities
+    assert joint["n_missing_modality"] == {"train": 2, "test": 1}
+    assert (joint["n_train"], joint["n_test"]) == (22, 11)
+    fs_te.masks["audio"][:] = False
+    with pytest.raises(UserError, match="audio/s: no test sample has audio \\(all 12 lack it\\)"):
+        run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+
+
+def test_knn_mean_scores_average_vote_shares():
+    """A softmax of vote sums (exp(sim / 0.07) each, up to ~1.6e6) is one-hot: the clips' vote
+    shares are averaged instead, and top-5 ranks classes by them."""
+    p = _protocol({"type": "knn", "k": [5], "temperature": 0.07}, "mean_scores")
+    fs_tr, fs_te = _features(40, 0, classes=8, spread=3.0), _features(16, 1, classes=8, spread=3.0)
+    r = run_round(p, fs_tr, fs_te, "audio", PAIR, 8, "cpu")
+    clips = fs_te.get("audio", per_clip=True).reshape(48, -1)
+    votes = knn_predict(fs_tr.get("audio"), fs_tr.labels, clips, 5, 0.07, 8, device="cpu")
+    shares = (votes.double() / votes.double().sum(1, keepdim=True)).reshape(16, 3, 8).mean(1)
+    top5 = shares.topk(5, dim=1).indices
+    want = 100 * (top5 == fs_te.labels[:, None]).any(1).double().mean().item()
+    assert r["metrics"]["k5_top5"] == pytest.approx(want)
+    assert votes.double().softmax(1).max(1).values.min() > 0.999  # why not a softmax
+
+
+def test_keys_in_both_splits_are_counted():
+    p = _protocol({"type": "knn", "k": [3], "temperature": 0.07})
+    fs_tr = _features(24, 0)
+    r = run_round(p, fs_tr, fs_tr.select(fs_tr.keys[:5]), "audio", PAIR, 4, "cpu")
+    assert r["n_in_both"] == 5 and r["metrics"]["k3_top1"] == 100.0  # each finds itself
+
+
+def test_lambdas_that_repeat_the_probe_before_are_recorded():
+    """Warm-started from a stronger lambda whose gradient is already below tol, a weaker
+    lambda's fit does no iteration: the round records it and the report says so."""
+    p = _protocol({"type": "linear", "lambdas": [1e-2, 1e-5, 1e-6, 1e-7]})
+    r = run_round(p, _features(60, 0), _features(20, 1), "audio", PAIR, 4, "cpu")
+    fits = r["val_fits"]
+    assert list(fits) == [1e-2, 1e-5, 1e-6, 1e-7]
+    assert fits[1e-2]["iterations"] > 0 and fits[1e-5]["iterations"] > 0
+    assert r["lambdas_as_previous"] and 1e-5 not in r["lambdas_as_previous"]
+    assert all(fits[lam]["iterations"] == 0 for lam in r["lambdas_as_previous"])
+    assert r["fits_not_converged"] == 0 and r["refit"]["converged"]
+    (note,) = _fit_notes([r])
+    assert f"audio/s lambda <= {max(r['lambdas_as_previous']):.0e}" in note
+    capped = _protocol({"type": "linear", "lambdas": [1e-6], "max_iter": 2})
+    r = run_round(capped, _features(60, 0), _features(20, 1), "audio", PAIR, 4, "cpu")
+    assert r["fits_not_converged"] == 1
+    assert _fit_notes([r]) == ["1 probe fit(s) stopped at max_iter before converging"]
