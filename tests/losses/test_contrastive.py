@@ -11,8 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from avssl.losses.contrastive import gather_with_grad, info_nce, mil_nce
+from avssl.losses.contrastive import gather_with_grad, info_nce, key_ids, mil_nce
+from avssl.objectives._mavil_parts import masked_info_nce
 
 
 def _np_normalize(x: np.ndarray) -> np.ndarray:
@@ -147,7 +149,51 @@ def test_optimiser_steps_lower_the_loss(which: str) -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
+# ---- twins: two entries of one video in a batch ----------------------------------------------
+
+
+def test_key_ids_are_stable_and_repeat_per_clip() -> None:
+    ids = key_ids(["ucf101/A/v1", "ucf101/A/v2", "ucf101/A/v1"], repeat=2)
+    assert ids.dtype == torch.long and len(ids) == 6
+    assert ids[0] == ids[1] == ids[4] == ids[5] and ids[0] != ids[2]
+    assert int(ids[0]) == int(key_ids(["ucf101/A/v1"])[0])  # the same in every process
+
+
+def _nce_without(a, b, t, twin):
+    """Reference: symmetric InfoNCE whose logits at ``twin`` (row, candidate) are dropped."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    s = (a @ b.t() / t).masked_fill(twin, float("-inf"))
+    labels = torch.arange(len(a))
+    return 0.5 * (F.cross_entropy(s, labels) + F.cross_entropy(s.t(), labels))
+
+
+def test_twins_are_not_negatives() -> None:
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    keys = ["v/a", "v/b", "v/a", "v/c", "v/b"]  # rows 0, 2 and rows 1, 4: one video each
+    twin = torch.zeros(5, 5, dtype=torch.bool)
+    for i, j in [(0, 2), (2, 0), (1, 4), (4, 1)]:
+        twin[i, j] = True
+    ones = torch.ones(5)
+    got = masked_info_nce(a, b, ones, 0.1, False, key_ids(keys))
+    torch.testing.assert_close(got, _nce_without(a, b, 0.1, twin))
+    plain = masked_info_nce(a, b, ones, 0.1, False)  # distinct keys: the plain loss
+    torch.testing.assert_close(
+        plain, masked_info_nce(a, b, ones, 0.1, False, key_ids(list("abcde")))
+    )
+    assert not torch.allclose(got, plain)
+    bags = torch.randn(5, 1, 8, generator=g)  # MIL-NCE with one positive is InfoNCE
+    torch.testing.assert_close(
+        mil_nce(bags, b, 0.1, ids=key_ids(keys)), _nce_without(b, bags[:, 0], 0.1, twin)
+    )
+
+
 # ---- gather across 2 gloo processes ------------------------------------------------------
+
+
+def _masked(a, b, temperature, valid, ids=None, gather=False):
+    """MAViL's masked InfoNCE in the keyword form of the cases below."""
+    return masked_info_nce(a, b, valid, temperature, gather, ids)
 
 
 def _free_port() -> int:
@@ -174,6 +220,7 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             "bag": torch.randn(world * B, K, D, generator=g),
         }
         sl = slice(rank * B, (rank + 1) * B)
+        twin_ids = torch.tensor([7, 1, 2, 7, 4, 4])
         cases = [
             ("info_nce", info_nce, "a", {"symmetric": True}),
             ("info_nce", info_nce, "a", {"symmetric": False}),
@@ -186,6 +233,10 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
                 "bag",
                 {"symmetric": True, "valid": torch.tensor([1.0, 0, 1] * world)},
             ),
+            # one video on both ranks (global rows 0 and 3) and one twice on rank 1 (4, 5):
+            # twins are no negatives, across the ranks too
+            ("mil_nce", mil_nce, "bag", {"ids": twin_ids}),
+            ("masked_info_nce", _masked, "a", {"ids": twin_ids, "valid": torch.ones(6)}),
         ]
         for name, fn, first, kw in cases:
             x_full = full[first].clone().requires_grad_(True)
@@ -194,7 +245,7 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             ref_gx, ref_gy = torch.autograd.grad(ref, [x_full, y_full])
             x = full[first][sl].clone().requires_grad_(True)
             y = full["b"][sl].clone().requires_grad_(True)
-            local = {k: (v[sl] if k == "valid" else v) for k, v in kw.items()}
+            local = {k: (v[sl] if k in ("valid", "ids") else v) for k, v in kw.items()}
             loss = fn(x, y, temperature=0.1, gather=True, **local)
             loss.backward()
             mean_loss = loss.detach().clone()

@@ -307,3 +307,15 @@ def test_avid_heads_are_avids_mlp(batch):
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="heads: avid needs proj_hidden_dim > 0"):
         _model(heads="avid", proj_hidden_dim=0)
+
+
+@torch.no_grad()
+def test_two_entries_of_one_video_are_not_each_others_negatives(batch):
+    """The contrastive terms take the batch's keys: the same inputs give another loss when two
+    rows are one video, the same loss when every key differs."""
+    model = _model().eval()
+    before = float(model.compute_losses(batch)["nce_av"])
+    batch.key = ["v/x", "v/y", "v/z", "v/w"]
+    assert float(model.compute_losses(batch)["nce_av"]) == pytest.approx(before, rel=1e-6)
+    batch.key = ["v/x", "v/y", "v/x", "v/w"]
+    assert float(model.compute_losses(batch)["nce_av"]) != pytest.approx(before, rel=1e-4)

@@ -167,3 +167,13 @@ def test_stage2_errors(tiny_mavil, tmp_path):
     assert int(missing.teacher_loaded) == 0
     with pytest.raises(RuntimeError, match="nope.ckpt was not found"):
         missing.on_fit_start()
+
+
+def test_inter_term_does_not_contrast_a_video_with_itself(batch, tiny_mavil):
+    """Two rows of one video: the inter-modal InfoNCE drops their cross pairs as negatives."""
+    model = tiny_mavil().eval()
+    torch.manual_seed(5)
+    before = float(model.compute_losses(batch)["inter"])
+    batch.key = [batch.key[0], batch.key[0], *batch.key[2:]]
+    torch.manual_seed(5)  # the same masks
+    assert float(model.compute_losses(batch)["inter"]) != pytest.approx(before, rel=1e-4)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -135,6 +136,7 @@ def mil_nce(
     symmetric: bool = True,
     gather: bool = False,
     valid: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MIL-NCE with K positives per sample (Miech et al. 2020).
 
@@ -153,6 +155,8 @@ def mil_nce(
         gather: candidates from every rank (:func:`gather_with_grad`).
         valid: optional ``[B]`` 0/1: samples with 0 (a missing modality) are neither anchors
             nor candidates.
+        ids: optional ``[B]`` video ids (:func:`key_ids`): another sample of the same video
+            is not a negative.
 
     Returns:
         Scalar loss (float32), mean over the local (valid) samples; 0 when none is valid.
@@ -166,9 +170,12 @@ def mil_nce(
     a_all, b_all, labels = _targets(a, b, gather)
     rows = torch.arange(a.shape[0], device=a.device)
     w = torch.ones(a.shape[0], device=a.device) if valid is None else valid.float()
-    dead = None  # [1, W*B, 1] candidates that are not there (None: every one is)
+    dead = None  # [1 or B, W*B, 1] candidates that are not there (None: every one is)
     if valid is not None:
         dead = ((gather_plain(w) if gather else w) < 0.5)[None, :, None]
+    twin = twins(ids, gather, labels)
+    if twin is not None:
+        dead = twin[:, :, None] if dead is None else dead | twin[:, :, None]
 
     def direction(s: torch.Tensor) -> torch.Tensor:  # s [B, W*B, K] -> mean over valid rows
         if dead is not None:
@@ -180,6 +187,29 @@ def mil_nce(
     if symmetric:
         loss = 0.5 * (loss + direction(torch.einsum("ikd,jd->ijk", a, b_all) / temperature))
     return loss
+
+
+def key_ids(keys: list[str], repeat: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 ``[B * repeat]`` ids of sample keys (BLAKE2b, the same on every rank and run), each
+    repeated ``repeat`` times (the K clips of a sample): the losses' ``ids`` argument, which keeps
+    two entries of one video in a batch from being each other's negatives."""
+    ids = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little",
+                          signed=True) for k in keys]  # fmt: skip
+    out = torch.tensor(ids, dtype=torch.long).repeat_interleave(repeat)
+    if torch.device(device).type == "cuda":  # from pinned memory: no host-device sync
+        return out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)
+
+
+def twins(ids: torch.Tensor | None, gather: bool, labels: torch.Tensor) -> torch.Tensor | None:
+    """``[B, W B]`` bool: candidate j is another entry of row i's video (same id, not its own
+    positive); None without ids."""
+    if ids is None:
+        return None
+    ids_all = gather_plain(ids) if gather else ids  # [W B]
+    same = ids[:, None] == ids_all[None, :]
+    same[torch.arange(len(ids), device=ids.device), labels] = False
+    return same
 
 
 def gather_plain(x: torch.Tensor) -> torch.Tensor:

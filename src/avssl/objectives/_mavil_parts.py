@@ -17,7 +17,7 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses._precision import float32_loss
-from avssl.losses.contrastive import gather_plain, gather_with_grad, rank_and_world
+from avssl.losses.contrastive import gather_plain, gather_with_grad, rank_and_world, twins
 from avssl.models.fusion import JointFusion
 from avssl.models.vit import SIZES, AudioViT, VideoViT
 from avssl.objectives import _viz
@@ -114,6 +114,7 @@ def masked_info_nce(
     valid: torch.Tensor,
     temperature: float,
     gather: bool = True,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE where invalid rows are neither anchors nor negatives.
 
@@ -127,6 +128,8 @@ def masked_info_nce(
         valid: ``[B]`` float/bool, 0 where the pair must be ignored (missing modality).
         temperature: softmax temperature.
         gather: candidates from all ranks.
+        ids: optional ``[B]`` video ids (``avssl.losses.contrastive.key_ids``): another entry
+            of the same video (a twin in the batch, or another of its K clips) is no negative.
 
     Returns:
         Scalar float32 loss (0 when no row is valid).
@@ -140,6 +143,9 @@ def masked_info_nce(
     v_all = gather_plain(valid) if gather else valid  # [W B]
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
     dead = (v_all < 0.5)[None, :]  # [1, W B] invalid candidates
+    twin = twins(ids, gather, labels)
+    if twin is not None:
+        dead = dead | twin  # [B, W B]
     logits_ab = (a @ b_all.t() / temperature).masked_fill(dead, -1e4)  # [B, W B]
     logits_ba = (b @ a_all.t() / temperature).masked_fill(dead, -1e4)
     per_row = 0.5 * (

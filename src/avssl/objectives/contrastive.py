@@ -36,7 +36,7 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses._precision import float32_loss
-from avssl.losses.contrastive import mil_nce
+from avssl.losses.contrastive import key_ids, mil_nce
 from avssl.models.masking import random_masking
 from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs, masked_info_nce
@@ -230,17 +230,18 @@ class AVContrastive(AVObjective):
         za, zv = za.reshape(-1, k, za.shape[-1]), zv.reshape(-1, k, zv.shape[-1])  # [B, K, P]
         a_ok, v_ok = a_ok.reshape(-1, k), v_ok.reshape(-1, k)  # [B, K]
         t: Any = self.temperature()  # a tensor: learnable temperatures get gradients
+        ids = key_ids(batch.key, device=za.device)  # [B]: twins of a video are no negatives
         if self.memory_bank:
             losses = self._bank_losses(batch.key, za[:, 0], zv[:, 0], a_ok[:, 0], v_ok[:, 0], t)
         elif self.clip_positives == "mil" and k > 1:
             valid, g = a_ok[:, 0] * v_ok[:, 0], self.gather_negatives
-            av = [mil_nce(zv, za[:, i], t, False, g, valid) for i in range(k)]  # audio anchors
-            av += [mil_nce(za, zv[:, i], t, False, g, valid) for i in range(k)]  # video anchors
+            av = [mil_nce(zv, za[:, i], t, False, g, valid, ids) for i in range(k)]  # audio
+            av += [mil_nce(za, zv[:, i], t, False, g, valid, ids) for i in range(k)]  # video
             losses = {"nce_av": torch.stack(av).mean() * self.direction_scale}
         else:
             av = [
                 masked_info_nce(
-                    za[:, i], zv[:, i], a_ok[:, i] * v_ok[:, i], t, self.gather_negatives
+                    za[:, i], zv[:, i], a_ok[:, i] * v_ok[:, i], t, self.gather_negatives, ids
                 )
                 for i in range(k)
             ]  # one term per clip slot: clips of one sample are never each other's negatives
@@ -254,8 +255,8 @@ class AVContrastive(AVObjective):
                 )
             g, d = self.gather_negatives, self.direction_scale
             aa_ok, vv_ok = a_ok[:, 0] * a_ok[:, 1], v_ok[:, 0] * v_ok[:, 1]
-            losses["nce_aa"] = d * masked_info_nce(za[:, 0], za[:, 1], aa_ok, t, g)
-            losses["nce_vv"] = d * masked_info_nce(zv[:, 0], zv[:, 1], vv_ok, t, g)
+            losses["nce_aa"] = d * masked_info_nce(za[:, 0], za[:, 1], aa_ok, t, g, ids)
+            losses["nce_vv"] = d * masked_info_nce(zv[:, 0], zv[:, 1], vv_ok, t, g, ids)
             total = total + self.intra_weight * (losses["nce_aa"] + losses["nce_vv"])
         losses["temperature"] = t.detach()
         losses["loss"] = total

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from avssl.data.batch import AVBatch
+from avssl.losses.contrastive import key_ids
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.masking import random_masking, tube_masking
@@ -208,21 +209,22 @@ class MAViL(AVObjective):
         }
         total = losses["recon_audio"] + losses["recon_video"]
         gather = self.gather_negatives
+        ids = key_ids(batch.key, len(audio) // len(batch), audio.device)  # [B K]
         if self.inter_weight > 0:
             qa = self.proj["inter_audio"](za.mean(dim=1))  # [B, E]
             qv = self.proj["inter_video"](zv.mean(dim=1))
             losses["inter"] = parts.masked_info_nce(
-                qa, qv, a_ok * v_ok, self.inter_temperature, gather
+                qa, qv, a_ok * v_ok, self.inter_temperature, gather, ids
             )
             total = total + self.inter_weight * losses["inter"]
         if self.intra_weight > 0:
-            intra = self._intra_losses(audio, video, za, zv, a_ok, v_ok)
+            intra = self._intra_losses(audio, video, za, zv, a_ok, v_ok, ids)
             losses.update(intra)
             total = total + self.intra_weight * (intra["intra_audio"] + intra["intra_video"])
         losses["loss"] = total
         return losses
 
-    def _intra_losses(self, audio, video, za, zv, a_ok, v_ok) -> dict[str, torch.Tensor]:
+    def _intra_losses(self, audio, video, za, zv, a_ok, v_ok, ids) -> dict[str, torch.Tensor]:
         """InfoNCE between the pooled encodings of two independently masked views."""
         m2 = self._mask(audio, video)
         za2 = self.audio_encoder.forward_features(audio, m2["keep_a"])  # [B, Na_keep, D]
@@ -231,10 +233,10 @@ class MAViL(AVObjective):
         t, gather = self.intra_temperature, self.gather_negatives
         return {
             "intra_audio": parts.masked_info_nce(
-                pa(za.mean(dim=1)), pa(za2.mean(dim=1)), a_ok, t, gather
+                pa(za.mean(dim=1)), pa(za2.mean(dim=1)), a_ok, t, gather, ids
             ),
             "intra_video": parts.masked_info_nce(
-                pv(zv.mean(dim=1)), pv(zv2.mean(dim=1)), v_ok, t, gather
+                pv(zv.mean(dim=1)), pv(zv2.mean(dim=1)), v_ok, t, gather, ids
             ),
         }
 
