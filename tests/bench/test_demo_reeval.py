@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import demo_reeval  # noqa: E402
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "demo_reeval.py"
+_spec = importlib.util.spec_from_file_location("demo_reeval", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+demo_reeval = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_reeval)
 
 
 def test_missing_bundle_is_a_one_line_error(tmp_path, monkeypatch, capsys):
