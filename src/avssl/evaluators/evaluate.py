@@ -192,7 +192,7 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
             need = "audio or video" if r["kind"] == "joint" else f"the {r['kind']} modality"
             notes.append(
                 f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
-                f"test sample(s) lack {need} and are left out (counts below exclude them)"
+                f"test sample(s) lack {need} and are left out (the table's counts exclude them)"
             )
         if r.get("n_in_both") and r["kind"] == rounds[0]["kind"]:  # the same for every kind
             notes.append(

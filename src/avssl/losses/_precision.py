@@ -15,16 +15,20 @@ from typing import Any, TypeVar
 import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # others (meta) have no autocast
 
 
 def float32_loss(fn: F) -> F:
-    """Runs ``fn`` with autocast off on the device of its first tensor argument."""
+    """Runs ``fn`` with autocast off on the device of its first tensor argument (where it is
+    on)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         tensors = (x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor))
         first = next(tensors, None)
         device = first.device.type if first is not None else "cpu"
+        if device not in AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+            return fn(*args, **kwargs)
         with torch.autocast(device_type=device, enabled=False):
             return fn(*args, **kwargs)
 
