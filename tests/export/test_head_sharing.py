@@ -16,6 +16,7 @@ from avssl.export import load_encoder
 from avssl.export_ckpt import write_bundle
 from avssl.heads import describe_head, head_key, share_head_weights
 from tests.evaluators.conftest import write_tiny_bundle
+from tests.export.test_heads import _edit
 
 MODALITIES = ("audio", "video")
 
@@ -80,12 +81,6 @@ def test_heads_equal_in_layers_but_not_weights_keep_their_own_files(tmp_path):
     states["audio_head_v2a"]["0.bias"] += 1e-6  # one weight differs: shared no longer
     assert share_head_weights(config, states) == {}
     assert "weights_in" not in config["heads"]["v2a"]  # a stale entry is dropped
-
-
-def _edit(folder, change) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    change(cfg)
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 @pytest.mark.parametrize(

@@ -230,7 +230,9 @@ class AVContrastive(AVObjective):
         za, zv = za.reshape(-1, k, za.shape[-1]), zv.reshape(-1, k, zv.shape[-1])  # [B, K, P]
         a_ok, v_ok = a_ok.reshape(-1, k), v_ok.reshape(-1, k)  # [B, K]
         t: Any = self.temperature()  # a tensor: learnable temperatures get gradients
-        ids = key_ids(batch.key, device=za.device)  # [B]: twins of a video are no negatives
+        # [B] video ids for the terms with batch negatives: twins of one video are no negatives
+        batch_terms = not self.memory_bank or self.intra_weight > 0
+        ids = key_ids(batch.key, device=za.device) if batch_terms else None
         if self.memory_bank:
             losses = self._bank_losses(batch.key, za[:, 0], zv[:, 0], a_ok[:, 0], v_ok[:, 0], t)
         elif self.clip_positives == "mil" and k > 1:

@@ -209,7 +209,9 @@ class MAViL(AVObjective):
         }
         total = losses["recon_audio"] + losses["recon_video"]
         gather = self.gather_negatives
-        ids = key_ids(batch.key, len(audio) // len(batch), audio.device)  # [B K]
+        ids = None  # [B K] video ids of the contrastive terms (twins are no negatives)
+        if self.inter_weight > 0 or self.intra_weight > 0:
+            ids = key_ids(batch.key, len(audio) // len(batch), audio.device)
         if self.inter_weight > 0:
             qa = self.proj["inter_audio"](za.mean(dim=1))  # [B, E]
             qv = self.proj["inter_video"](zv.mean(dim=1))
