@@ -284,3 +284,58 @@ def test_val_split_needs_a_clip_per_rank(shards):
     with pytest.raises(cli.UserError, match=r"val_split 'test1' has 3 clip\(s\) for 4 ranks"):
         check_validation(model, dm, world=4)
     check_validation(model, AVDataModule(str(shards), num_workers=0), world=4)  # no val_split
+
+
+@pytest.mark.slow
+def test_fit_refuses_a_checkpoint_of_another_recipe_or_objective(shards, tmp_path, capsys):
+    """``avssl fit --ckpt_path`` runs as ``make pretrain`` does: LightningCLI would replace the
+    configured objective by the checkpoint's and train it under this recipe's name."""
+    runs = tmp_path / "runs"
+    first = debug_args("mavil", shards, runs, "--trainer.max_steps=1")
+    assert cli.main([*first, "--trainer.logger.init_args.version=m"]) == 0
+    mavil = runs / "mavil" / "m" / "checkpoints" / "last.ckpt"
+    err = _error(capsys, debug_args("vatt", shards, runs, "--ckpt_path", str(mavil)))
+    assert err.endswith(
+        f"cannot resume {mavil}: it is a checkpoint of recipe mavil (MAViL), this run is recipe "
+        "vatt; resume it with RECIPE=mavil"
+    )
+    own = tmp_path / "mine" / "mavil.yaml"  # a recipe file of that name, another objective
+    own.parent.mkdir()
+    own.write_text((RECIPES / "vatt.yaml").read_text())
+    args = debug_args("mavil", shards, runs, f"--ckpt_path={mavil}")
+    args[args.index(str(RECIPES / "mavil.yaml"))] = str(own)
+    assert _error(capsys, args).endswith(
+        f"cannot resume {mavil}: it is a checkpoint of objective avssl.objectives.mavil.MAViL, "
+        "the config's model.class_path is avssl.objectives.contrastive.AVContrastive; resume it "
+        "with the config of its own recipe"
+    )
+    assert _names(runs) == ["mavil"] and _names(runs / "mavil") == ["m"]
+    longer = tmp_path / "longer.yaml"  # an overrides file after the recipe: still mavil's run
+    longer.write_text("trainer:\n  max_steps: 2\n")
+    args = debug_args("mavil", shards, runs, "-c", str(longer), "--ckpt_path", str(mavil))
+    assert cli.main(args) == 0
+    (resumed,) = (runs / "longer").glob("*/checkpoints/last.ckpt")
+    assert torch.load(resumed, weights_only=True)["global_step"] == 2
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_resuming_a_damaged_checkpoint_is_refused(shards, tmp_path, capsys):
+    """torch.load does not check the archive's CRCs: damaged bytes would be trained on."""
+    from tests.export.export_fakes import flip_member_bytes
+
+    ckpt = tmp_path / "last.ckpt"
+    meta = {"objective": "avssl.objectives.mavil.MAViL", "recipe": "mavil"}
+    torch.save({"state_dict": {"w": torch.arange(10_000.0)}, "avssl": meta}, ckpt)
+    member = flip_member_bytes(ckpt)
+    want = (
+        f"{ckpt}: damaged checkpoint: archive member {member} does not match its CRC-32 (the file "
+        "changed after it was written); use an intact copy or another checkpoint of the run"
+    )
+    runs = tmp_path / "runs"
+    assert _error(capsys, _pretrain_args(shards, runs, "--resume", str(ckpt))).endswith(want)
+    args = debug_args("mavil", shards, runs, "--ckpt_path", str(ckpt))
+    assert _error(capsys, args).endswith(want)
+    assert not runs.exists()

@@ -131,6 +131,35 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(shards, tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # nothing written
 
 
+def test_resuming_into_another_runs_checkpoint_folder_is_refused(shards, tmp_path, capsys):
+    """Checkpoints are overwritten in place (``enable_version_counter: false``): a run writes
+    into a folder holding checkpoints only when it resumes one of them."""
+    runs = tmp_path / "runs"
+    folder = runs / "mavil" / "busy" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"another run's")
+    other = tmp_path / "other.ckpt"
+    meta = {"objective": "avssl.objectives.mavil.MAViL", "recipe": "mavil"}
+    torch.save({"state_dict": {}, "avssl": meta}, other)
+    version = "--trainer.logger.init_args.version=busy"
+    assert cli.main(debug_args("mavil", shards, runs, version, "--ckpt_path", str(other))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(
+        f"{folder} already holds 1 checkpoint(s) of another run, which resuming {other} there "
+        "would overwrite; set another AVSSL_RUN_ID (or remove that folder)"
+    )
+    # without a logger Lightning writes to <default_root_dir>/checkpoints: checked as well
+    root = tmp_path / "root"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
+    no_logger = ("--trainer.logger=false", f"--trainer.default_root_dir={root}")
+    assert cli.main(debug_args("mavil", shards, runs, *no_logger)) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'checkpoints'} already holds 1 checkpoint(s) of an earlier run" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 @pytest.mark.slow
 def test_resume_auto_picks_the_newest_last_ckpt(shards, tmp_path, capsys):
     runs = tmp_path / "runs"

@@ -19,6 +19,7 @@ import pickle
 import re
 import warnings
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,15 +48,17 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+def read_checkpoint(path: Path, mmap: bool = False, verify: bool = True) -> dict:
     """Loads an avssl Lightning checkpoint with ``weights_only=True``.
 
     Args:
         path: the checkpoint file.
         mmap: map the tensors from the file instead of reading them (to look at the metadata).
+        verify: check every archive member against its CRC-32 first (reads the whole file
+            once; ``torch.load`` checks none, so damaged bytes would load as wrong weights).
 
     Raises:
-        UserError: missing file, folder, unreadable file, a file that needs pickle
+        UserError: missing file, folder, unreadable or damaged file, a file that needs pickle
             ("refusing to unpickle ..."), or a checkpoint that avssl did not write.
     """
     if not path.exists():
@@ -64,6 +67,8 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict:
         raise UserError(f"{path}: is a folder; expected a checkpoint file (e.g. runs/x/last.ckpt)")
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path}: not a checkpoint (not the zip archive torch.save writes)")
+    if verify:
+        check_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,6 +93,21 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict:
             "was it written by avssl fit/pretrain?)"
         )
     return ckpt
+
+
+def check_archive(path: Path) -> None:
+    """One-line ``UserError`` naming the first member of the checkpoint's zip archive whose
+    bytes do not match their CRC-32 (a damaged copy, a disk fault, a partly rewritten file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{path}: damaged checkpoint ({_first_line(err)})") from None
+    if bad is not None:
+        raise UserError(
+            f"{path}: damaged checkpoint: archive member {bad} does not match its CRC-32 (the file "
+            "changed after it was written); use an intact copy or another checkpoint of the run"
+        )
 
 
 def objective_class(name: str, src: Path) -> type:

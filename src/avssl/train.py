@@ -9,7 +9,8 @@ objective (``model: class_path: avssl.objectives.<...>``) and the data module
 pretrain``) resolves the recipe, builds the synthetic dataset on first use when no data is given,
 and runs ``fit`` in its own run folder ``runs/<recipe>/<run id>/`` holding ``config.yaml`` (the
 fully resolved config), ``checkpoints/`` (the 3 newest periodic ``step*.ckpt`` + ``last.ckpt``)
-and the TensorBoard event files. ``--resume auto`` continues the newest ``last.ckpt`` of the recipe.
+and the TensorBoard event files. ``--resume auto`` continues the newest run of the recipe: its
+``last.ckpt``, or the newest readable ``step*.ckpt`` where ``last.ckpt`` is unreadable.
 """
 
 from __future__ import annotations
@@ -29,10 +30,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from avssl.callbacks import ImageLogger, ThroughputMonitor
+from avssl.checkpoint_io import (
+    RunCheckpoint,
+    install_atomic_io,
+    newest_checkpoint_folder,
+    resumable_checkpoint,
+)
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
 from avssl.train_checks import (
+    check_checkpoint_folder,
     check_data_modalities,
+    check_objective,
     check_resume,
     check_validation,
     link_local_view,
@@ -64,9 +73,9 @@ def find_recipe(name: str) -> Path:
     raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
 
 
-def recipe_from_args(argv: list[str]) -> str | None:
-    """The recipe name: stem of the last ``--config`` file that is not ``_base``/``debug``."""
-    name = None
+def recipes_from_args(argv: list[str]) -> list[str]:
+    """Stems of the ``--config`` files that are not overlays (``_base``, ``debug``, ``demo``)."""
+    names = []
     for i, arg in enumerate(argv):
         path = None
         if arg in ("--config", "-c") and i + 1 < len(argv):
@@ -74,8 +83,14 @@ def recipe_from_args(argv: list[str]) -> str | None:
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
         if path and Path(path).stem not in NOT_RECIPES:
-            name = Path(path).stem
-    return name
+            names.append(Path(path).stem)
+    return names
+
+
+def recipe_from_args(argv: list[str]) -> str | None:
+    """The recipe name: stem of the last ``--config`` file that is not ``_base``/``debug``."""
+    names = recipes_from_args(argv)
+    return names[-1] if names else None
 
 
 def run_id() -> str:
@@ -109,15 +124,11 @@ def _run_env(rid: str | None = None) -> Iterator[None]:
             os.environ["AVSSL_RUN_ID"] = old
 
 
-def newest_last_ckpt(runs: Path, recipe: str) -> Path | None:
-    found = sorted((runs / recipe).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 # ----------------------------------------------------------------------------- LightningCLI
 class AVSSLCLI(LightningCLI):
     """LightningCLI with avssl defaults: subclass mode for objective and data, the throughput /
-    image / checkpoint callbacks as config groups, automatic precision, run-folder naming."""
+    image / checkpoint callbacks as config groups, automatic precision, run-folder naming,
+    checkpoints written atomically (:mod:`avssl.checkpoint_io`)."""
 
     def __init__(self, args: list[str], recipe: str | None = None) -> None:
         self.recipe = recipe or recipe_from_args(args) or "fit"
@@ -133,9 +144,23 @@ class AVSSLCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
         parser.add_lightning_class_args(ImageLogger, "images")
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parses, then refuses a ``ckpt_path`` of another objective than ``model.class_path``
+        before LightningCLI replaces the configured objective by the checkpoint's."""
+        super().parse_arguments(parser, args)
+        cfg = self.config.get(str(self.config.get("subcommand")), self.config)
+        path = cfg.get("ckpt_path")
+        if path and Path(path).is_file():
+            check_objective(str(path), cfg.get("model", {}).get("class_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_io(trainer.strategy)  # never a half-written last.ckpt
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -183,27 +208,18 @@ class AVSSLCLI(LightningCLI):
             raise UserError(f"bad data configuration: {msg}") from None
 
     def _check_fresh_checkpoint_dir(self) -> None:
-        """A run that does not resume must not write into another run's checkpoint folder:
-        Lightning would add ``-v1`` to its file names and ``last.ckpt`` would stay the old run's.
-        """
+        """A run must not write into another run's checkpoint folder: checkpoints are
+        overwritten in place, so the other run's ``last.ckpt`` would be replaced."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if cfg.get("ckpt_path"):
-            return
         ckpt = self.trainer.checkpoint_callback
         if not isinstance(ckpt, ModelCheckpoint):
             return
-        folder = ckpt.dirpath
+        folder = ckpt.dirpath  # else where ModelCheckpoint.setup will put it
         if not folder and self.trainer.logger is not None and self.trainer.logger.log_dir:
             folder = os.path.join(self.trainer.logger.log_dir, "checkpoints")
-        if not folder:
-            return
-        old = sorted(Path(folder).glob("*.ckpt"))
-        if old:
-            raise UserError(
-                f"{folder} already holds {len(old)} checkpoint(s) of an earlier run; resume it "
-                f"(avssl pretrain --resume {Path(folder) / 'last.ckpt'}), remove that folder, "
-                "or set another AVSSL_RUN_ID"
-            )
+        elif not folder and self.trainer.logger is None:
+            folder = os.path.join(self.trainer.default_root_dir, "checkpoints")
+        check_checkpoint_folder(str(folder) if folder else None, cfg.get("ckpt_path"))
 
     def after_fit(self) -> None:
         """Writes ``last.ckpt`` for the final step when the periodic checkpoint missed it."""
@@ -250,7 +266,8 @@ def lightning_main(argv: list[str]) -> int:
         if arg.startswith("--ckpt_path"):
             given = argv[i + 1 : i + 2] if arg == "--ckpt_path" else [arg.split("=", 1)[1]]
             path = given[0] if given else ""
-            check_resume(path if path not in ("", "null", "None") else None, None, argv)
+            resume = path if path not in ("", "null", "None") else None
+            check_resume(resume, recipes_from_args(argv), argv)
     with _run_env():
         _run_cli(list(argv))
     return 0
@@ -299,8 +316,15 @@ def _resolve_resume(resume: str, runs: Path, recipe: str) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        found = newest_last_ckpt(runs, recipe)
-        print(f"[pretrain] --resume auto: {found or 'no last.ckpt yet, starting fresh'}")
+        folder = newest_checkpoint_folder(runs, recipe)
+        if folder is None:
+            print("[pretrain] --resume auto: no last.ckpt yet, starting fresh")
+            return None
+        found, skipped = resumable_checkpoint(folder)
+        if skipped:
+            why = f"the newest readable periodic checkpoint ({skipped})"
+            print(f"[pretrain] --resume auto: falling back to {found.name}, {why}")
+        print(f"[pretrain] --resume auto: {found}")
         return found
     if not Path(resume).is_file():
         raise UserError(f"--resume {resume}: checkpoint file not found")

@@ -1,8 +1,9 @@
 """Checks ``avssl fit`` / ``avssl pretrain`` make before the first step, each a one-line
-``UserError``: the checkpoint a run resumes is an avssl checkpoint of the same recipe, the
-options given with it do not change the checkpoint's model, and the data holds the modalities
-the objective trains on, and a ``val_split`` only for an objective with a validation loss; and
-the link that gives the objective the local views it asks for."""
+``UserError``: the checkpoint a run resumes is an undamaged avssl checkpoint of the same recipe
+and objective, the options given with it do not change the checkpoint's model, the run writes
+into no other run's checkpoint folder, the data holds the modalities the objective trains on,
+and a ``val_split`` only for an objective with a validation loss; and the link that gives the
+objective the local views it asks for."""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
 
 
-def check_resume(path: str | None, recipe: str | None, args: Sequence[str] = ()) -> None:
-    """A checkpoint to resume must be a readable avssl checkpoint of the same recipe, and the
-    command line must not change its model. Called before LightningCLI starts: it reads the
-    checkpoint's hyper-parameters first (and would fail with a traceback on a file that is not
-    a checkpoint), resumes another recipe's run with that run's objective (``class_path`` and
-    all) under this recipe's name, and drops ``--model.*`` options for the checkpoint's.
+def check_resume(
+    path: str | None, recipe: str | Sequence[str] | None, args: Sequence[str] = ()
+) -> None:
+    """A checkpoint to resume must be a readable, undamaged avssl checkpoint of the same recipe,
+    and the command line must not change its model. Called before LightningCLI starts: it reads
+    the checkpoint's hyper-parameters first (and would fail with a traceback on a file that is
+    not a checkpoint), resumes another recipe's run with that run's objective (``class_path``
+    and all) under this recipe's name, and drops ``--model.*`` options for the checkpoint's.
 
     Args:
         path: the checkpoint (None / empty: not resuming).
-        recipe: this run's recipe (None: not checked, e.g. ``avssl fit`` with its own configs).
+        recipe: this run's recipe, or the recipes its ``--config`` files name (``avssl fit``:
+            the checkpoint's must be one of them; the last names the run); None: not checked.
         args: the LightningCLI arguments; ``--model.init_args.<name> <value>`` (or ``=value``)
             that differ from the checkpoint's hyper-parameter ``<name>`` are refused. Model
             settings in ``--config`` files are not compared.
@@ -37,11 +41,12 @@ def check_resume(path: str | None, recipe: str | None, args: Sequence[str] = ())
 
     ckpt = read_checkpoint(Path(path), mmap=True)
     meta = ckpt["avssl"]
-    if recipe and meta.get("recipe") and meta["recipe"] != recipe:
+    names = [recipe] if isinstance(recipe, str) else list(recipe or [])
+    if names and meta.get("recipe") and meta["recipe"] not in names:
         objective = meta["objective"].rsplit(".", 1)[-1]
         raise UserError(
             f"cannot resume {path}: it is a checkpoint of recipe {meta['recipe']} ({objective}), "
-            f"this run is recipe {recipe}; resume it with RECIPE={meta['recipe']}"
+            f"this run is recipe {names[-1]}; resume it with RECIPE={meta['recipe']}"
         )
     hp = ckpt.get("hyper_parameters") or {}
     for name, value in model_options(list(args)).items():
@@ -50,6 +55,51 @@ def check_resume(path: str | None, recipe: str | None, args: Sequence[str] = ())
                 f"--model.init_args.{name} {value!r}: a resumed run keeps its checkpoint's model "
                 f"settings ({name}={hp[name]!r} in {path}); start a new run to change it"
             )
+
+
+def check_objective(path: str, class_path: str | None) -> None:
+    """The resumed checkpoint's objective is the configured ``model.class_path``: LightningCLI
+    would otherwise replace the configured objective by the checkpoint's, silently."""
+    from avssl.export_ckpt import read_checkpoint
+
+    theirs = read_checkpoint(Path(path), mmap=True, verify=False)["avssl"]["objective"]
+    if class_path and _class_name(class_path) != _class_name(theirs):
+        raise UserError(
+            f"cannot resume {path}: it is a checkpoint of objective {theirs}, the config's "
+            f"model.class_path is {class_path}; resume it with the config of its own recipe"
+        )
+
+
+def _class_name(path: str) -> str:
+    """``module.Class`` where the class is defined (a re-export names the same class)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return path
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_checkpoint_folder(folder: str | None, ckpt_path: str | None) -> None:
+    """A run writes into a checkpoint folder that already holds checkpoints only when it resumes
+    one of them: checkpoints are overwritten in place (``enable_version_counter: false``), so
+    another run there would replace that run's files, ``last.ckpt`` among them."""
+    old = sorted(Path(folder).glob("*.ckpt")) if folder else []
+    if not folder or not old:
+        return
+    if not ckpt_path:
+        raise UserError(
+            f"{folder} already holds {len(old)} checkpoint(s) of an earlier run; resume it "
+            f"(avssl pretrain --resume {Path(folder) / 'last.ckpt'}), remove that folder, "
+            "or set another AVSSL_RUN_ID"
+        )
+    if Path(ckpt_path).resolve().parent != Path(folder).resolve():
+        raise UserError(
+            f"{folder} already holds {len(old)} checkpoint(s) of another run, which resuming "
+            f"{ckpt_path} there would overwrite; set another AVSSL_RUN_ID (or remove that folder)"
+        )
 
 
 def _plain(value: Any) -> Any:

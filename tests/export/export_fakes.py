@@ -9,8 +9,11 @@ the shapes of ``export_encoders()`` the real objectives return: two towers with 
 from __future__ import annotations
 
 import copy
+import struct
 import sys
 import types
+import zipfile
+from pathlib import Path
 
 import torch
 
@@ -127,3 +130,22 @@ def fake_checkpoint(objective: AVObjective, name: str, data: dict | None = None)
         "loops": {},
         "optimizer_states": [],
     }
+
+
+def flip_member_bytes(path: Path, member: str | None = None, count: int = 16) -> str:
+    """Inverts ``count`` bytes in the middle of one stored member of a ``torch.save`` archive
+    (default: its largest tensor file), leaving the zip structure intact, as a disk fault or a
+    bad copy would; returns the member's name."""
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if "/data/" in i.filename]
+        info = next(i for i in infos if i.filename == member) if member else None
+        info = info or max(infos, key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(start)
+        flipped = bytes(b ^ 0xFF for b in f.read(count))
+        f.seek(start)
+        f.write(flipped)
+    return info.filename

@@ -12,7 +12,7 @@ import torch
 from avssl import export
 from avssl.cli import UserError
 from avssl.cli import main as cli_main
-from tests.export.export_fakes import fake_checkpoint
+from tests.export.export_fakes import fake_checkpoint, flip_member_bytes
 
 
 class WritesMarker:
@@ -138,3 +138,18 @@ def test_export_into_a_dataset_or_checkpoint_folder_is_refused(save_fake, tmp_pa
     runs = ckpt.parent  # the checkpoint's own folder
     assert export_error(capsys, ckpt, runs).endswith(f"{runs}: holds checkpoints; export the "
                                                      "bundle into a folder of its own")  # fmt: skip
+
+
+def test_damaged_checkpoint_is_refused_naming_the_member(save_fake, tmp_path, capsys):
+    """Bytes changed inside a tensor of the archive: torch.load reads them as other weights
+    (the export succeeded with weights off by up to 115); the CRC check refuses the file."""
+    _, ckpt = save_fake("TwoTower")
+    member = flip_member_bytes(ckpt)
+    out = tmp_path / "out"
+    assert export_error(capsys, ckpt, out).endswith(
+        f"{ckpt}: damaged checkpoint: archive member {member} does not match its CRC-32 (the file "
+        "changed after it was written); use an intact copy or another checkpoint of the run"
+    )
+    assert not out.exists()
+    with pytest.raises(UserError, match=f"damaged checkpoint: archive member {member} "):
+        export.load_encoder(ckpt)
