@@ -9,8 +9,8 @@ import torch
 from avssl.losses.contrastive import info_nce, mil_nce
 from avssl.losses.distillation import coral, dino_distill, mean_coral, mmd
 from avssl.objectives._mavil_parts import masked_info_nce
+from avssl.objectives._memory_bank import memory_nce as _memory_nce
 from avssl.objectives.avid_cma import _positive_nce
-from avssl.objectives.contrastive import _memory_nce
 
 
 def _bf16():

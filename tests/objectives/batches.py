@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from avssl.data.batch import AVBatch
@@ -24,7 +26,8 @@ def make_batch(
 
 
 def train_steps(model, batch: AVBatch, params, lr: float = 2e-3, steps: int = 6) -> list[float]:
-    """AdamW steps of ``model.compute_losses`` on one fixed batch; the loss before each step."""
+    """AdamW steps of ``model.compute_losses`` on one fixed batch; the loss before each step.
+    As ``training_step``, the objective's staged state is committed after a finite loss."""
     opt = torch.optim.AdamW(params, lr=lr)
     hist = []
     for _ in range(steps):
@@ -33,4 +36,6 @@ def train_steps(model, batch: AVBatch, params, lr: float = 2e-3, steps: int = 6)
         loss.backward()
         opt.step()
         hist.append(float(loss))
+        if math.isfinite(hist[-1]):
+            model.commit_state()
     return hist

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from avssl.losses.contrastive import info_nce, mil_nce
+from avssl.objectives._memory_bank import bank_negative_rows
+from avssl.objectives._memory_bank import memory_nce as _memory_nce
 from avssl.objectives.base import param_groups
-from avssl.objectives.contrastive import AVContrastive, _memory_nce, bank_negative_rows
+from avssl.objectives.contrastive import AVContrastive
 from tests.objectives.batches import make_batch, train_steps
 
 TINY = dict(size="tiny", depth=1, proj_dim=16, proj_hidden_dim=32)
@@ -195,23 +197,37 @@ def test_bank_negatives_never_hold_the_anchors_own_row():
 
 
 def test_bank_rows_grow_lazily_and_update_by_momentum():
+    """A new key gets the next row, which joins the table when the batch is committed; a row's
+    first memory is its feature (written before, valid after the commit), later ones move by
+    momentum."""
     model = _model(memory_bank=True, bank_momentum=0.5)
+    has = {"audio": torch.ones(2), "video": torch.ones(2)}
     f1 = {"audio": torch.tensor([[3.0, 0.0], [0.0, 2.0]]), "video": torch.ones(2, 2)}
-    rows = model._bank_rows(["a", "b"], f1)
-    assert rows.tolist() == [0, 1] and model.bank_index == {"a": 0, "b": 1}
+    rows, new = model._bank_rows(["a", "b"])
+    assert rows.tolist() == [0, 1] and new == ["a", "b"] and model.bank_index == {}
+    usable = model._bank_stage(rows, 2, f1, has)
     assert torch.allclose(model.bank["audio"][:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    rows = model._bank_rows(["c", "a"], {"audio": torch.ones(2, 2), "video": torch.ones(2, 2)})
-    assert rows.tolist() == [2, 0] and len(model.bank_index) == 3
+    assert usable["audio"][:2].all() and not model.bank_valid["audio"].any()  # not yet valid
+    model._bank_pending = (new, rows, f1, has)
+    model.commit_state()
+    assert model.bank_index == {"a": 0, "b": 1} and model.bank_valid["audio"][:2].all()
+    rows, new = model._bank_rows(["c", "a"])
+    assert rows.tolist() == [2, 0] and new == ["c"] and len(model.bank_index) == 2
+    one = {"audio": torch.ones(1), "video": torch.ones(1)}
     model._bank_update(
-        torch.tensor([0]), {"audio": torch.tensor([[0.0, 5.0]]), "video": torch.ones(1, 2)}
+        torch.tensor([0]), {"audio": torch.tensor([[0.0, 5.0]]), "video": torch.ones(1, 2)}, one
     )
     s = 1 / math.sqrt(2)  # normalize(0.5 * [1, 0] + 0.5 * [0, 1])
     assert torch.allclose(model.bank["audio"][0], torch.tensor([s, s]), atol=1e-6)
 
 
 def test_bank_state_round_trips_through_a_checkpoint(tmp_path, batch):
+    """Keys, memories and their validity flags travel in the checkpoint; a bank saved before
+    the flags existed counts its finite, non-zero rows as memories."""
     model = _model(memory_bank=True, bank_negatives=4).train()
+    batch.audio_mask[1] = False  # a clip without audio: no audio memory
     model.compute_losses(batch)
+    model.commit_state()
     ckpt: dict = {}
     model.on_save_checkpoint(ckpt)
     torch.save(ckpt["avid_bank"], tmp_path / "bank.pt")
@@ -221,6 +237,14 @@ def test_bank_state_round_trips_through_a_checkpoint(tmp_path, batch):
     assert fresh.bank_index == model.bank_index == {k: i for i, k in enumerate(batch.key)}
     for m in ("audio", "video"):
         assert torch.equal(fresh.bank[m], model.bank[m][: len(batch.key)])
+    assert fresh.bank_valid["audio"].tolist() == [True, False, True, True]
+    assert fresh.bank_valid["video"].tolist() == [True] * 4
+    old = {k: v for k, v in loaded.items() if not k.endswith("_valid")}  # an older checkpoint
+    old["video"] = old["video"].clone()
+    old["video"][2] = float("nan")
+    fresh.on_load_checkpoint({"avid_bank": old})
+    assert fresh.bank_valid["audio"].tolist() == [True, False, True, True]  # an all-zero row
+    assert fresh.bank_valid["video"].tolist() == [True, True, False, True]
 
 
 @pytest.mark.parametrize("cross, within", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 1.0)])
@@ -231,6 +255,7 @@ def test_avid_variants_weigh_cross_and_within_modal_memory_terms(batch, cross, w
     model = _model(memory_bank=True, bank_negatives=6, cross_weight=cross, within_weight=within)
     model.train()
     model.compute_losses(batch)  # fills the bank: the next batch has memories to compare with
+    model.commit_state()
     bank = {m: b.clone() for m, b in model.bank.items()}
     torch.manual_seed(5)  # the same negative draws below
     out = model.compute_losses(batch)
@@ -319,3 +344,50 @@ def test_two_entries_of_one_video_are_not_each_others_negatives(batch):
     assert float(model.compute_losses(batch)["nce_av"]) == pytest.approx(before, rel=1e-6)
     batch.key = ["v/x", "v/y", "v/x", "v/w"]
     assert float(model.compute_losses(batch)["nce_av"]) != pytest.approx(before, rel=1e-4)
+
+
+# ---------------------------------------------------------------- AVID: a missing modality
+def test_memory_nce_leaves_out_rows_without_a_memory():
+    """``usable``: a drawn negative whose row holds no memory is not in the softmax, an anchor
+    whose own row holds none is not in the mean (loop reference with them removed)."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(5, 4, generator=g)
+    bank = torch.nn.functional.normalize(torch.randn(9, 4, generator=g), dim=-1)
+    rows = torch.tensor([0, 3, 5, 8, 2])
+    neg = torch.randint(9, (5, 6), generator=g)
+    usable = torch.tensor([True, True, True, True, False, True, False, True, True])
+    usable[neg[1, 0]] = False  # at least one drawn negative is left out
+    got = _memory_nce(z, bank, rows, neg, torch.tensor(0.07), torch.ones(5), usable)
+    keep = [i for i in range(5) if usable[rows[i]]]
+    kept_negs = [[j for j in neg[i].tolist() if usable[j]] for i in range(5)]
+    zs, rs = z.numpy(), rows.numpy()
+    per = [ref_memory_nce(zs[i : i + 1], bank.numpy(), rs[i : i + 1], [kept_negs[i]], 0.07)
+           for i in keep]  # fmt: skip
+    want = sum(per) / len(keep)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    all_ok = _memory_nce(z, bank, rows, neg, torch.tensor(0.07), torch.ones(5), torch.ones(9) > 0)
+    plain = _memory_nce(z, bank, rows, neg, torch.tensor(0.07), torch.ones(5))
+    assert torch.equal(all_ok, plain)  # nothing left out: the same loss
+
+
+def test_clips_without_audio_or_video_write_no_memory_of_it(batch):
+    """A clip without audio (the loader's all-zero fbank) gets no audio memory: before, its row
+    held the embedding of silence, the same for every such clip, drawn as a negative and (in
+    AVID-CMA) perfectly 'agreeing' with every other silent clip. Same for a missing video."""
+    model = _model(memory_bank=True, bank_negatives=8, heads="avid").train()
+    b = make_batch(B=6)
+    b.audio_mask[[1, 4]] = False
+    b.audio[[1, 4]] = 0.0
+    b.video_mask[2] = False
+    b.video[2] = 0.0
+    model.compute_losses(b)
+    model.commit_state()
+    assert model.bank_valid["audio"][:6].tolist() == [True, False, True, True, False, True]
+    assert model.bank_valid["video"][:6].tolist() == [True, True, False, True, True, True]
+    assert torch.equal(model.bank["audio"][[1, 4]], torch.zeros(2, 16))  # never written
+    assert torch.equal(model.bank["video"][2], torch.zeros(16))
+    again = make_batch(B=6, seed=1)  # the same keys, now with audio: the memory starts
+    model.compute_losses(again)
+    model.commit_state()
+    assert model.bank_valid["audio"][:6].all()
+    assert torch.isfinite(model.bank["audio"][:6]).all()

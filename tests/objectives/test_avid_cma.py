@@ -9,7 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.objectives.avid_cma import AVIDCMA, agreement_positives, negatives_avoiding
+from avssl.objectives.avid_cma import (
+    AVIDCMA,
+    _positive_nce,
+    agreement_positives,
+    negatives_avoiding,
+)
 from avssl.objectives.contrastive import AVContrastive
 from tests.objectives.batches import make_batch
 
@@ -58,6 +63,7 @@ def _cross_avid(tmp_path, **kw):
     batch = make_batch(B=8)
     batch.key = [f"s{i}" for i in range(8)]
     avid.train().compute_losses(batch)  # fills the bank rows of the 8 keys
+    avid.commit_state()
     ckpt = {"state_dict": avid.state_dict(), "hyper_parameters": dict(avid.hparams)}
     avid.on_save_checkpoint(ckpt)
     path = tmp_path / "avid.ckpt"
@@ -163,3 +169,83 @@ def test_positive_sets_are_found_again_every_quarter(tmp_path):
     cma._trainer = None
     out = cma.compute_losses(batch)
     assert float(out["positive_sets_found"]) == 4.0
+
+
+def test_rows_without_a_memory_agree_with_no_row():
+    """``valid``: a similarity with a missing memory does not count. Rows 1 and 4 have no audio
+    (their audio rows are identical, as silence would make them): under consensus they have no
+    positives (-1) and are nobody's; union falls back on their video; video ignores audio."""
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    a = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    a[4] = a[1].clone()  # the same "memory" for both silent clips
+    has_a = torch.tensor([True, False, True, True, False, True])
+    valid = (torch.ones(6, dtype=torch.bool), has_a)
+    cons = agreement_positives(v, a, 2, "consensus", valid=valid)
+    assert cons[1].tolist() == [-1, -1] and cons[4].tolist() == [-1, -1]
+    assert not (cons[has_a] == 1).any() and not (cons[has_a] == 4).any()
+    sim = torch.minimum(v @ v.t(), a @ a.t())
+    for i in torch.nonzero(has_a).flatten().tolist():  # the others: the best of the valid rows
+        others = [j for j in range(6) if j != i and has_a[j]]
+        want = sorted(sorted(others, key=lambda j: -float(sim[i, j]))[:2])
+        assert cons[i].tolist() == want
+    union = agreement_positives(v, a, 2, "union", valid=valid)
+    assert (union >= 0).all()
+    sim_v = v @ v.t()
+    want_1 = sorted(sorted([0, 2, 3, 4, 5], key=lambda j: -float(sim_v[1, j]))[:2])
+    assert union[1].tolist() == want_1  # video similarity only
+    assert torch.equal(agreement_positives(v, a, 2, "video", valid=valid),
+                       agreement_positives(v, a, 2, "video"))  # fmt: skip
+    assert (agreement_positives(v, a, 2, "audio", valid=valid)[[1, 4]] == -1).all()
+
+
+def test_negatives_avoiding_ignores_padding():
+    """Entries >= filled pad a short positive set: they exclude nothing, and no draw leaves
+    range(filled) or hits a real excluded row."""
+    excluded = torch.tensor([[1, 4, 12, 12], [0, 2, 5, 7]])  # row 0: 2 real, 2 padding
+    gen = torch.Generator().manual_seed(0)
+    neg = negatives_avoiding(excluded, 10, 3000, gen)
+    assert int(neg.max()) < 10 and int(neg.min()) >= 0
+    assert not set(neg[0].tolist()) & {1, 4} and not set(neg[1].tolist()) & {0, 2, 5, 7}
+
+
+def test_positive_nce_leaves_out_missing_positives_by_hand():
+    """A -1 pick and a positive without a memory are not averaged over; an anchor left with no
+    positive is not in the mean; negatives without a memory are not in the softmax."""
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    usable = torch.tensor([True, True, False, True])
+    pos = torch.tensor([[-1, 3], [-1, 2]])  # anchor 1: its only positive holds no memory
+    neg = torch.tensor([[1, 2], [0, 3]])  # anchor 0's negative 2 holds none
+    got = _positive_nce(z, bank, pos, neg, torch.tensor(1.0), torch.ones(2), usable)
+    s, n = 0.8, 0.0  # anchor 0: positive row 3 (cos 0.8), negative row 1 (cos 0)
+    want = -(s - math.log(math.exp(s) + math.exp(n)))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_cma_positive_sets_skip_samples_without_audio(tmp_path):
+    """From a Cross-AVID bank where samples 1 and 4 had no audio: they get no positive set
+    under consensus, are in nobody's, and the loss is finite and trains."""
+    torch.manual_seed(0)
+    avid = AVContrastive(memory_bank=True, **TINY)
+    batch = make_batch(B=8)
+    batch.key = [f"s{i}" for i in range(8)]
+    batch.audio_mask[[1, 4]] = False
+    batch.audio[[1, 4]] = 0.0
+    avid.train().compute_losses(batch)
+    avid.commit_state()
+    ckpt = {"state_dict": avid.state_dict(), "hyper_parameters": dict(avid.hparams)}
+    avid.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "avid.ckpt")
+    cma = AVIDCMA(avid_ckpt=str(tmp_path / "avid.ckpt"), positives=2, within_negatives=3, **TINY)
+    cma.check_before_fit(resuming=False)
+    cma.find_positives()
+    pos = cma.positive_rows
+    assert (pos[[1, 4]] == -1).all() and not (pos[[0, 2, 3, 5, 6, 7]] < 0).any()
+    assert not ((pos == 1) | (pos == 4)).any()
+    neg = cma._bank_negatives(torch.arange(8), 8)
+    assert int(neg.max()) < 8 and int(neg.min()) >= 0
+    out = cma.train().compute_losses(batch)
+    assert torch.isfinite(out["loss"]) and torch.isfinite(out["nce_pos"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in cma.parameters() if p.grad is not None)

@@ -268,3 +268,52 @@ def test_clip_grad_per_param_clips_each_tensor_before_the_step(tmp_path):
         toy = Toy(base_lr=1e-2, clip_grad_per_param=clip)
         _trainer(tmp_path, max_steps=2, callbacks=[spy]).fit(toy, datamodule=FakeData())
         assert spy.norms and check(max(spy.norms)), (clip, max(spy.norms))
+
+
+class LRs(pl.Callback):
+    """The learning rate each training step runs at; saves a checkpoint after step ``save_at``."""
+
+    def __init__(self, save_at: int = -1, path=None) -> None:
+        self.lrs: list[float] = []
+        self.save_at, self.path = save_at, path
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.save_at:
+            trainer.save_checkpoint(self.path)
+
+
+def test_resume_with_more_steps_follows_the_new_schedule(tmp_path, caplog):
+    """A run of 4 steps resumed with max_steps 8: the cosine is stretched over 8 steps (before,
+    the restored schedule kept 4 and the 4 new steps ran at the final rate 0), one line says
+    so; resumed with the same settings the rates are those of the uninterrupted run, exactly."""
+    import logging
+
+    kw = dict(lr=1e-2, warmup_steps=1, min_lr_ratio=0.0)
+    ckpt = tmp_path / "four.ckpt"
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(Toy(**kw), datamodule=FakeData())
+    trainer.save_checkpoint(ckpt)
+    spy = LRs()
+    with caplog.at_level(logging.INFO):
+        longer = _trainer(tmp_path, max_steps=8, callbacks=[spy])
+        longer.fit(Toy(**kw), datamodule=FakeData(), ckpt_path=str(ckpt))
+    want = [1e-2 * WarmupCosine(1, 8, 0.0)(s) for s in range(4, 8)]
+    assert spy.lrs == pytest.approx(want) and min(spy.lrs) > 0
+    assert longer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 8
+    notes = [r.message for r in caplog.records if "new schedule" in r.message]
+    assert len(notes) == 1 and "total steps 4 -> 8" in notes[0]
+    assert f"lr now 0 -> {want[0]:.4g}" in notes[0]
+
+    caplog.clear()
+    whole = LRs(save_at=2, path=tmp_path / "two.ckpt")
+    _trainer(tmp_path, max_steps=6, callbacks=[whole]).fit(Toy(**kw), datamodule=FakeData())
+    resumed = LRs()
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, max_steps=6, callbacks=[resumed]).fit(
+            Toy(**kw), datamodule=FakeData(), ckpt_path=str(tmp_path / "two.ckpt")
+        )
+    assert resumed.lrs == whole.lrs[2:]  # bit-identical
+    assert not [r for r in caplog.records if "new schedule" in r.message]

@@ -60,12 +60,17 @@ def test_ema_update_and_cosine_momentum(batch):
 
 
 def test_centres_follow_the_teacher_mean_in_training_only(batch):
+    """The centres move when a training batch is committed (its loss was finite: the base
+    class's ``training_step`` calls ``commit_state``), not in evaluation mode."""
     model = _model()
     ta = model._teacher_logits(batch.audio, "audio")
     tv = model._teacher_logits(batch.video, "video")
     model.eval().compute_losses(batch)
+    model.commit_state()  # nothing staged in evaluation mode
     assert torch.equal(model.center_audio, torch.zeros(1, 64))
     model.train().compute_losses(batch)
+    assert torch.equal(model.center_audio, torch.zeros(1, 64))  # staged, not yet applied
+    model.commit_state()
     assert torch.allclose(model.center_audio, 0.1 * ta.mean(0, keepdim=True), atol=1e-6)
     assert torch.allclose(model.center_video, 0.1 * tv.mean(0, keepdim=True), atol=1e-6)
 
@@ -76,17 +81,21 @@ def test_centres_leave_out_clips_missing_a_modality(batch):
     batch.audio[2] = 0.0  # the placeholder input of a clip without audio
     ta = model._teacher_logits(batch.audio, "audio")
     model.compute_losses(batch)
+    model.commit_state()
     keep = torch.tensor([0, 1, 3])
     assert torch.allclose(model.center_audio, 0.1 * ta[keep].mean(0, keepdim=True), atol=1e-6)
     batch.audio_mask[:] = False  # no clip with both: the centres stay where they are
     before = model.center_audio.clone()
     model.compute_losses(batch)
+    model.commit_state()
     assert torch.equal(model.center_audio, before)
 
 
 def test_teacher_moves_once_per_optimizer_step(batch):
     """With gradient accumulation Lightning ends every micro-batch, but steps (and counts
-    global_step) once per window; a batch skipped for a non-finite loss has no outputs."""
+    global_step) once per window; a step whose micro-batches were all skipped for non-finite
+    losses (``last_step_skipped``, set by the base class) moves no teacher; Lightning passes
+    ``{}`` as the outputs of a skipped batch, not None."""
     from types import SimpleNamespace
 
     model = _model()
@@ -101,9 +110,11 @@ def test_teacher_moves_once_per_optimizer_step(batch):
         model.on_train_batch_end(out, batch, micro)
     assert calls == [(0, 8), (1, 8), (2, 8)]
     trainer.global_step = 4  # a step counted, but its loss was skipped: the teacher stays
-    model.on_train_batch_end(None, batch, 6)
+    model.last_step_skipped = True
+    model.on_train_batch_end({}, batch, 6)
     assert calls == [(0, 8), (1, 8), (2, 8)]
     trainer.global_step = 5
+    model.last_step_skipped = False
     model.on_train_batch_end(out, batch, 7)
     assert calls[-1] == (4, 8)
 
@@ -269,6 +280,7 @@ def test_local_views_centres_follow_the_local_teacher(batch):
     local_a, local_v = _fixed_local_views(model, batch)
     t_a = model._teacher_logits(local_a, "audio")
     model.compute_losses(batch)
+    model.commit_state()
     assert torch.allclose(model.center_audio, 0.1 * t_a.mean(0, keepdim=True), atol=1e-6)
 
 

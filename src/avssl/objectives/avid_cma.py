@@ -20,7 +20,9 @@ Numbers from AVID-CMA's public Kinetics config (pos_k 32, consensus, 1024 / 64 n
 weights, resampling every 5 epochs). As in :mod:`avssl.objectives.contrastive`, AVID's binary
 NCE is replaced by the softmax (InfoNCE) form: each positive is scored against the negatives.
 Samples that joined the bank after the positive sets were found have none until the next
-resampling (their positive-set term is left out).
+resampling (their positive-set term is left out). Rows that hold no memory of a modality (a
+sample without audio; :mod:`avssl.objectives._memory_bank`) agree with no row in it: under
+"consensus" such a sample is nobody's positive and has no positives itself.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 
 from avssl.losses._precision import float32_loss
 from avssl.objectives._mavil_parts import read_run_checkpoint
+from avssl.objectives._memory_bank import MASKED_LOGIT, BankStep
 from avssl.objectives.contrastive import AVContrastive
 
 AGREEMENTS = ("consensus", "union", "video", "audio")
@@ -47,8 +50,10 @@ def agreement_positives(
     k: int,
     agreement: str = "consensus",
     chunk: int = 4096,
+    valid: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``[N, k]`` rows of each row's ``k`` most agreeing other rows, sorted ascending.
+    """``[N, k]`` rows of each row's ``k`` most agreeing other rows, sorted ascending; -1 (first)
+    for a pick without any agreeing row left.
 
     Args:
         video, audio: ``[N, P]`` L2-normalised memories (row i of both is sample i).
@@ -56,6 +61,9 @@ def agreement_positives(
         agreement: "consensus" (min of the two cosine similarities), "union" (max), "video",
             "audio".
         chunk: query rows per matrix product.
+        valid: ``([N], [N])`` bool, the rows that hold a video and an audio memory (None: all);
+            a similarity with a row (or of a row) without that memory does not count:
+            "consensus" needs both, "union" either.
     """
     if agreement not in AGREEMENTS:
         raise ValueError(f"agreement must be one of {AGREEMENTS}, got {agreement!r}")
@@ -67,11 +75,16 @@ def agreement_positives(
         q = slice(start, min(start + chunk, n))
         sim_v = video[q].float() @ video.float().t()  # [b, N]
         sim_a = audio[q].float() @ audio.float().t()
+        if valid is not None:  # no agreement with a missing memory
+            sim_v = sim_v.masked_fill(~(valid[0][q, None] & valid[0][None, :]), float("-inf"))
+            sim_a = sim_a.masked_fill(~(valid[1][q, None] & valid[1][None, :]), float("-inf"))
         sim = {"consensus": torch.minimum(sim_v, sim_a), "union": torch.maximum(sim_v, sim_a),
                "video": sim_v, "audio": sim_a}[agreement]  # fmt: skip
         rows = torch.arange(q.start, q.stop, device=sim.device)
         sim[rows - q.start, rows] = float("-inf")  # never its own positive
-        out.append(sim.topk(k, dim=1).indices.sort(dim=1).values)
+        top = sim.topk(k, dim=1)  # [b, k]
+        picks = top.indices.masked_fill(torch.isneginf(top.values), -1)
+        out.append(picks.sort(dim=1).values)
     return torch.cat(out)
 
 
@@ -79,7 +92,9 @@ def negatives_avoiding(
     excluded: torch.Tensor, filled: int, count: int, gen: torch.Generator | None = None
 ) -> torch.Tensor:
     """``[B, count]`` rows drawn uniformly from ``range(filled)`` minus each row of ``excluded``
-    (``[B, E]``, sorted ascending, distinct; e.g. the anchor and its positives)."""
+    (``[B, E]``, sorted ascending, distinct; e.g. the anchor and its positives). Entries
+    ``>= filled`` are padding (a positive set with fewer than E - 1 rows): they exclude nothing,
+    and the draws then leave out as many of the highest allowed rows."""
     b, e = excluded.shape
     if filled - e < 1:
         return excluded.new_zeros(b, 0)
@@ -91,15 +106,29 @@ def negatives_avoiding(
 
 @float32_loss
 def _positive_nce(
-    z: torch.Tensor, bank: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t, valid
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    t: torch.Tensor,
+    valid: torch.Tensor,
+    usable: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over anchors (``valid``) and their positives of InfoNCE(positive | negatives)."""
+    """Mean over anchors (``valid``) and their positives of InfoNCE(positive | negatives);
+    ``usable [capacity]`` (optional): rows that hold a memory; positives (and -1 picks) and
+    negatives without one are left out, and so is an anchor left without positives."""
     z = F.normalize(z.float(), dim=-1)
-    s_pos = torch.einsum("bp,bkp->bk", z, bank[pos].float()) / t  # [B, K]
+    pos_ok = pos >= 0 if usable is None else (pos >= 0) & usable[pos.clamp_min(0)]  # [B, K]
+    s_pos = torch.einsum("bp,bkp->bk", z, bank[pos.clamp_min(0)].float()) / t  # [B, K]
     s_neg = torch.einsum("bp,bmp->bm", z, bank[neg].float()) / t  # [B, M]
+    if usable is not None:
+        s_neg = s_neg.masked_fill(~usable[neg], MASKED_LOGIT)
     lse_neg = s_neg.logsumexp(dim=1, keepdim=True)  # [B, 1]
     per = torch.logaddexp(s_pos, lse_neg) - s_pos  # [B, K]: -log softmax of each positive
-    return (per.mean(dim=1) * valid).sum() / valid.sum().clamp_min(1.0)
+    w = pos_ok.float()
+    valid = valid * (w.sum(dim=1) > 0)
+    per_anchor = (per * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # [B]
+    return (per_anchor * valid).sum() / valid.sum().clamp_min(1.0)
 
 
 class AVIDCMA(AVContrastive):
@@ -183,9 +212,11 @@ class AVIDCMA(AVContrastive):
         """The positive set of every bank row from the current memories."""
         n = len(self.bank_index)
         self.bank = {m: b.to(self.device) for m, b in self.bank.items()}
+        self.bank_valid = {m: v.to(self.device) for m, v in self.bank_valid.items()}
         k = min(self.num_positives, n - 1)
+        valid = (self.bank_valid["video"][:n], self.bank_valid["audio"][:n])
         self.positive_rows = agreement_positives(
-            self.bank["video"][:n], self.bank["audio"][:n], k, self.agreement
+            self.bank["video"][:n], self.bank["audio"][:n], k, self.agreement, valid=valid
         )
         self.found_at = self.global_step
         self.times_found += 1
@@ -205,8 +236,9 @@ class AVIDCMA(AVContrastive):
         pos = self._positives_of(rows)
         if pos is None:
             return base
-        excluded = torch.cat([rows[:, None], pos], dim=1).sort(dim=1).values
-        avoid = negatives_avoiding(excluded, filled, self.bank_negatives)
+        excluded = torch.cat([rows[:, None], pos], dim=1)  # [B, 1 + K]
+        excluded = excluded.masked_fill(excluded < 0, filled + excluded.shape[1])  # padding
+        avoid = negatives_avoiding(excluded.sort(dim=1).values, filled, self.bank_negatives)
         if avoid.shape != base.shape:  # too few rows outside the positive sets
             return base
         have = rows < len(self.positive_rows)  # type: ignore[arg-type]
@@ -223,16 +255,18 @@ class AVIDCMA(AVContrastive):
         pos = table[rows.clamp(max=len(table) - 1)]
         return torch.where(have[:, None], pos, rows[:, None].expand_as(pos))
 
-    def _more_bank_terms(self, out, total, rows, neg, za, zv, a_ok, v_ok, t) -> torch.Tensor:
+    def _more_bank_terms(self, out, total, step: BankStep, za, zv, a_ok, v_ok) -> torch.Tensor:
+        rows, neg, t = step.rows, step.neg, step.t
         pos = self._positives_of(rows)
         if pos is None or self.positive_rows is None or neg.shape[1] == 0:
             return total
         has_set = (rows < len(self.positive_rows)).float()
         out["positive_sets_found"] = torch.tensor(float(self.times_found))
         within = neg[:, : self.within_negatives]
+        v_use, a_use = step.usable["video"], step.usable["audio"]
         out["nce_pos"] = 0.5 * (
-            _positive_nce(zv, self.bank["video"], pos, within, t, v_ok * has_set)
-            + _positive_nce(za, self.bank["audio"], pos, within, t, a_ok * has_set)
+            _positive_nce(zv, self.bank["video"], pos, within, t, v_ok * has_set, v_use)
+            + _positive_nce(za, self.bank["audio"], pos, within, t, a_ok * has_set, a_use)
         )
         return (total + self.positive_weight * out["nce_pos"]) / (1.0 + self.positive_weight)
 

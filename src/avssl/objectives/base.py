@@ -28,47 +28,30 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.models.layers import COMPILE_MODES, compile_blocks
+from avssl.objectives._nonfinite import (
+    finite_report,
+    nonfinite_stop,
+    restore_stats,
+    running_stats,
+    zero_loss,
+)
+from avssl.objectives._schedule import ConstantLR, WarmupCosine, renew_schedules
 
 if TYPE_CHECKING:
     from avssl.data.local_view import LocalViewSpec
 
-NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "embedding")
+# learned tokens and embeddings that take no weight decay (matched as parts of parameter names)
+NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "modality_embed")
 VALIDATION_SEED = 20261129  # + batch index: the masks and views of validation batches
-
-
-class WarmupCosine:
-    """Step-wise multiplier: linear warmup from ~0 to 1, then cosine decay to ``min_ratio``.
-
-    A plain object (not a closure) so that ``LambdaLR.state_dict()`` stores its numbers and a
-    resumed run continues on the same curve (Loshchilov & Hutter 2017,
-    https://arxiv.org/abs/1608.03983).
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = max(int(total_steps), 1)
-        self.min_ratio = float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        span = max(self.total_steps - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / span, 1.0)
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class ConstantLR:
-    """Step-wise multiplier 1 (a group that keeps its learning rate: no warm-up, no decay)."""
-
-    def __call__(self, step: int) -> float:
-        return 1.0
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Splits trainable parameters into a decayed and a non-decayed group.
 
-    No weight decay on 1-d parameters (biases, norm scales), position embeddings and learned
-    tokens, as in MAE / timm ``param_groups_weight_decay``. Frozen parameters are left out.
+    No weight decay on 1-d parameters (biases, norm scales), position embeddings, modality
+    embeddings and learned tokens (``NO_DECAY_KEYS``), as in MAE / timm
+    ``param_groups_weight_decay``; linear and patch-embedding weights are decayed. Frozen
+    parameters are left out.
     """
     decay, no_decay = [], []
     for name, p in module.named_parameters():
@@ -96,7 +79,10 @@ class AVObjective(pl.LightningModule):
         betas: AdamW betas (MAE uses (0.9, 0.95)).
         warmup_steps: linear warmup steps; when None, ``warmup_fraction`` of the total steps.
         warmup_fraction: warmup as a fraction of ``trainer.estimated_stepping_batches``.
-        max_nonfinite_in_row: stop with an error after this many non-finite losses in a row.
+        max_nonfinite_in_row: stop with a one-line error
+            (:class:`~avssl.objectives._nonfinite.NonFiniteLossError`, exit code 2 through
+            ``avssl``) after this many non-finite losses in a row; the batches
+            before are skipped (see :meth:`training_step`).
         compile: ``"none"`` (default), ``"blocks"`` compiles every transformer block with
             ``torch.compile``, ``"graphs"`` also replays each compiled block as a CUDA graph on
             a GPU (``mode="reduce-overhead"``; every training and validation step is marked
@@ -147,6 +133,12 @@ class AVObjective(pl.LightningModule):
         self.clip_grad_per_param = float(clip_grad_per_param)
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
+        #: True when the optimizer step last taken changed nothing: every micro-batch of its
+        #: accumulation window had a non-finite loss (objectives that update state after a
+        #: step, such as an EMA teacher, read it in ``on_train_batch_end``)
+        self.last_step_skipped = False
+        self._finite_micro_batches = 0  # finite losses since the last optimizer step
+        self._planned_schedule: dict[str, Any] | None = None  # WarmupCosine numbers of this run
         self.recipe_name: str | None = None  # set by avssl.train; stored in checkpoint["avssl"]
         self.used_lr: float | None = None
         # logger=False: the data module's hparams share names (num_frames, ...) and Lightning
@@ -178,6 +170,12 @@ class AVObjective(pl.LightningModule):
     def visualize(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         """Returns named ``[3, H, W]`` images in [0, 1] for TensorBoard (optional)."""
         return {}
+
+    def commit_state(self) -> None:
+        """Applies the state updates the last :meth:`compute_losses` in training mode staged
+        (teacher centres, memory-bank rows); :meth:`training_step` calls it only when that
+        batch's loss was finite on every rank, so a skipped batch leaves no trace. Validation
+        never calls it. Default: nothing to apply."""
 
     # ----------------------------------------------------------------- optimisation
     def effective_batch_size(self) -> int | None:
@@ -228,6 +226,7 @@ class AVObjective(pl.LightningModule):
         if warmup is None:
             warmup = int(round(self.warmup_fraction * total_steps))
         schedule = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
+        self._planned_schedule = dict(vars(schedule))  # on_train_start: kept on resume
         lambdas: list[Callable[[int], float]] = [
             ConstantLR() if g.get("constant_lr") else schedule for g in opt.param_groups
         ]
@@ -272,11 +271,26 @@ class AVObjective(pl.LightningModule):
         if self.compile_policy == "graphs":
             torch.compiler.cudagraph_mark_step_begin()
 
+    def on_train_start(self) -> None:
+        """After a resume restored the checkpoint's schedule: this run's warm-up, length and
+        final ratio replace the checkpoint's where they differ (one line says so;
+        :func:`~avssl.objectives._schedule.renew_schedules`)."""
+        if self._planned_schedule is not None:
+            for note in renew_schedules(self.trainer.lr_scheduler_configs, self._planned_schedule):
+                rank_zero_info(note)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.mark_graph_step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.clip_grad_per_param > 0:
+        """When every micro-batch since the last step was skipped (non-finite), the gradients
+        (zeros under DDP) become None, so the optimizer changes no weight, moment or step
+        count; the decision is the same on every rank (the finiteness flag is all-reduced)."""
+        self.last_step_skipped = self._finite_micro_batches == 0
+        self._finite_micro_batches = 0
+        if self.last_step_skipped:
+            optimizer.zero_grad(set_to_none=True)
+        elif self.clip_grad_per_param > 0:
             clip_per_param(self.parameters(), self.clip_grad_per_param)
 
     # ----------------------------------------------------------------- validation
@@ -319,29 +333,50 @@ class AVObjective(pl.LightningModule):
 
     # ----------------------------------------------------------------- training step
     def training_step(self, batch: AVBatch, batch_idx: int) -> torch.Tensor | None:
+        """The batch's losses, logged; ``"loss"`` is backpropagated. A batch whose loss is
+        non-finite on any rank is skipped (counted in ``train/nonfinite_skipped``): its batch
+        norm statistics are put back, no staged state is committed (:meth:`commit_state`) and it
+        returns None on one device, a zero loss under DDP (:mod:`._nonfinite`)."""
+        stats = running_stats(self)
         losses = self.compute_losses(batch)
         loss = losses["loss"]
         if not self._loss_is_finite(loss):
-            self.nonfinite_total += 1
-            self.nonfinite_in_row += 1
-            self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True)
-            if self.nonfinite_in_row >= self.max_nonfinite_in_row:
-                raise RuntimeError(
-                    f"avssl: {self.nonfinite_in_row} non-finite losses in a row at step "
-                    f"{self.global_step} (terms: {_finite_report(losses)}); lower the learning "
-                    "rate, check the data, or raise model.init_args.max_nonfinite_in_row"
-                )
-            return None  # Lightning skips backward and the optimizer step
+            restore_stats(stats)
+            return self._skip(losses, len(batch))
+        self.commit_state()
         self.nonfinite_in_row = 0
-        bsz = len(batch)
+        self._finite_micro_batches += 1
+        self._log_step(losses, len(batch), loss.detach())
+        return loss
+
+    def _skip(self, losses: dict[str, torch.Tensor], bsz: int) -> torch.Tensor | None:
+        """Counts a non-finite batch, logs its terms with ``loss`` NaN (not the last step's
+        value, which Lightning would repeat), stops after ``max_nonfinite_in_row`` in a row."""
+        self.nonfinite_total += 1
+        self.nonfinite_in_row += 1
+        self._log_step(losses, bsz, torch.tensor(float("nan"), device=self.device))
+        if self.nonfinite_in_row >= self.max_nonfinite_in_row:
+            raise nonfinite_stop(
+                f"{self.nonfinite_in_row} non-finite losses in a row at step {self.global_step} "
+                f"(terms: {finite_report(losses)}); lower the learning rate, check the data, or "
+                "raise model.init_args.max_nonfinite_in_row",
+                self.global_rank,
+            )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return zero_loss(self)  # Lightning refuses None under DDP
+        return None  # Lightning skips backward (and the step changes nothing)
+
+    def _log_step(self, losses: dict[str, torch.Tensor], bsz: int, loss: torch.Tensor) -> None:
+        """Logs ``loss/<term>`` (``loss/loss`` = ``loss``), the learning rate and the skip
+        counter at every step: a metric not logged at a step would show its last value again."""
         logs = {f"loss/{k}": v.detach() for k, v in losses.items() if torch.is_tensor(v)}
+        logs["loss/loss"] = loss
         self.log_dict(logs, on_step=True, batch_size=bsz)
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=bsz, logger=False)
-        if self.trainer is not None and self.trainer.lr_scheduler_configs:
+        self.log("loss", loss, prog_bar=True, batch_size=bsz, logger=False)
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
             lr_now = self.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
             self.log("optim/lr", lr_now, on_step=True, batch_size=bsz)
         self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True)
-        return loss
 
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
         """One host sync per step: the guard must know on the host whether to skip.
@@ -437,11 +472,3 @@ def _check_json(hparams: dict[str, Any]) -> None:
                 f"objective argument {k!r} is a {type(v).__name__}; arguments must be plain "
                 "numbers/strings/lists/dicts so checkpoints load with weights_only=True"
             ) from None
-
-
-def _finite_report(losses: dict[str, torch.Tensor]) -> str:
-    parts = []
-    for k, v in losses.items():
-        if torch.is_tensor(v) and v.numel() == 1:
-            parts.append(f"{k}={float(v.detach()):.4g}")
-    return ", ".join(parts)

@@ -15,13 +15,19 @@
   normalised by their sum as AVID's code does: Cross-AVID 1 / 0 (the paper's choice), Self-AVID
   0 / 1, Joint-AVID 1 / 1.
 
-AVID memory bank, as implemented: one entry per *training sample*, found by its sample key
-through a key -> row table that grows lazily (a new key gets the next row, initialised with its
-current feature); negatives are drawn uniformly with replacement from the rows filled so far, so
-early on (or on a small dataset) a negative can repeat. Under DDP, keys and features of every
-rank are all-gathered before the bank update so that all ranks hold the same bank. The table and
-the banks are saved in the checkpoint (``checkpoint["avid_bank"]``) and restored on resume. A
-FIFO queue (MoCo) would be smaller but would not keep AVID's per-sample positive memory.
+AVID memory bank, as implemented (parts in :mod:`avssl.objectives._memory_bank`): one entry per
+*training sample*, found by its sample key through a key -> row table that grows lazily (a new
+key gets the next row, initialised with its current feature); negatives are drawn uniformly with
+replacement from the rows filled so far, so early on (or on a small dataset) a negative can
+repeat. A row holds a memory of a modality only once a clip of the sample *with* that modality
+was trained on: a clip without audio writes no audio memory (the loader's all-zero fbank is no
+sound), and rows without one are left out of the negatives. The update of a batch (new keys,
+new and moved memories) is staged and committed only when its loss is finite (``commit_state``),
+so a skipped batch leaves the bank as it was. Under DDP, keys and features of every rank are
+all-gathered before the bank update so that all ranks hold the same bank. The table, the banks
+and their validity flags are saved in the checkpoint (``checkpoint["avid_bank"]``) and restored
+on resume. A FIFO queue (MoCo) would be smaller but would not keep AVID's per-sample positive
+memory.
 """
 
 from __future__ import annotations
@@ -35,11 +41,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
-from avssl.losses._precision import float32_loss
 from avssl.losses.contrastive import key_ids, mil_nce
 from avssl.models.masking import random_masking
 from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs, masked_info_nce
+from avssl.objectives._memory_bank import (
+    BankStep,
+    bank_negative_rows,
+    gather_keys_and_tensors,
+    grown,
+    holds_memory,
+    memory_nce,
+)
 from avssl.objectives.base import AVObjective
 
 
@@ -206,6 +219,8 @@ class AVContrastive(AVObjective):
         self.bank_weights = (cross_weight / total, within_weight / total)
         self.bank_index: dict[str, int] = {}  # sample key -> bank row
         self.bank: dict[str, torch.Tensor] = {}  # modality -> [rows, proj_dim], L2-normalised
+        self.bank_valid: dict[str, torch.Tensor] = {}  # modality -> [rows] bool: holds a memory
+        self._bank_pending: tuple | None = None  # the last training batch's update (staged)
 
     def temperature(self) -> torch.Tensor:
         """Current temperature (a tensor; learnable when so configured), clamped to >= 0.01."""
@@ -272,72 +287,108 @@ class AVContrastive(AVObjective):
             return "its memory NCE needs each clip's memory row, and only training clips have one"
         return None
 
-    def _bank_rows(self, keys: list[str], feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Rows ``[B]`` of ``keys``; new keys get new rows initialised with ``feats``."""
+    def _bank_rows(self, keys: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """Rows ``[B]`` of ``keys`` and the new keys; a new key gets the next free row, which
+        joins the table when the batch is committed (:meth:`commit_state`)."""
         new = [k for k in dict.fromkeys(keys) if k not in self.bank_index]
-        start = len(self.bank_index)
-        for i, k in enumerate(new):
-            self.bank_index[k] = start + i
-        rows = torch.tensor([self.bank_index[k] for k in keys], device=self.device)
+        slot = {k: len(self.bank_index) + i for i, k in enumerate(new)}
+        rows = [self.bank_index[k] if k in self.bank_index else slot[k] for k in keys]
+        return torch.tensor(rows, device=self.device), new
+
+    @torch.no_grad()
+    def _bank_stage(
+        self,
+        rows: torch.Tensor,
+        filled: int,
+        feats: dict[str, torch.Tensor],
+        has: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Grows the banks to hold ``filled`` rows and writes the (finite) feature of every row that
+        holds no memory of a modality its clip has (``has [B]``): AVID's first memory, the
+        positive of this batch's loss. Such a row is still no valid memory (a batch that is not
+        committed leaves none). Returns per modality the rows usable in this batch's loss."""
+        usable = {}
         for m, f in feats.items():
-            bank = self.bank.get(m)
-            if bank is None:  # float32 whatever the step's precision (AVID's memory)
-                bank = f.new_zeros(0, f.shape[1], dtype=torch.float32)
-            bank = bank.to(f.device, torch.float32)
-            if len(self.bank_index) > len(bank):  # grow (doubling) to hold the new rows
-                extra = max(len(self.bank_index), 2 * len(bank)) - len(bank)
-                bank = torch.cat([bank, bank.new_zeros(extra, f.shape[1])])
-            fresh = rows >= start
-            bank[rows[fresh]] = F.normalize(f[fresh].float(), dim=-1).to(bank.dtype)
-            self.bank[m] = bank
-        return rows
+            bank, valid = grown(self.bank.get(m), self.bank_valid.get(m), filled, f)
+            ok = (has[m] > 0.5) & torch.isfinite(f).all(dim=1)
+            fresh = ok & ~valid[rows]  # [B]
+            bank[rows] = torch.where(fresh[:, None], F.normalize(f.float(), dim=-1), bank[rows])
+            self.bank[m], self.bank_valid[m] = bank, valid
+            usable[m] = valid.clone()
+            usable[m][rows] = valid[rows] | fresh
+        return usable
 
     def _bank_losses(self, keys, za, zv, a_ok, v_ok, t) -> dict[str, torch.Tensor]:
         """AVID: video vs audio memories and audio vs video memories (cross-modal,
         ``nce_av``), video vs video and audio vs audio memories (within-modal, ``nce_within``);
         ``bank_loss`` weighs them as the module docstring says."""
-        all_keys, feats = _gather_keys_and_feats(keys, {"audio": za.detach(), "video": zv.detach()})
-        rows_all = self._bank_rows(all_keys, feats)
+        mine = {"audio": za.detach(), "video": zv.detach(), "audio_ok": a_ok, "video_ok": v_ok}
+        all_keys, every = gather_keys_and_tensors(keys, mine)
+        rows_all, new = self._bank_rows(all_keys)
+        feats = {m: every[m] for m in ("audio", "video")}
+        has = {m: every[f"{m}_ok"] for m in ("audio", "video")}
+        filled = len(self.bank_index) + len(new)  # rows in use, this batch's new ones too
+        usable = self._bank_stage(rows_all, filled, feats, has)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         rows = rows_all[rank * len(keys) : (rank + 1) * len(keys)]  # this rank's samples
-        filled = len(self.bank_index)
-        neg = self._bank_negatives(rows, filled)
-        ok = a_ok * v_ok
+        step = BankStep(rows, self._bank_negatives(rows, filled), t, usable)
         w_cross, w_within = self.bank_weights
         out = {"bank_rows": torch.tensor(float(filled))}
         out["nce_av"] = 0.5 * (
-            _memory_nce(zv, self.bank["audio"], rows, neg, t, ok)
-            + _memory_nce(za, self.bank["video"], rows, neg, t, ok)
+            self._memory_term(zv, "audio", step, a_ok * v_ok)
+            + self._memory_term(za, "video", step, a_ok * v_ok)
         )
         total = w_cross * out["nce_av"]
         if w_within > 0:  # a modality's own memory: needs only that modality
             out["nce_within"] = 0.5 * (
-                _memory_nce(zv, self.bank["video"], rows, neg, t, v_ok)
-                + _memory_nce(za, self.bank["audio"], rows, neg, t, a_ok)
+                self._memory_term(zv, "video", step, v_ok)
+                + self._memory_term(za, "audio", step, a_ok)
             )
             total = total + w_within * out["nce_within"]
-        total = self._more_bank_terms(out, total, rows, neg, za, zv, a_ok, v_ok, t)
-        if self.training:
-            self._bank_update(rows_all, feats)
+        total = self._more_bank_terms(out, total, step, za, zv, a_ok, v_ok)
+        self._bank_pending = (new, rows_all, feats, has) if self.training else None
         out["bank_loss"] = total
         return out
+
+    def _memory_term(self, z: torch.Tensor, bank: str, step: BankStep, valid: torch.Tensor):
+        """:func:`memory_nce` of ``z`` against the ``bank`` modality's memories."""
+        return memory_nce(z, self.bank[bank], step.rows, step.neg, step.t, valid, step.usable[bank])
 
     def _bank_negatives(self, rows: torch.Tensor, filled: int) -> torch.Tensor:
         """``[B, bank_negatives]`` negative rows per anchor (:func:`bank_negative_rows`)."""
         return bank_negative_rows(rows, filled, self.bank_negatives)
 
-    def _more_bank_terms(self, out, total, rows, neg, za, zv, a_ok, v_ok, t) -> torch.Tensor:
+    def _more_bank_terms(self, out, total, step: BankStep, za, zv, a_ok, v_ok) -> torch.Tensor:
         """Subclass hook: extra memory terms against the banks before their update (added to
         ``out``); returns the new total. AVID-CMA's positive-set terms use it."""
         return total
 
+    def commit_state(self) -> None:
+        """The last training batch's memory update (its loss was finite): its new keys join
+        the table and its rows move (:meth:`_bank_update`)."""
+        pending, self._bank_pending = self._bank_pending, None
+        if pending is None:
+            return
+        new, rows, feats, has = pending
+        start = len(self.bank_index)
+        self.bank_index.update({k: start + i for i, k in enumerate(new)})
+        self._bank_update(rows, feats, has)
+
     @torch.no_grad()
-    def _bank_update(self, rows: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
+    def _bank_update(
+        self, rows: torch.Tensor, feats: dict[str, torch.Tensor], has: dict[str, torch.Tensor]
+    ) -> None:
+        """AVID's memory update ``m <- normalize(momentum m + (1 - momentum) f)`` of the rows
+        whose clip has the modality (``has [B]``, finite features only); those rows hold a
+        memory from now on; the rows of a missing modality stay as they are."""
         m = self.bank_momentum
         for mod, f in feats.items():
-            bank = self.bank[mod]
-            mixed = m * bank[rows] + (1 - m) * F.normalize(f.float(), dim=-1).to(bank.dtype)
-            bank[rows] = F.normalize(mixed, dim=-1)
+            bank, valid = self.bank[mod], self.bank_valid[mod]
+            ok = (has[mod] > 0.5) & torch.isfinite(f).all(dim=1)  # [B]
+            old = bank[rows]
+            mixed = m * old + (1 - m) * F.normalize(f.float(), dim=-1).to(bank.dtype)
+            bank[rows] = torch.where(ok[:, None], F.normalize(mixed, dim=-1), old)
+            valid[rows] = valid[rows] | ok
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -346,14 +397,22 @@ class AVContrastive(AVObjective):
             checkpoint["avid_bank"] = {
                 "keys": sorted(self.bank_index, key=self.bank_index.__getitem__),
                 **{m: b[:n].detach().cpu() for m, b in self.bank.items()},
+                **{f"{m}_valid": v[:n].cpu() for m, v in self.bank_valid.items()},
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores the bank; a bank saved without validity flags (before avssl kept them)
+        counts its finite, non-zero rows as memories (:func:`holds_memory`)."""
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("avid_bank")
         if state:
             self.bank_index = {k: i for i, k in enumerate(state["keys"])}
             self.bank = {m: state[m].float() for m in ("audio", "video") if m in state}
+            self.bank_valid = {
+                m: state[f"{m}_valid"].bool() if f"{m}_valid" in state else holds_memory(b)
+                for m, b in self.bank.items()
+            }
+            self._bank_pending = None
 
     def export_heads(self) -> dict[str, Any] | None:
         """The two projection heads, unless only within-modal terms trained them (Self-AVID)."""
@@ -371,54 +430,3 @@ class AVContrastive(AVObjective):
             "which": "online",
             "note": note,
         }
-
-
-def bank_negative_rows(rows: torch.Tensor, filled: int, count: int) -> torch.Tensor:
-    """``[B, count]`` bank rows drawn uniformly from the ``filled`` rows other than each
-    anchor's own row ``rows [B]`` (its positive); ``[B, 0]`` when the bank holds one row.
-
-    AVID samples its negatives uniformly from a memory of the whole training set (Kinetics),
-    where drawing the anchor's own memory is negligible; on a few hundred clips 1024 uniform
-    draws would hold the positive about 4 times each, which puts a floor of about ln(5) under
-    the loss, so it is excluded: draw from ``filled - 1`` rows and skip the anchor's.
-    """
-    if filled < 2:
-        return rows.new_zeros(len(rows), 0)
-    neg = torch.randint(filled - 1, (len(rows), count), device=rows.device)
-    return neg + (neg >= rows[:, None]).long()
-
-
-@float32_loss
-def _memory_nce(
-    z: torch.Tensor,
-    bank: torch.Tensor,
-    rows: torch.Tensor,
-    neg: torch.Tensor,
-    t: torch.Tensor,
-    valid: torch.Tensor,
-) -> torch.Tensor:
-    """InfoNCE of ``z [B, P]`` against its memory ``bank[rows]`` and ``bank[neg] [B, M, P]``."""
-    z = F.normalize(z.float(), dim=-1)
-    pos = (z * bank[rows].float()).sum(-1, keepdim=True)  # [B, 1]
-    negs = torch.einsum("bp,bmp->bm", z, bank[neg].float())  # [B, M]
-    logits = torch.cat([pos, negs], dim=1) / t  # [B, 1 + M], positive at 0
-    target = torch.zeros(len(z), dtype=torch.long, device=z.device)
-    per_row = F.cross_entropy(logits, target, reduction="none")  # [B]
-    return (per_row * valid).sum() / valid.sum().clamp_min(1.0)
-
-
-def _gather_keys_and_feats(
-    keys: list[str], feats: dict[str, torch.Tensor]
-) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """All ranks' keys and (detached) features, rank-ordered; identity when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(keys), feats
-    world = dist.get_world_size()
-    key_lists: list[list[str]] = [[] for _ in range(world)]
-    dist.all_gather_object(key_lists, list(keys))
-    out = {}
-    for m, f in feats.items():
-        parts = [torch.empty_like(f) for _ in range(world)]
-        dist.all_gather(parts, f.contiguous())
-        out[m] = torch.cat(parts)
-    return [k for ks in key_lists for k in ks], out

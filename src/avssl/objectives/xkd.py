@@ -224,6 +224,7 @@ class XKD(AVObjective):
         self.register_buffer("center_audio", torch.zeros(1, head_out_dim))
         self.register_buffer("center_video", torch.zeros(1, head_out_dim))
         self.ema_momentum = ema_start
+        self._staged_centres: tuple[torch.Tensor, torch.Tensor] | None = None  # (video, audio)
         self._teacher_step = 0  # global step of the last teacher update (on_train_start sets it)
         self._told_device_cut = False
         total = recon_weight + kd_weight + align_weight
@@ -342,10 +343,13 @@ class XKD(AVObjective):
             align = 0.5 * (align_s + align_fn(t_v[both], t_a[both]))
         else:
             align = (s_a.sum() + s_v.sum()) * 0.0
+        self._staged_centres = None
         if self.training:  # centres of the clips distilled (a missing input's logits are not)
-            m = c["center_momentum"]
-            self.center_video.copy_(update_center(self.center_video, t_v[both], m))
-            self.center_audio.copy_(update_center(self.center_audio, t_a[both], m))
+            m = c["center_momentum"]  # committed only when the loss is finite (commit_state)
+            self._staged_centres = (
+                update_center(self.center_video, t_v[both], m),
+                update_center(self.center_audio, t_a[both], m),
+            )
         recon, kd = 0.5 * (recon_a + recon_v), 0.5 * (kd_a + kd_v)
         w_r, w_k, w_a = self.weights
         return {
@@ -355,6 +359,14 @@ class XKD(AVObjective):
             "loss": w_r * recon + w_k * kd + w_a * align,
         }  # fmt: skip
 
+    @torch.no_grad()
+    def commit_state(self) -> None:
+        """The teacher centres staged by the last training batch (its loss was finite)."""
+        if self._staged_centres is not None:
+            self.center_video.copy_(self._staged_centres[0])
+            self.center_audio.copy_(self._staged_centres[1])
+            self._staged_centres = None
+
     # ----------------------------------------------------------------- EMA teacher
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -362,13 +374,15 @@ class XKD(AVObjective):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Teacher EMA once per optimiser step, at the momentum of the step just taken: not
-        after the micro-batches of an accumulation window that take no step, nor after a
-        batch whose non-finite loss was skipped (``outputs`` None)."""
+        after the micro-batches of an accumulation window that take no step, nor after a step
+        that changed nothing because all its micro-batches were skipped for non-finite losses
+        (``last_step_skipped``; the students did not move)."""
         step = self.trainer.global_step  # already counts a step just taken
-        if outputs is None or step == self._teacher_step:
+        if step == self._teacher_step:
             return
         self._teacher_step = step
-        self.update_teacher(max(step - 1, 0), int(self.trainer.estimated_stepping_batches))
+        if not self.last_step_skipped:
+            self.update_teacher(max(step - 1, 0), int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
     def update_teacher(self, step: int, total_steps: int) -> float:
