@@ -1,7 +1,8 @@
 """Training callbacks a researcher wants to see in TensorBoard (issue 4, item 5).
 
 - :class:`ThroughputMonitor`: samples/s, fraction of wall time spent waiting for data, and the
-  loader's skipped-sample counter, as scalars every ``log_every_n_steps``.
+  loader's skipped-sample counter (summed over the ranks), as scalars every
+  ``log_every_n_steps``.
 - :class:`ImageLogger`: every N steps, the objective's ``visualize(batch)`` figures (input,
   masked input and reconstruction for a spectrogram and for video frames, side by side).
 
@@ -19,7 +20,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 
 def _skipped_samples(trainer: pl.Trainer, batch: Any) -> int | None:
-    """Number of samples the loader skipped so far (corrupt/undecodable), if it reports one."""
+    """Number of samples this rank's loader skipped so far (corrupt/undecodable), if it
+    reports one."""
     extra = getattr(batch, "extra", None)
     if isinstance(extra, dict) and "skipped_total" in extra:  # set by AVDataModule
         value = extra["skipped_total"]
@@ -34,8 +36,25 @@ def _skipped_samples(trainer: pl.Trainer, batch: Any) -> int | None:
     return None
 
 
+def _logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes this training step's logged values to the loggers (every
+    ``log_every_n_steps``, and at the end); True where the trainer does not say."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
+def _sum_over_ranks(trainer: pl.Trainer, pl_module: pl.LightningModule, value: int) -> float:
+    """``value`` summed over the ranks (one all-reduce under DDP; every rank must call it)."""
+    if trainer.world_size <= 1:
+        return float(value)
+    total = torch.tensor(float(value), device=pl_module.device)
+    return float(trainer.strategy.reduce(total, reduce_op="sum"))
+
+
 class ThroughputMonitor(pl.Callback):
-    """Logs ``perf/samples_per_sec``, ``perf/data_wait_fraction`` and ``data/skipped_samples``.
+    """Logs ``perf/samples_per_sec``, ``perf/data_wait_fraction`` and ``data/skipped_samples``
+    (the samples the loaders of all ranks skipped so far: its all-reduce, and the host sync that
+    reads it, run only on the steps whose values Lightning writes).
 
     Wait time is measured on the host from the end of one training batch to the start of the
     next (Lightning fetches the batch in between); step time is batch-start to batch-start. On
@@ -85,8 +104,9 @@ class ThroughputMonitor(pl.Callback):
     ) -> None:
         self._last_end = time.perf_counter()
         skipped = _skipped_samples(trainer, batch)
-        if skipped is not None:
-            pl_module.log("data/skipped_samples", float(skipped), on_step=True)
+        if skipped is not None and _logs_this_step(trainer):  # the same decision on every rank
+            total = _sum_over_ranks(trainer, pl_module, skipped)
+            pl_module.log("data/skipped_samples", total, on_step=True)
         window = self.window or int(getattr(trainer, "log_every_n_steps", 50))
         if self._steps < max(window, 1) or self._total <= 0:
             return

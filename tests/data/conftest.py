@@ -152,6 +152,15 @@ def audio_only_data(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return rewrite(synth, tmp_path_factory.mktemp("audioonly") / "prepared", edit)
 
 
+@pytest.fixture(autouse=True)
+def no_global_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader tests' streams take data seed 0 (``data_seed``): a global seed left in the
+    environment by an earlier test (``seed_everything`` sets ``PL_GLOBAL_SEED``) is removed,
+    and the variable is back as it was after the test (which may set it)."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # records the variable's state before the test
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+
+
 def _small_args(**overrides) -> dict:
     args = dict(
         batch_size=2,

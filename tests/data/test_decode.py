@@ -12,6 +12,7 @@ import torch
 
 from avssl.data import audio_decode
 from avssl.data.audio_decode import FlacWindows, load_audio
+from avssl.data.datamodule import AVDataModule, make_eval_loader
 from avssl.data.decode import (
     ClipSpec,
     MediaError,
@@ -22,7 +23,7 @@ from avssl.data.decode import (
     to_rgb,
 )
 from avssl.data.writer import EncodeSettings, convert
-from tests.data.conftest import samples_of
+from tests.data.conftest import rewrite, samples_of
 from tests.media import MEDIA
 
 
@@ -285,6 +286,74 @@ def test_flac_windows_of_a_truncated_file(shard_sample):
         assert torch.equal(windows[100:2100], whole[100:2100])
         with pytest.raises(MediaError):
             windows[len(whole) - 2000 : len(whole)]
+
+
+def _cut_at_a_frame_boundary(flac: bytes) -> tuple[bytes, int]:
+    """``flac`` cut just before the sync code (0xFFF8) of a frame past the middle, where the
+    whole decode (libsndfile refuses it, FFmpeg takes it) gives no error, only fewer samples
+    than the header says; and that number."""
+    with FlacWindows.open(flac, 16000) as windows:
+        n = len(windows)  # the header's sample count
+    pos = len(flac) // 2
+    while (pos := flac.find(b"\xff\xf8", pos + 1)) > 0:
+        try:
+            wave, _ = load_audio(flac[:pos], 16000)
+        except MediaError:
+            continue
+        if 0 < len(wave) < n:
+            return flac[:pos], len(wave)
+    raise AssertionError("no cut at a frame boundary found")
+
+
+def test_a_flac_cut_at_a_frame_boundary_is_a_corrupt_sample(shard_sample):
+    """Cut between two frames, the file decodes without an error but ends early: a window past
+    the cut is a MediaError (the loader skips and counts the sample) instead of the end of the
+    recording moved back under the requested start; windows before the cut read as intact."""
+    flac = shard_sample["flac"]
+    whole, _ = load_audio(flac, 16000)
+    cut, short = _cut_at_a_frame_boundary(flac)
+    with FlacWindows.open(cut, 16000) as windows:
+        assert len(windows) == len(whole) > short
+        assert torch.equal(windows[100:2100], whole[100:2100])
+        with pytest.raises(MediaError, match=f"FLAC truncated: {short} of {len(whole)} samples"):
+            windows[len(whole) - 2000 : len(whole)]
+    with FlacWindows.open(cut, 16000) as windows, pytest.raises(MediaError, match="truncated"):
+        windows[0 : len(whole)]  # the whole recording (a window longer than the clip)
+
+
+def test_the_loader_skips_and_counts_a_flac_cut_at_a_frame_boundary(synth, tmp_path):
+    """Through the eval loader, with audio windows that reach the recording's end (10.24 s,
+    longer than the clips): the sample with the cut FLAC is skipped and counted, the others
+    are read."""
+    cut_key = []
+
+    def cut(s: dict, i: int) -> dict:
+        if i == 4:
+            s["flac"] = _cut_at_a_frame_boundary(s["flac"])[0]
+            cut_key.append(json.loads(s["json"])["id"])
+        return s
+
+    broken = rewrite(synth, tmp_path / "broken", cut)
+    args = dict(num_frames=2, frame_stride=2, crop_size=16, audio_frames=1024, train_split=None)
+    prep = AVDataModule(str(broken), **args).preprocessing()
+    batches = list(make_eval_loader(str(broken), None, prep, batch_size=3))
+    assert [k for b in batches for k in b.extra["skipped_keys"]] == cut_key
+    assert sum(len(b) for b in batches) == len(samples_of(synth)) - 1
+
+
+def test_a_failed_window_read_of_an_intact_flac_gives_the_recording(shard_sample, monkeypatch):
+    """A read that fails on an intact file (a seek libsndfile refuses) falls back to the whole
+    decode: the same samples, at the requested place."""
+    flac = shard_sample["flac"]
+    whole, _ = load_audio(flac, 16000)
+    n = len(whole)
+    with FlacWindows.open(flac, 16000) as windows:
+
+        def refuse(*args):
+            raise RuntimeError("seek refused")
+
+        monkeypatch.setattr(windows._f, "seek", refuse)
+        assert torch.equal(windows[n - 3000 : n - 1000], whole[n - 3000 : n - 1000])
 
 
 def test_same_rate_stereo_packed_int_and_planar_float_are_downmixed(tmp_path):

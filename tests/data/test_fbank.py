@@ -1,13 +1,18 @@
-"""log_mel equals torchaudio's kaldi.fbank with the AudioMAE / CAV-MAE settings."""
+"""log_mel equals torchaudio's kaldi.fbank with the AudioMAE / CAV-MAE settings; the loader's
+default statistics per normalisation."""
 
 from __future__ import annotations
+
+import shutil
+import warnings
 
 import pytest
 import torch
 import torchaudio
 
 from avssl.data.audio_decode import load_audio
-from avssl.data.fbank import FbankConfig, log_mel
+from avssl.data.datamodule import AVDataModule
+from avssl.data.fbank import FbankConfig, log_mel, normalize
 from tests.media import MEDIA
 
 
@@ -54,3 +59,29 @@ def test_log_mel_matches_kaldi_on_a_real_clip_and_short_input() -> None:
     assert torch.allclose(ours, _kaldi(wave, cfg), atol=1e-3, rtol=0)
     short = log_mel(wave[:100], cfg)  # shorter than one frame: zero-padded to one frame
     assert short.shape == (1, cfg.num_mel_bins) and torch.isfinite(short).all()
+
+
+@pytest.mark.parametrize(
+    "norm,name,mean,std,scale",
+    [("audiomae", "AudioMAE", -4.2677, 4.5690, 2.0), ("cavmae", "CAV-MAE", -5.081, 4.4849, 1.0)],
+)
+def test_data_without_stats_takes_the_statistics_of_its_norms_reference(
+    synth, tmp_path, norm, name, mean, std, scale
+) -> None:
+    """Shards without stats.json: each normalisation takes its reference's AudioSet statistics
+    (DESIGN section 3; AudioMAE divides by 2 std, CAV-MAE by std), and the warning names them;
+    given statistics are taken without a warning."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(next((synth / "shards").glob("*.tar")), bare / "shard-000000.tar")
+    with pytest.warns(UserWarning, match="no stats.json") as caught:
+        dm = AVDataModule(str(bare), fbank_norm=norm, train_split=None)
+    (warning,) = [str(w.message) for w in caught if "stats.json" in str(w.message)]
+    assert f"{name}'s AudioSet fbank stats (mean {mean}, std {std})" in warning
+    assert (dm.fbank.mean, dm.fbank.std, dm.fbank.norm) == (mean, std, norm)
+    raw = torch.tensor([[-3.0, 0.5]])
+    torch.testing.assert_close(normalize(raw, dm.fbank), (raw - mean) / (scale * std))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        given = AVDataModule(str(bare), fbank_norm=norm, fbank_mean=-1.0, fbank_std=2.0)
+    assert (given.fbank.mean, given.fbank.std) == (-1.0, 2.0)

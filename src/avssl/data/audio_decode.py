@@ -102,10 +102,13 @@ class FlacWindows:
     ``a`` to ``b - 1`` only, after a seek (libsndfile seeks to the exact sample): the same
     values as slicing the whole decoded recording, for the part a short window needs (a 3.2 s
     window of a 10 s clip decodes in ~40 % of the time of the whole clip). When a read fails
-    or returns fewer samples than the header promises (a truncated file), the recording is
-    decoded whole once with :func:`load_audio`, what the loader does without windows, and
-    the windows are cut from that (moved back to end at its end where the header promised
-    more). Use as a context manager (closes the file).
+    or returns fewer samples than the header promises, the recording is decoded whole once
+    with :func:`load_audio`, what the loader does without windows, and the windows are cut
+    from that: a read that failed on an intact file gives the same samples, while a recording
+    shorter than its header's count (a truncated file) raises ``MediaError``, so the sample is
+    skipped and counted as corrupt instead of trained on with its window moved. A window that
+    lies before the cut reads as in the intact file (damage outside the windows is not seen,
+    as for video frames outside a clip). Use as a context manager (closes the file).
     """
 
     def __init__(self, f, src: bytes, sample_rate: int) -> None:
@@ -140,10 +143,19 @@ class FlacWindows:
                     return torch.from_numpy(got)
             except (RuntimeError, ValueError):
                 pass
-            self._whole, _ = load_audio(self._src, self._rate)
-            shift = max(0, b - len(self._whole))  # kept inside the recording, as the loader's
-            a, b = max(0, a - shift), b - shift  # window starts are
+            self._whole = self._decode_whole()
         return self._whole[a:b] if self._whole is not None else torch.zeros(0)
+
+    def _decode_whole(self) -> torch.Tensor:
+        """``[S]``: the whole recording, after a window read failed or came up short.
+
+        Raises:
+            MediaError: it is shorter than the header says (truncated), or does not decode.
+        """
+        whole, _ = load_audio(self._src, self._rate)
+        if len(whole) < self._n:
+            raise MediaError(f"FLAC truncated: {len(whole)} of {self._n} samples decode")
+        return whole
 
     def close(self) -> None:
         self._f.close()

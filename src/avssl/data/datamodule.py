@@ -7,33 +7,32 @@ from resampled shards, so DDP never waits on a rank that ran out (DESIGN section
 evaluation yields every sample of a split exactly once across ranks and workers, in
 (shard, position) order (see :mod:`avssl.data.shards` and :mod:`avssl.data.streams`).
 Corrupt samples are skipped and counted in ``AVBatch.extra["skipped"]`` (per batch) and
-``extra["skipped_total"]`` (per rank, set by the DataModule after transfer) for the objective
-to log. With ``features_on="device"`` (the default ``"auto"`` picks it when training runs on
-a GPU) the workers ship waveform windows and uint8 clips, and the fbank, colour jitter and
+``extra["skipped_total"]`` (per rank, set by the DataModule after transfer; the logged
+``data/skipped_samples`` sums the ranks', :mod:`avssl.callbacks`). The streams are seeded by
+``seed``, by default the run's global seed (``seed_everything``), and a checkpoint keeps the
+seed and the training loader's position (``AVDataModule.state_dict``) for a resumed run.
+With ``features_on="device"`` (the default ``"auto"`` picks it when training runs on a GPU) the
+workers ship waveform windows and uint8 clips, and the fbank, colour jitter and
 normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.batching`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import os
-import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from avssl.data.batch import AVBatch
 from avssl.data.batching import collate, features_on_device
 from avssl.data.decode import ClipSpec
-from avssl.data.fbank import FbankConfig
+from avssl.data.fbank import REFERENCE_STATS, FbankConfig
+from avssl.data.loaders import EpochLoader, TrainLoader, tune_worker_process
 from avssl.data.local_view import LocalViewSpec
 from avssl.data.sampling import AUDIO_MODES, MODALITIES, build_processor, check_modalities
 from avssl.data.shards import SplitTable, dist_info, resolve, split_table
@@ -45,87 +44,21 @@ from avssl.data.transforms import (
     preset_options,
 )
 
-__all__ = ["AVDataModule", "collate", "make_eval_loader", "build_processor"]
+__all__ = [
+    "AVDataModule",
+    "EpochLoader",
+    "TrainLoader",
+    "build_processor",
+    "collate",
+    "data_seed",
+    "make_eval_loader",
+    "tune_worker_process",
+]
 FEATURES_ON = ("auto", "loader", "device")
 GPU_WORKER_NICE = 10  # AVDataModule's worker_nice default when training on a GPU
 # Each worker of our streams yields its own share (see streams.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-
-
-def tune_worker_process(nice: int = 0) -> None:
-    """Settings for one DataLoader worker: one torch thread (decoding already uses one codec
-    thread per worker, see ``avssl.data.decode.default_threads``), and glibc malloc told to keep
-    freed memory (mmap threshold 128 MB, trim threshold 1 GB) so that the ~10 MB clip buffers
-    allocated for every sample do not page-fault afresh each time (~30 % of a worker's time).
-    ``nice`` > 0 lowers the worker's scheduling priority by that much (``os.nice``), so that
-    the training process, which launches the GPU's kernels, is not kept waiting for a core."""
-    torch.set_num_threads(1)
-    if nice:
-        os.nice(nice)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 128 << 20)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        except (OSError, AttributeError):  # not glibc
-            pass
-
-
-def _worker_init(_: int, nice: int = 0) -> None:
-    tune_worker_process(nice)
-
-
-class EpochLoader(DataLoader):
-    """DataLoader that tells its stream the epoch (from ``epoch_fn`` or its own count);
-    ``worker_nice``: see ``tune_worker_process``."""
-
-    def __init__(
-        self,
-        dataset,
-        epoch_fn: Callable[[], int] | None = None,
-        worker_nice: int = 0,
-        **kwargs,
-    ):
-        init = functools.partial(_worker_init, nice=worker_nice)
-        super().__init__(dataset, batch_size=None, worker_init_fn=init, **kwargs)
-        self.epoch_fn, self._count = epoch_fn, 0
-
-    def __iter__(self):
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        self.dataset.set_epoch(self._count if epoch is None else epoch)
-        self._count += 1
-        return super().__iter__()
-
-
-class TrainLoader(EpochLoader):
-    """The training loader, resumable in Lightning's sense (``state_dict`` /
-    ``load_state_dict``, saved in every checkpoint): its state is the global step
-    (``step_fn``). A run resumed in the middle of an epoch finishes that epoch with batches
-    drawn afresh, from a stream seeded with the resumed step as well (``TrainStream``),
-    instead of replaying the batches the epoch had trained before the interruption; Lightning
-    stops the epoch after the batches it had left. The shards are resampled, so the rest of the
-    epoch has the same distribution as an uninterrupted run's, not the same samples."""
-
-    def __init__(self, dataset, step_fn: Callable[[], int], **kwargs):
-        super().__init__(dataset, **kwargs)
-        self.step_fn = step_fn
-        self._resumed_at: int | None = None
-
-    def state_dict(self) -> dict[str, int]:
-        return {"global_step": int(self.step_fn())}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resumed_at = int(state["global_step"])
-        rank_zero_info(
-            f"[data] resumed at step {self._resumed_at}: the rest of the interrupted epoch is "
-            "drawn afresh (a stream seeded with the step), not replayed from its start"
-        )
-
-    def __iter__(self):
-        # the next iteration only (the interrupted epoch); set before the workers start
-        self.dataset.resumed_at, self._resumed_at = self._resumed_at, None
-        return super().__iter__()
 
 
 def make_eval_loader(
@@ -160,6 +93,14 @@ def make_eval_loader(
     return EpochLoader(stream, num_workers=num_workers)
 
 
+def data_seed(seed: int | None) -> int:
+    """The data streams' base seed: ``seed`` when given, else the run's global seed
+    (``seed_everything``, which Lightning exports as env ``PL_GLOBAL_SEED``), else 0."""
+    if seed is not None:
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def default_batches_per_epoch(num_samples: int, batch_size: int, world: int) -> int:
     return max(1, math.ceil(num_samples / (batch_size * world)))
 
@@ -181,7 +122,9 @@ class AVDataModule(pl.LightningDataModule):
         video_mean / video_std: normalisation (ImageNet by default).
         audio_frames / audio_seconds: fbank length Ta (``audio_seconds`` wins if given).
         num_mel_bins / fbank_norm / fbank_mean / fbank_std: fbank settings; mean/std default
-            to the folder's ``stats.json``.
+            to the folder's ``stats.json``, else to the AudioSet statistics of the reference
+            ``fbank_norm`` follows (:data:`avssl.data.fbank.REFERENCE_STATS`; a warning says
+            which).
         clips_per_video: K clips per sample in training (adds a K axis when > 1);
             val_clips: K in validation (None: ``clips_per_video``, the K the objective trains
             on; CrissCross needs 2).
@@ -192,8 +135,12 @@ class AVDataModule(pl.LightningDataModule):
             names and values checked here, ``preset_options``). On the command line one
             entry at a time: ``--data.init_args.augment.hue 0.1`` keeps the recipe's others.
         batches_per_epoch: batches per epoch on every rank (default: ceil(split size /
-            (batch_size * world size))). seed: base seed (mixed with epoch, rank, worker, and
-            the step in an epoch a run resumed in, see ``TrainLoader``).
+            (batch_size * world size))). seed: base seed of the training and validation
+            streams (mixed with epoch, rank, worker, and the step in an epoch a run resumed in
+            the middle of, see ``TrainLoader``); None (default): the run's global seed
+            (``seed_everything``; :func:`data_seed`). ``hparams.seed`` and checkpoints
+            (``state_dict``) keep the seed used; a resumed run takes its checkpoint's unless
+            ``seed`` is given.
         features_on: where training and validation batches get their last, per-pixel and
             per-frame steps (fbank + SpecAugment, colour jitter + normalisation): "loader"
             (the workers), "device" (after the transfer to the training device, from the
@@ -254,7 +201,7 @@ class AVDataModule(pl.LightningDataModule):
         eval_preset: str = "eval",
         augment: dict[str, Any] | None = None,
         batches_per_epoch: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         pin_memory: bool | None = None,
         features_on: str = "auto",
         repeated_sampling: int = 1,
@@ -291,16 +238,27 @@ class AVDataModule(pl.LightningDataModule):
             self.hparams["train_split"] = self.source.auto_train_split()
             which = self.hparams["train_split"] or "every sample"
             rank_zero_info(f"[data] train_split auto: {which} of {data}")
+        self._seed_given = seed is not None
+        self.hparams["seed"] = data_seed(seed)  # recorded as used (hparams, checkpoints)
         self.hp: Any = self.hparams  # AttributeDict of the constructor arguments
         self.fbank = self._fbank_config()
         self.local_view: LocalViewSpec | None = None  # request_local_view
         self.skipped_total = 0
         self._tables: dict[str | None, SplitTable] = {}
+        self._train_loader: TrainLoader | None = None
+        self._restored: tuple[int, int, int] | None = None  # load_state_dict's position
 
     def _fbank_config(self) -> FbankConfig:
         stats = self.source.stats() or {}
-        if not stats and (self.hp.fbank_mean is None or self.hp.fbank_std is None):
-            warnings.warn(f"no stats.json for {self.hp.data}: AudioSet fbank stats", stacklevel=3)
+        norm = self.hp.fbank_norm
+        ref, ref_mean, ref_std = REFERENCE_STATS.get(norm, REFERENCE_STATS["audiomae"])
+        given = self.hp.fbank_mean is not None and self.hp.fbank_std is not None
+        if not stats and not given and norm in REFERENCE_STATS:
+            warnings.warn(
+                f"no stats.json for {self.hp.data}: fbank_norm {norm!r} takes {ref}'s AudioSet "
+                f"fbank stats (mean {ref_mean}, std {ref_std})",
+                stacklevel=3,
+            )
         if stats.get("num_mel_bins", self.hp.num_mel_bins) != self.hp.num_mel_bins:
             warnings.warn(
                 f"stats.json has {stats['num_mel_bins']} mel bins, the loader uses "
@@ -318,9 +276,9 @@ class AVDataModule(pl.LightningDataModule):
             num_mel_bins=self.hp.num_mel_bins,
             frame_shift_ms=shift_ms,
             target_frames=self.hp.audio_frames,
-            mean=defaults.mean if mean is None else float(mean),
-            std=defaults.std if std is None else float(std),
-            norm=self.hp.fbank_norm,
+            mean=ref_mean if mean is None else float(mean),
+            std=ref_std if std is None else float(std),
+            norm=norm,
         )
 
     def preprocessing(self) -> dict:
@@ -438,7 +396,11 @@ class AVDataModule(pl.LightningDataModule):
         stream = TrainStream(
             table, proc, *rest, batches_per_epoch=bpe, repeats=self.hp.repeated_sampling
         )
-        return self._loader(stream, TrainLoader, epoch_fn=self._epoch, step_fn=self._global_step)
+        loader = self._loader(stream, TrainLoader, epoch_fn=self._epoch, step_fn=self._global_step)
+        assert isinstance(loader, TrainLoader)
+        loader.restored, self._restored = self._restored, None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None):
         """Validation loader over ``val_split`` (each sample once); [] when not configured."""
@@ -471,9 +433,41 @@ class AVDataModule(pl.LightningDataModule):
             self.hp.num_workers,
         )
 
+    def state_dict(self) -> dict[str, int]:
+        """What a checkpoint keeps of the data (Lightning saves it under the class name): the
+        streams' seed and, once training has started, the training loader's position: the
+        epoch of its pass, the batches of it trained and the batches that epoch has."""
+        state = {"seed": int(self.hp.seed)}
+        loader = self._train_loader
+        if loader is not None and loader.position is not None:
+            trainer = getattr(self, "trainer", None)
+            length = getattr(trainer, "num_training_batches", None)
+            length = len(loader) if length is None or math.isinf(length) else int(length)
+            epoch, done = loader.position
+            state.update(epoch=epoch, batches=done, epoch_batches=length)
+        return state
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restores a checkpoint's :meth:`state_dict` before the loaders are made (a resumed
+        run): its seed, unless ``seed`` was given, and the position the next training loader
+        resumes from (``TrainLoader``)."""
+        seed = state.get("seed")
+        if seed is not None and int(seed) != self.hp.seed:
+            if self._seed_given:
+                rank_zero_info(f"[data] seed {self.hp.seed} as given, not the checkpoint's {seed}")
+            else:
+                rank_zero_info(f"[data] seed {seed}: the resumed checkpoint's")
+                self.hp.seed = int(seed)
+        if "batches" in state:
+            keys = ("epoch", "batches", "epoch_batches")
+            self._restored = (int(state[keys[0]]), int(state[keys[1]]), int(state[keys[2]]))
+            if self._train_loader is not None:  # made already: it takes the position too
+                self._train_loader.restored, self._restored = self._restored, None
+
     def on_after_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
-        """Finishes a batch the workers left to the device (``features_on``), and adds
-        ``extra["skipped_total"]``: corrupt training samples skipped so far on this rank."""
+        """Finishes a batch the workers left to the device (``features_on``), adds
+        ``extra["skipped_total"]`` (corrupt training samples skipped so far on this rank) and
+        counts a training batch in the training loader's position."""
         if isinstance(batch, AVBatch):
             batch = features_on_device(batch, self.fbank)
             if batch.local is not None and self.local_view is not None:
@@ -482,5 +476,7 @@ class AVDataModule(pl.LightningDataModule):
             trainer = getattr(self, "trainer", None)
             if trainer is None or trainer.training:
                 self.skipped_total += int(batch.extra.get("skipped", 0))
+                if self._train_loader is not None:
+                    self._train_loader.batch_trained()
             batch.extra["skipped_total"] = self.skipped_total
         return batch

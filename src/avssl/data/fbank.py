@@ -22,6 +22,13 @@ import torch
 import torchaudio
 
 NORM_MODES = ("audiomae", "cavmae", "none")
+#: AudioSet fbank statistics (reference, mean, std) each normalisation's reference uses, what
+#: the loader takes for data without ``stats.json`` (DESIGN section 3): AudioMAE divides by
+#: 2 std, CAV-MAE by std ("none" uses no statistics).
+REFERENCE_STATS = {
+    "audiomae": ("AudioMAE", -4.2677, 4.5690),
+    "cavmae": ("CAV-MAE", -5.081, 4.4849),
+}
 PREEMPHASIS = 0.97  # kaldi's default preemphasis_coefficient
 
 

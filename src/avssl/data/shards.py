@@ -11,9 +11,11 @@ Splitting:
       contiguous block per rank; a rank's block is cut into batches and batch ``j`` goes to
       worker ``j % num_workers``. The DataLoader fetches workers round-robin, so each rank
       yields its block in sorted order; every sample is read exactly once overall.
-    * training: each (rank, worker) draws shards at random with replacement (weighted by their
-      number of split samples, from its own disjoint subset when there are enough shards) and
-      reads each drawn shard in a random order, mixing a few open shards at a time.
+    * training: each (rank, worker) draws shards uniformly at random with replacement from all
+      of the split's shards, with its own seed (WebDataset's ``resampled=True``), and reads each
+      drawn shard's split samples once in a random order, mixing a few open shards at a time:
+      every sample of the split has the same rate, whatever its shard's size and the number of
+      ranks and workers (:class:`ResampledKeys`).
 """
 
 from __future__ import annotations
@@ -265,21 +267,45 @@ def eval_assignment(
 
 
 class ResampledKeys:
-    """Endless random (shard, key) stream for training: shards drawn with replacement, weighted
-    by their split size, each read in a random order, ``mix`` shards interleaved."""
+    """Endless random (shard, key) stream for training: WebDataset's ``resampled=True`` with a
+    shuffle. Shards are drawn uniformly with replacement from all of the split's shards (those
+    with split samples), each drawn shard's split samples are read once in a random order, and
+    ``mix`` shards are interleaved at random.
 
-    def __init__(self, table: SplitTable, slot: int, num_slots: int, gen: torch.Generator, mix=4):
-        idx = [i for i, k in enumerate(table.keys) if k]
-        own = idx[slot::num_slots] if len(idx) >= num_slots else idx
-        self.table, self.idx, self.gen = table, own, gen
-        self.weights = torch.tensor([len(table.keys[i]) for i in own], dtype=torch.float)
-        self.active: list[list[tuple[str, str]]] = [self._draw() for _ in range(mix)]
+    A shard of L samples is drawn 1/S of the time and then gives each of its samples once, so
+    in the long run every sample has the same rate, 1/N per key, whatever the shard sizes; an
+    epoch, though, may draw less than a shard per worker. So the ``mix`` shards open at the
+    start are the ones a long-running stream holds at a random moment (drawn in proportion to
+    their size, with a uniformly random number 1..L of their samples left), which makes every
+    key of the stream a uniform draw over the N samples from the first key on. ``shards_drawn``
+    counts the shard reads begun (at most one shard open per L keys on average).
+    """
+
+    def __init__(self, table: SplitTable, gen: torch.Generator, mix: int = 4):
+        self.table, self.gen, self.shards_drawn = table, gen, 0
+        self.idx = [i for i, k in enumerate(table.keys) if k]
+        if not self.idx:
+            raise ValueError("no shard holds a sample of the split")
+        sizes = torch.tensor([len(table.keys[i]) for i in self.idx], dtype=torch.float)
+        self.active: list[list[tuple[str, str]]] = [self._in_progress(sizes) for _ in range(mix)]
+
+    def _read(self, i: int, left: int | None = None) -> list[tuple[str, str]]:
+        """Shard ``i``'s split samples in a random order (``left`` of them; None: all)."""
+        self.shards_drawn += 1
+        keys = self.table.keys[i]
+        order = torch.randperm(len(keys), generator=self.gen).tolist()[:left]
+        return [(self.table.shards[i], keys[j]) for j in order]
+
+    def _in_progress(self, sizes: torch.Tensor) -> list[tuple[str, str]]:
+        """A shard as a long-running stream would be reading it: drawn in proportion to its size
+        (it takes that many keys), with 1..L of its samples left, uniformly."""
+        i = self.idx[int(torch.multinomial(sizes, 1, generator=self.gen))]
+        left = 1 + int(torch.randint(0, len(self.table.keys[i]), (), generator=self.gen))
+        return self._read(i, left)
 
     def _draw(self) -> list[tuple[str, str]]:
-        i = self.idx[int(torch.multinomial(self.weights, 1, generator=self.gen))]
-        keys = self.table.keys[i]
-        order = torch.randperm(len(keys), generator=self.gen).tolist()
-        return [(self.table.shards[i], keys[j]) for j in order]
+        """A shard drawn uniformly (with replacement), read whole."""
+        return self._read(self.idx[int(torch.randint(0, len(self.idx), (), generator=self.gen))])
 
     def __iter__(self):
         return self

@@ -30,6 +30,7 @@ from avssl.data.shards import ResampledKeys, ShardReader, SplitTable, eval_assig
 log = logging.getLogger(__name__)
 
 RESUMED = 0x5E5  # in a resumed epoch's seed, between the usual parts and the step
+KEYS = 0x4B5  # after the parts of a training key stream's seed (its own generator)
 
 
 def seed_for(*parts: int) -> int:
@@ -99,9 +100,10 @@ def split_repeats(item: dict, repeats: int, k: int) -> list[dict]:
 
 class TrainStream(_Stream):
     """Endless resampled shards cut to exactly ``batches_per_epoch`` batches per rank;
-    ``repeats`` > 1: repeated sampling (module docstring). The draws are seeded by (seed,
-    epoch, rank, worker), and by the global step too when ``resumed_at`` is set (the epoch
-    a run resumed in; ``avssl.data.datamodule.TrainLoader``)."""
+    ``repeats`` > 1: repeated sampling (module docstring). Every worker of every rank draws
+    from all of the split's shards (:class:`~avssl.data.shards.ResampledKeys`), seeded by
+    (seed, epoch, rank, worker), and by the global step too when ``resumed_at`` is set (an
+    epoch a run resumed in the middle of; ``avssl.data.loaders.TrainLoader``)."""
 
     def __init__(self, *args, batches_per_epoch: int, repeats: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
@@ -128,17 +130,31 @@ class TrainStream(_Stream):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def _seed_parts(self, worker: int) -> list[int]:
+        """What this epoch's draws of worker ``worker`` are seeded by (class docstring)."""
+        parts = [self.seed, self.epoch, self.rank, worker]
+        if self.resumed_at is not None:  # a resumed epoch: not the interrupted one's draws again
+            parts += [RESUMED, self.resumed_at]
+        return parts
+
+    def key_stream(self, worker: int) -> ResampledKeys:
+        """The (shard, key) stream of this epoch for worker ``worker`` of this rank. Its own
+        generator: the keys do not depend on how many numbers the samples' clip times and
+        augmentation draw (``generator``), nor on the corrupt samples skipped."""
+        gen = torch.Generator().manual_seed(seed_for(*self._seed_parts(worker), KEYS))
+        return ResampledKeys(self.table, gen)
+
+    def generator(self, worker: int) -> torch.Generator:
+        """The generator of this epoch's clip times, audio windows and augmentation for worker
+        ``worker`` of this rank."""
+        return torch.Generator().manual_seed(seed_for(*self._seed_parts(worker)))
+
     def __iter__(self) -> Iterator[AVBatch]:
         worker, num_workers = worker_info()
         count = self.batches_per_epoch // num_workers + (
             worker < self.batches_per_epoch % num_workers
         )
-        parts = [self.seed, self.epoch, self.rank, worker]
-        if self.resumed_at is not None:  # a resumed epoch: not the interrupted one's draws again
-            parts += [RESUMED, self.resumed_at]
-        gen = torch.Generator().manual_seed(seed_for(*parts))
-        slot, slots = self.rank * num_workers + worker, self.world * num_workers
-        keys, reader = ResampledKeys(self.table, slot, slots, gen), ShardReader()
+        keys, gen, reader = self.key_stream(worker), self.generator(worker), ShardReader()
         pending: list[dict] = []  # entries of a repeated sample that did not fit the last batch
         for _ in range(count):
             items, pending = pending[: self.batch_size], pending[self.batch_size :]
