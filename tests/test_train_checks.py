@@ -15,6 +15,7 @@ from avssl import cli
 from avssl.data.datamodule import AVDataModule
 from avssl.data.shards import DataSource
 from tests.data_prep.prep_helpers import write_clip
+from tests.export.export_fakes import flip_member_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +120,16 @@ def test_stage2_teacher_must_be_a_stage1_mavil_checkpoint(shards, tmp_path, caps
     assert err_for(xkd).endswith(f"teacher_ckpt {xkd}: a checkpoint of XKD, not of MAViL stage 1")
     stage2 = _fake_checkpoint(tmp_path / "s2.ckpt", "mavil.MAViL", "mavil_stage2", stage=2)
     assert err_for(stage2).endswith("a checkpoint of MAViL stage 2, not of MAViL stage 1")
+    damaged = tmp_path / "s1.ckpt"  # a stage-1 checkpoint whose tensor bytes changed
+    torch.save(
+        {"state_dict": {"w": torch.arange(4096.0)}, "avssl": {}, "hyper_parameters": {}}, damaged
+    )
+    member = flip_member_bytes(damaged)
+    assert err_for(damaged).endswith(
+        f"teacher_ckpt {damaged}: damaged checkpoint: archive member {member} does not match its "
+        "CRC-32 (the file changed after it was written); use an intact copy or another "
+        "checkpoint of the run"
+    )
     assert not runs.exists()
 
 

@@ -158,9 +158,16 @@ def masked_info_nce(
 def read_run_checkpoint(path: str, what: str) -> dict[str, Any]:
     """Another run's Lightning checkpoint (``weights_only=True``) for an objective that starts
     from it (MAViL stage 2's teacher, AVID-CMA's Cross-AVID run); ``what`` prefixes the
-    one-line ``ValueError`` for a file that is not one."""
+    one-line ``ValueError`` for a file that is not one, or a damaged one (a CRC mismatch)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{what}: not a checkpoint (no torch.save archive)")
+    from avssl.cli import UserError
+    from avssl.export_ckpt import check_archive
+
+    try:
+        check_archive(Path(path))  # torch.load checks no CRC: damaged bytes load as weights
+    except UserError as err:
+        raise ValueError(f"{what}: {str(err).removeprefix(f'{path}: ')}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
