@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from avssl.cli import UserError
 
@@ -39,12 +40,19 @@ def zero_loss(module: nn.Module) -> torch.Tensor:
     return torch.stack([p.sum() for p in params]).sum() * 0.0
 
 
-def running_stats(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(buffer, copy)`` of every running statistic (batch norm mean, variance, count) that a
-    forward pass in training mode updates, for :func:`restore_stats` after a skipped batch."""
+def norm_layers(module: nn.Module) -> list[_NormBase]:
+    """The batch-norm layers of ``module`` (found once: a walk of a ViT-B MAViL's ~500 modules
+    takes ~0.5 ms of the host per step)."""
+    return [m for m in module.modules() if isinstance(m, _NormBase)]
+
+
+def running_stats(layers: list[_NormBase]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(buffer, copy)`` of every running statistic (batch norm mean, variance, count) of
+    ``layers`` (:func:`norm_layers`) that a forward pass in training mode updates, for
+    :func:`restore_stats` after a skipped batch."""
     pairs = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats:
+    for m in layers:
+        if m.training and m.track_running_stats:
             for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
                 if buf is not None:
                     pairs.append((buf, buf.detach().clone()))

@@ -31,6 +31,7 @@ from avssl.models.layers import COMPILE_MODES, compile_blocks
 from avssl.objectives._nonfinite import (
     finite_report,
     nonfinite_stop,
+    norm_layers,
     restore_stats,
     running_stats,
     zero_loss,
@@ -138,6 +139,7 @@ class AVObjective(pl.LightningModule):
         #: step, such as an EMA teacher, read it in ``on_train_batch_end``)
         self.last_step_skipped = False
         self._finite_micro_batches = 0  # finite losses since the last optimizer step
+        self._norm_layers: list[Any] | None = None  # batch norms (training_step's guard)
         self._planned_schedule: dict[str, Any] | None = None  # WarmupCosine numbers of this run
         self.recipe_name: str | None = None  # set by avssl.train; stored in checkpoint["avssl"]
         self.used_lr: float | None = None
@@ -337,7 +339,9 @@ class AVObjective(pl.LightningModule):
         non-finite on any rank is skipped (counted in ``train/nonfinite_skipped``): its batch
         norm statistics are put back, no staged state is committed (:meth:`commit_state`) and it
         returns None on one device, a zero loss under DDP (:mod:`._nonfinite`)."""
-        stats = running_stats(self)
+        if self._norm_layers is None:
+            self._norm_layers = norm_layers(self)
+        stats = running_stats(self._norm_layers)
         losses = self.compute_losses(batch)
         loss = losses["loss"]
         if not self._loss_is_finite(loss):
