@@ -317,3 +317,27 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path, caplog):
         )
     assert resumed.lrs == whole.lrs[2:]  # bit-identical
     assert not [r for r in caplog.records if "new schedule" in r.message]
+
+
+def test_renewed_schedule_keeps_a_warmup_the_run_is_past():
+    """A warm-up given as a fraction grows with a longer run; a run resumed after its warm-up
+    keeps it (the rate goes on down the longer cosine instead of back into a warm-up)."""
+    from avssl.objectives._schedule import renew_schedules
+
+    def resumed(step: int, old: WarmupCosine) -> tuple[list[str], WarmupCosine, float]:
+        opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [old])
+        sched.last_epoch = step
+        planned = vars(WarmupCosine(4000, 40000, 0.0))  # 10 % warm-up of the new length
+        notes = renew_schedules([type("C", (), {"scheduler": sched})()], planned)
+        return notes, old, opt.param_groups[0]["lr"]
+
+    notes, past, lr = resumed(1500, WarmupCosine(1000, 10000, 0.0))
+    assert (past.warmup_steps, past.total_steps) == (1000, 40000)
+    assert lr == pytest.approx(WarmupCosine(1000, 40000, 0.0)(1500)) and lr > 0.99
+    assert "warm-up 1000 -> 1000" in notes[0] and "total steps 10000 -> 40000" in notes[0]
+    _, during, lr = resumed(500, WarmupCosine(1000, 10000, 0.0))  # still warming up: the new one
+    assert (during.warmup_steps, during.total_steps) == (4000, 40000)
+    assert lr == pytest.approx(501 / 4000)
+    notes, same, _ = resumed(1500, WarmupCosine(1000, 40000, 0.0))  # only the warm-up differs
+    assert notes == [] and same.warmup_steps == 1000

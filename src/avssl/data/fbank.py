@@ -52,8 +52,8 @@ class FbankConfig:
     frame_shift_ms: float = 10.0
     frame_length_ms: float = 25.0
     target_frames: int = 1024
-    mean: float = -4.2677
-    std: float = 4.5690
+    mean: float = REFERENCE_STATS["audiomae"][1]
+    std: float = REFERENCE_STATS["audiomae"][2]
     norm: str = "audiomae"
 
     def __post_init__(self) -> None:

@@ -45,14 +45,18 @@ class ConstantLR:
 
 def renew_schedules(scheduler_configs: list[Any], planned: dict[str, Any]) -> list[str]:
     """Gives every :class:`WarmupCosine` of the schedulers the ``planned`` numbers (``vars`` of
-    the one the current settings made) where a restored checkpoint left others, and sets each
-    group's rate for the step reached; returns one message per renewed scheduler (none when the
-    numbers agree: then nothing changes)."""
+    the one the current settings made; the restored warm-up where the run is past it) where a
+    restored checkpoint left others, and sets each group's rate for the step reached; returns
+    one message per renewed scheduler (none when the numbers agree: then nothing changes)."""
     notes = []
     for config in scheduler_configs:
         sched = config.scheduler
         lambdas = getattr(sched, "lr_lambdas", [])
-        stale = {id(f): f for f in lambdas if isinstance(f, WarmupCosine) and vars(f) != planned}
+        stale = {
+            id(f): f
+            for f in lambdas
+            if isinstance(f, WarmupCosine) and vars(f) != _kept_warmup(planned, f, sched.last_epoch)
+        }
         if not stale:
             continue
         first = next(i for i, f in enumerate(lambdas) if id(f) in stale)  # a group it drives
@@ -60,14 +64,23 @@ def renew_schedules(scheduler_configs: list[Any], planned: dict[str, Any]) -> li
         groups = sched.optimizer.param_groups
         before = groups[first]["lr"]
         for f in stale.values():
-            f.__dict__.update(planned)
+            f.__dict__.update(_kept_warmup(planned, f, sched.last_epoch))
         for group, fn, base in zip(groups, lambdas, sched.base_lrs):
             group["lr"] = base * fn(sched.last_epoch)
         sched._last_lr = [group["lr"] for group in groups]
         notes.append(
             f"[avssl] resumed at step {sched.last_epoch} with a new schedule: total steps "
             f"{old['total_steps']} -> {planned['total_steps']}, warm-up {old['warmup_steps']} -> "
-            f"{planned['warmup_steps']}, final ratio {old['min_ratio']:g} -> "
+            f"{vars(lambdas[first])['warmup_steps']}, final ratio {old['min_ratio']:g} -> "
             f"{planned['min_ratio']:g}; lr now {before:.4g} -> {groups[first]['lr']:.4g}"
         )
     return notes
+
+
+def _kept_warmup(planned: dict[str, Any], restored: WarmupCosine, step: int) -> dict[str, Any]:
+    """``planned``, but with the restored warm-up when the run resumes past it: a warm-up that
+    is a fraction of the (new) length would otherwise send a run that had finished warming up
+    back into it (MAE's ``lr_sched`` keeps its warm-up epochs whatever the length)."""
+    if step >= restored.warmup_steps:
+        return {**planned, "warmup_steps": restored.warmup_steps}
+    return planned
