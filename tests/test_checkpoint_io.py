@@ -134,6 +134,19 @@ def test_resume_falls_back_to_the_newest_readable_periodic_checkpoint(tmp_path):
     assert "step0000006.ckpt: damaged checkpoint: archive member" in skipped
     assert "step0000002" not in skipped
     _avssl_ckpt(folder / "last.ckpt", 6, age_s=0)
+    assert resumable_checkpoint(folder)[0] == folder / "last.ckpt"  # a tie: last.ckpt
+
+
+def test_resume_takes_the_latest_step_not_last_ckpt_first(tmp_path):
+    """A kill while last.ckpt is rewritten leaves it whole but a step behind the periodic file
+    written just before; modification times do not decide (a copied folder's are all alike)."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    _avssl_ckpt(folder / "step0002000.ckpt", 2000, age_s=0)
+    _avssl_ckpt(folder / "last.ckpt", 2000, age_s=0)
+    newest = _avssl_ckpt(folder / "step0003000.ckpt", 3000, age_s=60)  # older mtime, later step
+    assert resumable_checkpoint(folder) == (newest, "")
+    newest.unlink()
     assert resumable_checkpoint(folder) == (folder / "last.ckpt", "")
 
 
@@ -161,3 +174,24 @@ def test_the_flipped_checkpoint_loads_without_the_crc_check(tmp_path):
     assert zipfile.ZipFile(path).testzip() == member
     w = torch.load(path, weights_only=True)["state_dict"]["w"]
     assert not torch.equal(w, torch.arange(20_000.0))
+
+
+def test_a_checkpoint_is_crc_checked_once_until_it_changes(tmp_path, monkeypatch):
+    """--resume auto, then check_resume, read the same file: one pass over its bytes; a file
+    rewritten since (another inode or size or time) is checked again."""
+    from avssl.train_checks import check_resume
+
+    passes = []
+    real = zipfile.ZipFile.testzip
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda self: passes.append(1) or real(self))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    path = _avssl_ckpt(folder / "last.ckpt", 4, age_s=0)
+    assert resumable_checkpoint(folder) == (path, "")
+    check_resume(str(path), "mavil")
+    assert len(passes) == 1
+    _avssl_ckpt(folder / "last.ckpt", 5, age_s=-5)  # saved again
+    member = flip_member_bytes(path)
+    with pytest.raises(UserError, match=f"archive member {member}"):
+        check_resume(str(path), "mavil")
+    assert len(passes) == 2

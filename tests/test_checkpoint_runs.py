@@ -1,6 +1,6 @@
 """Checkpoint files of tiny debug runs: never written in place or in ``$TMPDIR``, whole after a
 kill, overwritten in place on resume (no ``-v1`` copies, also in a moved run folder), the newest
-periodic ones kept, and ``--resume auto`` falling back to a readable periodic checkpoint."""
+periodic ones kept, and ``--resume auto`` taking the latest readable checkpoint."""
 
 from __future__ import annotations
 
@@ -118,8 +118,8 @@ def test_a_kill_while_saving_leaves_last_ckpt_whole_and_resume_auto_continues(
     assert len(orphans) == 1 and _names(folder) == [*orphans, "last.ckpt", "step0000002.ckpt",
                                                     "step0000004.ckpt"]  # fmt: skip
     assert _step(folder / "last.ckpt") == 2  # the previous version, whole
-    _pretrain(shards, runs, resume="auto")
-    assert f"--resume auto: {folder / 'last.ckpt'}" in capsys.readouterr().out
+    _pretrain(shards, runs, resume="auto")  # from step 4: the periodic file is the later one
+    assert f"--resume auto: {folder / 'step0000004.ckpt'}" in capsys.readouterr().out
     assert _step(folder / "last.ckpt") == 4
     assert _names(folder) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
 
@@ -148,8 +148,8 @@ def test_a_moved_run_resumes_into_its_own_files_and_falls_back_past_an_empty_las
     _pretrain(shards, moved, "--trainer.max_steps=5", *EVERY_STEP, resume="auto")
     out = capsys.readouterr().out
     assert (
-        "[pretrain] --resume auto: falling back to step0000004.ckpt, the newest readable periodic "
-        "checkpoint (last.ckpt: not a checkpoint (not the zip archive torch.save writes))\n"
+        "[pretrain] --resume auto: step0000004.ckpt, the latest readable one; passed over "
+        "last.ckpt: not a checkpoint (not the zip archive torch.save writes)\n"
     ) in out
     assert f"[pretrain] --resume auto: {folder / 'step0000004.ckpt'}" in out
     assert _names(folder) == ["last.ckpt", "step0000004.ckpt", "step0000005.ckpt"]

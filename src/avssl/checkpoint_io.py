@@ -7,7 +7,7 @@ Lightning's default writer (``TorchCheckpointIO``) has fsspec write to a tempora
 first truncates ``last.ckpt`` in place, so a kill during the copy leaves it empty.
 :class:`AtomicCheckpointIO` writes beside the target and renames, which is atomic on one file
 system; :class:`RunCheckpoint` keeps the top-k ranking of a run whose folder was moved or
-copied; :func:`resumable_checkpoint` falls back to the newest readable periodic checkpoint.
+copied; :func:`resumable_checkpoint` picks the latest readable checkpoint of a run.
 """
 
 from __future__ import annotations
@@ -166,36 +166,49 @@ def newest_checkpoint_folder(runs: Path, recipe: str) -> Path | None:
     return max(found, key=lambda folder: found[folder]) if found else None
 
 
-def _unreadable(path: Path) -> str | None:
-    """Why ``path`` is no readable avssl checkpoint (None: it is one; its CRCs are checked)."""
+def _global_step(path: Path) -> tuple[int, str | None]:
+    """The step ``path`` was saved at, from its metadata alone (mapped, no CRC pass), or -1 and
+    why it is no avssl checkpoint."""
     from avssl.export_ckpt import read_checkpoint
 
     try:
-        read_checkpoint(path, mmap=True)
+        return int(read_checkpoint(path, mmap=True, verify=False).get("global_step", -1)), None
     except UserError as err:
-        return str(err).removeprefix(f"{path}: ")
-    return None
+        return -1, str(err).removeprefix(f"{path}: ")
 
 
 def resumable_checkpoint(folder: Path) -> tuple[Path, str]:
-    """The checkpoint of a run's ``checkpoints/`` folder to resume: ``last.ckpt``, else (empty or
-    damaged by a kill, a full disk, a bad copy) the newest readable ``step*.ckpt``.
+    """The checkpoint of a run's ``checkpoints/`` folder to resume: of ``last.ckpt`` and the
+    ``step*.ckpt``, the one saved at the latest step whose bytes pass their CRC check
+    (``last.ckpt`` on a tie). ``last.ckpt`` is written after the periodic file of its step, so
+    a kill during that write leaves the periodic file newer; an empty or damaged file (a kill,
+    a full disk, a bad copy) is passed over. Steps, not modification times, order them: a
+    copied run folder's files all carry the time of the copy.
 
     Returns:
-        The checkpoint, and why the newer ones were passed over ("" for ``last.ckpt``).
+        The checkpoint, and why files were passed over: those ranked above it, and those that
+        are no checkpoint at all ("" when none was).
 
     Raises:
         UserError: none of them is readable.
     """
+    from avssl.export_ckpt import check_archive
+
     skipped: list[str] = []
-    newest_first = sorted(
-        folder.glob("step*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True
-    )
-    for path in (folder / LAST, *newest_first):
-        why = _unreadable(path)
+    candidates = []
+    for path in (folder / LAST, *sorted(folder.glob("step*.ckpt"))):
+        step, why = _global_step(path)
         if why is None:
-            return path, "; ".join(skipped)
-        skipped.append(f"{path.name}: {why}")
+            candidates.append((step, path.name == LAST, path))
+        else:
+            skipped.append(f"{path.name}: {why}")
+    for _, _, path in sorted(candidates, key=lambda c: c[:2], reverse=True):
+        try:
+            check_archive(path)
+        except UserError as err:
+            skipped.append(f"{path.name}: {str(err).removeprefix(f'{path}: ')}")
+            continue
+        return path, "; ".join(skipped)
     raise UserError(
         f"--resume auto: no readable checkpoint in {folder} ({'; '.join(skipped)}); resume "
         "another one with --resume PATH, or move that run folder away to start afresh"

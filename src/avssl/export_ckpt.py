@@ -95,9 +95,18 @@ def read_checkpoint(path: Path, mmap: bool = False, verify: bool = True) -> dict
     return ckpt
 
 
+_VERIFIED: set[tuple[str, int, int, int]] = set()  # (path, inode, size, mtime_ns): CRCs passed
+
+
 def check_archive(path: Path) -> None:
     """One-line ``UserError`` naming the first member of the checkpoint's zip archive whose
-    bytes do not match their CRC-32 (a damaged copy, a disk fault, a partly rewritten file)."""
+    bytes do not match their CRC-32 (a damaged copy, a disk fault, a partly rewritten file).
+    A file that passed keeps its verdict while its size and modification time stay (a resume
+    checks its checkpoint in several places: one pass over a 2 GB file, not three)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -108,6 +117,7 @@ def check_archive(path: Path) -> None:
             f"{path}: damaged checkpoint: archive member {bad} does not match its CRC-32 (the file "
             "changed after it was written); use an intact copy or another checkpoint of the run"
         )
+    _VERIFIED.add(key)
 
 
 def objective_class(name: str, src: Path) -> type:

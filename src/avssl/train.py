@@ -10,7 +10,8 @@ pretrain``) resolves the recipe, builds the synthetic dataset on first use when 
 and runs ``fit`` in its own run folder ``runs/<recipe>/<run id>/`` holding ``config.yaml`` (the
 fully resolved config), ``checkpoints/`` (the 3 newest periodic ``step*.ckpt`` + ``last.ckpt``)
 and the TensorBoard event files. ``--resume auto`` continues the newest run of the recipe: its
-``last.ckpt``, or the newest readable ``step*.ckpt`` where ``last.ckpt`` is unreadable.
+latest readable checkpoint (``last.ckpt``, or a ``step*.ckpt`` of a later step or where
+``last.ckpt`` is unreadable).
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def _resolve_resume(resume: str, runs: Path, recipe: str) -> Path | None:
             return None
         found, skipped = resumable_checkpoint(folder)
         if skipped:
-            why = f"the newest readable periodic checkpoint ({skipped})"
-            print(f"[pretrain] --resume auto: falling back to {found.name}, {why}")
+            note = f"{found.name}, the latest readable one; passed over {skipped}"
+            print(f"[pretrain] --resume auto: {note}")
         print(f"[pretrain] --resume auto: {found}")
         return found
     if not Path(resume).is_file():
