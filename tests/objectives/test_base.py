@@ -126,12 +126,15 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path):
 
     class Spy(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            seen[batch_idx] = (outputs, [p.detach().clone() for p in module.parameters()])
+            seen[batch_idx] = (
+                module.last_step_skipped,
+                [p.detach().clone() for p in module.parameters()],
+            )
 
     trainer = _trainer(tmp_path, max_steps=4, callbacks=[Spy()])
     trainer.fit(toy, datamodule=FakeData())
     assert toy.nonfinite_total == 2 and toy.nonfinite_in_row == 0
-    assert not seen[1][0] and not seen[2][0] and seen[3][0]  # Lightning: {} when skipped
+    assert seen[1][0] and seen[2][0] and not seen[3][0] and not seen[0][0]
     for a, b in zip(seen[0][1], seen[2][1]):  # skipped steps left the weights unchanged
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(seen[2][1], seen[3][1]))

@@ -42,7 +42,8 @@ class Losses(pl.Callback):
         self.teacher: list[list[torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]) if outputs else None)
+        # None for a skipped step (its returned loss is a zero that changes nothing)
+        self.losses.append(None if module.last_step_skipped else float(outputs["loss"]))
         if hasattr(module, "teacher"):
             self.teacher.append([p.detach().clone() for p in module.teacher.parameters()])
 

@@ -1,11 +1,12 @@
 """The non-finite-loss guard's parts (DESIGN section 9): its one-line stop, the zero loss a skipped
-batch returns under DDP, and the batch-norm statistics a skipped batch must not move.
+batch returns, and the batch-norm statistics a skipped batch must not move.
 
 A batch whose loss is non-finite on any rank is skipped on every rank
 (:meth:`avssl.objectives.base.AVObjective.training_step`): it contributes nothing and changes no
-weights, optimizer state or objective state. On one device ``training_step`` returns None and
-Lightning runs no backward. Under DDP Lightning refuses None (every rank's reducer waits for a
-gradient of every parameter), so the skipped batch returns :func:`zero_loss`: all gradients are
+weights, optimizer state or objective state. It returns :func:`zero_loss`, not None: Lightning
+refuses None under DDP (every rank's reducer waits for a gradient of every parameter), and on
+one device with a gradient scaler (``16-mixed``) a None ending an accumulation window skips the
+window's step although its other micro-batches were finite. All gradients of the zero loss are
 exactly 0, and when every micro-batch of an optimizer step was skipped the gradients are set to
 None before the step, which AdamW then leaves alone (weights, moments and step counts).
 """

@@ -334,11 +334,11 @@ class AVObjective(pl.LightningModule):
         self.mark_graph_step()
 
     # ----------------------------------------------------------------- training step
-    def training_step(self, batch: AVBatch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: AVBatch, batch_idx: int) -> torch.Tensor:
         """The batch's losses, logged; ``"loss"`` is backpropagated. A batch whose loss is
         non-finite on any rank is skipped (counted in ``train/nonfinite_skipped``): its batch
         norm statistics are put back, no staged state is committed (:meth:`commit_state`) and it
-        returns None on one device, a zero loss under DDP (:mod:`._nonfinite`)."""
+        returns a zero loss (:mod:`._nonfinite`)."""
         if self._norm_layers is None:
             self._norm_layers = norm_layers(self)
         stats = running_stats(self._norm_layers)
@@ -353,7 +353,7 @@ class AVObjective(pl.LightningModule):
         self._log_step(losses, len(batch), loss.detach())
         return loss
 
-    def _skip(self, losses: dict[str, torch.Tensor], bsz: int) -> torch.Tensor | None:
+    def _skip(self, losses: dict[str, torch.Tensor], bsz: int) -> torch.Tensor:
         """Counts a non-finite batch, logs its terms with ``loss`` NaN (not the last step's
         value, which Lightning would repeat), stops after ``max_nonfinite_in_row`` in a row."""
         self.nonfinite_total += 1
@@ -366,9 +366,9 @@ class AVObjective(pl.LightningModule):
                 "raise model.init_args.max_nonfinite_in_row",
                 self.global_rank,
             )
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            return zero_loss(self)  # Lightning refuses None under DDP
-        return None  # Lightning skips backward (and the step changes nothing)
+        # not None: Lightning refuses it under DDP, and on one device with a gradient scaler
+        # (16-mixed) a None ending an accumulation window would drop the window's step
+        return zero_loss(self)
 
     def _log_step(self, losses: dict[str, torch.Tensor], bsz: int, loss: torch.Tensor) -> None:
         """Logs ``loss/<term>`` (``loss/loss`` = ``loss``), the learning rate and the skip
