@@ -324,9 +324,11 @@ def test_fit_refuses_a_checkpoint_of_another_recipe_or_objective(shards, tmp_pat
     longer = tmp_path / "longer.yaml"  # an overrides file after the recipe: still mavil's run
     longer.write_text("trainer:\n  max_steps: 2\n")
     args = debug_args("mavil", shards, runs, "-c", str(longer), "--ckpt_path", str(mavil))
-    assert cli.main(args) == 0
-    (resumed,) = (runs / "longer").glob("*/checkpoints/last.ckpt")
-    assert torch.load(resumed, weights_only=True)["global_step"] == 2
+    assert cli.main(args) == 0  # named after the checkpoint's recipe, not the overrides file
+    assert _names(runs) == ["mavil"]
+    (resumed,) = set((runs / "mavil").glob("*/checkpoints/last.ckpt")) - {mavil}
+    ckpt = torch.load(resumed, weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["avssl"]["recipe"] == "mavil"
 
 
 def _names(folder: Path) -> list[str]:

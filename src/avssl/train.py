@@ -263,14 +263,15 @@ def lightning_main(argv: list[str]) -> int:
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv) and not Path(argv[i + 1]).is_file():
             raise UserError(f"config file not found: {argv[i + 1]}")
+    recipe = None  # a resumed run keeps its recipe's name, whatever overrides file comes last
     for i, arg in enumerate(argv):
         if arg.startswith("--ckpt_path"):
             given = argv[i + 1 : i + 2] if arg == "--ckpt_path" else [arg.split("=", 1)[1]]
             path = given[0] if given else ""
             resume = path if path not in ("", "null", "None") else None
-            check_resume(resume, recipes_from_args(argv), argv)
+            recipe = check_resume(resume, recipes_from_args(argv), argv)
     with _run_env():
-        _run_cli(list(argv))
+        _run_cli(list(argv), recipe=recipe)
     return 0
 
 

@@ -20,7 +20,7 @@ from avssl.objectives.base import AVObjective
 
 def check_resume(
     path: str | None, recipe: str | Sequence[str] | None, args: Sequence[str] = ()
-) -> None:
+) -> str | None:
     """A checkpoint to resume must be a readable, undamaged avssl checkpoint of the same recipe,
     and the command line must not change its model. Called before LightningCLI starts: it reads
     the checkpoint's hyper-parameters first (and would fail with a traceback on a file that is
@@ -36,7 +36,7 @@ def check_resume(
             settings in ``--config`` files are not compared.
     """
     if not path:
-        return
+        return None
     from avssl.export_ckpt import read_checkpoint
 
     ckpt = read_checkpoint(Path(path), mmap=True)
@@ -55,6 +55,7 @@ def check_resume(
                 f"--model.init_args.{name} {value!r}: a resumed run keeps its checkpoint's model "
                 f"settings ({name}={hp[name]!r} in {path}); start a new run to change it"
             )
+    return meta.get("recipe")
 
 
 def check_objective(path: str, class_path: str | None) -> None:
