@@ -119,8 +119,15 @@ def test_train_epochs_and_ranks_draw_different_samples(synth, small_args):
     assert e0 != e1
     r0, r1 = ([(k, float(s)) for b in dm.train_dataloader(rank=r, world_size=2)
                for k, s in zip(b.key, b.clip_start)] for r in range(2))  # fmt: skip
-    # each rank draws its own stream from all the shards (tests/data/test_resampled_keys.py)
     assert r0 != r1 and len(r0) == len(r1)
+    # each rank draws its own stream from all the shards, not a subset of its own (the rates:
+    # tests/data/test_resampled_keys.py)
+    streams = [dm.train_dataloader(rank=r, world_size=2).dataset for r in range(2)]
+    drawn = [[next(keys) for _ in range(200)] for keys in (s.key_stream(0) for s in streams)]
+    table = streams[0].table
+    every = {shard for shard, keys in zip(table.shards, table.keys) if keys}
+    assert len(every) >= 2 and all({shard for shard, _ in d} == every for d in drawn)
+    assert drawn[0] != drawn[1]
 
 
 def test_a_resumed_loader_draws_its_epoch_afresh_once(synth, small_args):
