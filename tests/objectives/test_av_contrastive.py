@@ -391,3 +391,41 @@ def test_clips_without_audio_or_video_write_no_memory_of_it(batch):
     model.commit_state()
     assert model.bank_valid["audio"][:6].all()
     assert torch.isfinite(model.bank["audio"][:6]).all()
+
+
+# ---- the memory bank's gather across 2 gloo processes -----------------------------------------
+
+
+def _bank_gather_worker(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    from avssl.objectives._memory_bank import gather_keys_and_tensors
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)  # fmt: skip
+    try:
+        g = torch.Generator().manual_seed(0)  # the same global batch on every rank
+        z = torch.randn(world * 3, 4, generator=g).to(torch.bfloat16)
+        ok = torch.tensor([1.0, 0.0, 1.0] * world)
+        keys = [f"k{i}" for i in range(world * 3)]
+        mine = slice(rank * 3, (rank + 1) * 3)
+        got_keys, got = gather_keys_and_tensors(
+            keys[mine], {"audio": z[mine], "audio_ok": ok[mine]}
+        )
+        assert got_keys == keys
+        assert got["audio"].dtype == torch.bfloat16 and torch.equal(got["audio"], z)
+        assert got["audio_ok"].shape == (world * 3,) and torch.equal(got["audio_ok"], ok)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bank_gather_across_two_gloo_processes_is_the_whole_batch() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_bank_gather_worker, args=(2, port), nprocs=2, join=True)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avssl.losses._precision import float32_loss
+from avssl.losses.contrastive import gather_plain
 
 MASKED_LOGIT = -1.0e4  # a left-out candidate: exp() is 0 in float32, gradients stay finite
 
@@ -106,16 +107,17 @@ def memory_nce(
 def gather_keys_and_tensors(
     keys: list[str], tensors: dict[str, torch.Tensor]
 ) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """All ranks' keys and (detached) per-sample tensors, rank-ordered; identity when not
-    distributed."""
+    """All ranks' keys and (detached) per-sample tensors ``[B, ...]``, rank-ordered; identity
+    when not distributed. The tensors travel as one float32 ``[B, sum of widths]`` gather."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return list(keys), tensors
-    world = dist.get_world_size()
-    key_lists: list[list[str]] = [[] for _ in range(world)]
+    key_lists: list[list[str]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(key_lists, list(keys))
-    out = {}
-    for m, f in tensors.items():
-        parts = [torch.empty_like(f) for _ in range(world)]
-        dist.all_gather(parts, f.contiguous())
-        out[m] = torch.cat(parts)
+    flat = [t.detach().reshape(len(t), -1).float() for t in tensors.values()]  # [B, w] each
+    every = gather_plain(torch.cat(flat, dim=1))  # [W B, sum w]
+    parts = every.split([f.shape[1] for f in flat], dim=1)
+    out = {
+        m: part.reshape(-1, *t.shape[1:]).to(t.dtype)
+        for (m, t), part in zip(tensors.items(), parts)
+    }
     return [k for ks in key_lists for k in ks], out
