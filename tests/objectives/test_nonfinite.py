@@ -78,6 +78,42 @@ def test_skipped_micro_batches_contribute_nothing_on_one_device(tmp_path):
     assert toy.nonfinite_in_row == 0
 
 
+class GradSpy(pl.Callback):
+    """The gradients the optimizer is given at every step (after the module's hooks)."""
+
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def on_train_start(self, trainer, module):
+        def record(opt, args, kwargs):
+            self.grads.append([p.grad.clone() for p in module.parameters() if p.grad is not None])
+
+        # after the step: Lightning runs the last micro-batch inside optimizer.step(closure)
+        trainer.optimizers[0].register_step_post_hook(record)
+
+
+def _first_step_grads(tmp_path, nan_batches: list[int], accumulate: int) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    spy = GradSpy()
+    toy = Toy(nan_batches=nan_batches, lr=1e-2, warmup_steps=0)
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=accumulate, callbacks=[spy])
+    trainer.fit(toy, datamodule=FakeData(n=4))
+    return spy.grads[0]
+
+
+def test_a_partly_skipped_window_steps_with_the_mean_of_its_finite_micro_batches(tmp_path):
+    """Accumulation 2 with micro-batch 1 non-finite: the step's gradient is micro-batch 0's own
+    (the mean over the finite ones), not half of it, which the window's 1/2 loss scaling would
+    leave; the same as a step of accumulation 1 on micro-batch 0."""
+    partial = _first_step_grads(tmp_path / "a", nan_batches=[1], accumulate=2)
+    alone = _first_step_grads(tmp_path / "b", nan_batches=[], accumulate=1)
+    assert len(partial) == len(alone) > 0
+    for got, want in zip(partial, alone):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    clean = _first_step_grads(tmp_path / "c", nan_batches=[], accumulate=2)
+    assert not all(torch.allclose(g, w) for g, w in zip(clean, alone))  # the check can fail
+
+
 def _ddp_worker(rank: int, port: int, root: str, out: dict) -> None:
     # as torchrun would set them: Lightning launches no process of its own
     env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0")

@@ -1,10 +1,9 @@
 """The small base LightningModule every objective derives from (DESIGN sections 3 and 9).
 
-It owns only what all objectives share: the AdamW optimizer with parameter groups, the
-linear-warmup + cosine learning-rate schedule (step based), learning-rate scaling by the
-effective batch size (Goyal et al. 2017, https://arxiv.org/abs/1706.02677, as in MAE:
-``lr = base_lr * effective_batch / 256``), logging of the loss dict, a non-finite-loss guard, and
-the ``checkpoint["avssl"]`` provenance block read by ``avssl.export``.
+It owns only what all objectives share: the optimisation (AdamW with parameter groups, the
+warm-up + cosine schedule, learning-rate scaling by the effective batch; :mod:`._optim`),
+logging of the loss dict, a non-finite-loss guard (:mod:`._nonfinite`), validation, and the
+``checkpoint["avssl"]`` provenance block read by ``avssl.export`` (:mod:`._state`).
 
 Subclasses implement :meth:`AVObjective.compute_losses` and :meth:`AVObjective.export_encoders`,
 and may implement :meth:`AVObjective.export_heads` (a shared audio-video space) and
@@ -13,18 +12,11 @@ and may implement :meth:`AVObjective.export_heads` (a shared audio-video space) 
 
 from __future__ import annotations
 
-import json
-import math
-import random
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
-from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.models.layers import COMPILE_MODES, compile_blocks
@@ -36,39 +28,22 @@ from avssl.objectives._nonfinite import (
     running_stats,
     zero_loss,
 )
-from avssl.objectives._schedule import ConstantLR, WarmupCosine, renew_schedules
+from avssl.objectives._optim import (  # noqa: F401  (re-exported: objectives and tests use them)
+    NO_DECAY_KEYS,
+    OptimMixin,
+    clip_per_param,
+    param_groups,
+)
+from avssl.objectives._schedule import WarmupCosine  # noqa: F401  (re-exported)
+from avssl.objectives._state import check_json, provenance, rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from avssl.data.local_view import LocalViewSpec
 
-# learned tokens and embeddings that take no weight decay (matched as parts of parameter names)
-NO_DECAY_KEYS = ("norm", "pos_embed", "cls_token", "mask_token", "modality_embed")
 VALIDATION_SEED = 20261129  # + batch index: the masks and views of validation batches
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Splits trainable parameters into a decayed and a non-decayed group.
-
-    No weight decay on 1-d parameters (biases, norm scales), position embeddings, modality
-    embeddings and learned tokens (``NO_DECAY_KEYS``), as in MAE / timm
-    ``param_groups_weight_decay``; linear and patch-embedding weights are decayed. Frozen
-    parameters are left out.
-    """
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or name.endswith(".bias") or any(k in name for k in NO_DECAY_KEYS):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-class AVObjective(pl.LightningModule):
+class AVObjective(OptimMixin):
     """Base class of the self-supervised objectives.
 
     Args:
@@ -138,7 +113,8 @@ class AVObjective(pl.LightningModule):
         #: accumulation window had a non-finite loss (objectives that update state after a
         #: step, such as an EMA teacher, read it in ``on_train_batch_end``)
         self.last_step_skipped = False
-        self._finite_micro_batches = 0  # finite losses since the last optimizer step
+        self._micro_batches = 0  # training steps since the last optimizer step
+        self._finite_micro_batches = 0  # of them, those with a finite loss
         self._norm_layers: list[Any] | None = None  # batch norms (training_step's guard)
         self._planned_schedule: dict[str, Any] | None = None  # WarmupCosine numbers of this run
         self.recipe_name: str | None = None  # set by avssl.train; stored in checkpoint["avssl"]
@@ -146,7 +122,7 @@ class AVObjective(pl.LightningModule):
         # logger=False: the data module's hparams share names (num_frames, ...) and Lightning
         # refuses to merge differing values; on_fit_start logs ours under "model/".
         self.save_hyperparameters(logger=False)
-        _check_json(dict(self.hparams))
+        check_json(dict(self.hparams))
 
     # ----------------------------------------------------------------- subclass interface
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
@@ -179,67 +155,7 @@ class AVObjective(pl.LightningModule):
         batch's loss was finite on every rank, so a skipped batch leaves no trace. Validation
         never calls it. Default: nothing to apply."""
 
-    # ----------------------------------------------------------------- optimisation
-    def effective_batch_size(self) -> int | None:
-        """``batch_size * accumulate_grad_batches * world_size``, or None if unknown."""
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
-        if batch is None:  # AVDataModule keeps its constructor arguments in hparams
-            batch = dict(getattr(dm, "hparams", None) or {}).get("batch_size")
-        if batch is None:
-            return None
-        return int(batch) * self.trainer.accumulate_grad_batches * self.trainer.world_size
-
-    def configure_optimizers(self) -> Any:
-        lr = self.resolve_lr(self.effective_batch_size())
-        total = int(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total <= 0:
-            raise ValueError("set trainer.max_steps (or max_epochs with a sized loader)")
-        opt, sched = self.build_optimizer(lr, total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def resolve_lr(self, eff: int | None) -> float:
-        """The peak learning rate for effective batch ``eff`` (None: unknown): ``lr`` when set,
-        else ``base_lr * eff / 256``; stored as ``used_lr`` and logged."""
-        if self.lr is not None:
-            lr = self.lr
-        elif eff is None:
-            lr = self.base_lr
-            rank_zero_info("[avssl] batch size unknown: using base_lr without batch scaling")
-        else:
-            lr = self.base_lr * eff / 256
-        self.used_lr = lr
-        rank_zero_info(f"[avssl] lr {lr:.3g} (base_lr {self.base_lr:g}, effective batch {eff})")
-        return lr
-
-    def build_optimizer(
-        self, lr: float, total_steps: int, params_of: nn.Module | None = None
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW over ``params_of`` (default: this module's :meth:`optimizer_groups`) and its
-        per-step warm-up + cosine schedule over ``total_steps``; a group marked
-        ``"constant_lr": True`` keeps its learning rate instead."""
-        fused = self.device.type == "cuda"
-        if params_of is None:
-            groups = self.optimizer_groups(lr)
-        else:
-            groups = param_groups(params_of, self.weight_decay)
-        opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas, fused=fused)
-        warmup = self.warmup_steps
-        if warmup is None:
-            warmup = int(round(self.warmup_fraction * total_steps))
-        schedule = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
-        self._planned_schedule = dict(vars(schedule))  # on_train_start: kept on resume
-        lambdas: list[Callable[[int], float]] = [
-            ConstantLR() if g.get("constant_lr") else schedule for g in opt.param_groups
-        ]
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-
-    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups at peak rate ``lr`` (default: :func:`param_groups`
-        of this module, all at ``lr``); a subclass may give a group its own ``"lr"`` and mark
-        it ``"constant_lr": True`` (CrissCross's predictors)."""
-        return param_groups(self, self.weight_decay)
-
+    # ----------------------------------------------------------------- set-up
     def check_before_fit(self, resuming: bool) -> None:
         """Raises ``ValueError`` (one line) when this objective cannot train as configured;
         ``resuming``: a checkpoint will be loaded first. Called before the first step."""
@@ -273,27 +189,8 @@ class AVObjective(pl.LightningModule):
         if self.compile_policy == "graphs":
             torch.compiler.cudagraph_mark_step_begin()
 
-    def on_train_start(self) -> None:
-        """After a resume restored the checkpoint's schedule: this run's warm-up, length and
-        final ratio replace the checkpoint's where they differ (one line says so;
-        :func:`~avssl.objectives._schedule.renew_schedules`)."""
-        if self._planned_schedule is not None:
-            for note in renew_schedules(self.trainer.lr_scheduler_configs, self._planned_schedule):
-                rank_zero_info(note)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.mark_graph_step()
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """When every micro-batch since the last step was skipped (non-finite), the gradients
-        (zeros under DDP) become None, so the optimizer changes no weight, moment or step
-        count; the decision is the same on every rank (the finiteness flag is all-reduced)."""
-        self.last_step_skipped = self._finite_micro_batches == 0
-        self._finite_micro_batches = 0
-        if self.last_step_skipped:
-            optimizer.zero_grad(set_to_none=True)
-        elif self.clip_grad_per_param > 0:
-            clip_per_param(self.parameters(), self.clip_grad_per_param)
 
     # ----------------------------------------------------------------- validation
     def no_validation_reason(self) -> str | None:
@@ -342,6 +239,7 @@ class AVObjective(pl.LightningModule):
         if self._norm_layers is None:
             self._norm_layers = norm_layers(self)
         stats = running_stats(self._norm_layers)
+        self._micro_batches += 1
         losses = self.compute_losses(batch)
         loss = losses["loss"]
         if not self._loss_is_finite(loss):
@@ -396,24 +294,12 @@ class AVObjective(pl.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from avssl import __version__
-
-        info: dict[str, Any] = {
-            "objective": f"{type(self).__module__}.{type(self).__qualname__}",
-            "recipe": self.recipe_name,
-            "data": None,
-            "version": __version__,
-        }
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "preprocessing"):
-            info["data"] = dm.preprocessing()
-        if dm is not None and hasattr(dm, "training_data"):
-            info["train_data"] = dm.training_data()
-        checkpoint["avssl"] = info
-        checkpoint["avssl_state"] = {
-            "nonfinite_total": self.nonfinite_total,
-            "rng": rng_state(),
-        }
+        """Adds the provenance block ``checkpoint["avssl"]`` (objective, recipe, the data's
+        preprocessing, version; read by ``avssl.export``) and ``checkpoint["avssl_state"]``
+        (the skip counter, the random generators)."""
+        trainer = self._trainer
+        checkpoint["avssl"] = provenance(self, getattr(trainer, "datamodule", None))
+        checkpoint["avssl_state"] = {"nonfinite_total": self.nonfinite_total, "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("avssl") or {}
@@ -422,57 +308,3 @@ class AVObjective(pl.LightningModule):
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         if "rng" in state:
             set_rng_state(state["rng"])
-
-
-@torch.no_grad()
-def clip_per_param(params: Any, max_norm: float) -> None:
-    """Scales every gradient whose L2 norm exceeds ``max_norm`` down to it, each tensor on its
-    own (no host sync: norms and scales stay on the device)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    norms = torch._foreach_norm(grads)
-    scales = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms]
-    torch._foreach_mul_(grads, scales)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states in ``weights_only``-loadable types."""
-    np_state: tuple = np.random.get_state(legacy=True)  # type: ignore[assignment]
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`rng_state` saved (CUDA states only when the device count matches)."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    key = n["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-
-
-def _check_json(hparams: dict[str, Any]) -> None:
-    for k, v in hparams.items():
-        try:
-            json.dumps(v)
-        except TypeError:
-            raise ValueError(
-                f"objective argument {k!r} is a {type(v).__name__}; arguments must be plain "
-                "numbers/strings/lists/dicts so checkpoints load with weights_only=True"
-            ) from None
