@@ -76,7 +76,8 @@ def _rank(rank: int, port: int, data: str, out: dict) -> None:
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    out[rank] = {"own": model.own, "logged": model.logged}
+    # what a checkpoint keeps: every rank is asked (as Lightning's dump does), the sum is kept
+    out[rank] = {"own": model.own, "logged": model.logged, "state": dm.state_dict()}
 
 
 @pytest.mark.slow
@@ -98,3 +99,37 @@ def test_the_logged_counter_sums_the_ranks_skipped_samples(broken_data):
         # logged on the steps Lightning writes (every LOG_EVERY-th), the same value on both ranks
         assert [step for step, _ in logged] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
         assert logged == out[0]["logged"]
+        assert out[rank]["state"]["skipped"] == own[0][-1] + own[1][-1]
+
+
+def test_a_resumed_run_counts_on_from_its_checkpoints_skipped_samples(broken_data, tmp_path):
+    """The count is in the data module's checkpoint state: a resumed run's logged counter goes on
+    from it (before, it restarted at 0)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class PerBatch(_Recorder):  # also the samples each batch skipped
+        def training_step(self, batch, batch_idx):
+            self.per_batch = [*getattr(self, "per_batch", []), int(batch.extra["skipped"])]
+            return super().training_step(batch, batch_idx)
+
+    def fit(max_steps, ckpt_path=None, callbacks=()):
+        dm = AVDataModule(str(broken_data), batch_size=2, num_workers=0, num_frames=2,
+                          frame_stride=2, crop_size=16, audio_frames=64,
+                          train_split=None)  # fmt: skip
+        model = PerBatch()
+        trainer = pl.Trainer(
+            accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks),
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model.own, model.per_batch
+
+    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, filename="{step}")
+    first, _ = fit(3, callbacks=[every])
+    assert first[-1] > 0  # corrupt samples were met before the checkpoint
+    saved = torch.load(tmp_path / "step=3.ckpt", weights_only=True)["AVDataModule"]["skipped"]
+    assert saved == first[-1]
+    resumed, per_batch = fit(STEPS, ckpt_path=tmp_path / "step=3.ckpt")
+    assert len(resumed) == STEPS - 3
+    assert resumed == [saved + sum(per_batch[: i + 1]) for i in range(len(per_batch))]

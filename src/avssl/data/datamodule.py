@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import IterableDataset
 
@@ -435,9 +436,11 @@ class AVDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, int]:
         """What a checkpoint keeps of the data (Lightning saves it under the class name): the
-        streams' seed and, once training has started, the training loader's position: the
-        epoch of its pass, the batches of it trained and the batches that epoch has."""
-        state = {"seed": int(self.hp.seed)}
+        streams' seed, the corrupt training samples skipped so far by all ranks (``skipped``:
+        Lightning asks every rank for this state, so one all-reduce sums them) and, once
+        training has started, the training loader's position: the epoch of its pass, the
+        batches of it trained and the batches that epoch has."""
+        state = {"seed": int(self.hp.seed), "skipped": self._skipped_all_ranks()}
         loader = self._train_loader
         if loader is not None and loader.position is not None:
             trainer = getattr(self, "trainer", None)
@@ -447,10 +450,19 @@ class AVDataModule(pl.LightningDataModule):
             state.update(epoch=epoch, batches=done, epoch_batches=length)
         return state
 
+    def _skipped_all_ranks(self) -> int:
+        """``skipped_total`` summed over the ranks (an all-reduce when there are several)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return int(self.skipped_total)
+        total = torch.tensor(float(self.skipped_total), device=trainer.strategy.root_device)
+        return int(round(float(trainer.strategy.reduce(total, reduce_op="sum"))))
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restores a checkpoint's :meth:`state_dict` before the loaders are made (a resumed
-        run): its seed, unless ``seed`` was given, and the position the next training loader
-        resumes from (``TrainLoader``)."""
+        run): its seed, unless ``seed`` was given, the skipped-sample count (on rank 0, so that
+        the logged sum over the ranks goes on from the run's) and the position the next
+        training loader resumes from (``TrainLoader``)."""
         seed = state.get("seed")
         if seed is not None and int(seed) != self.hp.seed:
             if self._seed_given:
@@ -458,6 +470,9 @@ class AVDataModule(pl.LightningDataModule):
             else:
                 rank_zero_info(f"[data] seed {seed}: the resumed checkpoint's")
                 self.hp.seed = int(seed)
+        # rank 0 carries the run's count on, the others start at 0: their sum is the run's
+        rank = getattr(getattr(self, "trainer", None), "global_rank", 0)
+        self.skipped_total = int(state.get("skipped", 0)) if rank == 0 else 0
         if "batches" in state:
             keys = ("epoch", "batches", "epoch_batches")
             self._restored = (int(state[keys[0]]), int(state[keys[1]]), int(state[keys[2]]))
