@@ -12,6 +12,7 @@ and may implement :meth:`AVObjective.export_heads` (a shared audio-video space) 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -242,13 +243,14 @@ class AVObjective(OptimMixin):
         self._micro_batches += 1
         losses = self.compute_losses(batch)
         loss = losses["loss"]
-        if not self._loss_is_finite(loss):
+        finite, value = self._check_loss(loss)
+        if not finite:
             restore_stats(stats)
             return self._skip(losses, len(batch))
         self.commit_state()
         self.nonfinite_in_row = 0
         self._finite_micro_batches += 1
-        self._log_step(losses, len(batch), loss.detach())
+        self._log_step(losses, len(batch), loss.detach(), value)
         return loss
 
     def _skip(self, losses: dict[str, torch.Tensor], bsz: int) -> torch.Tensor:
@@ -256,7 +258,7 @@ class AVObjective(OptimMixin):
         value, which Lightning would repeat), stops after ``max_nonfinite_in_row`` in a row."""
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
-        self._log_step(losses, bsz, torch.tensor(float("nan"), device=self.device))
+        self._log_step(losses, bsz, torch.tensor(float("nan"), device=self.device), math.nan)
         if self.nonfinite_in_row >= self.max_nonfinite_in_row:
             raise nonfinite_stop(
                 f"{self.nonfinite_in_row} non-finite losses in a row at step {self.global_step} "
@@ -268,29 +270,39 @@ class AVObjective(OptimMixin):
         # (16-mixed) a None ending an accumulation window would drop the window's step
         return zero_loss(self)
 
-    def _log_step(self, losses: dict[str, torch.Tensor], bsz: int, loss: torch.Tensor) -> None:
+    def _log_step(
+        self, losses: dict[str, torch.Tensor], bsz: int, loss: torch.Tensor, value: float
+    ) -> None:
         """Logs ``loss/<term>`` (``loss/loss`` = ``loss``), the learning rate and the skip
-        counter at every step: a metric not logged at a step would show its last value again."""
+        counter at every step: a metric not logged at a step would show its last value again.
+        The host's numbers (``value``: the loss the guard read, the rate, the counter) go in as
+        CPU tensors: Lightning reads the progress bar's values with ``.item()`` at every
+        batch's end, which for a device tensor would wait for the backward pass."""
         logs = {f"loss/{k}": v.detach() for k, v in losses.items() if torch.is_tensor(v)}
         logs["loss/loss"] = loss
         self.log_dict(logs, on_step=True, batch_size=bsz)
-        self.log("loss", loss, prog_bar=True, batch_size=bsz, logger=False)
+        self.log("loss", torch.tensor(value), prog_bar=True, batch_size=bsz, logger=False)
         if self._trainer is not None and self.trainer.lr_scheduler_configs:
             lr_now = self.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
-            self.log("optim/lr", lr_now, on_step=True, batch_size=bsz)
-        self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True)
+            self.log("optim/lr", torch.tensor(float(lr_now)), on_step=True, batch_size=bsz)
+        skipped = torch.tensor(float(self.nonfinite_total))
+        self.log("train/nonfinite_skipped", skipped, on_step=True, batch_size=bsz)
 
-    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
-        """One host sync per step: the guard must know on the host whether to skip.
+    def _check_loss(self, loss: torch.Tensor) -> tuple[bool, float]:
+        """Whether ``loss`` is finite on every rank, and its value on this one: one host sync
+        per step, as the guard must know on the host whether to skip.
 
         Under DDP every rank must take the same decision (a rank that skips backward while the
-        others all-reduce would hang), so the flag is all-reduced (MIN) first. This is the only
-        ``.item()`` in the training step.
+        others all-reduce would hang), so the flag is all-reduced (MIN) first; the value comes
+        back in the same copy. This is the only ``.item()`` of a training step whose values
+        Lightning does not write (``tests/objectives/test_host_syncs.py``).
         """
-        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        loss = loss.detach().float().reshape(1)
+        flag = torch.isfinite(loss).to(torch.float32)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0.5)
+        ok, value = torch.cat([flag, loss]).tolist()
+        return ok > 0.5, value
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
