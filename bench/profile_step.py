@@ -165,7 +165,7 @@ def attention_kernels(args: argparse.Namespace, device: torch.device) -> None:
         "cavmae decoder": (16, 708, 32),
         "cavmae audio enc": (12, 128, 64),
         "cavmae joint": (12, 177, 64),
-        "videomae enc": (12, 156, 64),
+        "videomae enc": (12, 160, 64),  # 8 slices x 20 visible positions
         "videomae decoder": (6, 1568, 64),
     }
     backends = {

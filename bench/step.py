@@ -56,10 +56,19 @@ from avssl.models import AudioViT, VideoViT
 from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
 from avssl.models.layers import compile_blocks, set_flex_attention, set_fused_attention
-from avssl.models.masking import random_masking, tube_masking
+from avssl.models.masking import random_masking, tube_masking, videomae_keep
 from avssl.models.vit import ViTEncoder
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, datasheet
+# dense bf16 FLOP/s from the datasheets, by a part of the device's name; the first match wins,
+# so the PCIe and NVL parts (lower clocks and power) come before their SXM names
+PEAK_BF16 = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 REFERENCE = {  # DESIGN section 7, one H200: (samples/s best, GFLOP/sample)
     "cavmae": (917.0, 238.0),
     "videomae": (371.0, 205.0),
@@ -146,7 +155,9 @@ class VideoMaeStep(nn.Module):
     def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         video = batch.video
         grid = self.video.grid_size(video.shape)
-        keep, mask, restore = tube_masking(video.shape[0], grid, 0.9, video.device)
+        # VideoMAE's count: 20 of 196 positions visible per slice (MAE's would keep 19)
+        s_keep = videomae_keep(grid[1] * grid[2], 0.9)
+        keep, mask, restore = tube_masking(video.shape[0], grid, 0.9, video.device, s_keep=s_keep)
         pred = self.decoder(self.video.forward_features(video, keep), restore, grid)
         return {"loss": masked_mse(pred, self.video.patchify(video), mask)}
 
@@ -219,7 +230,10 @@ def compile_stacks(model: nn.Module, **options) -> int:
         if isinstance(m, ViTEncoder):
             m.forward_features = torch.compile(m.forward_features, dynamic=False, **options)  # type: ignore[method-assign]
             count += 1
-        elif isinstance(m, (JointDecoder, TransformerDecoder, JointFusion)):
+        elif isinstance(m, JointFusion):  # its blocks, which forward_single runs too
+            m._run = torch.compile(m._run, dynamic=False, **options)  # type: ignore[method-assign]
+            count += 1
+        elif isinstance(m, (JointDecoder, TransformerDecoder)):
             m.compile(dynamic=False, **options)
             count += 1
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

@@ -147,6 +147,42 @@ def test_reference_configs_do_the_reference_work(name: str, expected: float) -> 
     assert gflop == pytest.approx(expected, rel=0.03)
 
 
+def test_the_videomae_step_keeps_videomaes_visible_tokens() -> None:
+    """VideoMAE's tube masking masks int(0.9 * 196) = 176 positions of each slice: 8 slices x 20
+    visible = 160 tokens go through the encoder (MAE's count, 19 per slice, did 5 % less work)."""
+    step = _load_step_module()
+    shape = step.shapes("base")["videomae"]
+    with torch.device("meta"):
+        model = step.build("videomae", "base", shape)
+    model = model.to("meta")
+    seen = []
+    features = model.video.forward_features
+
+    def record(video, keep):
+        seen.append(tuple(keep.shape))
+        return features(video, keep)
+
+    model.video.forward_features = record
+    model(step.random_batch(shape, 2, torch.device("cpu")).to("meta"))
+    assert seen == [(2, 160)]
+
+
+def test_peak_flops_tell_the_pcie_and_nvl_parts_apart(monkeypatch) -> None:
+    step = _load_step_module()
+    args = step.parse_args(["--device", "cpu"])
+    got = {}
+    names = ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200",
+             "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA L4"]  # fmt: skip
+    for name in names:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda _d, n=name: n)
+        got[name] = step.peak_flops(args, torch.device("cuda"))
+    assert got == {
+        "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+        "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA A100-SXM4-80GB": 312e12,
+        "NVIDIA L4": None,
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "features,repeats,keyframes,audio",
     [
@@ -182,3 +218,30 @@ def test_fed_step_runs_from_shards_with_features_either_place(
     if jpeg:
         where += "; JPEG frames at 1 fps"
     assert fed[0].endswith(where) and float(fed[0].split()[2]) > 0, fed[0]
+
+
+def test_compile_stacks_covers_every_block_of_the_cavmae_step(monkeypatch) -> None:
+    """``--compile stacks``: every transformer block runs inside a compiled graph, the shared
+    layer's single-modality passes (the contrastive branch) too (before, those ran eagerly)."""
+    import collections
+
+    from avssl.models.layers import Block
+
+    step = _load_step_module()
+    shape = step.shapes("tiny")["cavmae"]
+    model = step.build("cavmae", "tiny", shape)
+    names = {id(m): n.split(".")[0] for n, m in model.named_modules()}
+    seen: collections.Counter = collections.Counter()
+    forward = Block.forward
+
+    def spy(self, x):
+        seen[(names[id(self)], torch.compiler.is_compiling())] += 1
+        return forward(self, x)
+
+    monkeypatch.setattr(Block, "forward", spy)
+    torch._dynamo.reset()
+    step.compile_stacks(model, backend="eager")
+    model(step.random_batch(shape, 2, torch.device("cpu")))
+    torch._dynamo.reset()
+    assert seen and all(compiled for _, compiled in seen), dict(seen)
+    assert seen[("fusion", True)] == 3  # the joint pass and one pass per modality

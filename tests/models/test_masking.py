@@ -111,3 +111,15 @@ def test_gather_unshuffle_scatter_roundtrip() -> None:
     assert torch.all(scatter_tokens(vis, keep, N)[m] == 0)
     # gather on [B, N] (e.g. a mask) works too
     assert torch.equal(gather_tokens(mask, keep), torch.zeros(B, keep.shape[1]))
+
+
+def test_videomae_keep_counts_as_videomae() -> None:
+    """VideoMAE masks int(ratio * n) positions: 20 of 196 stay at 0.9 (MAE's count keeps 19)."""
+    from avssl.models.masking import videomae_keep
+
+    assert (videomae_keep(196, 0.9), num_keep(196, 0.9)) == (20, 19)
+    assert videomae_keep(16, 0.9) == 2 and videomae_keep(10, 0.9) == 1
+    keep, mask, _ = tube_masking(2, (8, 14, 14), 0.9, s_keep=videomae_keep(196, 0.9))
+    assert keep.shape == (2, 160) and torch.all(mask.sum(1) == 8 * 176)
+    with pytest.raises(ValueError):
+        tube_masking(2, (2, 2, 2), 0.5, s_keep=0)

@@ -80,12 +80,22 @@ def random_masking(
     return masking_from_mask(_random_subset(B, N, N - n_keep, device, generator), n_keep)
 
 
+def videomae_keep(n: int, ratio: float) -> int:
+    """Visible positions out of ``n`` as VideoMAE's tube masking counts them: it masks
+    ``int(ratio * n)`` (Tong et al. 2022, https://arxiv.org/abs/2203.12602), so 20 of a 224 px
+    frame's 196 stay visible at 0.9, where :func:`num_keep` (MAE's count) keeps 19."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    return n - int(ratio * n + 1e-6)
+
+
 def tube_masking(
     B: int,
     grid: tuple[int, int, int],
     ratio: float,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    s_keep: int | None = None,
 ) -> Masking:
     """VideoMAE tube masking: one random spatial mask shared by every temporal slice.
 
@@ -95,14 +105,17 @@ def tube_masking(
         ratio: fraction of spatial positions masked (so also of all tokens).
         device: device of the outputs.
         generator: optional RNG.
+        s_keep: visible spatial positions; default ``num_keep(H/p * W/p, ratio)`` (MAE's
+            count, which MAViL's objective uses); :func:`videomae_keep` gives VideoMAE's.
 
     Returns:
-        ``(keep [B, Tg * S_keep], mask [B, N], ids_restore [B, N])`` with ``S_keep =
-        num_keep(H/p * W/p, ratio)``.
+        ``(keep [B, Tg * S_keep], mask [B, N], ids_restore [B, N])``.
     """
     Tg, Hg, Wg = grid
     S = Hg * Wg
-    s_keep = num_keep(S, ratio)
+    s_keep = num_keep(S, ratio) if s_keep is None else s_keep
+    if not 1 <= s_keep <= S:
+        raise ValueError(f"tube masking: {s_keep} visible positions out of {S}")
     spatial = _random_subset(B, S, S - s_keep, device, generator)  # [B, S]
     mask = spatial.repeat(1, Tg)  # [B, Tg * S], same spatial mask for every t
     return masking_from_mask(mask, Tg * s_keep)
