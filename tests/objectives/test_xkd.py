@@ -92,31 +92,45 @@ def test_centres_leave_out_clips_missing_a_modality(batch):
 
 
 def test_teacher_moves_once_per_optimizer_step(batch):
-    """With gradient accumulation Lightning ends every micro-batch, but steps (and counts
-    global_step) once per window; a step whose micro-batches were all skipped for non-finite
-    losses (``last_step_skipped``, set by the base class) moves no teacher; Lightning passes
-    ``{}`` as the outputs of a skipped batch, not None."""
+    """The teacher moves in ``optimizer_step``, which Lightning calls once per accumulation
+    window, at the momentum of the step taken (its index before the step counts it); a step
+    whose micro-batches were all skipped for non-finite losses (``last_step_skipped``, set by
+    the base class while the step runs) moves no teacher."""
     from types import SimpleNamespace
 
     model = _model()
     calls = []
     model.update_teacher = lambda step, total: calls.append((step, total))  # type: ignore
     trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=8)
-    model._trainer = trainer  # what the hooks read of the trainer
-    model.on_train_start()
-    out = {"loss": torch.tensor(1.0)}
-    for micro, step_after in enumerate([0, 1, 1, 2, 2, 3]):  # accumulate 2, a step every 2nd
-        trainer.global_step = step_after
-        model.on_train_batch_end(out, batch, micro)
-    assert calls == [(0, 8), (1, 8), (2, 8)]
-    trainer.global_step = 4  # a step counted, but its loss was skipped: the teacher stays
-    model.last_step_skipped = True
-    model.on_train_batch_end({}, batch, 6)
-    assert calls == [(0, 8), (1, 8), (2, 8)]
-    trainer.global_step = 5
-    model.last_step_skipped = False
-    model.on_train_batch_end(out, batch, 7)
-    assert calls[-1] == (4, 8)
+    model._trainer = trainer  # what the hook reads of the trainer
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for step, skipped in enumerate([False, False, True, False]):
+        trainer.global_step = step
+        model.last_step_skipped = skipped
+        model.optimizer_step(0, step, opt, lambda: None)
+    assert calls == [(0, 8), (1, 8), (3, 8)]
+
+
+def test_a_checkpoint_holds_the_teacher_of_its_step(tmp_path):
+    """ModelCheckpoint saves in its batch-end hook, which Lightning runs before the module's:
+    the teacher of the checkpoint written at the last step is the one the run ends with (it was
+    one EMA update behind)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from tests.objectives.test_base import FakeData
+
+    model = _model(lr=1e-2, warmup_steps=0)
+    every = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path), accelerator="cpu", max_steps=3, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[every],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=FakeData(n=3))
+    saved = torch.load(tmp_path / "epoch=0-step=3.ckpt", weights_only=True)["state_dict"]
+    teacher = {f"teacher.{k}": v for k, v in model.teacher.state_dict().items()}
+    assert teacher and all(torch.equal(saved[k], v) for k, v in teacher.items())
+    before = torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(before[k], v) for k, v in teacher.items())  # the EMA moved it
 
 
 def test_loss_is_the_normalised_weighted_sum(batch):

@@ -112,7 +112,7 @@ class AVObjective(OptimMixin):
         self.nonfinite_in_row = 0
         #: True when the optimizer step last taken changed nothing: every micro-batch of its
         #: accumulation window had a non-finite loss (objectives that update state after a
-        #: step, such as an EMA teacher, read it in ``on_train_batch_end``)
+        #: step, such as an EMA teacher, read it once the step is taken: XKD's ``optimizer_step``)
         self.last_step_skipped = False
         self._micro_batches = 0  # training steps since the last optimizer step
         self._finite_micro_batches = 0  # of them, those with a finite loss

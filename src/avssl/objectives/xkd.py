@@ -225,7 +225,6 @@ class XKD(AVObjective):
         self.register_buffer("center_video", torch.zeros(1, head_out_dim))
         self.ema_momentum = ema_start
         self._staged_centres: tuple[torch.Tensor, torch.Tensor] | None = None  # (video, audio)
-        self._teacher_step = 0  # global step of the last teacher update (on_train_start sets it)
         self._told_device_cut = False
         total = recon_weight + kd_weight + align_weight
         self.weights = (recon_weight / total, kd_weight / total, align_weight / total)
@@ -368,21 +367,18 @@ class XKD(AVObjective):
             self._staged_centres = None
 
     # ----------------------------------------------------------------- EMA teacher
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self._teacher_step = self.trainer.global_step  # a resumed run's steps are done
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Teacher EMA once per optimiser step, at the momentum of the step just taken: not
-        after the micro-batches of an accumulation window that take no step, nor after a step
-        that changed nothing because all its micro-batches were skipped for non-finite losses
-        (``last_step_skipped``; the students did not move)."""
-        step = self.trainer.global_step  # already counts a step just taken
-        if step == self._teacher_step:
-            return
-        self._teacher_step = step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the teacher EMA at the momentum of the step just taken:
+        once per optimiser step (not after the micro-batches of an accumulation window that
+        take none), and not after a step that changed nothing because all its micro-batches
+        were skipped for non-finite losses (``last_step_skipped``; the students did not move).
+        Done here, not in ``on_train_batch_end``: Lightning runs the callbacks' batch-end
+        hooks first, so ModelCheckpoint saved every checkpoint with the teacher one update
+        behind, and a run resumed from it never made that update."""
+        step = self.trainer.global_step  # this step's index (counted once it is taken)
+        super().optimizer_step(*args, **kwargs)
         if not self.last_step_skipped:
-            self.update_teacher(max(step - 1, 0), int(self.trainer.estimated_stepping_batches))
+            self.update_teacher(step, int(self.trainer.estimated_stepping_batches))
 
     @torch.no_grad()
     def update_teacher(self, step: int, total_steps: int) -> float:
