@@ -226,7 +226,11 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
 
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
-        raise UserError(f"{folder}: not an encoder bundle (no {CONFIG_FILE})")
+        from avssl.export_ckpt import run_checkpoint_in
+
+        found = run_checkpoint_in(folder)  # a run folder: name its checkpoint
+        hint = "" if found is None else f"; a run folder: load or export its checkpoint {found}"
+        raise UserError(f"{folder}: not an encoder bundle (no {CONFIG_FILE}){hint}")
     try:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -352,11 +356,13 @@ def _export(
 def _describe(path: Path, bundle: EncoderBundle | None = None) -> str:
     n = path.stat().st_size
     size = f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
-    if bundle is not None and bundle.heads is not None and "_head" in path.name:
+    key = path.name.split(".")[0]  # "audio_head_v2a" of .safetensors, .onnx and .onnx.data
+    if bundle is not None and bundle.heads is not None and "_head" in key:
         heads = bundle.config["heads"]
-        if path.name.endswith("_head_v2a.safetensors"):
+        if key.endswith("_head_v2a") and heads.get("v2a") is not None:
             heads = heads["v2a"]
-        also = _also_holds(bundle.config, path.name.removesuffix(".safetensors"))
+        # only a safetensors file may hold another head's weights (avssl.heads.stored_in)
+        also = _also_holds(bundle.config, key) if path.suffix == ".safetensors" else ""
         return (
             f"{path} (projection into the {heads['space']} space, P={heads['dim']}, {size}{also})"
         )
@@ -395,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="avssl export", description="Export the frozen encoders of an avssl checkpoint."
     )
-    parser.add_argument("--ckpt", default="", help="training checkpoint (e.g. runs/x/last.ckpt)")
+    parser.add_argument(
+        "--ckpt",
+        default="",
+        help="training checkpoint (e.g. runs/<recipe>/<run id>/checkpoints/last.ckpt)",
+    )
     parser.add_argument("--out", default="", help="bundle folder to write (e.g. encoders/mavil)")
     parser.add_argument("--onnx", action="store_true", help="also export ONNX (dynamic batch)")
     parser.add_argument(
@@ -405,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.ckpt:
-        raise UserError("--ckpt is required (make export CKPT=runs/<run>/last.ckpt OUT=...)")
+        raise UserError(
+            "--ckpt is required (make export CKPT=runs/<recipe>/<run id>/checkpoints/last.ckpt "
+            "OUT=..., the checkpoint avssl pretrain names when it ends)"
+        )
     if not args.out:
         raise UserError("--out is required (make export CKPT=... OUT=encoders/<name>)")
     previous = _previous_bundle(Path(args.out).expanduser())

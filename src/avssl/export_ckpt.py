@@ -10,6 +10,7 @@ Rebuilding the objective imports Lightning; loading a finished bundle does not.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib
 import inspect
@@ -64,8 +65,14 @@ def read_checkpoint(path: Path, mmap: bool = False, verify: bool = True) -> dict
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; expected a checkpoint file (e.g. runs/x/last.ckpt)")
+        raise UserError(folder_error(path))
     if not zipfile.is_zipfile(path):
+        if _starts_like_zip(path):  # a zip's first bytes, no readable end: cut off mid-save
+            raise UserError(
+                f"{path}: damaged or truncated checkpoint (a zip archive without its end, as a "
+                "save killed mid-write or an incomplete copy leaves); use an intact copy or "
+                "another checkpoint of the run"
+            )
         raise UserError(f"{path}: not a checkpoint (not the zip archive torch.save writes)")
     if verify:
         check_archive(path)
@@ -93,6 +100,39 @@ def read_checkpoint(path: Path, mmap: bool = False, verify: bool = True) -> dict
             "was it written by avssl fit/pretrain?)"
         )
     return ckpt
+
+
+# where ``avssl pretrain`` writes a run's checkpoints (what it prints as "next: make export")
+CHECKPOINT_HINT = "runs/<recipe>/<run id>/checkpoints/last.ckpt"
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header
+
+
+def _starts_like_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
+def run_checkpoint_in(folder: Path) -> Path | None:
+    """``<folder>/checkpoints/last.ckpt`` of a run folder (or ``<folder>/last.ckpt`` of its
+    ``checkpoints/``) where that file exists, else None."""
+    for candidate in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def folder_error(folder: Path) -> str:
+    """The one-line error for a folder given where a checkpoint file is expected: it names the
+    run's ``last.ckpt`` when the folder is a run folder (or its ``checkpoints/``). A folder is
+    not taken for its ``last.ckpt``, as ``--resume`` takes a file too: which checkpoint of the
+    run is exported stays the user's choice."""
+    found = run_checkpoint_in(folder)
+    if found is not None:
+        return f"{folder}: is a run folder, not a checkpoint file; pass {found}"
+    return f"{folder}: is a folder; expected a checkpoint file (e.g. {CHECKPOINT_HINT})"
 
 
 _VERIFIED: set[tuple[str, int, int, int]] = set()  # (path, inode, size, mtime_ns): CRCs passed
@@ -134,6 +174,10 @@ def objective_class(name: str, src: Path) -> type:
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, AVObjective)):
         raise UserError(f"{src}: {name} is not an avssl objective class")
+    if cls is AVObjective:
+        raise UserError(f"{src}: {name} is the abstract base of the objectives, not one; refused")
+    if cls.export_encoders is AVObjective.export_encoders:
+        raise UserError(f"{src}: {name} does not implement export_encoders(); nothing to export")
     return cls
 
 
@@ -150,6 +194,19 @@ def _init_kwargs(cls: Any, hparams: dict, src: Path) -> dict:
     return kwargs
 
 
+_FROM_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "avssl_rebuilding_from_checkpoint", default=False
+)
+
+
+def rebuilding_from_checkpoint() -> bool:
+    """True while :func:`rebuild_objective` constructs an objective whose weights all come from
+    the checkpoint being read: its constructor must then not read the other runs' files its
+    hyper-parameters name (MAViL stage 2's ``teacher_ckpt``: the checkpoint holds ``teacher.*``
+    itself, and the file may since have been replaced, damaged or removed)."""
+    return _FROM_CHECKPOINT.get()
+
+
 def rebuild_objective(ckpt: dict, src: Path, random_init: bool = False) -> tuple[Any, set[str]]:
     """Builds the checkpoint's objective from its hyper-parameters and loads its weights.
 
@@ -158,32 +215,83 @@ def rebuild_objective(ckpt: dict, src: Path, random_init: bool = False) -> tuple
 
     Returns:
         The objective (eval mode) and the names of its weights the checkpoint lacked.
+
+    Raises:
+        UserError: the class is refused, or the hyper-parameters do not build it, or the
+            weights do not fit the objective they build (a tensor of another shape).
     """
     name = ckpt["avssl"]["objective"]
     cls = objective_class(name, src)
     kwargs = _init_kwargs(cls, dict(ckpt.get("hyper_parameters") or {}), src)
     if random_init:
         torch.manual_seed(0)
+    token = _FROM_CHECKPOINT.set(True)
     try:
         objective = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"{src}: cannot rebuild {name} from its hyper_parameters ({err})") from None
+    finally:
+        _FROM_CHECKPOINT.reset(token)
     if random_init:
         return objective.eval(), set()
-    missing, unexpected = objective.load_state_dict(ckpt["state_dict"], strict=False)
+    state = ckpt["state_dict"]
+    _check_shapes(objective, state, ckpt, src)
+    try:
+        missing, unexpected = objective.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # what _check_shapes did not foresee; one line all the same
+        found = re.search(r"size mismatch for [^\n]*", str(err))
+        why = found.group(0).rstrip(".") if found else _first_line(err)
+        raise UserError(f"{src}: the weights do not fit the rebuilt {name} ({why})") from None
     if unexpected:
         print(f"[export] {src}: {len(unexpected)} checkpoint entries unused, e.g. {unexpected[0]}")
     return objective.eval(), set(missing)
 
 
-def _check_loaded(objective: nn.Module, modules: dict, missing: set[str], src: Path) -> None:
-    """Fails if any weight of an exported encoder was absent from the checkpoint."""
-    for prefix, mod in objective.named_modules(remove_duplicate=False):
-        if not prefix or not any(mod is m for m in modules.values()):
-            continue
-        lost = [f"{prefix}.{k}" for k in mod.state_dict() if f"{prefix}.{k}" in missing]
-        if lost:
-            raise UserError(f"{src}: checkpoint lacks weights of the exported encoder: {lost[:3]}")
+def _check_shapes(objective: nn.Module, state: dict, ckpt: dict, src: Path) -> None:
+    """One-line ``UserError`` naming the first tensor of the objective (in its own order) whose
+    shape differs in the checkpoint: hyper-parameters that do not describe these weights."""
+    for key, mine in objective.state_dict().items():
+        theirs = state.get(key)
+        if isinstance(theirs, torch.Tensor) and theirs.shape != mine.shape:
+            hint = (
+                "the checkpoint has no hyper_parameters, so the defaults were used"
+                if not ckpt.get("hyper_parameters")
+                else "were its hyper_parameters edited?"
+            )
+            raise UserError(
+                f"{src}: the weights do not fit the {type(objective).__name__} its "
+                f"hyper_parameters build: {key} is {list(theirs.shape)} in the checkpoint, "
+                f"{list(mine.shape)} in the rebuilt objective ({hint})"
+            )
+
+
+def _check_loaded(
+    objective: nn.Module, modules: dict, missing: set[str], src: Path, what: str = "encoder"
+) -> None:
+    """Fails if any weight of an exported module (``what``: "encoder" or "head") did not come
+    from the checkpoint. Every parameter and persistent buffer of each module is looked up by
+    identity among the objective's own weights: a module built on the fly (a head made of
+    ``nn.Sequential(projector, predictor)``) is checked like a registered one, and a tensor that
+    is no weight of the objective at all (so never loaded) fails too."""
+    names: dict[int, list[str]] = {}
+    tensors = [
+        *objective.named_parameters(remove_duplicate=False),
+        *objective.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in tensors:
+        names.setdefault(id(tensor), []).append(name)
+    stored = set(objective.state_dict())  # persistent weights: what a checkpoint holds
+    lost: list[str] = []
+    for modality, mod in modules.items():
+        for key, tensor in mod.state_dict(keep_vars=True).items():
+            own = [n for n in names.get(id(tensor), []) if n in stored]
+            if not own:
+                lost.append(f"{key} of the {modality} {what} (not a weight of the objective)")
+            elif all(n in missing for n in own):
+                lost.append(own[0])
+    lost = list(dict.fromkeys(lost))  # a backbone shared by both modalities: named once
+    if lost:
+        raise UserError(f"{src}: checkpoint lacks weights of the exported {what}: {lost[:3]}")
 
 
 def _encoder_config(enc: Any, modality: str, src: Path) -> dict:
@@ -250,7 +358,8 @@ def bundle_from_checkpoint(
     modules = {m: exported.get(m) for m in MODALITIES if exported.get(m) is not None}
     if not modules:
         raise UserError(f"{src}: the objective exports no encoder")
-    _check_loaded(objective, modules, missing, src)
+    if not random_init:  # (a random initialisation loads no weight)
+        _check_loaded(objective, modules, missing, src)
     shared = len(modules) == 2 and modules["audio"] is modules["video"]
     config: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION_PLAIN}
     for modality in MODALITIES:
@@ -269,23 +378,31 @@ def bundle_from_checkpoint(
     }
     heads = objective.export_heads() if len(modules) == 2 else None
     if heads is not None:
-        config["heads"], head_weights = _heads(heads, objective, missing, src)
+        lacked = None if random_init else missing
+        config["heads"], head_weights = _heads(heads, objective, lacked, src)
         state_dicts.update(head_weights)
         if heads.get("v2a") is not None:
-            config["heads"]["v2a"], v2a_weights = _heads(heads["v2a"], objective, missing, src,
+            config["heads"]["v2a"], v2a_weights = _heads(heads["v2a"], objective, lacked, src,
                                                          "v2a")  # fmt: skip
             state_dicts.update(v2a_weights)
     return config, state_dicts
 
 
 def _heads(
-    heads: dict, objective: nn.Module, missing: set[str], src: Path, direction: str = "a2v"
+    heads: dict,
+    objective: nn.Module,
+    missing: set[str] | None,
+    src: Path,
+    direction: str = "a2v",
 ) -> tuple[dict, dict]:
     """The bundle's ``"heads"`` entry (or its ``"v2a"`` one) and the ``head_key(modality,
-    direction)`` weights (:mod:`avssl.heads`)."""
+    direction)`` weights (:mod:`avssl.heads`); ``missing`` None: no weights were loaded (random
+    initialisation), nothing to check."""
     from avssl.heads import describe_head, head_dims
 
-    _check_loaded(objective, {m: heads[m] for m in MODALITIES}, missing, src)
+    if missing is not None:
+        what = "head" if direction == "a2v" else f"{direction} head"
+        _check_loaded(objective, {m: heads[m] for m in MODALITIES}, missing, src, what)
     entry: dict[str, Any] = {}
     weights = {}
     for modality in MODALITIES:

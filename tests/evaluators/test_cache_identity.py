@@ -1,6 +1,7 @@
 """Feature-cache invalidation: ``avssl.evaluators.cache.code_identity`` hashes the sources that
-turn a clip into features (``avssl/data``, ``avssl/models``, ``evaluators/features.py``), so a
-change there extracts features afresh, while other edits and the checkout's location do not."""
+turn a clip into features (``avssl/data``, ``avssl/models``, ``evaluators/features.py``,
+``evaluators/_extract.py``), so a change there extracts features afresh, while other edits and
+the checkout's location do not."""
 
 from __future__ import annotations
 
@@ -73,7 +74,13 @@ def test_same_code_same_identity_wherever_it_lives(pkg, tmp_path):
 
 @pytest.mark.parametrize(
     "member",
-    ["data/fbank.py", "data/decode.py", "models/vit.py", "evaluators/features.py"],
+    [
+        "data/fbank.py",
+        "data/decode.py",
+        "models/vit.py",
+        "evaluators/features.py",
+        "evaluators/_extract.py",  # the extraction loop (run_encoders, _encode)
+    ],
 )
 def test_an_edit_of_feature_code_changes_the_identity(pkg, member):
     before = identity(pkg)

@@ -25,7 +25,18 @@ def test_clip_mean_and_joint_features():
     joint = fs.get("joint")  # [L2(audio mean), L2(video mean)]; a missing modality -> zeros
     torch.testing.assert_close(joint, torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, r, r, r]]))
     assert fs.get("joint", per_clip=True).shape == (2, 2, 5)
-    assert fs.mask("joint").tolist() == [True, True] and fs.mask("audio").tolist() == [True, False]
+    assert fs.mask("audio").tolist() == [True, False]
+
+
+def test_joint_mask_is_the_samples_that_have_both():
+    """JOINT_DOC: joint features are evaluated on the samples that have both modalities; the
+    joint mask was audio OR video (a sample without audio counted, its audio half zeros)."""
+    fs = _fs()
+    assert fs.mask("joint").tolist() == [True, False]
+    fs.masks["video"] = torch.tensor([False, True])
+    assert fs.mask("joint").tolist() == [False, False]
+    fs.masks = {"audio": torch.tensor([True, True]), "video": torch.tensor([True, True])}
+    assert fs.mask("joint").tolist() == [True, True]
 
 
 def test_select_keeps_order_and_reports_skipped():

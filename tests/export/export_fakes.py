@@ -89,11 +89,28 @@ class Shared(AVObjective):
         return {"audio": self.encoder, "video": self.encoder, "which": "student", "note": "shared"}
 
 
+class Sized(AVObjective):
+    """An audio encoder and a projection whose width is a hyper-parameter: hyper-parameters
+    that do not fit the weights build tensors of other shapes."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.audio_encoder = tiny_audio()
+        self.proj = torch.nn.Linear(self.audio_encoder.embed_dim, width)
+
+    def export_encoders(self) -> dict:
+        return {"audio": self.audio_encoder, "video": None, "which": "student", "note": ""}
+
+
+class NoExport(AVObjective):
+    """An objective that does not implement ``export_encoders()`` (nothing to export)."""
+
+
 def register() -> types.ModuleType:
     mod = sys.modules.get(FAKE_MODULE)
     if mod is None:
         mod = types.ModuleType(FAKE_MODULE)
-        for cls in (TwoTower, AudioOnly, Shared):
+        for cls in (TwoTower, AudioOnly, Shared, Sized, NoExport):
             cls.__module__ = FAKE_MODULE
             setattr(mod, cls.__name__, cls)
         sys.modules[FAKE_MODULE] = mod

@@ -107,6 +107,23 @@ def test_bundle_with_v2a_heads_projects_each_direction_in_its_space(tmp_path, he
     assert torch.equal(one.project("video", x, "v2a"), one.project("video", x))
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".onnx", ".onnx.data"])
+def test_export_describes_each_head_file_with_its_own_space(tmp_path, suffix):
+    """``avssl export`` lists what it wrote: ``<modality>_head_v2a.onnx`` was described with
+    the a2v space (only ``*_head_v2a.safetensors`` was recognised as the v2a head's)."""
+    from avssl.export import _describe
+
+    folder = write_tiny_bundle(tmp_path / "v2a", heads=16, v2a=True)
+    bundle = load_encoder(folder)
+    for modality in ("audio", "video"):
+        for tag, space in (("", "test NCE"), ("_v2a", "test NCE back")):
+            path = folder / f"{modality}_head{tag}{suffix}"
+            if not path.is_file():
+                path.write_bytes(b"\0" * 10)  # only its size is read
+            text = _describe(path, bundle)
+            assert f"(projection into the {space} space, P=16, " in text, text
+
+
 def _edit(bundle_dir, change) -> None:
     cfg = json.loads((bundle_dir / "config.json").read_text())
     change(cfg)

@@ -153,3 +153,180 @@ def test_damaged_checkpoint_is_refused_naming_the_member(save_fake, tmp_path, ca
     assert not out.exists()
     with pytest.raises(UserError, match=f"damaged checkpoint: archive member {member} "):
         export.load_encoder(ckpt)
+
+
+def _tiny_crisscross():
+    from avssl.objectives.crisscross import CrissCross
+    from tests.export.export_fakes import AUDIO_FRAMES, CROP, MEL_BINS, NUM_FRAMES
+
+    torch.manual_seed(0)
+    return CrissCross(size="tiny", depth=1, audio_frames=AUDIO_FRAMES, num_mel_bins=MEL_BINS,
+                      num_frames=NUM_FRAMES, img_size=CROP, proj_dim=16, proj_hidden_dim=16,
+                      pred_hidden_dim=8)  # fmt: skip
+
+
+def _save(obj, name: str, path, drop: str = ""):
+    """``obj`` as a Lightning-style checkpoint of objective ``name`` at ``path``, without the
+    state_dict entries starting with ``drop``."""
+    from tests.export.export_fakes import DATA
+
+    ckpt = {"state_dict": obj.state_dict(), "hyper_parameters": dict(obj.hparams),
+            "global_step": 3, "epoch": 0}  # fmt: skip
+    obj.on_save_checkpoint(ckpt)
+    ckpt["avssl"].update(objective=name, data=DATA)
+    if drop:
+        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(drop)}
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "drop, names",
+    [
+        ("predictor.audio.", "['predictor.audio.0.weight', "),  # a2v audio head: built on the fly
+        ("predictor.video.", "['predictor.video.0.weight', "),  # v2a video head, the same
+        ("projector.video.", "['projector.video.0.weight', "),  # a registered head
+    ],
+)
+def test_checkpoint_missing_head_weights_is_refused(tmp_path, capsys, drop, names):
+    """CrissCross's audio head is ``nn.Sequential(projector, predictor)``, made by
+    ``export_heads()``: a checkpoint without the predictor's weights was exported with a randomly
+    initialised predictor (exit 0); every weight of a head is now checked, as an encoder's."""
+    obj = _tiny_crisscross()
+    cc = "avssl.objectives.crisscross.CrissCross"
+    good = _save(obj, cc, tmp_path / "good.ckpt")
+    export.export_checkpoint(good, tmp_path / "good")  # the intact checkpoint exports
+    path = _save(obj, cc, tmp_path / "partial.ckpt", drop=drop)
+    err = export_error(capsys, path, tmp_path / "out")
+    what = "v2a head" if drop == "predictor.video." else "head"
+    assert f"{path}: checkpoint lacks weights of the exported {what}: {names}" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="lacks weights of the exported"):
+        export.load_encoder(path)
+
+
+def test_exported_weight_that_is_no_weight_of_the_objective_is_refused(fake_objectives, tmp_path):
+    """A head holding a tensor the objective does not register (made by ``export_heads()``)
+    was never loaded from the checkpoint: refused, as a weight the checkpoint lacks is."""
+    from avssl.export_ckpt import _check_loaded
+
+    obj = fake_objectives.AudioOnly()
+    norm, fresh = obj.audio_encoder.norm, torch.nn.Linear(4, 4)
+    src = tmp_path / "x.ckpt"
+    with pytest.raises(UserError, match=r"\['weight of the video encoder \(not a weight of the"):
+        _check_loaded(obj, {"audio": obj.audio_encoder, "video": fresh}, set(), src)
+    _check_loaded(obj, {"audio": norm, "video": norm}, set(), src, "head")  # all loaded
+    with pytest.raises(UserError, match=r"exported head: \['audio_encoder.norm.bias'\]"):
+        _check_loaded(obj, {"audio": norm}, {"audio_encoder.norm.bias"}, src, "head")
+    with pytest.raises(UserError) as caught:
+        _check_loaded(obj, {"audio": norm, "video": fresh}, set(), src, "head")
+    assert str(caught.value) == (
+        f"{src}: checkpoint lacks weights of the exported head: ['weight of the video head (not "
+        "a weight of the objective)', 'bias of the video head (not a weight of the objective)']"
+    )
+
+
+@pytest.mark.parametrize(
+    "hparams, why",
+    [({"width": 6}, "were its hyper_parameters edited?"),
+     (None, "the checkpoint has no hyper_parameters, so the defaults were used")],
+)  # fmt: skip
+def test_hyper_parameters_that_do_not_fit_the_weights(fake_objectives, tmp_path, capsys,
+                                                      hparams, why):  # fmt: skip
+    """Weights of another shape than the hyper-parameters build raised the RuntimeError of
+    ``load_state_dict`` (a traceback, exit 1); now one line naming the first such tensor."""
+    ckpt = fake_checkpoint(fake_objectives.Sized(width=4), "Sized")
+    ckpt["hyper_parameters"] = hparams
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    width = 8 if hparams is None else 6
+    assert export_error(capsys, path, tmp_path / "o").endswith(
+        f"{path}: the weights do not fit the Sized its hyper_parameters build: proj.weight is "
+        f"[4, 192] in the checkpoint, [{width}, 192] in the rebuilt objective ({why})"
+    )
+    with pytest.raises(UserError, match="the weights do not fit the Sized"):
+        export.load_encoder(path)
+
+
+def test_size_mismatch_seen_only_by_load_state_dict_is_one_line(fake_objectives, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    from avssl import export_ckpt
+
+    monkeypatch.setattr(export_ckpt, "_check_shapes", lambda *args: None, raising=False)
+    ckpt = fake_checkpoint(fake_objectives.Sized(width=4), "Sized")
+    ckpt["hyper_parameters"] = {"width": 6}
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(UserError) as caught:
+        export.export_checkpoint(path, tmp_path / "o")
+    msg = str(caught.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: the weights do not fit the rebuilt ")
+    assert "(size mismatch for proj.weight: copying a param with shape" in msg
+
+
+@pytest.mark.parametrize(
+    "objective, message",
+    [
+        ("avssl.objectives.base.AVObjective",
+         "is the abstract base of the objectives, not one; refused"),
+        ("avssl.objectives._export_fakes.NoExport",
+         "does not implement export_encoders(); nothing to export"),
+    ],
+)  # fmt: skip
+def test_abstract_objective_class_is_refused(fake_objectives, tmp_path, capsys, objective,
+                                             message):  # fmt: skip
+    """The base class passed ``issubclass(cls, AVObjective)``; its ``export_encoders()`` then
+    raised NotImplementedError (a traceback)."""
+    ckpt = fake_checkpoint(fake_objectives.AudioOnly(), "AudioOnly")
+    ckpt["avssl"]["objective"] = objective
+    path = tmp_path / "base.ckpt"
+    torch.save(ckpt, path)
+    assert export_error(capsys, path, tmp_path / "o").endswith(f"{path}: {objective} {message}")
+
+
+@pytest.mark.parametrize("cut", ["half", "tail"])
+def test_checkpoint_cut_off_mid_save_is_called_truncated(save_fake, tmp_path, capsys, cut):
+    """A zip archive without its end (a save killed mid-write, an incomplete copy) was called
+    "not a checkpoint"; it is a damaged one. Files that are no zip keep "not a checkpoint"."""
+    _, ckpt = save_fake("AudioOnly")
+    data = ckpt.read_bytes()
+    path = tmp_path / "cut.ckpt"
+    path.write_bytes(data[: len(data) // 2] if cut == "half" else data[:-100])
+    assert export_error(capsys, path, tmp_path / "o").endswith(
+        f"{path}: damaged or truncated checkpoint (a zip archive without its end, as a save "
+        "killed mid-write or an incomplete copy leaves); use an intact copy or another "
+        "checkpoint of the run"
+    )
+    with pytest.raises(UserError, match="damaged or truncated checkpoint"):
+        export.load_encoder(path)
+    path.write_bytes(b"")  # empty: no zip at all
+    assert export_error(capsys, path, tmp_path / "o").endswith(
+        f"{path}: not a checkpoint (not the zip archive torch.save writes)"
+    )
+
+
+def test_run_folder_given_as_checkpoint_names_its_last_ckpt(save_fake, tmp_path, capsys):
+    """``runs/<recipe>/<run id>`` (or its ``checkpoints/``) given as the checkpoint: the error
+    names the file to pass, ``<folder>/checkpoints/last.ckpt``; hints show that layout."""
+    _, ckpt = save_fake("AudioOnly")
+    run = tmp_path / "runs" / "fake" / "run1"
+    (run / "checkpoints").mkdir(parents=True)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(ckpt.read_bytes())
+    for folder in (run, run / "checkpoints"):
+        assert export_error(capsys, folder, tmp_path / "o").endswith(
+            f"{folder}: is a run folder, not a checkpoint file; pass {last}"
+        )
+    with pytest.raises(UserError, match=f"no config.json\\); a run folder: load or export its "
+                       f"checkpoint {last}$"):  # fmt: skip
+        export.load_encoder(run)
+    assert export_error(capsys, tmp_path / "runs", tmp_path / "o").endswith(
+        "is a folder; expected a checkpoint file (e.g. runs/<recipe>/<run id>/checkpoints/"
+        "last.ckpt)"
+    )
+    assert cli_main(["export", "--out", str(tmp_path / "o")]) == 2
+    assert "CKPT=runs/<recipe>/<run id>/checkpoints/last.ckpt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "training checkpoint (e.g. runs/<recipe>/<run id>/checkpoints/last.ckpt)" in usage

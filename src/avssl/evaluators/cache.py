@@ -40,16 +40,21 @@ def hash_module(module: nn.Module) -> str:
 # Source folders whose code turns a clip into features (decoding, fbank, transforms, encoders):
 # a change there changes the features even for the same weights, so it is part of the key.
 CODE_DIRS = ("data", "models")
+# ... and the evaluator modules that run the encoders over the data: the settings and the
+# cache lookup (features.py), the loader stream, the clip batching, autocast and the
+# per-clip encoding loop (_extract.py).
+CODE_FILES = ("evaluators/features.py", "evaluators/_extract.py")
 
 
 @functools.lru_cache(maxsize=1)
 def code_identity() -> str:
     """sha256 of the feature-producing source files of this installation (``avssl/data``,
-    ``avssl/models``, ``avssl/evaluators/features.py``): features cached by other code are not
-    reused (e.g. after an update of the patch embedding or of the fbank)."""
+    ``avssl/models``, ``avssl/evaluators/features.py`` and ``avssl/evaluators/_extract.py``):
+    features cached by other code are not reused (e.g. after an update of the patch embedding,
+    of the fbank or of the extraction loop)."""
     root = Path(__file__).resolve().parents[1]  # the avssl package
     files = sorted(p for d in CODE_DIRS for p in (root / d).rglob("*.py"))
-    files.append(root / "evaluators" / "features.py")
+    files += [root / f for f in CODE_FILES]
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")

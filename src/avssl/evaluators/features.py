@@ -78,8 +78,10 @@ class FeatureSet:
         return x if per_clip else x.mean(dim=1)
 
     def mask(self, kind: str) -> torch.Tensor:
+        """``[N]`` bool: the sample has ``kind``'s features; for "joint", both modalities
+        (``JOINT_DOC``: joint features are evaluated on the samples that have both)."""
         if kind == "joint":
-            return self.masks["audio"] | self.masks["video"]
+            return self.masks["audio"] & self.masks["video"]
         return self.masks[kind]
 
 

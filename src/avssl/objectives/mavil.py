@@ -113,8 +113,12 @@ class MAViL(AVObjective):
         self.teacher_loaded: torch.Tensor
         self.register_buffer("teacher_loaded", torch.zeros((), dtype=torch.long))
         if stage == 2 and teacher_ckpt:
+            # the teacher's architecture is the student's (load_teacher checks the file's)
             self.teacher = parts.Backbone(hp).requires_grad_(False).eval()
-            self.load_teacher(teacher_ckpt, missing_ok=True)
+            from avssl.export_ckpt import rebuilding_from_checkpoint
+
+            if not rebuilding_from_checkpoint():  # export/eval: teacher.* of the checkpoint
+                self.load_teacher(teacher_ckpt, missing_ok=True)
 
     def _decoders(self, hp: dict[str, Any]) -> tuple[TransformerDecoder, TransformerDecoder]:
         """Per-modality decoders: patches (stage 1) or teacher features of width D (stage 2)."""
@@ -131,7 +135,10 @@ class MAViL(AVObjective):
     # ----------------------------------------------------------------- teacher (stage 2)
     def load_teacher(self, path: str, missing_ok: bool = False) -> bool:
         """Loads the frozen stage-1 teacher; with ``missing_ok`` a missing file is deferred
-        (export rebuilds the objective without it; training checks in ``on_fit_start``)."""
+        (training checks in ``on_fit_start``; a resumed run's checkpoint holds the teacher).
+        Rebuilding a stage-2 checkpoint for export or evaluation
+        (``avssl.export_ckpt.rebuilding_from_checkpoint``) reads no teacher file: the
+        checkpoint's own ``teacher.*`` fill the teacher."""
         if self.teacher is None:
             raise ValueError("MAViL.load_teacher: only stage 2 has a teacher")
         try:
