@@ -154,8 +154,9 @@ class AVDataModule(pl.LightningDataModule):
             audio windows and augmentation, but the video is opened and the audio decoded once
             for all R. ``batch_size`` counts entries (a batch of 16 with R = 4 holds 4 samples)
             and so does an epoch. For objectives without negatives (masked reconstruction,
-            XKD); with batch or memory-bank negatives the R entries of a sample are each
-            other's negatives, and ``audio_mode: mismatched`` refuses R > 1.
+            XKD); with batch or memory-bank negatives the R entries of a sample share its key
+            and are not each other's negatives (so each compares fewer), and
+            ``audio_mode: mismatched`` refuses R > 1.
         keyframe_starts: training clips start on the keyframe at or before each random start
             (shards keep one at least every second), so nothing before the keyframe is
             decoded and a one-frame clip decodes one frame: CAV-MAE's sampling of one of the
