@@ -3,7 +3,8 @@
 Batches are built inside each DataLoader worker (``batch_size=None``): :class:`EpochLoader`
 tells its stream the epoch before each pass, and :class:`TrainLoader` keeps what a resumed run
 needs to go on where it stopped (the global step, and the epoch and batch of its pass, which
-``AVDataModule.state_dict`` saves beside the data seed).
+``AVDataModule.state_dict`` saves beside the data seed) and times how long the training loop
+waits for its batches (``fetch_seconds``, read by ``avssl.callbacks.ThroughputMonitor``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import ctypes
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import (
+    _BaseDataLoaderIter,
+    _MultiProcessingDataLoaderIter,
+    _SingleProcessDataLoaderIter,
+)
 
 
 def tune_worker_process(nice: int = 0) -> None:
@@ -74,6 +81,40 @@ class EpochLoader(DataLoader):
         return self._start(self.next_epoch())
 
 
+class FetchClock:
+    """Running total of the wall time (``time.perf_counter``) spent in the ``__next__`` of a
+    loader's iterators, and the number of those calls (the last, StopIteration, included)."""
+
+    __slots__ = ("seconds", "calls")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+
+class _TimedIter(_BaseDataLoaderIter):
+    """Times ``__next__`` into ``_clock`` (set by ``TrainLoader._get_iterator``); everything
+    else is the DataLoader iterator's own."""
+
+    _clock: FetchClock
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return super().__next__()
+        finally:
+            self._clock.seconds += time.perf_counter() - start
+            self._clock.calls += 1
+
+
+class _TimedSingleProcessIter(_TimedIter, _SingleProcessDataLoaderIter):
+    pass
+
+
+class _TimedMultiProcessingIter(_TimedIter, _MultiProcessingDataLoaderIter):
+    pass
+
+
 class TrainLoader(EpochLoader):
     """The training loader, resumable in Lightning's sense (``state_dict`` /
     ``load_state_dict``, saved in every checkpoint): its state is the global step
@@ -90,6 +131,12 @@ class TrainLoader(EpochLoader):
     an epoch (or before its first batch) is not reseeded: the pass Lightning starts on resuming
     is the next epoch (or that one) of the uninterrupted run. A checkpoint without the position
     (written before avssl kept it) reseeds the resumed pass, as before.
+
+    ``fetch_seconds`` is the wall time the caller spent blocked in the ``__next__`` of this
+    loader's iterators, summed over its passes (``fetch_calls``: how many calls): the time the
+    training loop waited for a batch from the workers (or, without workers, for the stream to
+    build it), not its transfer to the device. The iterators are the DataLoader's own
+    (single- or multi-process, persistent workers included), subclassed to time ``__next__``.
     """
 
     def __init__(self, dataset, step_fn: Callable[[], int], **kwargs):
@@ -98,6 +145,29 @@ class TrainLoader(EpochLoader):
         self.position: list[int] | None = None
         self.restored: tuple[int, int, int] | None = None
         self._resumed_at: int | None = None
+        self._fetch = FetchClock()
+
+    @property
+    def fetch_seconds(self) -> float:
+        """Seconds spent in the iterators' ``__next__`` so far (a running total)."""
+        return self._fetch.seconds
+
+    @property
+    def fetch_calls(self) -> int:
+        """Calls of the iterators' ``__next__`` so far."""
+        return self._fetch.calls
+
+    def _get_iterator(self) -> _BaseDataLoaderIter:
+        """The DataLoader's iterator, timing its ``__next__`` (``fetch_seconds``). It holds the
+        clock, not the loader: no reference cycle keeps the workers of a dropped iterator."""
+        it: _TimedIter
+        if self.num_workers == 0:
+            it = _TimedSingleProcessIter(self)
+        else:
+            self.check_worker_number_rationality()
+            it = _TimedMultiProcessingIter(self)
+        it._clock = self._fetch
+        return it
 
     def state_dict(self) -> dict[str, int]:
         return {"global_step": int(self.step_fn())}
