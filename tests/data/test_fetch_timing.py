@@ -18,6 +18,7 @@ from avssl import callbacks
 from avssl.data import loaders
 from avssl.data.datamodule import AVDataModule
 from avssl.data.loaders import TrainLoader
+from tests.test_callbacks import Clock
 
 N = 3  # batches per pass
 
@@ -42,17 +43,6 @@ class Stream(torch.utils.data.IterableDataset):
             elif self.seconds:
                 time.sleep(self.seconds)
             yield torch.full((2, 1), float(i))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_each_next_is_timed_into_a_running_total(monkeypatch):
