@@ -24,6 +24,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
+from avssl.checkpoint_read import check_archive, read_checkpoint
 from avssl.cli import UserError
 
 LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
@@ -169,8 +170,6 @@ def newest_checkpoint_folder(runs: Path, recipe: str) -> Path | None:
 def _global_step(path: Path) -> tuple[int, str | None]:
     """The step ``path`` was saved at, from its metadata alone (mapped, no CRC pass), or -1 and
     why it is no avssl checkpoint."""
-    from avssl.export_ckpt import read_checkpoint
-
     try:
         return int(read_checkpoint(path, mmap=True, verify=False).get("global_step", -1)), None
     except UserError as err:
@@ -192,8 +191,6 @@ def resumable_checkpoint(folder: Path) -> tuple[Path, str]:
     Raises:
         UserError: none of them is readable.
     """
-    from avssl.export_ckpt import check_archive
-
     skipped: list[str] = []
     candidates = []
     for path in (folder / LAST, *sorted(folder.glob("step*.ckpt"))):

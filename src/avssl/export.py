@@ -226,7 +226,7 @@ def _load_bundle_dir(folder: Path) -> EncoderBundle:
 
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
-        from avssl.export_ckpt import run_checkpoint_in
+        from avssl.checkpoint_read import run_checkpoint_in
 
         found = run_checkpoint_in(folder)  # a run folder: name its checkpoint
         hint = "" if found is None else f"; a run folder: load or export its checkpoint {found}"
@@ -287,7 +287,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     if p.is_dir():
         bundle = _load_bundle_dir(p)
     else:
-        from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint
+        from avssl.checkpoint_read import read_checkpoint
+        from avssl.export_ckpt import bundle_from_checkpoint
 
         config, state_dicts = bundle_from_checkpoint(read_checkpoint(p), p)
         bundle = assemble(config, state_dicts, p)
@@ -331,7 +332,8 @@ def export_checkpoint(
 def _export(
     ckpt_path: Path, out: Path, onnx: bool, random_init: bool = False
 ) -> tuple[list[Path], EncoderBundle]:
-    from avssl.export_ckpt import bundle_from_checkpoint, read_checkpoint, write_bundle
+    from avssl.checkpoint_read import read_checkpoint
+    from avssl.export_ckpt import bundle_from_checkpoint, write_bundle
     from avssl.heads import head_key
 
     ckpt = read_checkpoint(ckpt_path)

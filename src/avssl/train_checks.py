@@ -37,7 +37,7 @@ def check_resume(
     """
     if not path:
         return None
-    from avssl.export_ckpt import read_checkpoint
+    from avssl.checkpoint_read import read_checkpoint
 
     ckpt = read_checkpoint(Path(path), mmap=True)
     meta = ckpt["avssl"]
@@ -61,7 +61,7 @@ def check_resume(
 def check_objective(path: str, class_path: str | None) -> None:
     """The resumed checkpoint's objective is the configured ``model.class_path``: LightningCLI
     would otherwise replace the configured objective by the checkpoint's, silently."""
-    from avssl.export_ckpt import read_checkpoint
+    from avssl.checkpoint_read import read_checkpoint
 
     theirs = read_checkpoint(Path(path), mmap=True, verify=False)["avssl"]["objective"]
     if class_path and _class_name(class_path) != _class_name(theirs):

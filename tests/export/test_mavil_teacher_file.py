@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from avssl import export
-from avssl.export_ckpt import read_checkpoint, rebuild_objective
+from avssl.checkpoint_read import read_checkpoint
+from avssl.export_ckpt import rebuild_objective
 from tests.export.export_fakes import AUDIO_FRAMES, CROP, DATA, MEL_BINS, NUM_FRAMES
 
 TINY = dict(size="tiny", depth=1, decoder_depth=1, fusion_depth=1, proj_dim=16,

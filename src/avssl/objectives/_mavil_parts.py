@@ -161,8 +161,8 @@ def read_run_checkpoint(path: str, what: str) -> dict[str, Any]:
     one-line ``ValueError`` for a file that is not one, or a damaged one (a CRC mismatch)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{what}: not a checkpoint (no torch.save archive)")
+    from avssl.checkpoint_read import check_archive
     from avssl.cli import UserError
-    from avssl.export_ckpt import check_archive
 
     try:
         check_archive(Path(path))  # torch.load checks no CRC: damaged bytes load as weights
