@@ -128,3 +128,19 @@ def test_auto_backend_choice(monkeypatch):
     assert knn._choose("auto", torch.device("cpu"), *big, 20) == "faiss"
     with pytest.raises(ValueError, match="backend"):
         knn._choose("gpu", torch.device("cpu"), *big, 20)
+
+
+def test_non_finite_features_are_errors():
+    """A NaN training row used to vote with NaN weight; a NaN query got arbitrary top-1."""
+    x = np.eye(4)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"train_x has 1 row\(s\) with NaN or infinite"):
+        knn_predict(x, np.arange(4), np.eye(4))
+    with pytest.raises(ValueError, match=r"test_x has 1 row\(s\) with NaN or infinite"):
+        knn_predict(np.eye(4), np.arange(4), x[2:3])
+
+
+def test_class_ids_beyond_num_classes_are_errors():
+    """Used to stop in scatter_add_'s "index 3 is out of bounds" RuntimeError."""
+    with pytest.raises(ValueError, match=r"train_y has class id 4, but num_classes is 3"):
+        knn_predict(np.eye(5), np.arange(5), np.eye(5)[:2], num_classes=3)

@@ -149,3 +149,26 @@ def test_standardize_uses_train_statistics():
 def test_bad_solver():
     with pytest.raises(ValueError, match="solver"):
         fit_predict(np.ones((4, 2)), np.array([0, 1, 0, 1]), np.ones((1, 2)), solver="svm")
+
+
+def test_bad_features_are_errors(problem):
+    """A NaN row used to turn every test logit into NaN (top-1 = the share of class 0), and
+    test features of another width stopped in a broadcasting RuntimeError."""
+    from avssl.evaluators.linear_probe import fit_predict_multilabel
+
+    xtr, ytr, xte, _ = problem
+    bad = xtr.copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"train_x has 1 row\(s\) with NaN or infinite"):
+        fit_predict(bad, ytr, xte, lambdas=[1e-3])
+    with pytest.raises(ValueError, match="train_x has D=32 but test_x has D=31"):
+        fit_predict(xtr, ytr, xte[:, :31], lambdas=[1e-3])
+    hot = np.eye(20)[ytr]
+    with pytest.raises(ValueError, match="train_x has D=32 but test_x has D=31"):
+        fit_predict_multilabel(xtr, hot, xte[:, :31], lambdas=[1e-3])
+
+
+def test_class_ids_beyond_num_classes_are_errors():
+    """Used to stop in the loss's "index 3 is out of bounds" RuntimeError."""
+    with pytest.raises(ValueError, match=r"train_y has class id 4, but num_classes is 3"):
+        fit_predict(np.eye(5), np.arange(5), np.eye(5)[:2], num_classes=3, lambdas=[1e-3])

@@ -101,3 +101,15 @@ def test_cross_modal_scores_video_to_audio_in_its_own_space_when_given():
 def test_cross_modal_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         cross_modal(np.ones((3, 4)), np.ones((3, 5)))
+
+
+def test_non_finite_features_are_errors_not_hits():
+    """A NaN compares false with everything: a NaN query used to rank its class first (R@1
+    100 %) and a NaN pair to get rank 0 (R@1 100 %, median rank 0)."""
+    nan_queries = np.full((2, 2), np.nan)
+    with pytest.raises(ValueError, match=r"query_x has 2 row\(s\) with NaN or infinite values"):
+        recall_at_k(nan_queries, [0, 1], np.eye(2), [0, 1], device="cpu")
+    audio = np.eye(3)
+    audio[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or infinite values \(first: 1\)"):
+        cross_modal(audio, np.eye(3), device="cpu")

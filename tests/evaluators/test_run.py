@@ -483,3 +483,35 @@ def test_several_protocols_in_one_run(tiny_bundle, synthetic_data, tmp_path, cac
                         ("synthetic_knn,nope", "unknown protocol 'nope'")):  # fmt: skip
         args = _args(given, tiny_bundle, synthetic_data, tmp_path / "q", cache_dir)
         assert want in _eval_error(capsys, args)
+
+
+def test_split_files_that_would_count_a_sample_twice(data_copy, capsys):
+    """A key listed twice in a split file used to become two rows (counted twice; in
+    cross-modal retrieval two identical pairs, each ranked 2nd behind its twin), and a train
+    split of several files sharing a key fitted it twice; an empty split file gave NaN."""
+    from avssl.data.shards import resolve
+    from avssl.evaluators.protocols import load_protocol
+    from avssl.evaluators.run import split_keys
+
+    p, splits = load_protocol("synthetic_knn"), data_copy / "splits"
+    first = splits.joinpath("test1.txt").read_text().split()[0]
+    with open(splits / "test1.txt", "a") as fh:
+        fh.write(first + "\r\n")
+    with pytest.raises(
+        cli.UserError, match=f"test1.txt lists 1 key\\(s\\) more than once: {first}"
+    ):
+        split_keys(resolve(data_copy), p)
+    (splits / "test1.txt").write_text("\n")
+    with pytest.raises(cli.UserError, match="test1.txt lists no sample"):
+        split_keys(resolve(data_copy), p)
+    (splits / "test1.txt").write_text(first + "\n")
+    esc = parse_protocol({"name": "e", "dataset": "synthetic", "modality": "audio",
+                          "splits": [{"name": "f", "train": ["train1", "test1"], "test": "test2"}],
+                          "classifier": {"type": "knn"}})  # fmt: skip
+    assert first not in splits.joinpath("train1.txt").read_text().split()
+    with open(splits / "train1.txt", "a") as fh:
+        fh.write(first + "\n")
+    with pytest.raises(
+        cli.UserError, match=f"round f: train1 and test1 share 1 key\\(s\\): {first}"
+    ):
+        split_keys(resolve(data_copy), esc)

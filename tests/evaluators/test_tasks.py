@@ -129,3 +129,56 @@ def test_lambdas_that_repeat_the_probe_before_are_recorded():
     r = run_round(capped, _features(60, 0), _features(20, 1), "audio", PAIR, 4, "cpu")
     assert r["fits_not_converged"] == 1
     assert _fit_notes([r]) == ["1 probe fit(s) stopped at max_iter before converging"]
+
+
+@pytest.mark.parametrize("ctype", ["linear", "knn", "retrieval"])
+def test_non_finite_features_name_the_samples(ctype):
+    """NaN features (a diverged encoder) used to be scored: retrieval counted a NaN query as a
+    hit at R@1, kNN and the probe gave arbitrary classes."""
+    p = _protocol({"type": ctype} if ctype != "linear" else {"type": ctype, "lambdas": [1e-3]})
+    fs_tr, fs_te = _features(24, 0), _features(12, 1)
+    fs_te.clips["audio"][[3, 7], 1] = float("nan")
+    with pytest.raises(UserError, match=r"audio/s: 2 test sample\(s\) have NaN or infinite "
+                       r"audio features \(d/1/3, d/1/7\)"):  # fmt: skip
+        run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+    run_round(p, fs_tr, fs_te, "video", PAIR, 4, "cpu")  # the other modality is fine
+
+
+def test_non_finite_features_in_cross_modal_retrieval():
+    p = parse_protocol({"name": "t", "dataset": "d", "modality": "audio-video",
+                        "splits": [{"name": "s", "test": "te"}],
+                        "classifier": {"type": "cross_modal"}})  # fmt: skip
+    fs = _features(12, 1)
+    fs.clips["video"][4] = float("inf")
+    with pytest.raises(UserError, match=r"1 test sample\(s\) have NaN or infinite video "
+                       r"features \(d/1/4\)"):  # fmt: skip
+        run_round(p, fs, fs, "audio-video", SplitPair("s", "te", []), 4, "cpu")
+
+
+@pytest.mark.parametrize("ctype", ["linear", "knn", "retrieval", "linear_multilabel"])
+def test_empty_splits_are_errors(ctype):
+    """An empty test split used to give NaN metrics (and a NaN mean over the splits); an
+    empty train split a retrieval IndexError or errors about concatenating lists."""
+    p = _protocol({"type": ctype} if ctype != "linear" else {"type": ctype, "lambdas": [1e-3]})
+    fs = _features(24, 0)
+    none = fs.select([])
+    with pytest.raises(UserError, match="audio/s: the test split 'te' has no sample to score"):
+        run_round(p, fs, none, "audio", PAIR, 4, "cpu")
+    with pytest.raises(UserError, match="audio/s: the train split 'tr' has no sample to fit"):
+        run_round(p, none, fs, "audio", PAIR, 4, "cpu")
+
+
+def test_k_larger_than_the_train_split_is_recorded_and_noted():
+    """k = 200 over 24 training samples is a vote of all 24: the column said k=200 and nothing
+    said otherwise."""
+    from avssl.evaluators.evaluate import _knn_notes
+
+    p = _protocol({"type": "knn", "k": [3, 200]})
+    r = run_round(p, _features(24, 0), _features(12, 1), "audio", PAIR, 4, "cpu")
+    assert r["k_capped"] == {200: 24}
+    assert _knn_notes([r, r]) == [
+        "kNN: where k exceeds the train samples, all of them vote: audio/s k=200 (24 train "
+        "samples); audio/s k=200 (24 train samples)"
+    ]
+    r = run_round(p, _features(240, 0), _features(12, 1), "audio", PAIR, 4, "cpu")
+    assert r["k_capped"] == {} and _knn_notes([r]) == []

@@ -11,13 +11,30 @@ ArrayLike = Any  # numpy array, torch tensor or nested list
 
 
 def as_features(x: ArrayLike, name: str = "x") -> torch.Tensor:
-    """Returns ``x`` as a 2-D floating tensor ``[N, D]`` (float64 kept, anything else float32)."""
+    """Returns ``x`` as a 2-D floating tensor ``[N, D]`` (float64 kept, anything else float32).
+
+    Raises:
+        ValueError: ``x`` is not 2-D, or has NaN or infinite entries (a NaN similarity compares
+            false with everything: it would rank first in retrieval and vote at random).
+    """
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
     if t.dtype != torch.float64:
         t = t.float()
+    bad = non_finite_rows(t)
+    if len(bad):
+        raise ValueError(
+            f"{name} has {len(bad)} row(s) with NaN or infinite values (first: {int(bad[0])})"
+        )
     return t
+
+
+def non_finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows of ``x`` (``[N, ...]``) with a NaN or infinite entry."""
+    ok = torch.isfinite(x)
+    ok = ok.flatten(1).all(dim=1) if x.ndim > 1 else ok  # [N]
+    return (~ok).nonzero().flatten()
 
 
 def as_labels(y: ArrayLike, n: int, name: str = "y") -> torch.Tensor:
@@ -28,6 +45,16 @@ def as_labels(y: ArrayLike, n: int, name: str = "y") -> torch.Tensor:
     if n and int(t.min()) < 0:
         raise ValueError(f"{name} contains negative (unknown) labels")
     return t
+
+
+def num_classes_for(y: torch.Tensor, num_classes: int | None, name: str = "y") -> int:
+    """C: ``num_classes``, which must exceed every id in ``y``, or ``max(y) + 1``."""
+    top = int(y.max()) if y.numel() else -1
+    if num_classes is None:
+        return top + 1
+    if top >= int(num_classes):
+        raise ValueError(f"{name} has class id {top}, but num_classes is {int(num_classes)}")
+    return int(num_classes)
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

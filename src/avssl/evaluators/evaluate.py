@@ -177,6 +177,21 @@ def _fit_notes(rounds: list[dict]) -> list[str]:
     return notes
 
 
+def _knn_notes(rounds: list[dict]) -> list[str]:
+    """One note on the kNN rounds whose k exceeded their training samples (all of them vote)."""
+    over = []
+    for r in rounds:
+        capped = r.get("k_capped") or {}  # k -> number of train samples
+        if capped:
+            n = next(iter(capped.values()))
+            over.append(
+                f"{r['kind']}/{r['split']} k={', '.join(map(str, capped))} ({n} train samples)"
+            )
+    if not over:
+        return []
+    return [f"kNN: where k exceeds the train samples, all of them vote: {'; '.join(over)}"]
+
+
 def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
     """Things a reader must know: left-out samples, missing modalities, prep failures."""
     notes = []
@@ -212,7 +227,7 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
                 f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "
                 "video and are left out of cross-modal retrieval"
             )
-    notes += _fit_notes(rounds)
+    notes += _fit_notes(rounds) + _knn_notes(rounds)
     failed = source.manifest.get("num_failed", 0)
     if failed:
         notes.append(

@@ -21,6 +21,7 @@ from avssl.evaluators._tensors import (
     as_features,
     as_labels,
     l2_normalize,
+    num_classes_for,
     pick_device,
     row_chunk,
 )
@@ -82,7 +83,7 @@ def knn_predict(
         raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
     if len(xtr) == 0:
         raise ValueError("knn_predict needs at least one training item")
-    c = int(num_classes) if num_classes is not None else int(ytr.max()) + 1
+    c = num_classes_for(ytr, num_classes, "train_y")
     kk = min(int(k), len(xtr))
     dev = pick_device(device)
     backend = _choose(backend, dev, xtr, xte, kk)

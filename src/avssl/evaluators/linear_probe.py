@@ -37,7 +37,14 @@ import numpy as np
 import torch
 
 from avssl.evaluators._lbfgs import LossGrad, bce_loss_grad, loss_grad, minimize
-from avssl.evaluators._tensors import ArrayLike, as_features, as_labels, l2_normalize, pick_device
+from avssl.evaluators._tensors import (
+    ArrayLike,
+    as_features,
+    as_labels,
+    l2_normalize,
+    num_classes_for,
+    pick_device,
+)
 from avssl.evaluators.multilabel import mean_average_precision
 
 # 1e-7 ... 1e0: one value per decade.
@@ -51,6 +58,14 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
     train.sub_(mean)
     std = train.square().mean(0).sqrt_().clamp_min_(eps)  # population std (torch.std(0) is slow)
     return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
+
+
+def _standardized(train_x: ArrayLike, test_x: ArrayLike) -> list:
+    """:func:`standardize` of the probe's inputs, which must be finite and of one width D."""
+    xtr, xte = as_features(train_x, "train_x"), as_features(test_x, "test_x")
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
+    return standardize(xtr, xte)
 
 
 _GROUP = re.compile(r"_g\d+_c\d+$")  # UCF101 clip names: v_<Class>_g<group>_c<clip>
@@ -227,9 +242,9 @@ def fit_predict(
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     fit = SOLVERS[solver]
     dev = pick_device(device)
-    xtr, xte = standardize(as_features(train_x, "train_x"), as_features(test_x, "test_x"))
+    xtr, xte = _standardized(train_x, test_x)
     ytr = as_labels(train_y, len(xtr), "train_y")
-    c = int(num_classes) if num_classes is not None else int(ytr.max()) + 1
+    c = num_classes_for(ytr, num_classes, "train_y")
     xtr, ytr = xtr.to(dev), ytr.to(dev)
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
@@ -292,7 +307,7 @@ def fit_predict_multilabel(
         ValueError: bad shapes or targets, or no class has a positive in the held-out part.
     """
     dev = pick_device(device)
-    xtr, xte = standardize(as_features(train_x, "train_x"), as_features(test_x, "test_x"))
+    xtr, xte = _standardized(train_x, test_x)
     ytr = torch.as_tensor(np.asarray(train_y) if not torch.is_tensor(train_y) else train_y)
     if ytr.ndim != 2 or len(ytr) != len(xtr):
         raise ValueError(f"train_y must be multi-hot [{len(xtr)}, C], got {tuple(ytr.shape)}")

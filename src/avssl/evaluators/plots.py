@@ -21,16 +21,19 @@ def _plt():
 
 
 def make_plots(out: Path, results: dict, p: Protocol, class_names: list[str]) -> list[Path]:
-    """Writes the protocol's plots into ``out``; returns their paths."""
+    """Writes the protocol's plots into ``out``; returns their paths. Each title names the
+    protocol, the encoder, the feature kind, the splits and how many samples are shown."""
     written = []
     kinds = list(dict.fromkeys(r["kind"] for r in results["rounds"]))
     for kind in kinds:
         rounds = [r for r in results["rounds"] if r["kind"] == kind]
         title = f"{p.name} ({results['encoder']['name']}), {kind}"
+        splits = "+".join(r["split"] for r in rounds)
+        n_test = sum(int(r["n_test"]) for r in rounds)
         if "confusion" in rounds[0]:
             cm = np.sum([np.asarray(r["confusion"]) for r in rounds], axis=0)
             names = class_names if len(class_names) == len(cm) else [str(i) for i in range(len(cm))]
-            sub = f"{len(rounds)} split(s) pooled" + (
+            sub = f"{splits} pooled: {n_test} test samples" + (
                 f", k={p.classifier['k'][0]}" if p.type == "knn" else ""
             )
             written.append(
@@ -43,13 +46,22 @@ def make_plots(out: Path, results: dict, p: Protocol, class_names: list[str]) ->
             ap = np.array([r["per_class_ap"] for r in rounds], dtype=float)  # [rounds, C]
             c = ap.shape[1]
             names = class_names if len(class_names) == c else [str(i) for i in range(c)]
-            sub = f"mean over {len(rounds)} split(s); classes without a test positive left out"
+            sub = (f"mean over {splits} ({n_test} test samples); classes without a test "
+                   "positive left out")  # fmt: skip
             written.append(
                 per_class_ap_png(ap, names, out / f"per_class_ap_{kind}.png", f"{title}\n{sub}")
             )
         else:
-            written.append(recall_png(rounds, out / f"recall_at_k_{kind}.png", title))
+            sub = "\n".join(_retrieval_counts(r) for r in rounds)  # one line per round
+            written.append(recall_png(rounds, out / f"recall_at_k_{kind}.png", f"{title}\n{sub}"))
     return written
+
+
+def _retrieval_counts(r: dict) -> str:
+    """How many queries a retrieval round scored (cross-modal: pairs, each queried both ways)."""
+    if "n_items" in r:
+        return f"{r['split']}: {r['n_items']} audio-video pairs"
+    return f"{r['split']}: {r['n_test']} test queries, {r['n_train']} train items"
 
 
 def confusion_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> Path:

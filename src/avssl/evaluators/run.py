@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from avssl.cli import UserError
@@ -121,14 +122,43 @@ def split_keys(source, p: Protocol) -> dict[str, list[str]]:
         keys[name] = list(every) if listed is None else listed
     present = set(every)
     for name, ks in keys.items():
+        path = Path(source.root or ".") / "splits" / f"{name}.txt"
         missing = [k for k in ks if k not in present]
         if missing:
-            path = Path(source.root or ".") / "splits" / f"{name}.txt"
             raise UserError(
-                f"{path} names {len(missing)} key(s) absent from the shards: "
-                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+                f"{path} names {len(missing)} key(s) absent from the shards: {_some(missing)}"
             )
+        _check_split(path, ks)
+    for pair in p.splits:
+        _disjoint_train(pair, keys)
     return keys
+
+
+def _some(keys: list[str], n: int = 10) -> str:
+    return f"{', '.join(keys[:n])}{' ...' if len(keys) > n else ''}"
+
+
+def _check_split(path: Path, keys: list[str]) -> None:
+    """A split must list something, and each sample once: a key listed twice would be a
+    second row, counted twice in the metrics (and in cross-modal retrieval a pair whose twin
+    ties with it, so both rank second)."""
+    if not keys:
+        raise UserError(f"{path} lists no sample")
+    twice = [k for k, n in Counter(keys).items() if n > 1]
+    if twice:
+        raise UserError(f"{path} lists {len(twice)} key(s) more than once: {_some(twice)}")
+
+
+def _disjoint_train(pair, keys: dict[str, list[str]]) -> None:
+    """The train splits of one round (ESC-50: the other four folds) must not share samples,
+    which the probe would otherwise fit twice and kNN / retrieval find twice."""
+    for i, a in enumerate(pair.train):
+        for b in pair.train[i + 1 :]:
+            shared = sorted(set(keys[a]) & set(keys[b]))
+            if shared:
+                raise UserError(
+                    f"round {pair.name}: {a} and {b} share {len(shared)} key(s): {_some(shared)}"
+                )
 
 
 def check_bundle(bundle, p: Protocol) -> tuple[str, ...]:

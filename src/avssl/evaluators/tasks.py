@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from avssl.cli import UserError
-from avssl.evaluators._tensors import confusion_matrix, topk_accuracy
-from avssl.evaluators.features import FeatureSet
+from avssl.evaluators._tensors import confusion_matrix, non_finite_rows, topk_accuracy
+from avssl.evaluators.features import MODALITIES, FeatureSet
 from avssl.evaluators.knn import knn_predict
 from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel, video_groups
 from avssl.evaluators.multilabel import multilabel_metrics
@@ -76,6 +76,35 @@ def _with_modality(fs: FeatureSet, kind: str, split: str, what: str) -> FeatureS
     return fs if bool(keep.all()) else fs.select([k for k, ok in zip(fs.keys, keep) if ok])
 
 
+def _non_empty(fs: FeatureSet, where: str, split: str, what: str) -> None:
+    """A one-line error when the ``what`` ("train" or "test") split has no sample: its
+    metrics would be NaN (and so the mean over the splits) or its classifier would fail."""
+    if len(fs):
+        return
+    failed = f"; {len(fs.skipped)} listed sample(s) could not be decoded" if fs.skipped else ""
+    verb = "fit" if what == "train" else "score"
+    raise UserError(f"{where}: the {what} split {split!r} has no sample to {verb}{failed}")
+
+
+def _finite(x: torch.Tensor, keys: list[str], where: str, what: str, modality: str) -> None:
+    """A one-line error naming the samples whose features ``x`` (``[N, ...]``) have a NaN or
+    infinite entry (a diverged encoder, an overflow): a NaN similarity compares false with
+    every other, so retrieval would count it a hit at rank 1 and kNN would vote at random."""
+    bad = non_finite_rows(x).tolist()
+    if bad:
+        names = ", ".join(keys[i] for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise UserError(
+            f"{where}: {len(bad)} {what} sample(s) have NaN or infinite {modality} features "
+            f"({names}): the encoder's outputs are not finite"
+        )
+
+
+def _check_features(fs: FeatureSet, kind: str, where: str, what: str) -> None:
+    """:func:`_finite` for every clip of each modality that ``kind`` uses."""
+    for m in MODALITIES if kind == "joint" else (kind,):
+        _finite(fs.clips[m], fs.keys, where, what, m)
+
+
 def _train_rows(p: Protocol, fs_tr: FeatureSet, kind: str, y_tr: torch.Tensor, groups):
     """(features, targets, groups) the probe trains on: one row per sample (clip features
     averaged), or with ``mean_scores`` one row per clip (the sample's target and group), so
@@ -123,8 +152,13 @@ def run_round(
         "test": int((~_present(fs_te, kind)).sum()),
     }
     info["n_in_both"] = len(set(fs_tr.keys) & set(fs_te.keys))
+    where = f"{kind}/{pair.name}"
+    _non_empty(fs_tr, where, "+".join(pair.train), "train")
+    _non_empty(fs_te, where, pair.test, "test")
     fs_tr = _with_modality(fs_tr, kind, pair.name, "train")
     fs_te = _with_modality(fs_te, kind, pair.name, "test")
+    _check_features(fs_tr, kind, where, "train")
+    _check_features(fs_te, kind, where, "test")
     info["n_train"], info["n_test"] = len(fs_tr), len(fs_te)
     if p.type == "linear_multilabel":
         y_te = _multi_hot(fs_te, pair.test, num_classes)
@@ -214,7 +248,8 @@ def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> di
 
 
 def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
-    """Weighted kNN: metrics for every k, predictions of the first k (for the plots)."""
+    """Weighted kNN: metrics for every k, predictions of the first k (for the plots), and
+    ``k_capped``: each k above the number of training samples N, where all N vote."""
     clf, metrics, pred = p.classifier, {}, None
     for k in clf["k"]:
 
@@ -225,7 +260,8 @@ def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dic
         res = _classification(scores, y_te, f"k{k}_")
         metrics.update(res["metrics"])
         pred = res["pred"] if pred is None else pred
-    return {"metrics": metrics, "pred": pred}
+    capped = {int(k): len(x_tr) for k in clf["k"] if int(k) > len(x_tr)}
+    return {"metrics": metrics, "pred": pred, "extra": {"k_capped": capped}}
 
 
 def _cross_modal(p: Protocol, fs: FeatureSet) -> dict:
@@ -235,6 +271,9 @@ def _cross_modal(p: Protocol, fs: FeatureSet) -> dict:
     if cap is not None and len(idx) > int(cap):
         gen = torch.Generator().manual_seed(int(p.classifier.get("seed", 0)))
         idx = idx[torch.randperm(len(idx), generator=gen)[: int(cap)]].sort().values
+    keys = [fs.keys[i] for i in idx.tolist()]
+    for m in [m for m in fs.clips if m.split("_")[0] in MODALITIES]:  # audio, video, *_v2a
+        _finite(fs.clips[m][idx], keys, "cross-modal retrieval", "test", m.replace("_", " "))
     a, v = fs.get("audio")[idx], fs.get("video")[idx]
     # the video -> audio direction in its own space where the bundle has one (in_shared_space)
     v2a = (fs.get("audio_v2a")[idx], fs.get("video_v2a")[idx]) if "video_v2a" in fs.clips else None
