@@ -12,7 +12,14 @@ import torchaudio
 
 from avssl.data.audio_decode import load_audio
 from avssl.data.datamodule import AVDataModule
-from avssl.data.fbank import FbankConfig, log_mel, normalize
+from avssl.data.fbank import (
+    FbankConfig,
+    compute_fbank,
+    compute_fbank_batch,
+    log_mel,
+    normalize,
+    pad_or_crop,
+)
 from tests.media import MEDIA
 
 
@@ -85,3 +92,47 @@ def test_data_without_stats_takes_the_statistics_of_its_norms_reference(
         warnings.simplefilter("error")
         given = AVDataModule(str(bare), fbank_norm=norm, fbank_mean=-1.0, fbank_std=2.0)
     assert (given.fbank.mean, given.fbank.std) == (-1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [FbankConfig(sample_rate=22050, frame_length_ms=32.0), FbankConfig(sample_rate=11025)],
+    ids=["22k-32ms", "11k-25ms"],
+)
+def test_window_sizes_truncate_as_kaldi_where_a_frame_is_not_whole_samples(cfg) -> None:
+    """At rates where a frame is not a whole number of samples (22,050 Hz x 32 ms = 705.6),
+    kaldi truncates: samples_for_frames gives the samples of exactly that many kaldi frames,
+    and the batched (on-device) fbank equals the per-clip one at every length."""
+    cfg.target_frames = 50
+    length = int(cfg.sample_rate * cfg.frame_length_ms / 1000)  # kaldi's window size
+    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+    for frames in (2, 7, 50):  # exactly that many: one sample less gives one frame less
+        size = cfg.samples_for_frames(frames)
+        assert size == length + (frames - 1) * shift
+        wave = torch.randn(size, generator=torch.Generator().manual_seed(frames))
+        assert _kaldi(wave, cfg).shape[0] == frames == _kaldi(wave[:-1], cfg).shape[0] + 1
+    size = cfg.samples_for_frames(cfg.target_frames)
+    lengths = [length - 1, length, length + 1, length + 3 * shift, length + 3 * shift - 1, size]
+    waves = torch.zeros(len(lengths), size)
+    gen = torch.Generator().manual_seed(0)
+    for i, n in enumerate(lengths):
+        waves[i, :n] = 0.1 * torch.randn(n, generator=gen)
+    batch = compute_fbank_batch(waves, torch.tensor(lengths), cfg)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(batch[i], compute_fbank(waves[i, :n], cfg), rtol=0, atol=1e-5)
+        frames = _kaldi(waves[i, :n], cfg) if n >= length else None
+        if frames is not None:  # the frames kaldi gives, then zero padding
+            want = normalize(pad_or_crop(frames, cfg.target_frames), cfg)
+            torch.testing.assert_close(batch[i], want, rtol=0, atol=1e-3)
+
+
+def test_multichannel_input_is_refused_not_concatenated() -> None:
+    """A ``[C, S]`` waveform (torchaudio.load's layout) with C > 1 is refused with a clear
+    error: flattening it would give the fbank of the channels one after the other."""
+    cfg = FbankConfig(target_frames=64)
+    stereo = torch.randn(2, cfg.samples_for_frames(64), generator=torch.Generator().manual_seed(0))
+    for fn in (log_mel, compute_fbank):
+        with pytest.raises(ValueError, match=r"mono waveform .*\[2, 10480\].*downmix"):
+            fn(stereo, cfg)
+    mono = stereo.mean(dim=0, keepdim=True)  # [1, S] and [S] are both mono
+    torch.testing.assert_close(log_mel(mono, cfg), log_mel(mono[0], cfg), rtol=0, atol=0)

@@ -54,6 +54,20 @@ def test_random_resized_crop_box_and_output():
     assert torch.equal(rrc(ramp_clip(), gen(3)), out)  # seeded -> reproducible
 
 
+def test_random_resized_crop_falls_back_as_torchvision():
+    """When no drawn box fits (area 1.0 of a frame whose aspect is not drawn exactly), the
+    crop is torchvision's fallback: the centred box of the whole frame, its aspect clamped
+    to the ratio range (the full 4:3 UCF frame; 16:9 -> full height, 4:3 wide), not a square
+    of 75 % / 56 % of the frame."""
+    rrc = RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(3 / 4, 4 / 3))
+    for seed in range(5):
+        assert rrc.box(240, 320, gen(seed)) == (0, 0, 240, 320)
+        assert rrc.box(256, 455, gen(seed)) == (0, (455 - 341) // 2, 256, 341)
+        assert rrc.box(455, 256, gen(seed)) == ((455 - 341) // 2, 0, 341, 256)
+    tall = RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert tall.box(240, 320, gen()) == (0, 40, 240, 240)  # a square when only 1:1 is allowed
+
+
 def test_resize_center_crop_keeps_the_centre():
     x = ramp_clip(2, 40, 80)
     out = ResizeCenterCrop(40)(x)

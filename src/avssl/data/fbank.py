@@ -66,10 +66,15 @@ class FbankConfig:
     def frames_per_second(self) -> float:
         return 1000.0 / self.frame_shift_ms
 
+    def window_samples(self) -> tuple[int, int]:
+        """(window length, hop) in samples, truncated as kaldi truncates them (22,050 Hz x
+        32 ms = 705.6 -> 705)."""
+        length = int(self.sample_rate * self.frame_length_ms / 1000.0)
+        return length, int(self.sample_rate * self.frame_shift_ms / 1000.0)
+
     def samples_for_frames(self, frames: int) -> int:
         """Waveform samples that yield exactly ``frames`` kaldi frames (snip_edges=True)."""
-        shift = int(round(self.sample_rate * self.frame_shift_ms / 1000.0))
-        length = int(round(self.sample_rate * self.frame_length_ms / 1000.0))
+        length, shift = self.window_samples()
         return length + (frames - 1) * shift
 
     def to_dict(self) -> dict:
@@ -85,7 +90,14 @@ def log_mel(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
 
     Returns:
         ``[T_frames, F]`` log-mel energies; at least one frame (short input is zero-padded).
+
+    Raises:
+        ValueError: ``wave`` has several channels (flattening would join them in time).
     """
+    if wave.dim() > 2 or (wave.dim() == 2 and wave.shape[0] != 1):
+        raise ValueError(
+            f"fbank needs a mono waveform [S] or [1, S], got {list(wave.shape)}: downmix first"
+        )
     wave = wave.reshape(1, -1).float()  # [1, S]
     min_len = cfg.samples_for_frames(1)
     if wave.shape[1] < min_len:
@@ -119,7 +131,7 @@ def log_mel_batch(waves: torch.Tensor, lengths: torch.Tensor, cfg: FbankConfig) 
     inside = torch.arange(waves.shape[1], device=waves.device) < span[:, None]  # [N, S]
     mean = waves.sum(dim=1, keepdim=True) / span[:, None]
     mel = _frames_log_mel(torch.where(inside, waves - mean, 0.0), cfg)  # [N, T, F]
-    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)
+    shift = cfg.window_samples()[1]
     valid = torch.where(lengths > 0, 1 + (span - min_len) // shift, 0)  # frames per row
     keep = torch.arange(mel.shape[1], device=mel.device) < valid[:, None]  # [N, T]
     return torch.where(keep[..., None], mel, 0.0)
@@ -129,8 +141,7 @@ def _frames_log_mel(waves: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     """Kaldi framing (snip_edges), per-frame DC removal, preemphasis, Hann window, power
     spectrum, mel projection and log of mean-removed waveforms ``[..., S]`` -> ``[..., T, F]``
     (one waveform ``[S]`` in a loader worker: 2-D intermediates are ~1.5x faster on a CPU)."""
-    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000.0)  # kaldi truncates
-    length = int(cfg.sample_rate * cfg.frame_length_ms / 1000.0)
+    length, shift = cfg.window_samples()  # kaldi truncates
     window, banks, n_fft = _kaldi_tables(cfg.sample_rate, cfg.num_mel_bins, length, waves.device)
     frames = waves.unfold(-1, length, shift)  # [..., T, L], kaldi's snip_edges=True
     frames = frames - frames.mean(dim=-1, keepdim=True)  # remove_dc_offset

@@ -97,7 +97,9 @@ class Compose:
 
 
 class RandomResizedCrop:
-    """Random area/aspect crop resized to ``size`` x ``size`` (Inception-style, one box/clip)."""
+    """Random area/aspect crop resized to ``size`` x ``size`` (Inception-style, one box/clip;
+    after 10 draws that do not fit, torchvision's fallback: the whole frame, its aspect clamped
+    to ``ratio``)."""
 
     def __init__(self, size: int, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
@@ -113,8 +115,10 @@ class RandomResizedCrop:
                 top = int(torch.randint(0, h - ch + 1, (), generator=gen))
                 left = int(torch.randint(0, w - cw + 1, (), generator=gen))
                 return top, left, ch, cw
-        s = min(h, w)  # fallback: centred square
-        return (h - s) // 2, (w - s) // 2, s, s
+        # fallback (torchvision's): the centred whole frame, its aspect clamped to the range
+        r = min(max(w / h, self.ratio[0]), self.ratio[1])
+        ch, cw = (h, min(w, round(h * r))) if r * h <= w else (min(h, round(w / r)), w)
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         top, left, ch, cw = self.box(x.shape[1], x.shape[2], gen)
