@@ -246,3 +246,25 @@ def test_two_ranks_share_one_clustering_of_all_their_samples():
     assert out[0]["keys"] == out[1]["keys"] == single.cluster_keys
     assert out[0]["audio"] == out[1]["audio"] == single.assignments["audio"].tolist()
     assert torch.equal(out[0]["head"], out[1]["head"])  # heads re-initialised identically
+
+
+@torch.no_grad()
+def test_validation_gives_no_target_from_a_missing_modality():
+    """Validation clips take the nearest centroid of the *other* modality's current features
+    as target; a clip without audio has no audio features, so its video head gets no target
+    (the clustering leaves such samples out too), whatever the placeholder fbank looks like."""
+    model = _model().eval()
+    batches = _batches()
+    model.recluster(batches, epoch=0)
+    b = batches[1]
+    b.key = [f"held-out/{i}" for i in range(4)]
+    b.audio_mask = torch.tensor([True, False, True, True])
+    out = model.validation_losses(b)
+    fa, fv = model.audio_encoder(b.audio), model.video_encoder(b.video)
+    want = model.nearest_clusters(fa, "audio")
+    want[1] = -1  # no audio: no audio cluster
+    v_logits = model.heads["video"](fv)
+    assert float(out["video_predicts_audio"]) == pytest.approx(
+        float(cluster_cross_entropy(v_logits, want)), rel=1e-5
+    )
+    assert float(out["known_audio_targets"]) == pytest.approx(0.75)

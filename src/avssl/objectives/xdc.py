@@ -243,8 +243,10 @@ class XDC(AVObjective):
         ok = {"audio": a_ok > 0.5, "video": v_ok > 0.5}
         w = self.cfg["within_weight"]
         # each modality's cluster ids [B K]; -1 where the sample has none
-        if targets == "nearest":
-            ids = {m: self.nearest_clusters(feats[m], m) for m in MODALITIES}
+        if targets == "nearest":  # a missing input has no features, so no cluster
+            ids = {
+                m: self.nearest_clusters(feats[m], m).masked_fill(~ok[m], -1) for m in MODALITIES
+            }
         else:
             ids = {
                 m: self.targets(batch.key, m).repeat_interleave(k).to(self.device)
