@@ -12,7 +12,10 @@ Presets:
         jitter 0.4 (p=0.8; hue jitter ``hue``, default 0: off), random grey-scale (``grey_p``,
         default 0: off), normalise; audio
         gain +-6 dB (p=0.5), white noise at 10-40 dB SNR (p=0.3), SpecAugment one 24-bin
-        frequency mask and one 96-frame time mask.
+        frequency mask and one 96-frame time mask (AST's ESC-50 sizes; AST takes
+        48 / 192 on AudioSet: ``augment`` ``freq_mask`` / ``time_mask``). Masked cells are 0
+        in normalised units, the dataset mean; AST masks the log-mel with 0 before its
+        normalisation, which puts them near +0.47 with the AudioSet statistics.
     mae: the pretraining inputs of the masked autoencoders: the random-resized crop of
         "train" (approximating VideoMAE's multi-scale crop, https://arxiv.org/abs/2203.12602),
         no flip, no colour jitter (VideoMAE's pretraining adds neither); no audio changes
