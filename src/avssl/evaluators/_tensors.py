@@ -30,6 +30,17 @@ def as_features(x: ArrayLike, name: str = "x") -> torch.Tensor:
     return t
 
 
+def as_feature_pair(
+    x: ArrayLike, y: ArrayLike, names: tuple[str, str] = ("train_x", "test_x")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`as_features` of two feature sets that are compared or fitted together, which
+    must have one width D (a ``ValueError`` naming both otherwise)."""
+    tx, ty = as_features(x, names[0]), as_features(y, names[1])
+    if tx.shape[1] != ty.shape[1]:
+        raise ValueError(f"{names[0]} has D={tx.shape[1]} but {names[1]} has D={ty.shape[1]}")
+    return tx, ty
+
+
 def non_finite_rows(x: torch.Tensor) -> torch.Tensor:
     """Indices of the rows of ``x`` (``[N, ...]``) with a NaN or infinite entry."""
     ok = torch.isfinite(x)

@@ -18,7 +18,7 @@ import torch
 
 from avssl.evaluators._tensors import (
     ArrayLike,
-    as_features,
+    as_feature_pair,
     as_labels,
     l2_normalize,
     num_classes_for,
@@ -76,11 +76,9 @@ def knn_predict(
     Returns:
         float ``[M, C]`` scores on the CPU (float64 when the inputs are float64).
     """
-    xtr = l2_normalize(as_features(train_x, "train_x"))
-    xte = l2_normalize(as_features(test_x, "test_x")).to(xtr.dtype)
+    xtr, xte = as_feature_pair(train_x, test_x)
+    xtr, xte = l2_normalize(xtr), l2_normalize(xte).to(xtr.dtype)
     ytr = as_labels(train_y, len(xtr), "train_y")
-    if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
     if len(xtr) == 0:
         raise ValueError("knn_predict needs at least one training item")
     c = num_classes_for(ytr, num_classes, "train_y")

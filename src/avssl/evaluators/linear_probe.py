@@ -39,7 +39,7 @@ import torch
 from avssl.evaluators._lbfgs import LossGrad, bce_loss_grad, loss_grad, minimize
 from avssl.evaluators._tensors import (
     ArrayLike,
-    as_features,
+    as_feature_pair,
     as_labels,
     l2_normalize,
     num_classes_for,
@@ -58,14 +58,6 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
     train.sub_(mean)
     std = train.square().mean(0).sqrt_().clamp_min_(eps)  # population std (torch.std(0) is slow)
     return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
-
-
-def _standardized(train_x: ArrayLike, test_x: ArrayLike) -> list:
-    """:func:`standardize` of the probe's inputs, which must be finite and of one width D."""
-    xtr, xte = as_features(train_x, "train_x"), as_features(test_x, "test_x")
-    if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
-    return standardize(xtr, xte)
 
 
 _GROUP = re.compile(r"_g\d+_c\d+$")  # UCF101 clip names: v_<Class>_g<group>_c<clip>
@@ -242,7 +234,7 @@ def fit_predict(
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     fit = SOLVERS[solver]
     dev = pick_device(device)
-    xtr, xte = _standardized(train_x, test_x)
+    xtr, xte = standardize(*as_feature_pair(train_x, test_x))
     ytr = as_labels(train_y, len(xtr), "train_y")
     c = num_classes_for(ytr, num_classes, "train_y")
     xtr, ytr = xtr.to(dev), ytr.to(dev)
@@ -307,7 +299,7 @@ def fit_predict_multilabel(
         ValueError: bad shapes or targets, or no class has a positive in the held-out part.
     """
     dev = pick_device(device)
-    xtr, xte = _standardized(train_x, test_x)
+    xtr, xte = standardize(*as_feature_pair(train_x, test_x))
     ytr = torch.as_tensor(np.asarray(train_y) if not torch.is_tensor(train_y) else train_y)
     if ytr.ndim != 2 or len(ytr) != len(xtr):
         raise ValueError(f"train_y must be multi-hot [{len(xtr)}, C], got {tuple(ytr.shape)}")

@@ -20,7 +20,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avssl.evaluators._tensors import ArrayLike, as_features, l2_normalize, pick_device, row_chunk
+from avssl.evaluators._tensors import (
+    ArrayLike,
+    as_feature_pair,
+    as_features,
+    l2_normalize,
+    pick_device,
+    row_chunk,
+)
 
 
 def tie_tolerance(dtype: torch.dtype) -> float:
@@ -44,11 +51,10 @@ def class_ranks(
     Returns:
         float ``[Q]``; ``inf`` where the gallery holds no item of the query's class.
     """
-    g = l2_normalize(as_features(gallery_x, "gallery_x")).to(pick_device(device))
-    q = l2_normalize(as_features(query_x, "query_x")).to(g)
+    q, g = as_feature_pair(query_x, gallery_x, ("query_x", "gallery_x"))
+    g = l2_normalize(g).to(pick_device(device))
+    q = l2_normalize(q).to(g)
     qy, gy = _labels(query_y).to(g.device), _labels(gallery_y).to(g.device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_x has D={q.shape[1]} but gallery_x has D={g.shape[1]}")
     if len(qy) != len(q) or len(gy) != len(g):
         raise ValueError("query/gallery labels do not match the number of feature rows")
     ranks, tol = [], tie_tolerance(g.dtype)
