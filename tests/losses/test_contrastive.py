@@ -225,6 +225,7 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             ("info_nce", info_nce, "a", {"symmetric": True}),
             ("info_nce", info_nce, "a", {"symmetric": False}),
             ("mil_nce", mil_nce, "bag", {"symmetric": True}),
+            ("mil_nce", mil_nce, "bag", {"symmetric": False}),
             # one left-out sample per rank (equal valid counts: the mean of the rank means is
             # the whole-batch mean); left-out samples are candidates on no rank
             (
@@ -257,6 +258,30 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
             torch.testing.assert_close(y.grad / world, ref_gy[sl], msg=f"{name} {kw} grad b")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fn,first", [(info_nce, "a"), (mil_nce, "bag")])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_one_way_losses_gather_only_the_side_they_use(monkeypatch, fn, first, symmetric) -> None:
+    """A one-way loss compares local anchors with one side's gathered candidates: gathering the
+    other side as well was a wasted all-gather per step (its result never used)."""
+    import avssl.losses.contrastive as contrastive
+
+    gathered: list[tuple[int, ...]] = []
+
+    def counting_gather(x):
+        gathered.append(tuple(x.shape))
+        return x
+
+    monkeypatch.setattr(contrastive, "gather_with_grad", counting_gather)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 8, generator=g) if first == "bag" else torch.randn(4, 8, generator=g)
+    y = torch.randn(4, 8, generator=g)
+    with_gather = fn(x, y, 0.1, symmetric=symmetric, gather=True)
+    assert len(gathered) == (2 if symmetric else 1)
+    if not symmetric:  # the side gathered is the one the single direction takes candidates from
+        assert gathered == ([tuple(y.shape)] if fn is info_nce else [tuple(x.shape)])
+    torch.testing.assert_close(with_gather, fn(x, y, 0.1, symmetric=symmetric))
 
 
 def test_gather_across_two_gloo_processes_matches_single_process() -> None:

@@ -88,13 +88,16 @@ def _check_pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"{name}: a {tuple(a.shape)} and b {tuple(b.shape)} must both be [B, D]")
 
 
-def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool):
-    """Gathered candidates and the labels of the local rows among them."""
+def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool, need_a: bool = True,
+             need_b: bool = True):
+    """Gathered candidates and the labels of the local rows among them. A one-way loss uses
+    one side's candidates only: the other (``need_a`` / ``need_b`` False) comes back local, not
+    gathered (it is not used)."""
     if not gather:
         return a, b, torch.arange(a.shape[0], device=a.device)
     rank, _ = rank_and_world()
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
-    return gather_with_grad(a), gather_with_grad(b), labels
+    return (gather_with_grad(a) if need_a else a), (gather_with_grad(b) if need_b else b), labels
 
 
 @float32_loss
@@ -121,7 +124,7 @@ def info_nce(
     _check_pair("info_nce", a, b)
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
-    a_all, b_all, labels = _targets(a, b, gather)
+    a_all, b_all, labels = _targets(a, b, gather, need_a=symmetric)  # a->b needs only b_all
     loss = F.cross_entropy(a @ b_all.t() / temperature, labels)  # [B, W*B] logits
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(b @ a_all.t() / temperature, labels))
@@ -167,7 +170,7 @@ def mil_nce(
         )
     a = F.normalize(a.float(), dim=-1)
     b = F.normalize(b.float(), dim=-1)
-    a_all, b_all, labels = _targets(a, b, gather)
+    a_all, b_all, labels = _targets(a, b, gather, need_b=symmetric)  # b->a needs only a_all
     rows = torch.arange(a.shape[0], device=a.device)
     w = torch.ones(a.shape[0], device=a.device) if valid is None else valid.float()
     dead = None  # [1 or B, W*B, 1] candidates that are not there (None: every one is)
