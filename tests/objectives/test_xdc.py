@@ -219,9 +219,15 @@ def _ddp_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
+    import avssl.objectives.xdc as xdc
+
+    received: list = []
+    gather = xdc._gather_embeddings
+    xdc._gather_embeddings = lambda emb: received.append(gather(emb)) or received[-1]
     model = _model()
     model.recluster(_batches()[rank::2], epoch=0)  # rank 0: batches 0, 2; rank 1: batch 1
     out[rank] = {
+        "received": None if received[0] is None else len(received[0]["keys"]),
         "keys": model.cluster_keys,
         "audio": model.assignments["audio"].tolist(),
         "head": model.heads["video"].weight.detach().clone(),
@@ -244,6 +250,8 @@ def test_two_ranks_share_one_clustering_of_all_their_samples():
     batches = _batches()
     single.recluster([batches[0], batches[2], batches[1]], epoch=0)  # rank order
     assert out[0]["keys"] == out[1]["keys"] == single.cluster_keys
+    # only rank 0 clusters, so only it receives every rank's features
+    assert out[0]["received"] == len(single.cluster_keys) and out[1]["received"] is None
     assert out[0]["audio"] == out[1]["audio"] == single.assignments["audio"].tolist()
     assert torch.equal(out[0]["head"], out[1]["head"])  # heads re-initialised identically
 

@@ -168,8 +168,8 @@ class XDC(AVObjective):
     def recluster(self, batches: Iterable[AVBatch], epoch: int = 0) -> None:
         """Embeds, clusters (rank 0), broadcasts, installs, and re-initialises the heads."""
         emb = self.embed_batches(batches, _per_rank_limit(self.cfg["cluster_samples"]))
-        emb = _gather_embeddings(emb)
-        state = [self.cluster(emb, seed=epoch) if _rank() == 0 else None]
+        emb = _gather_embeddings(emb)  # the whole subset on rank 0, None elsewhere
+        state = [self.cluster(emb, seed=epoch) if emb is not None else None]
         if _world() > 1:
             dist.broadcast_object_list(state, src=0)
         assert state[0] is not None
@@ -328,12 +328,15 @@ def _per_rank_limit(total: int | None) -> int | None:
     return None if total is None else -(-int(total) // _world())
 
 
-def _gather_embeddings(emb: dict[str, Any]) -> dict[str, Any]:
-    """Concatenates every rank's embeddings (rank order) on every rank."""
+def _gather_embeddings(emb: dict[str, Any]) -> dict[str, Any] | None:
+    """Concatenates every rank's embeddings (rank order) on rank 0, which alone clusters; the
+    other ranks get None (they receive the clustering, not every rank's features)."""
     if _world() == 1:
         return emb
-    parts: list[Any] = [None] * _world()
-    dist.all_gather_object(parts, emb)
+    parts: list[Any] | None = [None] * _world() if _rank() == 0 else None
+    dist.gather_object(emb, parts, dst=0)
+    if parts is None:
+        return None
     return {
         "keys": [k for p in parts for k in p["keys"]],
         "feats": {m: torch.cat([p["feats"][m] for p in parts]) for m in MODALITIES},
