@@ -6,7 +6,11 @@ that empty clusters must be handled or the pseudo-labels collapse. Here:
 
 - the torch backend seeds with k-means++; during its Lloyd iterations an empty cluster takes
   over half of the largest cluster: it gets that cluster's centroid, both moved apart by a
-  small symmetric perturbation (the rule faiss and DeepCluster use);
+  small perturbation, ``+-1e-4 * (|c| + 1e-4)`` per dimension. This is faiss's idea (the
+  clustering DeepCluster and XDC ran), not its exact rule: faiss (``split_clusters`` in
+  ``Clustering.cpp``) draws the donor at random with probability ``(size - 1) / (N - K)``
+  instead of taking the largest, and scales the centroid by ``1 +- 1/1024`` with the sign
+  alternating over dimensions (a zero coordinate stays equal in both);
 - after the last iteration (either backend) any cluster still empty is *reseeded* with the point
   farthest from its own centroid (taken from a cluster of size > 1), and the assignments are
   recomputed, so that every returned assignment is the nearest centroid and, for N >= K distinct
@@ -54,7 +58,8 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torc
 
 
 def _split_empty(centroids: torch.Tensor, counts: torch.Tensor, eps: float = 1e-4) -> None:
-    """In place: each empty cluster takes half of the currently largest one."""
+    """In place: each empty cluster takes half of the currently largest one (its centroid, both
+    moved apart by ``+-eps * (|c| + eps)``; the module docstring says how faiss differs)."""
     for k in torch.nonzero(counts == 0).flatten().tolist():
         big = int(counts.argmax())
         noise = eps * (centroids[big].abs() + eps)
