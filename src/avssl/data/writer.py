@@ -220,7 +220,13 @@ class ShardWriter:
 
 
 class FbankStats:
-    """Accumulates sum, sum of squares and count of raw log-mel values (avssl.data.fbank)."""
+    """Accumulates sum, sum of squares and count of raw log-mel values (avssl.data.fbank).
+
+    Over each clip's own frames only, not padded to the loader's ``target_frames``: AST's
+    AudioSet statistics (-4.2677 / 4.5690, which AudioMAE reuses) came from its train loader,
+    features zero-padded to 1024 frames (about 2.5 % zeros for 10 s clips) with its SpecAugment
+    and mixup on (``get_norm_stats.py``), so on clips much shorter than the target the two
+    differ. The loader pads the raw log-mel with 0 before normalising, as AST does."""
 
     def __init__(self, total: float = 0.0, total_sq: float = 0.0, count: int = 0, clips: int = 0):
         self.total, self.total_sq, self.count, self.clips = total, total_sq, count, clips
