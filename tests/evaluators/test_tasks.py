@@ -8,10 +8,20 @@ import pytest
 import torch
 
 from avssl.cli import UserError
+from avssl.evaluators._lbfgs import bce_loss_grad
 from avssl.evaluators.evaluate import _fit_notes
 from avssl.evaluators.features import FeatureSet
 from avssl.evaluators.knn import knn_predict
-from avssl.evaluators.linear_probe import fit_predict
+from avssl.evaluators.linear_probe import (
+    _fit_torch,
+    fit_predict,
+    fit_predict_multilabel,
+    mean_over_samples,
+    random_split,
+    standardize,
+    stratified_split,
+)
+from avssl.evaluators.multilabel import mean_average_precision
 from avssl.evaluators.protocols import SplitPair, parse_protocol
 from avssl.evaluators.tasks import run_round
 
@@ -56,15 +66,86 @@ def test_mean_scores_probe_is_fitted_on_single_clips():
     clips_te = fs_te.get("audio", per_clip=True).reshape(60, -1)
     logits, info = fit_predict(
         clips_tr, fs_tr.labels.repeat_interleave(3), clips_te, num_classes=4, device="cpu",
-        lambdas=[1e-3, 1e-1], groups=np.repeat(np.arange(40), 3), return_info=True,
+        lambdas=[1e-3, 1e-1], samples=np.repeat(np.arange(40), 3), return_info=True,
     )  # fmt: skip
     probs = logits.double().softmax(1).reshape(20, 3, 4).mean(1)
     want = 100 * (probs.argmax(1) == fs_te.labels).double().mean().item()
     assert r["metrics"]["top1"] == pytest.approx(want)
-    assert r["lambda"] == info["lambda"] and r["val_groups"] == 40
+    assert r["lambda"] == info["lambda"] and r["val_on"] == "samples"
+    assert r["val_top1"] == info["val_top1"]
     means, _ = fit_predict(fs_tr.get("audio"), fs_tr.labels, clips_te, num_classes=4,
                            device="cpu", lambdas=[info["lambda"]], return_info=True)  # fmt: skip
     assert not torch.allclose(means, logits)  # what the round did before: a different probe
+
+
+def test_mean_scores_lambda_is_chosen_on_held_out_samples_scored_by_their_mean():
+    """With ``mean_scores`` the held-out part holds whole samples and each lambda's score is
+    the top-1 of the samples' clip-averaged softmax, the way the test split is scored (it
+    used to be the top-1 of single held-out clips)."""
+    fs = _features(60, 0, spread=3.0)
+    x = fs.get("audio", per_clip=True).reshape(180, -1)
+    y = fs.labels.repeat_interleave(3)
+    samples = np.repeat(np.arange(60), 3)
+    grid = [1e-4, 1e-2, 1.0]
+    _, info = fit_predict(x, y, x[:3], num_classes=4, device="cpu", lambdas=grid,
+                          samples=samples, return_info=True)  # fmt: skip
+    assert info["val_on"] == "samples"
+    xs, _ = standardize(x, x[:3])
+    fi, vi = stratified_split(y.numpy(), 0.2, 0, samples)
+    assert not set(samples[fi]) & set(samples[vi])  # no sample on both sides
+    wb, per_clip = None, {}
+    for lam in sorted(grid, reverse=True):  # the sweep's order and warm starts
+        wb = _fit_torch(xs[fi], y[fi], 4, lam, init=wb, max_iter=500, tol=1e-4)
+        logits = torch.addmm(wb[1], xs[vi], wb[0])
+        prob, target = mean_over_samples(logits, y[vi], samples[vi], "softmax")
+        assert len(prob) == len(set(samples[vi].tolist()))
+        want = 100 * (prob.argmax(1) == target).double().mean().item()
+        assert info["val_top1"][lam] == pytest.approx(want)
+        per_clip[lam] = 100 * (logits.argmax(1) == y[vi]).double().mean().item()
+    assert per_clip != info["val_top1"]  # the per-clip score differs here: the test can fail
+
+
+def test_mean_over_samples_averages_each_samples_probabilities():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
+    y = torch.tensor([1, 0, 1, 0])
+    prob, target = mean_over_samples(logits, y, np.array([7, 3, 7, 3]), "softmax")
+    soft = logits.double().softmax(1)
+    torch.testing.assert_close(
+        prob, torch.stack([(soft[1] + soft[3]) / 2, (soft[0] + soft[2]) / 2])
+    )
+    assert target.tolist() == [0, 1]  # samples 3, 7 in sorted order
+    sig, _ = mean_over_samples(logits, y, np.array([0, 0, 1, 1]), "sigmoid")
+    torch.testing.assert_close(sig[1], logits[2:].double().sigmoid().mean(0))
+
+
+def test_random_split_with_groups_holds_out_whole_groups():
+    groups = np.repeat(np.arange(10), 3)
+    fit, held = random_split(30, 0.2, seed=0, groups=groups)
+    assert len(held) == 6 and not set(groups[fit]) & set(groups[held])
+    assert np.array_equal(np.sort(np.concatenate([fit, held])), np.arange(30))
+    assert len(random_split(3, 0.9, seed=0, groups=np.zeros(3))[0]) == 3  # one group: kept
+
+
+def test_multilabel_mean_scores_holds_out_whole_samples():
+    """The multi-label probe with ``mean_scores`` fits clips: its held-out part used to be
+    random clips (a sample's other clips in the fitted part), scored one clip at a time."""
+    g = torch.Generator().manual_seed(0)
+    hot = (torch.rand(40, 5, generator=g) < 0.4).float()
+    x = (hot @ torch.randn(5, 16, generator=g))[:, None] + torch.randn(40, 3, 16, generator=g)
+    x, y, samples = x.reshape(120, -1), hot.repeat_interleave(3, 0), np.repeat(np.arange(40), 3)
+    grid = [1e-3, 1e-1]
+    _, info = fit_predict_multilabel(x, y, x[:2], lambdas=grid, samples=samples, device="cpu",
+                                     return_info=True)  # fmt: skip
+    assert info["val_on"] == "samples"
+    xs, _ = standardize(x, x[:2])
+    fi, vi = random_split(120, 0.2, 0, samples)
+    assert not set(samples[fi]) & set(samples[vi])
+    wb = None
+    for lam in sorted(grid, reverse=True):
+        wb = _fit_torch(xs[fi], y[fi], 5, lam, init=wb, max_iter=500, tol=1e-4, loss=bce_loss_grad)
+        prob, target = mean_over_samples(torch.addmm(wb[1], xs[vi], wb[0]), y[vi], samples[vi],
+                                         "sigmoid")  # fmt: skip
+        assert info["val_mAP"][lam] == pytest.approx(mean_average_precision(prob, target))
 
 
 def test_samples_without_the_modality_are_left_out_and_counted():

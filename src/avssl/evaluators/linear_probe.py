@@ -14,7 +14,10 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
    Where the training clips come in groups cut from one long video (UCF101's ``_gNN_cNN``
    names; its official splits hold out whole groups for the same reason, Soomro et al. 2012,
    https://arxiv.org/abs/1212.0402), whole groups are held out (:func:`video_groups`), so
-   that the held-out accuracy is not inflated by near-copies of the fitted clips.
+   that the held-out accuracy is not inflated by near-copies of the fitted clips. With
+   ``mean_scores`` (the probe fits every clip of a sample, a sample is scored by its clips'
+   mean softmax) whole samples are held out and lambda is chosen on their mean-score top-1,
+   the score the test split gets (``samples`` argument).
 
 :func:`fit_predict_multilabel` is the multi-label (AudioSet) version: one independent binary
 logistic regression per class (one-vs-rest: sigmoid + binary cross-entropy, each class with
@@ -128,9 +131,13 @@ def stratified_split(
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
-def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def random_split(
+    n: int, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, held_out): a seeded random ``round(fraction * n)`` rows held out, at least
-    one row kept for fitting.
+    one row kept for fitting. With ``groups`` (``[n]`` ids) whole groups are held out, in a
+    seeded random order, while fewer than ``round(fraction * n)`` rows are, and at least one
+    group is kept.
 
     For multi-label data: a stratified split is not defined when a sample belongs to several
     classes at once (iterative stratification, Sechidis et al., 2011,
@@ -138,9 +145,22 @@ def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     is a plain random fraction of the rows. Rare classes may then have no positive in it; they
     are left out of the held-out mAP (:func:`avssl.evaluators.multilabel.per_class`).
     """
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = min(int(round(fraction * n)), n - 1) if n else 0
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        n_val = min(int(round(fraction * n)), n - 1) if n else 0
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    groups = np.asarray(groups)
+    names, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(names))
+    target, n_out, out = int(round(fraction * n)), 0, []
+    for i in order[:-1]:
+        if n_out >= target:
+            break
+        out.append(names[i])
+        n_out += int(sizes[i])
+    mask = np.isin(groups, out)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def _fit_torch(
@@ -207,6 +227,7 @@ def fit_predict(
     device: str | torch.device | None = None,
     return_info: bool = False,
     groups: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
 ):
     """Fits the linear probe on the training split and scores the test split.
 
@@ -226,6 +247,10 @@ def fit_predict(
         return_info: also return a dict with the chosen lambda and held-out accuracies.
         groups: optional ``[N]`` group ids of the training rows (:func:`video_groups`); the
             held-out part then holds whole groups.
+        samples: optional ``[N]`` sample ids of the training rows, for rows that are clips of
+            samples scored by their mean softmax (``mean_scores``): the held-out part then
+            holds whole samples, and lambda is chosen on their mean-score top-1, the way the
+            test split is scored (:func:`mean_over_samples`).
 
     Returns:
         float ``[M, C]`` logits on the CPU, or ``(logits, info)`` when ``return_info``.
@@ -240,19 +265,64 @@ def fit_predict(
     xtr, ytr = xtr.to(dev), ytr.to(dev)
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
+    groups = _row_ids(groups, len(ytr), "groups")
+    samples = _row_ids(samples, len(ytr), "samples")
     if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != (len(ytr),):
-            raise ValueError(f"groups must be [{len(ytr)}], got {tuple(groups.shape)}")
         info["val_groups"] = int(len(np.unique(groups)))
+    if samples is not None:
+        info["val_on"] = "samples"
 
     def held_out():
-        return stratified_split(ytr.cpu().numpy(), val_fraction, seed, groups)
+        return stratified_split(ytr.cpu().numpy(), val_fraction, seed, _whole(groups, samples))
 
+    score = _top1 if samples is None else _per_sample(_top1, samples, "softmax")
     logits = _choose_and_refit(
-        fit, xtr, ytr, xte, c, grid, held_out, _top1, "val_top1", info, max_iter, tol
+        fit, xtr, ytr, xte, c, grid, held_out, score, "val_top1", info, max_iter, tol
     )
     return (logits, info) if return_info else logits
+
+
+def _row_ids(ids: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
+    if ids is None:
+        return None
+    ids = np.asarray(ids)
+    if ids.shape != (n,):
+        raise ValueError(f"{name} must be [{n}], got {tuple(ids.shape)}")
+    return ids
+
+
+def _whole(groups: np.ndarray | None, samples: np.ndarray | None) -> np.ndarray | None:
+    """Ids whose rows the held-out split keeps together: the groups, else the samples. With
+    both, each sample must lie in one group (its clips are held out together)."""
+    if groups is None or samples is None:
+        return groups if groups is not None else samples
+    pairs = {(str(s), str(g)) for s, g in zip(samples.tolist(), groups.tolist())}
+    if len(pairs) != len(np.unique(samples)):
+        raise ValueError("samples: the rows of one sample lie in several groups")
+    return groups
+
+
+def mean_over_samples(
+    logits: torch.Tensor, y: torch.Tensor, samples: np.ndarray, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean_scores`` on held-out rows: (per-sample mean of the rows' probabilities, ``norm``
+    "softmax" or "sigmoid", ``[S, C]``; each sample's target), samples in order of first row."""
+    _, first, inverse = np.unique(samples, return_index=True, return_inverse=True)
+    inv = torch.from_numpy(inverse.reshape(-1)).to(logits.device)
+    prob = logits.double().softmax(dim=1) if norm == "softmax" else logits.double().sigmoid()
+    total = torch.zeros(len(first), prob.shape[1], dtype=prob.dtype, device=prob.device)
+    total.index_add_(0, inv, prob)
+    count = torch.bincount(inv, minlength=len(first)).to(prob.dtype)
+    return total / count[:, None], y[torch.from_numpy(first).to(y.device)]
+
+
+def _per_sample(score, samples: np.ndarray, norm: str):
+    """``score(logits, y, rows)`` of the held-out ``rows`` after :func:`mean_over_samples`."""
+
+    def scored(logits: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> float:
+        return score(*mean_over_samples(logits, y, samples[rows], norm))
+
+    return scored
 
 
 def fit_predict_multilabel(
@@ -267,6 +337,8 @@ def fit_predict_multilabel(
     tol: float = 1e-4,
     device: str | torch.device | None = None,
     return_info: bool = False,
+    groups: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
 ):
     """Fits the one-vs-rest probe on the training split and scores the test split.
 
@@ -290,6 +362,10 @@ def fit_predict_multilabel(
         tol: stop when the largest absolute gradient entry is below this.
         device: torch device; None -> CUDA when available.
         return_info: also return a dict with the chosen lambda and held-out mAPs (percent).
+        groups: optional ``[N]`` group ids of the training rows: whole groups are held out.
+        samples: optional ``[N]`` sample ids of rows that are clips scored by their mean
+            sigmoid (``mean_scores``): whole samples are held out and lambda is chosen on
+            their mean-score mAP.
 
     Returns:
         float ``[M, C]`` logits on the CPU (sigmoid gives the class probabilities), or
@@ -310,9 +386,13 @@ def fit_predict_multilabel(
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
     fit = functools.partial(_fit_torch, loss=bce_loss_grad)
+    groups = _row_ids(groups, len(ytr), "groups")
+    samples = _row_ids(samples, len(ytr), "samples")
+    if samples is not None:
+        info["val_on"] = "samples"
 
     def held_out():
-        held = random_split(len(ytr), val_fraction, seed)
+        held = random_split(len(ytr), val_fraction, seed, _whole(groups, samples))
         if not bool(ytr[torch.from_numpy(held[1]).to(dev)].any()):
             raise ValueError(
                 f"no class has a positive in the held-out {val_fraction:.0%} of the "
@@ -320,8 +400,9 @@ def fit_predict_multilabel(
             )
         return held
 
+    score = _map if samples is None else _per_sample(_map, samples, "sigmoid")
     logits = _choose_and_refit(
-        fit, xtr, ytr, xte, c, grid, held_out, _map, "val_mAP", info, max_iter, tol
+        fit, xtr, ytr, xte, c, grid, held_out, score, "val_mAP", info, max_iter, tol
     )
     return (logits, info) if return_info else logits
 
@@ -341,11 +422,11 @@ def _choose_and_refit(fit, xtr, ytr, xte, c, grid, held_out, score, key, info, m
     return torch.addmm(b, xte.to(xtr.device, w.dtype), w).cpu()
 
 
-def _top1(scores: torch.Tensor, y: torch.Tensor) -> float:
+def _top1(scores: torch.Tensor, y: torch.Tensor, rows: np.ndarray | None = None) -> float:
     return 100.0 * (scores.argmax(1) == y).double().mean().item()
 
 
-def _map(scores: torch.Tensor, y: torch.Tensor) -> float:
+def _map(scores: torch.Tensor, y: torch.Tensor, rows: np.ndarray | None = None) -> float:
     return mean_average_precision(scores.cpu(), y.cpu())
 
 
@@ -368,7 +449,7 @@ def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
     for lam in grid:
         fits[lam] = {}
         wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol, report=fits[lam])
-        acc = score(torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]), y[vi])
+        acc = score(torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]), y[vi], val_idx)
         accs[lam] = acc
         if acc > best_acc:  # strict: ties keep the stronger regularisation
             best, best_acc, best_wb = lam, acc, wb

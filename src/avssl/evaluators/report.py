@@ -41,12 +41,19 @@ def _grid(c: dict) -> list[float]:
     return [float(f"{v:.0e}") for v in c["lambdas"]]
 
 
+def _on_samples(rounds: list[dict]) -> str:
+    """How the held-out part is scored when the probe fits clips (``mean_scores``)."""
+    if not any(r.get("val_on") == "samples" for r in rounds):
+        return ""
+    return " of the held-out samples' clip-averaged scores, as the test split is scored,"
+
+
 def _linear_doc(c: dict, rounds: list[dict]) -> str:
     return (
         "Classifier: multinomial logistic regression (full-batch L-BFGS, tol "
         f"{c['tol']:g}, solver {c['solver']}); features L2-normalised, then standardised "
         f"with train statistics; L2 strength lambda (mean CE + lambda/2 ||W||^2) chosen from "
-        f"{_grid(c)} by top-1 on a stratified "
+        f"{_grid(c)} by top-1{_on_samples(rounds)} on a stratified "
         f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}"
         + ("; whole video groups held out" if any(r.get("val_groups") for r in rounds) else "")
         + "), then refit on the "
@@ -69,7 +76,7 @@ def _multilabel_doc(c: dict, rounds: list[dict]) -> str:
         f"cross-entropy probe per class (full-batch L-BFGS, tol {c['tol']:g}); features "
         "L2-normalised, then standardised with train statistics; L2 strength lambda (per "
         f"class mean BCE + lambda/2 ||w_c||^2) chosen from "
-        f"{_grid(c)} by mAP on a random "
+        f"{_grid(c)} by mAP{_on_samples(rounds)} on a random "
         f"{c['val_fraction']:.0%} of the train split (seed {c['seed']}; multi-label data "
         "has no stratified split), then refit on the whole train split. Chosen lambda: "
         f"{_chosen(rounds)}. The test split chooses nothing. mAP = mean over classes with a "

@@ -106,17 +106,18 @@ def _check_features(fs: FeatureSet, kind: str, where: str, what: str) -> None:
 
 
 def _train_rows(p: Protocol, fs_tr: FeatureSet, kind: str, y_tr: torch.Tensor, groups):
-    """(features, targets, groups) the probe trains on: one row per sample (clip features
-    averaged), or with ``mean_scores`` one row per clip (the sample's target and group), so
-    that the probe is fitted on what it scores."""
+    """(features, targets, groups, samples) the probe trains on: one row per sample (clip
+    features averaged; samples None), or with ``mean_scores`` one row per clip (the sample's
+    target and group, and its index in ``samples``), so that the probe is fitted on what it
+    scores and lambda is chosen on held-out samples scored as the test ones are."""
     if p.clip_aggregation == "mean_features":
-        return fs_tr.get(kind), y_tr, groups
+        return fs_tr.get(kind), y_tr, groups, None
     clips = fs_tr.get(kind, per_clip=True)  # [N, K, D]
     n, k = clips.shape[:2]
-    if groups is None:
-        groups = np.arange(n)  # a sample's clips are held out together
+    samples = np.repeat(np.arange(n), k)
     rows = clips.reshape(n * k, -1)  # [N K, D]
-    return rows, y_tr.repeat_interleave(k, dim=0), np.repeat(np.asarray(groups), k)
+    groups = None if groups is None else np.repeat(np.asarray(groups), k)
+    return rows, y_tr.repeat_interleave(k, dim=0), groups, samples
 
 
 def _classification(scores: torch.Tensor, y: torch.Tensor, prefix: str = "") -> dict:
@@ -171,16 +172,18 @@ def run_round(
         info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, clf["ks"], device)
         return info
     if p.type == "linear_multilabel":
-        x_tr, y_tr, _ = _train_rows(p, fs_tr, kind, y_tr, None)
+        x_tr, y_tr, _, samples = _train_rows(p, fs_tr, kind, y_tr, None)
         try:
-            info.update(_linear_multilabel(p, x_tr, y_tr, fs_te, y_te, kind, device))
+            info.update(_linear_multilabel(p, x_tr, y_tr, fs_te, y_te, kind, device, samples))
         except ValueError as err:
             raise UserError(f"{kind}/{pair.name}: {err}") from None
         return info
     try:
         if p.type == "linear":
-            x_tr, y_fit, groups = _train_rows(p, fs_tr, kind, y_tr, video_groups(fs_tr.keys))
-            out = _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups)
+            x_tr, y_fit, groups, samples = _train_rows(
+                p, fs_tr, kind, y_tr, video_groups(fs_tr.keys)
+            )
+            out = _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups, samples)
         else:
             out = _knn(p, fs_tr.get(kind), y_tr, fs_te, y_te, kind, num_classes, device)
     except ValueError as err:
@@ -197,9 +200,12 @@ def _probe_settings(clf: dict, device) -> dict:
     return {**{k: clf[k] for k in keys}, "device": device, "return_info": True}
 
 
-def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, groups) -> dict:
+def _linear(
+    p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, groups, samples
+) -> dict:
     """Linear probe: metrics, predictions and the chosen lambda with its held-out accuracies;
-    ``groups``: video groups of the training rows (held out whole) or None."""
+    ``groups``: video groups of the training rows (held out whole) or None; ``samples``: the
+    sample of each row when rows are clips (``mean_scores``), else None."""
     clf, holder = p.classifier, {}
 
     def probe(x_te: torch.Tensor) -> torch.Tensor:
@@ -210,6 +216,7 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, gro
             solver=clf["solver"],
             num_classes=num_classes,
             groups=groups,
+            samples=samples,
             **_probe_settings(clf, device),
         )
         return s
@@ -217,7 +224,8 @@ def _linear(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device, gro
     out = _classification(_scores(probe, fs_te, kind, p.clip_aggregation), y_te)
     info = holder["info"]
     out["extra"] = {"lambda": info["lambda"], "val_top1": info.get("val_top1"),
-                    "val_groups": info.get("val_groups"), **_fit_record(info)}  # fmt: skip
+                    "val_groups": info.get("val_groups"), "val_on": info.get("val_on"),
+                    **_fit_record(info)}  # fmt: skip
     return out
 
 
@@ -232,18 +240,21 @@ def _fit_record(info: dict) -> dict:
             "fits_not_converged": capped}  # fmt: skip
 
 
-def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device) -> dict:
+def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device, samples) -> dict:
     """One-vs-rest probe: mAP / mAUC / d-prime, per-class AP, the chosen lambda with its
     held-out mAPs, and how many classes the test split could not score."""
     clf, holder = p.classifier, {}
 
     def probe(x_te: torch.Tensor) -> torch.Tensor:
-        s, holder["info"] = fit_predict_multilabel(x_tr, y_tr, x_te, **_probe_settings(clf, device))
+        s, holder["info"] = fit_predict_multilabel(
+            x_tr, y_tr, x_te, samples=samples, **_probe_settings(clf, device)
+        )
         return s
 
     scores = _scores(probe, fs_te, kind, p.clip_aggregation, "sigmoid")
     out = multilabel_metrics(scores, y_te)
     out["lambda"], out["val_mAP"] = holder["info"]["lambda"], holder["info"].get("val_mAP")
+    out["val_on"] = holder["info"].get("val_on")
     return {**out, **_fit_record(holder["info"])}
 
 

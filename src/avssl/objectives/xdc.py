@@ -168,8 +168,8 @@ class XDC(AVObjective):
     def recluster(self, batches: Iterable[AVBatch], epoch: int = 0) -> None:
         """Embeds, clusters (rank 0), broadcasts, installs, and re-initialises the heads."""
         emb = self.embed_batches(batches, _per_rank_limit(self.cfg["cluster_samples"]))
-        emb = _gather_embeddings(emb)  # the whole subset on rank 0, None elsewhere
-        state = [self.cluster(emb, seed=epoch) if emb is not None else None]
+        whole = _gather_embeddings(emb)  # the whole subset on rank 0, None elsewhere
+        state = [self.cluster(whole, seed=epoch) if whole is not None else None]
         if _world() > 1:
             dist.broadcast_object_list(state, src=0)
         assert state[0] is not None
