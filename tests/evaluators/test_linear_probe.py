@@ -8,13 +8,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from avssl.evaluators._lbfgs import loss_grad
-from avssl.evaluators.linear_probe import (
-    _fit_torch,
-    fit_predict,
-    standardize,
-    stratified_split,
-    video_groups,
-)
+from avssl.evaluators.holdout import stratified_split, video_groups
+from avssl.evaluators.linear_probe import _fit_torch, fit_predict, standardize
 
 
 @pytest.fixture(scope="module")

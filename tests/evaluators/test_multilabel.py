@@ -16,7 +16,8 @@ from avssl.cli import UserError
 from avssl.evaluators import multilabel
 from avssl.evaluators._lbfgs import bce_loss_grad
 from avssl.evaluators.features import FeatureSet
-from avssl.evaluators.linear_probe import fit_predict_multilabel, random_split, standardize
+from avssl.evaluators.holdout import random_split
+from avssl.evaluators.linear_probe import fit_predict_multilabel, standardize
 from avssl.evaluators.multilabel import d_prime, multilabel_metrics, per_class
 from avssl.evaluators.protocols import SplitPair, parse_protocol
 from avssl.evaluators.tasks import run_round

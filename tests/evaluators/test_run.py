@@ -14,7 +14,8 @@ from avssl import cli
 from avssl.evaluators import _extract, tasks
 from avssl.evaluators import cache as cache_mod
 from avssl.evaluators.features import FeatureSet, extract_features
-from avssl.evaluators.linear_probe import fit_predict, video_groups
+from avssl.evaluators.holdout import video_groups
+from avssl.evaluators.linear_probe import fit_predict
 from avssl.evaluators.protocols import parse_protocol
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
 from avssl.evaluators.run import main

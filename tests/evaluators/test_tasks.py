@@ -11,15 +11,13 @@ from avssl.cli import UserError
 from avssl.evaluators._lbfgs import bce_loss_grad
 from avssl.evaluators.evaluate import _fit_notes
 from avssl.evaluators.features import FeatureSet
+from avssl.evaluators.holdout import mean_over_samples, random_split, stratified_split
 from avssl.evaluators.knn import knn_predict
 from avssl.evaluators.linear_probe import (
     _fit_torch,
     fit_predict,
     fit_predict_multilabel,
-    mean_over_samples,
-    random_split,
     standardize,
-    stratified_split,
 )
 from avssl.evaluators.multilabel import mean_average_precision
 from avssl.evaluators.protocols import SplitPair, parse_protocol
@@ -116,6 +114,15 @@ def test_mean_over_samples_averages_each_samples_probabilities():
     assert target.tolist() == [0, 1]  # samples 3, 7 in sorted order
     sig, _ = mean_over_samples(logits, y, np.array([0, 0, 1, 1]), "sigmoid")
     torch.testing.assert_close(sig[1], logits[2:].double().sigmoid().mean(0))
+
+
+def test_samples_split_across_groups_are_refused():
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="rows of one sample lie in several groups"):
+        fit_predict(x, y, x, lambdas=[1e-3, 1e-1], groups=np.array([0, 0, 1, 1]),
+                    samples=np.array([0, 1, 1, 2]), device="cpu")  # fmt: skip
+    with pytest.raises(ValueError, match=r"samples must be \[4\]"):
+        fit_predict(x, y, x, lambdas=[1e-3], samples=np.arange(3), device="cpu")
 
 
 def test_random_split_with_groups_holds_out_whole_groups():

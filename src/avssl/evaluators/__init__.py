@@ -4,7 +4,8 @@ Library functions on plain tensors or NumPy arrays (usable from a notebook):
 
 - :func:`avssl.evaluators.knn.knn_predict` - weighted kNN class scores (DINO convention).
 - :func:`avssl.evaluators.linear_probe.fit_predict` - logistic-regression probe, L2 strength
-  chosen on a held-out part of the training split.
+  chosen on a held-out part of the training split (:mod:`~avssl.evaluators.holdout`: which
+  samples share a source and are held out together).
 - :func:`avssl.evaluators.linear_probe.fit_predict_multilabel` - its one-vs-rest version for
   multi-label data, and :func:`avssl.evaluators.multilabel.multilabel_metrics` (mAP, mAUC,
   d-prime).

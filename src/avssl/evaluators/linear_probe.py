@@ -13,7 +13,7 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
    then refit on the whole training split. The test split is never used to choose anything.
    Where the training clips come in groups cut from one long video (UCF101's ``_gNN_cNN``
    names; its official splits hold out whole groups for the same reason, Soomro et al. 2012,
-   https://arxiv.org/abs/1212.0402), whole groups are held out (:func:`video_groups`), so
+   https://arxiv.org/abs/1212.0402), whole groups are held out (:func:`.holdout.video_groups`), so
    that the held-out accuracy is not inflated by near-copies of the fitted clips. With
    ``mean_scores`` (the probe fits every clip of a sample, a sample is scored by its clips'
    mean softmax) whole samples are held out and lambda is chosen on their mean-score top-1,
@@ -23,7 +23,7 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
 logistic regression per class (one-vs-rest: sigmoid + binary cross-entropy, each class with
 ``mean BCE + lambda / 2 * ||w_c||^2``, fitted jointly because the objective separates), the
 same features and lambda grid, lambda chosen by mAP (:mod:`avssl.evaluators.multilabel`) on a
-seeded random part of the training split (see :func:`random_split`).
+seeded random part of the training split (see :func:`.holdout.random_split`).
 
 ``solver="sklearn"`` runs the same protocol with ``sklearn.linear_model.LogisticRegression``
 (lbfgs). scikit-learn minimises ``C * sum CE + ||W||^2 / 2``; dividing by ``C * N`` gives our
@@ -33,7 +33,6 @@ objective, so ``C = 1 / (lambda * N)`` with N the number of samples being fitted
 from __future__ import annotations
 
 import functools
-import re
 import warnings
 
 import numpy as np
@@ -48,6 +47,13 @@ from avssl.evaluators._tensors import (
     num_classes_for,
     pick_device,
 )
+from avssl.evaluators.holdout import (
+    kept_together,
+    per_sample,
+    random_split,
+    row_ids,
+    stratified_split,
+)
 from avssl.evaluators.multilabel import mean_average_precision
 
 # 1e-7 ... 1e0: one value per decade.
@@ -61,106 +67,6 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
     train.sub_(mean)
     std = train.square().mean(0).sqrt_().clamp_min_(eps)  # population std (torch.std(0) is slow)
     return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
-
-
-_GROUP = re.compile(r"_g\d+_c\d+$")  # UCF101 clip names: v_<Class>_g<group>_c<clip>
-_ESC50 = re.compile(r"^(\d+-[0-9A-Za-z]+)-[A-Za-z]+-\d+$")  # <fold>-<src_file>-<take>-<target>
-#: HMDB51 clip names: <film>_<class>_<visible body>_<camera>_<people>_<viewpoint>_<quality>_<n>
-_HMDB = re.compile(r"_[a-z]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+$")
-
-
-def _group_name(key: str) -> str | None:
-    """The source a sample key names, where its dataset's names say (None elsewhere)."""
-    if _GROUP.search(key):  # UCF101: the clips of group NN come from one long video
-        return key[: key.rfind("_c")]
-    folder, _, name = key.rpartition("/")
-    esc = _ESC50.match(name)
-    if esc:  # ESC-50: the takes of one freesound recording
-        return f"{folder}/{esc.group(1)}"
-    cls = folder.rpartition("/")[2]
-    tail = _HMDB.search(name)
-    if tail and name[: tail.start()].endswith(f"_{cls}"):  # HMDB51: the clips of one film
-        return f"{folder}/{name[: tail.start() - len(cls) - 1]}"
-    return None
-
-
-def video_groups(keys: list[str]) -> np.ndarray | None:
-    """Group ids ``[N]`` for sample keys whose names say which clips share a source: UCF101's
-    ``..._gNN_cNN`` (the clips of group NN of a class are cut from one long video), ESC-50's
-    ``<fold>-<src_file>-<take>-<target>`` (takes of one recording), HMDB51's
-    ``<film>_<class>_<tags>`` (clips of one film, per class). Keys of one source share an id,
-    other keys get their own. None when no key names its source."""
-    names = [_group_name(k) for k in keys]
-    if all(n is None for n in names):
-        return None
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(n if n is not None else f"\0{i}", len(ids))
-                     for i, n in enumerate(names)])  # fmt: skip
-
-
-def stratified_split(
-    y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (fit, held_out): about ``fraction`` of each class held out, at least one kept.
-
-    With ``groups`` (``[N]`` ids, :func:`video_groups`) whole groups are held out: per class,
-    seeded-random groups are added while fewer than ``round(fraction * n)`` clips are held out,
-    and at least one group is kept (a class of one group holds nothing out).
-    """
-    rng = np.random.default_rng(seed)
-    fit, held = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        target = int(round(fraction * len(idx)))
-        if groups is None:
-            n_val = min(target, len(idx) - 1)
-            held.append(idx[:n_val])
-            fit.append(idx[n_val:])
-            continue
-        order = list(dict.fromkeys(groups[idx].tolist()))  # groups in a seeded random order
-        out: set = set()
-        n_out = 0
-        for g in order[:-1]:
-            if n_out >= target:
-                break
-            out.add(g)
-            n_out += int((groups[idx] == g).sum())
-        mask = np.isin(groups[idx], list(out))
-        held.append(idx[mask])
-        fit.append(idx[~mask])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
-
-
-def random_split(
-    n: int, fraction: float, seed: int, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (fit, held_out): a seeded random ``round(fraction * n)`` rows held out, at least
-    one row kept for fitting. With ``groups`` (``[n]`` ids) whole groups are held out, in a
-    seeded random order, while fewer than ``round(fraction * n)`` rows are, and at least one
-    group is kept.
-
-    For multi-label data: a stratified split is not defined when a sample belongs to several
-    classes at once (iterative stratification, Sechidis et al., 2011,
-    https://doi.org/10.1007/978-3-642-23808-6_10, only approximates one), so the held-out part
-    is a plain random fraction of the rows. Rare classes may then have no positive in it; they
-    are left out of the held-out mAP (:func:`avssl.evaluators.multilabel.per_class`).
-    """
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        perm = rng.permutation(n)
-        n_val = min(int(round(fraction * n)), n - 1) if n else 0
-        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-    groups = np.asarray(groups)
-    names, sizes = np.unique(groups, return_counts=True)
-    order = rng.permutation(len(names))
-    target, n_out, out = int(round(fraction * n)), 0, []
-    for i in order[:-1]:
-        if n_out >= target:
-            break
-        out.append(names[i])
-        n_out += int(sizes[i])
-    mask = np.isin(groups, out)
-    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def _fit_torch(
@@ -245,12 +151,12 @@ def fit_predict(
         tol: stop when the largest absolute gradient entry is below this.
         device: torch device; None -> CUDA when available.
         return_info: also return a dict with the chosen lambda and held-out accuracies.
-        groups: optional ``[N]`` group ids of the training rows (:func:`video_groups`); the
+        groups: optional ``[N]`` group ids of the training rows (:func:`.holdout.video_groups`); the
             held-out part then holds whole groups.
         samples: optional ``[N]`` sample ids of the training rows, for rows that are clips of
             samples scored by their mean softmax (``mean_scores``): the held-out part then
             holds whole samples, and lambda is chosen on their mean-score top-1, the way the
-            test split is scored (:func:`mean_over_samples`).
+            test split is scored (:func:`.holdout.mean_over_samples`).
 
     Returns:
         float ``[M, C]`` logits on the CPU, or ``(logits, info)`` when ``return_info``.
@@ -265,64 +171,23 @@ def fit_predict(
     xtr, ytr = xtr.to(dev), ytr.to(dev)
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
-    groups = _row_ids(groups, len(ytr), "groups")
-    samples = _row_ids(samples, len(ytr), "samples")
+    groups = row_ids(groups, len(ytr), "groups")
+    samples = row_ids(samples, len(ytr), "samples")
     if groups is not None:
         info["val_groups"] = int(len(np.unique(groups)))
     if samples is not None:
         info["val_on"] = "samples"
 
     def held_out():
-        return stratified_split(ytr.cpu().numpy(), val_fraction, seed, _whole(groups, samples))
+        return stratified_split(
+            ytr.cpu().numpy(), val_fraction, seed, kept_together(groups, samples)
+        )
 
-    score = _top1 if samples is None else _per_sample(_top1, samples, "softmax")
+    score = _top1 if samples is None else per_sample(_top1, samples, "softmax")
     logits = _choose_and_refit(
         fit, xtr, ytr, xte, c, grid, held_out, score, "val_top1", info, max_iter, tol
     )
     return (logits, info) if return_info else logits
-
-
-def _row_ids(ids: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
-    if ids is None:
-        return None
-    ids = np.asarray(ids)
-    if ids.shape != (n,):
-        raise ValueError(f"{name} must be [{n}], got {tuple(ids.shape)}")
-    return ids
-
-
-def _whole(groups: np.ndarray | None, samples: np.ndarray | None) -> np.ndarray | None:
-    """Ids whose rows the held-out split keeps together: the groups, else the samples. With
-    both, each sample must lie in one group (its clips are held out together)."""
-    if groups is None or samples is None:
-        return groups if groups is not None else samples
-    pairs = {(str(s), str(g)) for s, g in zip(samples.tolist(), groups.tolist())}
-    if len(pairs) != len(np.unique(samples)):
-        raise ValueError("samples: the rows of one sample lie in several groups")
-    return groups
-
-
-def mean_over_samples(
-    logits: torch.Tensor, y: torch.Tensor, samples: np.ndarray, norm: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mean_scores`` on held-out rows: (per-sample mean of the rows' probabilities, ``norm``
-    "softmax" or "sigmoid", ``[S, C]``; each sample's target), samples in order of first row."""
-    _, first, inverse = np.unique(samples, return_index=True, return_inverse=True)
-    inv = torch.from_numpy(inverse.reshape(-1)).to(logits.device)
-    prob = logits.double().softmax(dim=1) if norm == "softmax" else logits.double().sigmoid()
-    total = torch.zeros(len(first), prob.shape[1], dtype=prob.dtype, device=prob.device)
-    total.index_add_(0, inv, prob)
-    count = torch.bincount(inv, minlength=len(first)).to(prob.dtype)
-    return total / count[:, None], y[torch.from_numpy(first).to(y.device)]
-
-
-def _per_sample(score, samples: np.ndarray, norm: str):
-    """``score(logits, y, rows)`` of the held-out ``rows`` after :func:`mean_over_samples`."""
-
-    def scored(logits: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> float:
-        return score(*mean_over_samples(logits, y, samples[rows], norm))
-
-    return scored
 
 
 def fit_predict_multilabel(
@@ -346,7 +211,7 @@ def fit_predict_multilabel(
     y_nc) + lambda / 2 * ||w_c||^2`` (all classes share lambda and are fitted in one L-BFGS run
     of their summed, separable objective, :func:`avssl.evaluators._lbfgs.bce_loss_grad`), on the
     features of :func:`standardize`. Lambda is chosen by mAP on a seeded random
-    ``val_fraction`` of the training rows (:func:`random_split`; ties go to the stronger
+    ``val_fraction`` of the training rows (:func:`.holdout.random_split`; ties go to the stronger
     regularisation), then the probe is refit on the whole training split. The test split
     chooses nothing.
 
@@ -386,13 +251,13 @@ def fit_predict_multilabel(
     grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
     info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
     fit = functools.partial(_fit_torch, loss=bce_loss_grad)
-    groups = _row_ids(groups, len(ytr), "groups")
-    samples = _row_ids(samples, len(ytr), "samples")
+    groups = row_ids(groups, len(ytr), "groups")
+    samples = row_ids(samples, len(ytr), "samples")
     if samples is not None:
         info["val_on"] = "samples"
 
     def held_out():
-        held = random_split(len(ytr), val_fraction, seed, _whole(groups, samples))
+        held = random_split(len(ytr), val_fraction, seed, kept_together(groups, samples))
         if not bool(ytr[torch.from_numpy(held[1]).to(dev)].any()):
             raise ValueError(
                 f"no class has a positive in the held-out {val_fraction:.0%} of the "
@@ -400,7 +265,7 @@ def fit_predict_multilabel(
             )
         return held
 
-    score = _map if samples is None else _per_sample(_map, samples, "sigmoid")
+    score = _map if samples is None else per_sample(_map, samples, "sigmoid")
     logits = _choose_and_refit(
         fit, xtr, ytr, xte, c, grid, held_out, score, "val_mAP", info, max_iter, tol
     )

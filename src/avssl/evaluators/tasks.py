@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from avssl.cli import UserError
 from avssl.evaluators._tensors import confusion_matrix, non_finite_rows, topk_accuracy
 from avssl.evaluators.features import MODALITIES, FeatureSet
+from avssl.evaluators.holdout import video_groups
 from avssl.evaluators.knn import knn_predict
-from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel, video_groups
+from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel
 from avssl.evaluators.multilabel import multilabel_metrics
 from avssl.evaluators.protocols import Protocol, SplitPair
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
