@@ -18,7 +18,7 @@ from data_prep.__main__ import main
 
 REAL = {
     "audioset_clip_h264_aac": (10.0, 12.5, True, (256, 144)),
-    "kinetics_clip_h264_noaudio": (10.0, 28.0, False, (340, 256)),
+    "kinetics_clip_h264_noaudio": (10.0, 28.0, False, (426, 256)),  # SAR 64:51 -> square
     "ucf_style_mpeg4_mp3": (6.56, 25.0, True, (320, 240)),
 }
 

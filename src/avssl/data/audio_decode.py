@@ -251,11 +251,19 @@ def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, boo
         resample = stream.rate != sample_rate
         resampler = av.AudioResampler("fltp", rate=sample_rate) if resample else None
         raw = _RawSamples(src)
+        first_setup = None
         try:
             for frame in container.decode(stream):
                 if resampler is None:  # same rate: keep the raw samples, convert once below
                     raw.add(frame)
                     continue
+                setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if first_setup is None:
+                    first_setup = setup
+                elif setup != first_setup:  # the resampler would raise a bare ValueError
+                    raise MediaError(
+                        f"{_name(src)}: audio format changes mid-stream ({first_setup} -> {setup})"
+                    )
                 frame.pts = None
                 for out in resampler.resample(frame):
                     raw.add(out)

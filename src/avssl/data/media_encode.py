@@ -1,13 +1,18 @@
 """Frame- and sample-level encoders of the shard writer (shard format v1, DESIGN section 3).
 
-Video is re-encoded with PyAV/libx264 to a constant-frame-rate H.264 MP4 without audio: short
-side scaled down to ``short_side`` (never up; even dimensions), frame rate capped at ``max_fps``
-(frames dropped uniformly by timestamp), a keyframe at least every ``gop_seconds``, x264's
+Video is re-encoded with PyAV/libx264 to a constant-frame-rate H.264 MP4 without audio:
+upright (a display matrix's rotation applied) with square pixels (the sample aspect ratio
+applied), short side scaled down to ``short_side`` (never up; even dimensions), frame rate
+capped at ``max_fps`` (frames dropped uniformly by timestamp; AVI's frames, whose timestamps
+packed B-frames shuffle, and frames without timestamps are timed by their count at the
+source's rate), a keyframe at least every ``gop_seconds``, x264's
 ``fastdecode`` tune by default (no CABAC, no deblocking filter, no weighted prediction: the
 loader decodes these streams ~1.4-1.7x faster for ~4-17 % more bytes and ~0.3 dB less PSNR at
 the same CRF, see data_prep/README.md). Audio is downmixed to mono, resampled to ``sample_rate``
-and stored as 16-bit FLAC, aligned to the first video frame. Short GOPs keep random clip access
-cheap for the loader.
+and stored as 16-bit FLAC, aligned to the first video frame, with gaps in its timestamps kept
+as silence. Short GOPs keep random clip access cheap for the loader. A file is truncated when
+fewer frames decode than its header counts, or (no count: WebM, Matroska) when they stop well
+before the header's duration, or when its audio stops well before the audio's own duration.
 
 The encoders are fed decoded frames by :func:`avssl.data.writer.convert`: ``_VideoEncoder``
 (the mp4), :class:`JpegFrames` (JPEG frames at a low fps, instead of the mp4), ``_AudioCollector``
@@ -29,8 +34,11 @@ from av.video.reformatter import VideoReformatter
 
 # Fewer decoded frames than this fraction of the count in the header means a truncated file.
 MIN_FRAME_FRACTION = 0.9
-# Gaps in the frame timestamps up to this long are filled by repeating the last frame.
+# Gaps in the frame timestamps up to this long are filled by repeating the last frame (video)
+# or with silence (audio); longer jumps are closed.
 MAX_GAP_SECONDS = 2
+# Audio timestamps further than this past the end of the samples so far mark a gap.
+AUDIO_GAP_SECONDS = 0.02
 # libx264's --tune values ("none" = no tune): at most one of the first six (psychovisual
 # tunes), which may be joined by a comma with fastdecode and/or zerolatency.
 X264_TUNES = (
@@ -105,11 +113,44 @@ def _stream_rate(stream: Any) -> Fraction | None:
     return None
 
 
-def _frame_time(frame: Any, decoded: int, rate: Fraction) -> Fraction:
-    """The frame's time in seconds: its timestamp, else its decode count at ``rate``."""
-    if frame.pts is None:
+def _frame_time(frame: Any, decoded: int, rate: Fraction, count: bool = False) -> Fraction:
+    """The frame's time in seconds: its timestamp, else (no timestamp, or ``count``) its
+    decode count at the source ``rate``. AVI counts: its frames come out of the decoder in
+    display order but with the timestamps of the packets, which packed B-frames shuffle
+    (UCF101's and HMDB51's MPEG-4 AVIs: 1, 2, 4, 3, 5, 7, 6, ...), as in
+    :mod:`avssl.data.decode`."""
+    if count or frame.pts is None:
         return Fraction(decoded - 1) / rate
     return Fraction(frame.pts) * Fraction(frame.time_base)
+
+
+def counts_frames(container: Any) -> bool:
+    """True for containers whose frame timestamps are not trusted (AVI)."""
+    return "avi" in str(container.format.name).split(",")
+
+
+def _display(stream: Any, frame: Any, short_side: int) -> tuple[tuple[int, int], int]:
+    """(size to scale the decoded frame to, quarter turns counter-clockwise after scaling):
+    the stored frame is upright (the display matrix's rotation, e.g. a phone's portrait clip)
+    and has square pixels (the sample aspect ratio widens or narrows the frame first), its
+    short side at most ``short_side``, both sides even."""
+    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    sar = stream.sample_aspect_ratio if stream is not None else None
+    width = frame.width * float(sar) if sar and float(sar) > 0 else frame.width
+    width = max(1, int(round(width)))
+    if turns % 2:  # shown sideways: scale to the displayed size's transpose
+        h, w = output_size(frame.height, width, short_side)
+        return (w, h), turns
+    return output_size(width, frame.height, short_side), turns
+
+
+def _upright(img: Any, turns: int, fmt: str) -> Any:
+    """``img`` rotated by ``turns`` quarter turns counter-clockwise (``img`` itself for 0)."""
+    if not turns:
+        return img
+    rgb = np.rot90(img.to_ndarray(format="rgb24"), turns)
+    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return out.reformat(format=fmt)
 
 
 def _check_decoded(kept: int, decoded: int, declared: int) -> None:
@@ -120,15 +161,50 @@ def _check_decoded(kept: int, decoded: int, declared: int) -> None:
         raise MediaError(f"truncated: decoded {decoded} of {declared} frames")
 
 
+def _stream_end(stream: Any) -> float | None:
+    """Where the header says the stream ends, in seconds: its start + duration, else (WebM,
+    Matroska: no per-stream duration) the container's; None when unknown."""
+    if stream.duration and stream.time_base:
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        return start + float(stream.duration * stream.time_base)
+    container = getattr(stream, "container", None)
+    total = container_seconds(container)
+    if total is None:
+        return None
+    start = getattr(container, "start_time", None)
+    return total + (start / av.time_base if start else 0.0)
+
+
+def container_seconds(container: Any) -> float | None:
+    """The container's duration in seconds (its longest stream), or None when unknown."""
+    total = getattr(container, "duration", None)
+    return total / av.time_base if total else None
+
+
+def _check_span(first: Fraction | None, last: Fraction, declared: int, end: float | None):
+    """MediaError when the decoded frames (``first`` frame's time, ``last``: the end of the
+    last one, relative to ``first``) stop well before the header's end of the stream: the
+    truncation check of files whose header gives no frame count (WebM, Matroska), where
+    :func:`_check_decoded` cannot tell. Files with a frame count are checked by that."""
+    if declared or end is None or first is None:
+        return
+    shown, expected = float(last), end - float(first)
+    if expected >= 1.0 and shown < MIN_FRAME_FRACTION * expected:
+        raise MediaError(f"truncated: frames span {shown:.2f} s of {expected:.2f} s")
+
+
 class _VideoEncoder:
     """Streams decoded frames into a constant-frame-rate H.264 MP4 in memory."""
 
-    def __init__(self, stream: Any, settings: EncodeSettings) -> None:
+    def __init__(self, stream: Any, settings: EncodeSettings, count: bool = False) -> None:
         self.settings = settings
-        src = _stream_rate(stream) or Fraction(25)
+        self.stream, self.count = stream, count
+        self.src = _stream_rate(stream) or Fraction(25)
         cap = Fraction(settings.max_fps).limit_denominator(1001)
-        self.rate = min(src, cap)
+        self.rate = min(self.src, cap)
         self.declared = int(stream.frames or 0)
+        self.end = _stream_end(stream)
+        self.t_last = Fraction(0)
         self.decoded = 0
         self.emitted = 0
         self.t0: Fraction | None = None
@@ -141,7 +217,9 @@ class _VideoEncoder:
         self.reformatter = VideoReformatter()
 
     def _open(self, frame: Any) -> None:
-        self.size = output_size(frame.width, frame.height, self.settings.short_side)
+        scaled, self.turns = _display(self.stream, frame, self.settings.short_side)
+        self.scaled = scaled
+        self.size = (scaled[1], scaled[0]) if self.turns % 2 else scaled
         self.out = av.open(self.buf, mode="w", format="mp4")
         s = self.out.add_stream("libx264", rate=self.rate)
         s.width, s.height = self.size
@@ -168,19 +246,21 @@ class _VideoEncoder:
         self.decoded += 1
         if self.out is None:
             self._open(frame)
-        t = _frame_time(frame, self.decoded, self.rate)
+        t = _frame_time(frame, self.decoded, self.src, self.count)
         if self.t0 is None:
             self.t0 = t
+        self.t_last = max(self.t_last, t - self.t0)
         target = math.ceil((t - self.t0) * self.rate - Fraction(1, 2))  # ties round down
         if target > self.emitted + MAX_GAP_SECONDS * self.rate:  # a timestamp jump: close it
             self.t0 += Fraction(target - self.emitted) / self.rate
             target = self.emitted
         if target < self.emitted:
             return
-        w, h = self.size
+        w, h = self.scaled
         img = self.reformatter.reformat(
             frame, width=w, height=h, format="yuv420p", interpolation="AREA", threads=1
         )
+        img = _upright(img, self.turns, "yuv420p")
         while self.last is not None and self.emitted < target:  # duplicate over a gap
             self._emit(self.last)
         self._emit(img)
@@ -188,6 +268,7 @@ class _VideoEncoder:
 
     def finish(self) -> tuple[bytes, dict[str, Any]]:
         _check_decoded(self.emitted, self.decoded, self.declared)  # emitted > 0: opened
+        _check_span(self.t0, self.t_last + 1 / self.src, self.declared, self.end)
         for packet in self.ostream.encode():
             self.out.mux(packet)
         self.out.close()
@@ -217,24 +298,29 @@ class JpegFrames:
     one for constant-rate video), scaled as the mp4 would be; timestamp gaps are filled or
     closed as in the mp4 (``MAX_GAP_SECONDS``)."""
 
-    def __init__(self, stream: Any, settings: EncodeSettings) -> None:
+    def __init__(self, stream: Any, settings: EncodeSettings, count: bool = False) -> None:
         self.settings = settings
+        self.stream, self.count = stream, count
         self.src = _stream_rate(stream) or Fraction(25)
         self.rate = min(Fraction(settings.jpeg_fps).limit_denominator(1001), self.src)
         self.declared = int(stream.frames or 0)
+        self.end = _stream_end(stream)
         self.decoded = 0
         self.t0: Fraction | None = None
         self.t_last = Fraction(0)
         self.jpegs: list[bytes] = []
         self.size: tuple[int, int] | None = None
+        self.scaled, self.turns = (0, 0), 0
         self.reformatter = VideoReformatter()
 
     def push(self, frame: Any) -> None:
         self.decoded += 1
-        t = _frame_time(frame, self.decoded, self.src)
+        t = _frame_time(frame, self.decoded, self.src, self.count)
         if self.t0 is None:
             self.t0 = t
-            self.size = output_size(frame.width, frame.height, self.settings.short_side)
+            self.scaled, self.turns = _display(self.stream, frame, self.settings.short_side)
+            w, h = self.scaled
+            self.size = (h, w) if self.turns % 2 else (w, h)
         t -= self.t0
         if t - self.t_last > MAX_GAP_SECONDS:  # a timestamp jump: close it, as the mp4 does
             self.t0 += t - self.t_last - 1 / self.src
@@ -243,15 +329,16 @@ class JpegFrames:
         img = None
         while t >= Fraction(len(self.jpegs)) / self.rate - 1 / (2 * self.src):
             if img is None:
-                w, h = self.size  # type: ignore[misc]
+                w, h = self.scaled
                 img = self.reformatter.reformat(
                     frame, width=w, height=h, format="yuvj420p", interpolation="AREA", threads=1
                 )
-                data = encode_jpeg(img)
+                data = encode_jpeg(_upright(img, self.turns, "yuvj420p"))
             self.jpegs.append(data)  # a gap longer than 1 / jpeg_fps repeats the frame
 
     def finish(self) -> tuple[list[bytes], dict[str, Any]]:
         _check_decoded(len(self.jpegs), self.decoded, self.declared)
+        _check_span(self.t0, self.t_last + 1 / self.src, self.declared, self.end)
         w, h = self.size  # type: ignore[misc]
         info = {"fps": float(self.rate), "width": w, "height": h, "num_frames": len(self.jpegs)}
         info["duration"] = round(float(self.t_last + 1 / self.src), 4)
@@ -260,22 +347,65 @@ class JpegFrames:
 
 
 class _AudioCollector:
-    """Decoded audio -> mono int16 at the target rate, with the first sample's time."""
+    """Decoded audio -> mono int16 at the target rate, with the first sample's time.
 
-    def __init__(self, sample_rate: int) -> None:
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    Each frame's timestamp is followed: a gap of more than ``AUDIO_GAP_SECONDS`` after the
+    samples so far is filled with silence up to ``MAX_GAP_SECONDS`` (longer jumps are closed,
+    as the video's are), so that the audio after a gap stays at its time. A change of sample
+    format, channel layout or rate in the middle of the stream starts a new resampler. The
+    source samples decoded are counted (``decoded_s``) against ``duration`` (seconds, None:
+    not checked) for the truncation check. ``follow_gaps`` False (AVI, whose timestamps are
+    not trusted) keeps the samples back to back."""
+
+    def __init__(
+        self, sample_rate: int, duration: float | None = None, follow_gaps: bool = True
+    ) -> None:
+        self.sample_rate, self.follow_gaps = sample_rate, follow_gaps
+        self.resampler: Any = None
+        self.setup: tuple | None = None
         self.chunks: list[np.ndarray] = []
         self.t0: float | None = None
+        self.end: float | None = None  # source time just after the last decoded sample
+        self.decoded_s = 0.0
+        self.duration = duration
+
+    def _flush(self) -> None:
+        if self.resampler is not None:
+            for out in self.resampler.resample(None):
+                self.chunks.append(out.to_ndarray().reshape(-1))
+        self.resampler = None
 
     def push(self, frame: Any) -> None:
-        if self.t0 is None and frame.pts is not None:
-            self.t0 = float(frame.pts * frame.time_base)
+        t = float(frame.pts * frame.time_base) if frame.pts is not None else None
+        if self.t0 is None and t is not None:
+            self.t0 = t
+        if self.follow_gaps and t is not None and self.end is not None:
+            gap = t - self.end
+            if gap > AUDIO_GAP_SECONDS:
+                self._flush()
+                if gap <= MAX_GAP_SECONDS:
+                    self.chunks.append(np.zeros(int(round(gap * self.sample_rate)), np.int16))
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if setup != self.setup:
+            self._flush()
+            self.setup = setup
+        if self.resampler is None:
+            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        seconds = frame.samples / frame.sample_rate if frame.sample_rate else 0.0
+        self.decoded_s += seconds
+        start = t if t is not None else self.end
+        self.end = None if start is None else start + seconds
+        frame.pts = None  # the resampler would otherwise re-time its output by the gaps
         for out in self.resampler.resample(frame):
             self.chunks.append(out.to_ndarray().reshape(-1))
 
     def finish(self) -> np.ndarray:
-        for out in self.resampler.resample(None):
-            self.chunks.append(out.to_ndarray().reshape(-1))
+        self._flush()
+        if self.duration and self.duration >= 1.0 and self.decoded_s:
+            if self.decoded_s < MIN_FRAME_FRACTION * self.duration:
+                raise MediaError(
+                    f"truncated: decoded {self.decoded_s:.2f} s of {self.duration:.2f} s of audio"
+                )
         if not self.chunks:
             return np.zeros(0, np.int16)
         return np.concatenate(self.chunks).astype(np.int16)

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import av
 import numpy as np
 
 from avssl.data.media_encode import (
+    MIN_FRAME_FRACTION,
     X264_TUNES,
     EncodeSettings,
     JpegFrames,
@@ -30,6 +32,8 @@ from avssl.data.media_encode import (
     _AudioCollector,
     _VideoEncoder,
     check_tune,
+    container_seconds,
+    counts_frames,
     encode_flac,
     encode_wav,
     output_size,
@@ -73,6 +77,25 @@ class Converted:
     frames: list[bytes] | None = None  # JPEG frames instead of the mp4 (``jpeg_fps`` > 0)
 
 
+def _check_wav_length(path: Path) -> None:
+    """MediaError for a RIFF/WAVE file whose data chunk holds less than
+    ``MIN_FRAME_FRACTION`` of the bytes its header declares (a cut download): FFmpeg takes
+    the length from the file size, so the decoded audio alone cannot tell."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos, size_on_disk = 12, path.stat().st_size
+    while pos + 8 <= len(head):
+        cid, size = struct.unpack_from("<4sI", head, pos)
+        if cid == b"data":
+            have = size_on_disk - (pos + 8)
+            if 0 < size < 0xFFFFFFFF and have < MIN_FRAME_FRACTION * size:
+                raise MediaError(f"truncated: WAV data holds {have} of {size} bytes")
+            return
+        pos += 8 + size + (size & 1)
+
+
 def _open(path: Path) -> Any:
     if not path.is_file():
         raise MediaError("file not found")
@@ -89,10 +112,16 @@ def _decodable(stream: Any) -> bool:
     return ctx is not None and getattr(ctx, "name", None) not in (None, "", "none")
 
 
+def _cover_art(stream: Any) -> bool:
+    """An embedded picture (an audio file's cover), not a video."""
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
 def _pick_streams(container: Any, want_video: bool) -> tuple[Any, Any]:
-    video = next((s for s in container.streams.video if _decodable(s)), None)
+    pictures = [s for s in container.streams.video if not _cover_art(s)]
+    video = next((s for s in pictures if _decodable(s)), None)
     audio = next((s for s in container.streams.audio if _decodable(s)), None)
-    if container.streams.video and video is None and want_video:
+    if pictures and video is None and want_video:
         raise MediaError("video stream without a usable codec")
     if container.streams.audio and audio is None:  # not kept as silent: has_audio false means
         raise MediaError("audio stream without a usable codec")  # the source has no sound
@@ -138,12 +167,29 @@ def _finish_video(venc: Any, counts: dict[str, Any]) -> tuple[Any, dict]:
     return venc.finish()
 
 
-def _finish_audio(acol: _AudioCollector, counts: dict[str, Any]) -> np.ndarray:
+def _finish_audio(acol: _AudioCollector, counts: dict[str, Any]) -> np.ndarray | None:
+    """The decoded samples; None for an audio track without a single packet (and so without
+    decode errors): the source has no sound, as one without an audio stream."""
+    if counts["a_packets"] == 0 and counts["a_errors"] == 0:
+        return None
     samples = acol.finish()
     bad = counts["a_errors"] > MAX_BAD_PACKETS * max(counts["a_packets"], 1)
     if bad or samples.size == 0:
         raise MediaError(f"audio undecodable ({counts['a_error'] or 'no samples decoded'})")
     return samples
+
+
+def _audio_seconds(audio: Any, video: Any, count: bool) -> float | None:
+    """What the decoded audio is checked against for truncation: the audio stream's own
+    duration, or for a file without video the container's; None (not checked) otherwise (the
+    container's duration of a video file may be the video's) and in AVI (its audio headers
+    count in their own units: 3.6 s declared for 3.0 s of MP3 written with an offset)."""
+    if count:
+        return None
+    if audio.duration and audio.time_base:
+        return float(audio.duration * audio.time_base)
+    total = container_seconds(audio.container)
+    return total if video is None else None
 
 
 def convert(
@@ -157,14 +203,20 @@ def convert(
     """
     path = Path(path)
     with _open(path) as container:
+        if "wav" in str(container.format.name).split(","):
+            _check_wav_length(path)
         video, audio = _pick_streams(container, want_video)
         if video is None and require_video:
             raise MediaError("no video stream")
         if video is None and audio is None:
             raise MediaError("no audio or video stream")
         sink = JpegFrames if settings.jpeg_fps > 0 else _VideoEncoder
-        venc = sink(video, settings) if video is not None else None
-        acol = _AudioCollector(settings.sample_rate) if audio is not None else None
+        count = counts_frames(container)
+        venc = sink(video, settings, count) if video is not None else None
+        acol = None
+        if audio is not None:
+            expected = _audio_seconds(audio, video, count)
+            acol = _AudioCollector(settings.sample_rate, expected, follow_gaps=not count)
         try:
             counts = _demux(container, video, audio, venc, acol)
         except av.FFmpegError as err:
@@ -176,8 +228,11 @@ def convert(
     samples = None
     if acol is not None:
         samples = _finish_audio(acol, counts)
-        if venc is not None and venc.t0 is not None and acol.t0 is not None:
-            samples = _align(samples, acol.t0 - float(venc.t0), settings.sample_rate)
+        if samples is not None and venc is not None and venc.t0 is not None:
+            if acol.t0 is not None:
+                samples = _align(samples, acol.t0 - float(venc.t0), settings.sample_rate)
+            if samples.size == 0:  # all of it before the first video frame: no sound in the clip
+                samples = None
     n = int(samples.size) if samples is not None else 0
     meta: dict[str, Any] = {"fps": None, "width": None, "height": None, "num_frames": 0}
     meta.update(info, has_video=venc is not None, has_audio=samples is not None)
