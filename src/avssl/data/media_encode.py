@@ -171,8 +171,8 @@ def _stream_end(stream: Any) -> float | None:
     total = container_seconds(container)
     if total is None:
         return None
-    start = getattr(container, "start_time", None)
-    return total + (start / av.time_base if start else 0.0)
+    offset = getattr(container, "start_time", None)
+    return total + (offset / av.time_base if offset else 0.0)
 
 
 def container_seconds(container: Any) -> float | None:
