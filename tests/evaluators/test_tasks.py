@@ -103,6 +103,26 @@ def test_mean_scores_lambda_is_chosen_on_held_out_samples_scored_by_their_mean()
     assert per_clip != info["val_top1"]  # the per-clip score differs here: the test can fail
 
 
+def test_mean_scores_knn_votes_among_training_clips():
+    """With ``mean_scores`` each test clip votes among the training *clips*, as the probes
+    are fitted on them (it voted among the training samples' clip means: 90 % here)."""
+    p = _protocol({"type": "knn", "k": [5], "temperature": 0.07}, "mean_scores")
+    fs_tr, fs_te = _features(40, 3, spread=5.0), _features(20, 13, spread=5.0)
+    r = run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+    test_clips = fs_te.get("audio", per_clip=True).reshape(60, -1)
+
+    def top1(bank: torch.Tensor, labels: torch.Tensor) -> float:
+        votes = knn_predict(bank, labels, test_clips, 5, 0.07, 4, device="cpu").double()
+        share = (votes / votes.sum(1, keepdim=True)).reshape(20, 3, 4).mean(1)
+        return 100 * (share.argmax(1) == fs_te.labels).double().mean().item()
+
+    clips = top1(
+        fs_tr.get("audio", per_clip=True).reshape(120, -1), fs_tr.labels.repeat_interleave(3)
+    )
+    assert r["metrics"]["k5_top1"] == pytest.approx(clips)
+    assert clips != top1(fs_tr.get("audio"), fs_tr.labels)  # the bank of clip means: another
+
+
 def test_mean_over_samples_averages_each_samples_probabilities():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
     y = torch.tensor([1, 0, 1, 0])

@@ -186,7 +186,8 @@ def run_round(
             )
             out = _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups, samples)
         else:
-            out = _knn(p, fs_tr.get(kind), y_tr, fs_te, y_te, kind, num_classes, device)
+            x_bank, y_bank, _, _ = _train_rows(p, fs_tr, kind, y_tr, None)  # clips: mean_scores
+            out = _knn(p, x_bank, y_bank, fs_te, y_te, kind, num_classes, device)
     except ValueError as err:
         raise UserError(f"{kind}/{pair.name}: {err}") from None
     info.update(out.get("extra", {}))
@@ -261,7 +262,9 @@ def _linear_multilabel(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, device, sampl
 
 def _knn(p: Protocol, x_tr, y_tr, fs_te, y_te, kind, num_classes, device) -> dict:
     """Weighted kNN: metrics for every k, predictions of the first k (for the plots), and
-    ``k_capped``: each k above the number of training samples N, where all N vote."""
+    ``k_capped``: each k above the number of training rows N, where all N vote. The rows are
+    the training samples' clip means, or with ``mean_scores`` their single clips (each test
+    clip votes among training clips, as the probes are fitted on them)."""
     clf, metrics, pred = p.classifier, {}, None
     for k in clf["k"]:
 
