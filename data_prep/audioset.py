@@ -12,11 +12,10 @@ known pattern is detected. Split name = CSV stem. Audio-only mirrors are accepte
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, index_media, need_file, read_lines, read_text, rel_to
+from data_prep.common import Context, Plan, csv_rows, index_media, need_file, numbered_lines, rel_to
 from data_prep.vggsound import format_name
 
 OPTIONS = ("pattern", "csv", "labels")
@@ -65,33 +64,37 @@ def read_labels(ctx: Context, root: Path) -> tuple[list[str], dict[str, int]]:
     )
     path = next((c for c in cands if c.is_file()), cands[0])
     need_file(path, "AudioSet class_labels_indices.csv")
-    rows = list(csv.DictReader(io.StringIO(read_text(path))))
-    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
-        raise UserError(f"{path}: expected columns index,mid,display_name")
+    columns = ("index", "mid", "display_name")
+    numbered = csv_rows(path, columns, required=columns)
+    if not numbered:
+        raise UserError(f"{path}: expected columns index,mid,display_name and a row per class")
     names: dict[int, str] = {}
-    for n, row in enumerate(rows, 2):
+    mids: dict[str, int] = {}
+    for n, row in numbered:
         if not str(row["index"]).strip().isdigit():
             raise UserError(f"{path}:{n}: index {row['index']!r} is not a non-negative integer")
-        row["index"] = int(row["index"])
-        names[row["index"]] = row["display_name"]
+        names[int(row["index"])] = row["display_name"]
+        mids[row["mid"]] = int(row["index"])
     if sorted(names) != list(range(len(names))):
         raise UserError(f"{path}: indices must be 0..{len(names) - 1} without gaps")
-    return [names[i] for i in range(len(names))], {r["mid"]: r["index"] for r in rows}
+    return [names[i] for i in range(len(names))], mids
 
 
 def parse_segments(path: Path, mids: dict[str, int]) -> list[dict]:
     rows = []
-    for n, line in enumerate(read_lines(path), 1):
+    for n, line in numbered_lines(path):
         if line.startswith("#"):
             continue
         fields = next(csv.reader([line], skipinitialspace=True))
-        if len(fields) != 4:
+        if len(fields) != 4 or not fields[0].strip():
             raise UserError(f"{path}:{n}: expected 'YTID, start, end, \"mids\"', got {line!r}")
         try:
             start, end = float(fields[1]), float(fields[2])
         except ValueError:
             raise UserError(f"{path}:{n}: start/end seconds are not numbers: {line!r}") from None
         labels = [m.strip() for m in fields[3].split(",") if m.strip()]
+        if not labels:
+            raise UserError(f"{path}:{n}: no label mids in {line!r}")
         unknown = [m for m in labels if m not in mids]
         if unknown:
             raise UserError(f"{path}:{n}: label {unknown[0]} not in class_labels_indices.csv")

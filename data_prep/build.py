@@ -58,13 +58,22 @@ def _check_out(out: Path, dataset: str) -> None:
     except OSError as err:
         raise UserError(f"cannot write to OUT {out} ({err.strerror or err})") from None
     old = out / "manifest.json"
-    if old.is_file():
-        try:
-            previous = json.loads(old.read_text()).get("dataset")
-        except ValueError:
-            previous = None
-        if previous not in (None, dataset):
-            raise UserError(f"OUT {out} already holds dataset {previous!r}; choose another OUT")
+    if old.exists() and not old.is_file():
+        raise UserError(f"OUT {out}: manifest.json is not a file; remove it or choose another OUT")
+    previous = _previous_dataset(old) if old.is_file() else None
+    if previous not in (None, dataset):
+        raise UserError(f"OUT {out} already holds dataset {previous!r}; choose another OUT")
+
+
+def _previous_dataset(manifest: Path) -> Any:
+    """The ``dataset`` an existing manifest names; None when it names none: not readable, not
+    JSON, or JSON other than an object (then it is not taken for a manifest of data_prep's,
+    and this run replaces it)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("dataset") if isinstance(data, dict) else None
 
 
 def _stats_keys(items: list[Item], limit: int) -> set[str]:

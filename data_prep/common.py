@@ -7,6 +7,8 @@ and failures for files that are listed but missing on disk.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,22 +16,58 @@ from typing import Any
 
 from avssl.cli import UserError
 
+#: containers FFmpeg reads that hold video (AVCHD .mts/.m2ts, DVD .vob, camcorder .mod/.tod,
+#: broadcast .mxf/.dv, ...); raw elementary streams (.h264, .m2v) are left out: no timestamps
 VIDEO_EXTS = (
     ".mp4",
     ".avi",
     ".mkv",
     ".webm",
     ".mov",
+    ".qt",
     ".m4v",
     ".mpg",
     ".mpeg",
-    ".flv",
-    ".wmv",
-    ".3gp",
-    ".ogv",
+    ".vob",
+    ".mod",
+    ".tod",
     ".ts",
+    ".mts",
+    ".m2ts",
+    ".m2t",
+    ".flv",
+    ".f4v",
+    ".wmv",
+    ".asf",
+    ".3gp",
+    ".3g2",
+    ".ogv",
+    ".mxf",
+    ".dv",
+    ".divx",
 )
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
+AUDIO_EXTS = (
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".wma",
+    ".mka",
+    ".ac3",
+    ".mp2",
+    ".amr",
+    ".au",
+    ".caf",
+    ".wv",
+    ".w64",
+)
 MEDIA_EXTS = VIDEO_EXTS + AUDIO_EXTS
 
 
@@ -152,8 +190,7 @@ def read_text(path: Path) -> str:
 
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; tolerates CRLF endings and a UTF-8 byte-order mark."""
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line for _, line in numbered_lines(path)]
 
 
 def need_file(path: Path, what: str) -> Path:
@@ -204,21 +241,140 @@ def _video_first(path: Path) -> tuple[bool, str]:
     return (not path.name.lower().endswith(VIDEO_EXTS), path.name)
 
 
+@dataclass
+class Walk:
+    """What :func:`walk_files` found: media files, and what it passed over (none silently)."""
+
+    media: list[Path] = field(default_factory=list)
+    not_media: list[Path] = field(default_factory=list)  # an extension not in MEDIA_EXTS
+    links_skipped: list[tuple[Path, str]] = field(default_factory=list)  # (folder, real path)
+    unreadable: list[str] = field(default_factory=list)  # folders os.walk could not list
+
+    def notes(self, root: Path) -> list[str]:
+        """One note per kind of file or folder passed over, with counts and a few examples."""
+        notes = []
+        if self.not_media:
+            by_ext: dict[str, list[Path]] = {}
+            for path in self.not_media:
+                by_ext.setdefault(_kind(path.name), []).append(path)
+            exts = sorted(by_ext, key=lambda e: (-len(by_ext[e]), e))
+            counts = ", ".join(f"{e} {len(by_ext[e])}" for e in exts[:6])
+            more = ", ..." if len(exts) > 6 else ""
+            shown = ", ".join(rel_to(by_ext[e][0], root) for e in exts[:3])
+            notes.append(
+                f"{len(self.not_media)} file(s) below ROOT skipped as not media by their "
+                f"extension ({counts}{more}; e.g. {shown}); media extensions are listed in "
+                "data_prep/README.md"
+            )
+        if self.links_skipped:
+            link, real = self.links_skipped[0]
+            notes.append(
+                f"{len(self.links_skipped)} folder(s) below ROOT not walked: the same folder as "
+                "one walked already (reached through a symbolic link) or a link to a folder "
+                f"above it (e.g. {rel_to(link, root)} is {real})"
+            )
+        if self.unreadable:
+            notes.append(
+                f"{len(self.unreadable)} folder(s) below ROOT could not be read (e.g. "
+                f"{self.unreadable[0]})"
+            )
+        return notes
+
+
+def _kind(name: str) -> str:
+    """A skipped file's kind for the note: its extension, ``hidden`` or ``no extension``."""
+    if name.startswith("."):
+        return "hidden"
+    return os.path.splitext(name)[1].lower() or "no extension"
+
+
+def walk_files(root: Path) -> Walk:
+    """Every file below ``root`` (folders and names sorted), sorted into media and not media.
+
+    Symbolic links to folders are followed, each real folder once: a link to a folder already
+    walked (by its real path), or to a folder holding the current one (a loop), is recorded in
+    ``links_skipped`` instead. Folders that cannot be listed are recorded in ``unreadable``.
+    """
+    found = Walk()
+    seen = {os.path.realpath(root)}
+
+    def unreadable(err: OSError) -> None:
+        found.unreadable.append(f"{err.filename}: {err.strerror or err}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        here = os.path.realpath(dirpath)
+        skipped = set()
+        # folders themselves claim their real path before links to them in the same folder
+        for name in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen or os.path.commonpath([real, here]) == real:
+                found.links_skipped.append((Path(dirpath) / name, real))
+                skipped.add(name)
+            else:
+                seen.add(real)
+        dirnames[:] = [d for d in sorted(dirnames) if d not in skipped]
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            (found.media if name.lower().endswith(MEDIA_EXTS) else found.not_media).append(path)
+    return found
+
+
 def index_media(root: Path) -> dict[str, Path]:
     """Maps file stem (and full name) -> path for every media file below ``root``; where a
     stem has several files, a video container wins over an audio-only file (a mirror's
-    ``audio/<id>.wav`` beside ``video/<id>.mp4``), then the first in sorted order."""
+    ``audio/<id>.wav`` beside ``video/<id>.mp4``), then the first in sorted order. Linked
+    folders are followed as in :func:`walk_files`."""
     index: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(MEDIA_EXTS):
-                path = Path(dirpath) / name
-                for key in (name, os.path.splitext(name)[0]):
-                    held = index.get(key)
-                    if held is None or _video_first(path)[0] < _video_first(held)[0]:
-                        index[key] = path
+    for path in walk_files(root).media:
+        name = path.name
+        for key in (name, os.path.splitext(name)[0]):
+            held = index.get(key)
+            if held is None or _video_first(path)[0] < _video_first(held)[0]:
+                index[key] = path
     return index
+
+
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped line) of the non-empty lines; CRLF and a BOM tolerated."""
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def csv_rows(
+    path: Path, columns: tuple[str, ...], required: tuple[str, ...] = ()
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for each row of a CSV file with a header line.
+
+    Lines with nothing but blanks and commas are skipped. Values are not stripped.
+
+    Raises:
+        UserError: ``path:line``: a header without one of ``columns``, a row with fewer or more
+            fields than the header, or an empty value in one of the ``required`` columns.
+    """
+    reader = csv.DictReader(io.StringIO(read_text(path)))
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    if header and missing:
+        raise UserError(
+            f"{path}: expected columns {','.join(columns)} (missing {','.join(missing)})"
+        )
+    rows = []
+    for row in reader:
+        n = reader.line_num
+        values = [v for k, v in row.items() if k is not None and v is not None]
+        extra = row.get(None) or []  # fields beyond the header
+        if not any(str(v).strip() for v in [*values, *extra]):
+            continue
+        if extra or None in row.values():
+            raise UserError(
+                f"{path}:{n}: expected {len(header)} fields ({','.join(header)}), got "
+                f"{len(values) + len(extra)}"
+            )
+        blank = [c for c in required if not row[c].strip()]
+        if blank:
+            raise UserError(f"{path}:{n}: {blank[0]} is empty")
+        rows.append((n, row))
+    return rows
 
 
 def rel_to(path: Path, root: Path) -> str:

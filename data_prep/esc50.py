@@ -7,11 +7,8 @@ written (``has_video`` false).
 
 from __future__ import annotations
 
-import csv
-import io
-
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, need_file, read_text, resolve
+from data_prep.common import Context, Plan, csv_rows, need_file, resolve
 
 OPTIONS: tuple[str, ...] = ()
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
@@ -28,12 +25,12 @@ def collect(ctx: Context) -> Plan:
     else:
         meta = (ctx.splits or root / "meta") / "esc50.csv"
     need_file(meta, "ESC-50 metadata (meta/esc50.csv)")
-    rows = list(csv.DictReader(io.StringIO(read_text(meta))))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
-    if not rows or missing:
-        raise UserError(f"{meta}: expected columns {','.join(COLUMNS)} (missing {missing})")
+    numbered = csv_rows(meta, COLUMNS, required=("filename", "fold", "target", "category"))
+    if not numbered:
+        raise UserError(f"{meta}: expected columns {','.join(COLUMNS)} and a row per clip")
+    rows = [row for _, row in numbered]
     names: dict[int, str] = {}
-    for n, row in enumerate(rows, 2):
+    for n, row in numbered:
         try:
             target, fold = int(row["target"]), int(row["fold"])
         except ValueError:

@@ -3,19 +3,19 @@
 ``--layout auto`` (default) uses classes when ROOT holds sub-folders with media and no media
 files of its own; ``classes`` forces it (files directly in ROOT get label -1); ``flat``
 ignores folders (all labels -1). Every media file below ROOT is a sample (video and/or audio;
-files with neither fail). Split ``all`` holds every sample; with classes, ``train`` and
+files with neither fail); other files are counted in a note, and linked folders are followed
+(each real folder once). Split ``all`` holds every sample; with classes, ``train`` and
 ``test`` as well: a seeded split stratified by class (see :func:`stratified_split`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 from avssl.cli import UserError
-from data_prep.common import MEDIA_EXTS, Context, Plan, rel_to
+from data_prep.common import MEDIA_EXTS, Context, Plan, rel_to, walk_files
 
 OPTIONS = ("layout", "test_fraction", "split_seed")
 LAYOUTS = ("auto", "classes", "flat")
@@ -23,11 +23,8 @@ TEST_FRACTION, SPLIT_SEED = 0.2, 0
 
 
 def media_files(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(MEDIA_EXTS)]
-    return files
+    """Every media file below ``root`` (linked folders followed once, see ``walk_files``)."""
+    return walk_files(root).media
 
 
 def stratified_split(
@@ -71,9 +68,11 @@ def collect(ctx: Context) -> Plan:
     layout = ctx.options.get("layout") or "auto"
     if layout not in LAYOUTS:
         raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    files = media_files(root)
+    walk = walk_files(root)
+    files = walk.media
     if not files:
-        raise UserError(f"no media files ({', '.join(MEDIA_EXTS)}) below ROOT {root}")
+        passed = "".join(f"; {note}" for note in walk.notes(root))
+        raise UserError(f"no media files ({', '.join(MEDIA_EXTS)}) below ROOT {root}{passed}")
     top_level = any(f.parent == root for f in files)
     labelled = layout == "classes" or (layout == "auto" and not top_level)
     fraction, seed = _split_options(ctx.options, labelled)
@@ -83,6 +82,7 @@ def collect(ctx: Context) -> Plan:
     ids = {c: i for i, c in enumerate(classes)}
     plan = Plan(dataset=ctx.dataset, classes=classes, require_video=False, splits={"all": []})
     plan.notes.append(f"layout: {'one class per sub-folder' if labelled else 'flat, unlabelled'}")
+    plan.notes += walk.notes(root)
     by_class: dict[str, list[str]] = {c: [] for c in classes}
     for path in files:
         rel = rel_to(path, root)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, find_dir, read_lines, resolve
+from data_prep.common import Context, Plan, find_dir, numbered_lines, resolve
 
 OPTIONS: tuple[str, ...] = ()
 SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[123])\.txt$")
@@ -38,7 +38,7 @@ def _split_files(split_dir: Path) -> dict[str, dict[int, Path]]:
 
 def _parse(path: Path) -> list[tuple[str, str | None]]:
     rows = []
-    for n, line in enumerate(read_lines(path), 1):
+    for n, line in numbered_lines(path):
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or parts[1] not in CODES:
             raise UserError(f"{path}:{n}: expected '<video>.avi <0|1|2>', got {line!r}")

@@ -16,21 +16,21 @@ Class folders may spell names with spaces or underscores.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 from avssl.cli import UserError
 from data_prep.common import (
-    MEDIA_EXTS,
     Context,
     Plan,
+    Walk,
+    csv_rows,
     index_media,
-    read_lines,
+    numbered_lines,
     read_text,
     rel_to,
     resolve,
+    walk_files,
 )
 
 OPTIONS: tuple[str, ...] = ()
@@ -82,18 +82,33 @@ def norm(name: str) -> str:
 IDS = {norm(c): i for i, c in enumerate(CLASSES)}
 
 
+def _list_entries(path: Path) -> list[tuple[str, str]]:
+    """(where, relative path) of each entry of a split list: ``path:line`` or ``path: entry k``.
+
+    Raises:
+        UserError: JSON that does not parse, or an entry that is empty or not a string.
+    """
+    text = read_text(path).strip()
+    if not text.startswith("["):
+        return [(f"{path}:{n}", line.split()[0]) for n, line in numbered_lines(path)]
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not a valid JSON list ({err})") from None
+    found = []
+    for k, entry in enumerate(entries, 1):
+        if not isinstance(entry, str) or not entry.split():
+            raise UserError(f"{path}: entry {k}: expected '<class_folder>/<file>', got {entry!r}")
+        found.append((f"{path}: entry {k}", entry.split()[0]))
+    return found
+
+
 def _from_lists(ctx: Context, plan: Plan, root: Path, lists: dict[str, Path]) -> None:
     for split, path in lists.items():
-        text = read_text(path).strip()
-        try:
-            entries = json.loads(text) if text.startswith("[") else read_lines(path)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not a valid JSON list ({err})") from None
-        for entry in entries:
-            rel = str(entry).split()[0]
+        for where, rel in _list_entries(path):
             cls = norm(rel.split("/")[0])
             if cls not in IDS:
-                raise UserError(f"{path}: {rel!r} is not in a Kinetics-Sounds class folder")
+                raise UserError(f"{where}: {rel!r} is not in a Kinetics-Sounds class folder")
             dirs = [split, *VAL_NAMES] if split == "val" else [split]
             cands = [resolve(root / d, rel) for d in dirs] + [resolve(root, rel)]
             found = next((c for c in cands if c.is_file()), None)
@@ -107,13 +122,13 @@ def _from_lists(ctx: Context, plan: Plan, root: Path, lists: dict[str, Path]) ->
             )
 
 
+CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+
+
 def _from_csvs(ctx: Context, plan: Plan, root: Path, tables: dict[str, Path]) -> None:
     index = index_media(root)
     for split, path in tables.items():
-        rows = list(csv.DictReader(io.StringIO(read_text(path))))
-        if rows and not {"label", "youtube_id", "time_start", "time_end"} <= set(rows[0]):
-            raise UserError(f"{path}: expected columns label,youtube_id,time_start,time_end")
-        for n, row in enumerate(rows, 2):
+        for n, row in csv_rows(path, CSV_COLUMNS):
             cls = norm(row["label"])
             if cls not in IDS:
                 continue
@@ -121,7 +136,10 @@ def _from_csvs(ctx: Context, plan: Plan, root: Path, tables: dict[str, Path]) ->
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             except (TypeError, ValueError):
                 raise UserError(f"{path}:{n}: time_start/time_end are not numbers") from None
-            name = f"{row['youtube_id']}_{start:06d}_{end:06d}"
+            ytid = row["youtube_id"].strip()
+            if not ytid:
+                raise UserError(f"{path}:{n}: youtube_id is empty")
+            name = f"{ytid}_{start:06d}_{end:06d}"
             found = index.get(name)
             plan.add(
                 rel_to(found, root) if found else f"{split}/{name}",
@@ -130,7 +148,7 @@ def _from_csvs(ctx: Context, plan: Plan, root: Path, tables: dict[str, Path]) ->
                 listed_in=path.name,
                 label=IDS[cls],
                 label_name=CLASSES[IDS[cls]],
-                extra={"ytid": row["youtube_id"]},
+                extra={"ytid": ytid},
             )
 
 
@@ -142,6 +160,7 @@ def _from_folders(plan: Plan, root: Path) -> None:
         f"'{CLASSES[0]}' or '{CLASSES[0].replace(' ', '_')}') in {split_dirs['train']} "
         f"and {split_dirs['val']}"
     )
+    walks = []
     for split, folder in split_dirs.items():
         if not folder.is_dir():
             raise UserError(
@@ -152,15 +171,18 @@ def _from_folders(plan: Plan, root: Path) -> None:
             cls = norm(class_dir.name)
             if cls not in IDS:
                 continue
-            for path in sorted(class_dir.rglob("*")):
-                if path.suffix.lower() in MEDIA_EXTS:
-                    plan.add(
-                        rel_to(path, root),
-                        path,
-                        [split],
-                        label=IDS[cls],
-                        label_name=CLASSES[IDS[cls]],
-                    )
+            walk = walk_files(class_dir)
+            walks.append(walk)
+            for path in walk.media:
+                plan.add(
+                    rel_to(path, root), path, [split], label=IDS[cls], label_name=CLASSES[IDS[cls]]
+                )
+    every = Walk()
+    for walk in walks:
+        every.not_media += walk.not_media
+        every.links_skipped += walk.links_skipped
+        every.unreadable += walk.unreadable
+    plan.notes += every.notes(root)
 
 
 def collect(ctx: Context) -> Plan:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, find_dir, need_file, read_lines, resolve
+from data_prep.common import Context, Plan, find_dir, need_file, numbered_lines, resolve
 
 OPTIONS: tuple[str, ...] = ()
 SPLIT_NAMES = ("train1", "test1", "train2", "test2", "train3", "test3")
@@ -22,7 +22,7 @@ OFFICIAL_SPLITS = dict(zip(SPLIT_NAMES, (9537, 3783, 9586, 3734, 9624, 3696)))
 def read_class_index(path: Path) -> list[str]:
     """``classInd.txt`` -> class names ordered by their 1-based id."""
     ids: dict[int, str] = {}
-    for n, line in enumerate(read_lines(path), 1):
+    for n, line in numbered_lines(path):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
             raise UserError(f"{path}:{n}: expected '<id> <ClassName>', got {line!r}")
@@ -35,7 +35,7 @@ def read_class_index(path: Path) -> list[str]:
 def _parse_list(path: Path, classes: dict[str, int], labelled: bool) -> list[tuple[str, int]]:
     """Split list lines -> (relative path, label id from the class folder)."""
     rows = []
-    for n, line in enumerate(read_lines(path), 1):
+    for n, line in numbered_lines(path):
         parts = line.split()
         rel = parts[0].replace("\\", "/")
         folder = rel.split("/")[0] if "/" in rel else ""

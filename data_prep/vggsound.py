@@ -41,17 +41,21 @@ def format_name(pattern: str, path: Path, n: int, **fields: object) -> str:
 
 def parse_rows(path: Path) -> list[tuple[str, int, str, str]]:
     rows = []
-    text = read_text(path)
-    for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
-        if not row or row[0].lstrip().startswith("#"):
+    reader = csv.reader(io.StringIO(read_text(path)))
+    for row in reader:
+        n = reader.line_num
+        if not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
         if len(row) != 4:
             raise UserError(f"{path}:{n}: expected 4 fields ytid,start,label,split, got {row}")
         ytid, start, label, split = (x.strip() for x in row)
         if not start.lstrip("-").isdigit():
-            if n == 1:
+            if n == 1 and any(c.isalpha() for c in start):
                 continue  # a header line
             raise UserError(f"{path}:{n}: start_seconds {start!r} is not an integer")
+        for name, value in (("youtube_id", ytid), ("label", label)):
+            if not value:
+                raise UserError(f"{path}:{n}: {name} is empty")
         if split not in ("train", "test"):
             raise UserError(f"{path}:{n}: split must be train or test, got {split!r}")
         rows.append((ytid, int(start), label, split))
