@@ -8,8 +8,11 @@ only when the next needed frame is far ahead). Audio: :mod:`avssl.data.audio_dec
 The helpers accept a path, bytes or a binary file object of any container PyAV can read, so
 ``avssl.embed`` uses them on raw files and the shard loader on ``mp4`` members.
 Frame times are seconds from the start of the video stream; the frame used for a requested
-time ``t`` is the first decoded frame whose time is ``>= t - 0.5 / fps`` (nearest frame for
-constant-rate video), counting frames from the keyframe reached by the seek.
+time ``t`` is the one shown nearest to ``t`` (:class:`_Frames`). Constant-rate video: the first
+decoded frame whose time is ``>= t - 0.5 / fps``, counting frames from the keyframe reached by
+the seek. Variable-rate video (phone recordings; a frame whose timestamp is off the grid that
+counting gives): each frame's own timestamp, the frame nearest to ``t``. AVI timestamps are not
+trusted (packed B-frames shuffle them): AVI frames are always counted.
 """
 
 from __future__ import annotations
@@ -210,23 +213,123 @@ def decode_frames_at(
     return _FrameSeeker(container, stream, times, seek_gap_s).run()
 
 
+_OFF_GRID = 0.25  # frames: a timestamp further than this from the counted time is off the grid
+_AT = 1e-6  # s: a requested time this close after a frame's time is that frame's
+
+
+class _Clock:
+    """How frame times are read from one video stream, for every pass of decoding over it.
+
+    ``stamps``: timestamps are trusted (not AVI; none missing or going back so far).
+    ``variable``: a frame was found off the constant-rate grid (its timestamp more than a
+    quarter frame from ``anchor + n / fps``): from then on frames are timed by their own
+    timestamps and a requested time takes the nearest frame. Until then frames are counted,
+    exactly as for constant-rate video.
+    """
+
+    def __init__(self, container, stream):
+        if stream.time_base is None:
+            raise MediaError("video stream without a time base")
+        self.time_base = float(stream.time_base)
+        self.fps, self.t0 = _stream_fps(stream), _start_time(stream)
+        self.tol = 0.5 / self.fps
+        self.stamps = "avi" not in container.format.name.split(",")
+        self.variable = False
+
+
+class _Frames:
+    """The frames of one forward decode from ``anchor`` (seconds), with their times.
+
+    Iterating gives ``(frame, time)``; :meth:`serves` says whether the current frame is the
+    one for a requested time (the earlier frames were not). Constant-rate: time
+    ``anchor + n / fps`` (``n`` frames after the first one) and a tolerance of half a frame,
+    so reordered or jittered timestamps do not matter. Variable-rate (:class:`_Clock`): the
+    frame's timestamp, and the frame is used up to the midpoint with the next frame's
+    timestamp. So the next frame is decoded ahead when a requested time lies after the current
+    frame (for constant-rate video too, to see a change of rate there): at most one frame more
+    per pass.
+    """
+
+    def __init__(self, clock: _Clock, frames, anchor: float):
+        self.clock, self.frames, self.anchor = clock, frames, anchor
+        self.n, self.last_stamp = 0, -math.inf
+        self.ahead: tuple | None = None  # the next (frame, time), decoded ahead
+        self.ended = False
+        self.time = anchor
+
+    def _timed(self, frame: av.VideoFrame) -> float:
+        clock = self.clock
+        counted = self.anchor + self.n / clock.fps
+        self.n += 1
+        if not clock.stamps:
+            return counted
+        if frame.pts is None or frame.pts * clock.time_base - clock.t0 <= self.last_stamp:
+            clock.stamps = clock.variable = False  # missing or going back: count (as AVI)
+            return counted
+        stamp = self.last_stamp = frame.pts * clock.time_base - clock.t0
+        if not clock.variable and abs(stamp - counted) > _OFF_GRID / clock.fps:
+            clock.variable = True
+        return stamp if clock.variable else counted
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[av.VideoFrame, float]:
+        if self.ahead is not None:
+            item, self.ahead = self.ahead, None
+        elif self.ended:
+            raise StopIteration
+        else:
+            frame = next(self.frames, None)
+            if frame is None:
+                self.ended = True
+                raise StopIteration
+            item = (frame, self._timed(frame))
+        self.time = item[1]
+        return item
+
+    def _next_time(self) -> float | None:
+        if self.ahead is None and not self.ended:
+            frame = next(self.frames, None)
+            if frame is None:
+                self.ended = True
+            else:
+                self.ahead = (frame, self._timed(frame))
+        return None if self.ahead is None else self.ahead[1]
+
+    @property
+    def last(self) -> bool:
+        """Whether the current frame is known to be the stream's last one."""
+        return self.ended and self.ahead is None
+
+    def serves(self, t: float) -> bool:
+        """Whether the current frame is the one shown at ``t`` (past the end: the last)."""
+        if t <= self.time + _AT:
+            return True
+        following = self._next_time()
+        if following is None:
+            return True
+        if not self.clock.variable:
+            return self.time >= t - self.clock.tol
+        return t <= (self.time + following) / 2
+
+
 class _FrameSeeker:
     """State of :func:`decode_frames_at`: requested times in increasing order, served by
     passes of (seek, decode forward).
 
-    Frame times count frames from the first one decoded after a seek (its timestamp, or 0
-    when decoding from the start), so out-of-order timestamps do not matter for constant-rate
-    video. AVI timestamps are unreliable (packed B-frames shift them), so AVI is decoded from
-    the start; so is any file whose seek lands after the requested time.
+    Frame times (:class:`_Frames`) count frames from the first one decoded after a seek (its
+    timestamp, or 0 when decoding from the start), so out-of-order timestamps do not matter for
+    constant-rate video; variable-rate video is timed by the frames' own timestamps. AVI
+    timestamps are unreliable (packed B-frames shift them), so AVI is decoded from the start
+    and counted; so is any file whose seek lands after the requested time.
     """
 
-    def __init__(self, container, stream, times: list[float], seek_gap_s: float):
-        if stream.time_base is None:
-            raise MediaError("video stream without a time base")
+    def __init__(self, container, stream, times: list[float], seek_gap_s: float, clock=None):
+        self.clock = clock or _Clock(container, stream)
         self.container, self.stream, self.times = container, stream, times
-        self.time_base = float(stream.time_base)
-        self.fps, self.t0 = _stream_fps(stream), _start_time(stream)
-        self.tol, self.seek_gap_s = 0.5 / self.fps, seek_gap_s
+        self.time_base, self.fps, self.t0 = self.clock.time_base, self.clock.fps, self.clock.t0
+        self.tol, self.seek_gap_s = self.clock.tol, seek_gap_s
         self.order = sorted(range(len(times)), key=times.__getitem__)
         self.out: list = [None] * len(times)
         self.i = 0  # next entry of self.order to serve
@@ -253,26 +356,31 @@ class _FrameSeeker:
         seek_s = max(0.0, target - self.tol) if self.can_seek else 0.0
         offset = int(round((seek_s + self.t0) / self.time_base))
         self.container.seek(offset, stream=self.stream, backward=True)
-        anchor = None
-        for n, frame in enumerate(self.container.decode(self.stream)):
-            if anchor is None:
-                pts = frame.pts
-                anchor = pts * self.time_base - self.t0 if seek_s > 0 and pts else 0.0
-                if anchor > target + self.tol:  # seek overshot: decode from the start
-                    self.can_seek = False
-                    return False
-            ft = anchor + n / self.fps
+        decoded = self.container.decode(self.stream)
+        first = next(decoded, None)
+        if first is None:
+            return True
+        pts = first.pts
+        anchor = pts * self.time_base - self.t0 if seek_s > 0 and pts else 0.0
+        if anchor > target + self.tol:  # seek overshot: decode from the start
+            self.can_seek = False
+            return False
+        frames = _Frames(self.clock, itertools.chain([first], decoded), anchor)
+        for frame, ft in frames:
             self.last = frame
-            if ft < self._next_time() - self.tol:
+            if not frames.serves(self._next_time()):
                 continue
             img = to_rgb(frame)  # only kept frames are converted
-            while self.i < len(self.order) and ft >= self._next_time() - self.tol:
+            while True:
                 self.out[self.order[self.i]] = img
                 self.i += 1
-            if self.i == len(self.order):
-                return True
-            if self.can_seek and self._next_time() - ft > self.seek_gap_s:
-                return False
+                if self.i == len(self.order):
+                    return True
+                gap = self._next_time() - ft
+                if self.can_seek and gap > max(self.seek_gap_s, self.tol) and not frames.last:
+                    return False  # far ahead: seek (before decoding a frame ahead)
+                if not frames.serves(self._next_time()):
+                    break
         return True
 
 
@@ -296,46 +404,44 @@ def decode_clips_on_keyframes(
     """
     stream = container.streams.video[0]
     _configure_threads(stream, threads)
-    if stream.time_base is None:
-        raise MediaError("video stream without a time base")
-    time_base, t0 = float(stream.time_base), _start_time(stream)
-    fps = _stream_fps(stream)
+    clock = _Clock(container, stream)  # shared by the clips: a rate change seen stays known
     can_seek = "avi" not in container.format.name.split(",")
     frames: list[np.ndarray] = []
     clip_starts: list[float] = []
     for start in starts:
         got = None
         if can_seek:
-            got = _clip_from_keyframe(container, stream, start, offsets, fps, t0, time_base)
+            got = _clip_from_keyframe(container, stream, clock, start, offsets)
         if got is None:
             times = [start + o for o in offsets]
-            got = _FrameSeeker(container, stream, times, seek_gap_s=1.0).run(), start
+            got = _FrameSeeker(container, stream, times, 1.0, clock).run(), start
         frames += got[0]
         clip_starts.append(got[1])
     return frames, clip_starts
 
 
-def _clip_from_keyframe(container, stream, start, offsets, fps, t0, time_base):
+def _clip_from_keyframe(container, stream, clock: _Clock, start: float, offsets):
     """(frames, keyframe time) of one :func:`decode_clips_on_keyframes` clip, or None when
     the seek does not land on a frame at or before ``start``."""
-    tol = 0.5 / fps
+    time_base, t0 = clock.time_base, clock.t0
     container.seek(int(round((start + t0) / time_base)), stream=stream, backward=True)
     decoded = container.decode(stream)
     first = next(decoded, None)
     if first is None or first.pts is None:
         return None
     anchor = max(0.0, first.pts * time_base - t0)
-    if anchor > start + tol:
+    if anchor > start + clock.tol:
         return None
     times = [anchor + o for o in offsets]
     out: list[np.ndarray] = []
     last = first
-    for n, frame in enumerate(itertools.chain([first], decoded)):
-        last, ft = frame, anchor + n / fps
-        if ft < times[len(out)] - tol:
+    frames = _Frames(clock, itertools.chain([first], decoded), anchor)
+    for frame, _ in frames:
+        last = frame
+        if not frames.serves(times[len(out)]):
             continue
         img = to_rgb(frame)  # only kept frames are converted
-        while len(out) < len(times) and ft >= times[len(out)] - tol:
+        while len(out) < len(times) and frames.serves(times[len(out)]):
             out.append(img)
         if len(out) == len(times):
             break

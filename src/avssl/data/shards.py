@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import tarfile
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import braceexpand
 import torch
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: ``train_split: auto`` reads the first of these splits that a prepared folder has (by the
@@ -76,7 +79,7 @@ class DataSource:
         if not path.is_file():
             known = sorted(p.stem for p in (self.root / "splits").glob("*.txt"))
             raise FileNotFoundError(f"split file not found: {path} (available: {known})")
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
     def auto_train_split(self) -> str | None:
         """The split ``train_split: auto`` means here (:data:`TRAIN_SPLITS`); None = all."""
@@ -87,7 +90,7 @@ class DataSource:
     def stats(self) -> dict | None:
         """Contents of ``stats.json`` (fbank mean/std) or None when absent."""
         path = self.root / "stats.json" if self.root else None
-        return json.loads(path.read_text()) if path and path.is_file() else None
+        return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else None
 
 
 def _find_root(shard: Path) -> Path | None:
@@ -107,7 +110,7 @@ def resolve(data: str | os.PathLike) -> DataSource:
     if path.is_dir():
         if (path / MANIFEST).is_file():
             try:
-                manifest = json.loads((path / MANIFEST).read_text())
+                manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"{path / MANIFEST} is not valid JSON ({err})") from None
             shards = [str(path / s["file"]) for s in manifest.get("shards", [])]
@@ -131,7 +134,7 @@ def resolve(data: str | os.PathLike) -> DataSource:
                     raise FileNotFoundError(f"{what} not found: {p}")
                 shards.append(str(p))
     root = _find_root(Path(shards[0]))
-    manifest = json.loads((root / MANIFEST).read_text()) if root else {}
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8")) if root else {}
     return DataSource(shards, root, manifest)
 
 
@@ -142,34 +145,108 @@ def split_member(name: str) -> tuple[str, str]:
     return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
 
 
-def index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Reads member headers only: ``[(key, {ext: (data offset, size)}), ...]`` in tar order,
-    consecutive members with the same key forming one sample. A truncated tar yields the
-    samples before the damage."""
+class ShardError(ValueError):
+    """A sample that a damaged shard tar (truncated, or with an unreadable header) lost."""
+
+
+@dataclass
+class TarIndex:
+    """What :func:`scan_tar` found in a shard: the complete samples and the damage, if any."""
+
+    samples: list[tuple[str, dict[str, tuple[int, int]]]]
+    damaged: str | None = None  #: key of the sample the damage cut (none of its members kept)
+    problem: str | None = None  #: what is wrong with the tar (None: intact)
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _intact_end(handle, offset: int) -> bool:
+    """Whether the tar ends properly at ``offset``: a zero end-of-archive block there (or only
+    zero bytes left: cut in the end blocks or the padding after them, nothing lost)."""
+    handle.seek(offset)
+    rest = handle.read(_BLOCK)
+    return bool(rest) and rest.count(0) == len(rest)
+
+
+def scan_tar(path: str) -> TarIndex:
+    """Reads member headers only (see :func:`index_tar`) and checks that the tar ends with
+    its end-of-archive block after the last member's data. Where it does not (cut in the
+    middle of a member or at a member boundary, or an unreadable header), the last sample
+    before the damage may lack members: it is dropped from the samples and named in
+    ``damaged``; the samples after the damage are gone (a sidecar still lists their keys)."""
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    problem = None
+    size = os.path.getsize(path)
+    end = 0  # where the next header should be
     try:
         with tarfile.open(path, mode="r:") as tar:
             for info in tar:
+                if info.offset_data + info.size > size:
+                    problem = (
+                        f"truncated: member {info.name} needs bytes up to "
+                        f"{info.offset_data + info.size}, the file has {size}"
+                    )
+                    key = split_member(info.name)[0]
+                    if not samples or samples[-1][0] != key:
+                        samples.append((key, {}))
+                    break
+                end = tar.offset
                 if not info.isfile():
                     continue
                 key, ext = split_member(info.name)
                 if not samples or samples[-1][0] != key:
                     samples.append((key, {}))
                 samples[-1][1][ext] = (info.offset_data, info.size)
+            else:
+                end = tar.offset
     except (tarfile.ReadError, EOFError, OSError) as err:
         if not samples:
             raise ValueError(f"{path}: not a readable tar shard ({err})") from err
-    return samples
+        problem = f"unreadable after byte {end} ({err})"
+    if problem is None:
+        with open(path, "rb") as handle:
+            if not _intact_end(handle, end):
+                problem = f"no end-of-archive block at byte {end} of {size}"
+    if problem is None or not samples:
+        return TarIndex(samples, None, problem)
+    return TarIndex(samples[:-1], samples[-1][0], problem)
+
+
+def _report(path: str, found: TarIndex) -> None:
+    """Logs the damage :func:`scan_tar` found in a shard (nothing when it is intact)."""
+    if found.problem is None:
+        return
+    log.warning(
+        "shard %s is damaged (%s): %d complete samples before the damage are read%s; "
+        "any samples after it are lost",
+        path,
+        found.problem,
+        len(found.samples),
+        f", sample {found.damaged!r} is cut (read as a corrupt sample)" if found.damaged else "",
+    )
+
+
+def index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Reads member headers only: ``[(key, {ext: (data offset, size)}), ...]`` in tar order,
+    consecutive members with the same key forming one sample. A truncated or damaged tar
+    yields the complete samples before the damage (:func:`scan_tar`; a warning names the
+    damaged sample, which :class:`ShardReader` reports as a :class:`ShardError`)."""
+    found = scan_tar(path)
+    _report(path, found)
+    return found.samples
 
 
 def shard_keys(path: str) -> list[str]:
-    """Sample keys of a shard in tar order: from the sidecar ``.json`` if present, else the tar."""
+    """Sample keys of a shard in tar order: from the sidecar ``.json`` if present, else the tar
+    (with the sample that damage to the tar cut, so that reading it fails and is counted)."""
     sidecar = Path(path).with_suffix(".json")
     if sidecar.is_file():
-        keys = json.loads(sidecar.read_text()).get("keys")
+        keys = json.loads(sidecar.read_text(encoding="utf-8")).get("keys")
         if keys is not None:
             return list(keys)
-    return [key for key, _ in index_tar(path)]
+    found = scan_tar(path)
+    return [key for key, _ in found.samples] + ([found.damaged] if found.damaged else [])
 
 
 class ShardReader:
@@ -183,22 +260,34 @@ class ShardReader:
         if path in self._open:
             self._open.move_to_end(path)
             return self._open[path]
-        index = dict(index_tar(path))
-        entry = (open(path, "rb"), index)  # noqa: SIM115 (kept open across reads)
+        found = scan_tar(path)
+        _report(path, found)  # once per process and shard
+        entry = (open(path, "rb"), dict(found.samples), found)  # noqa: SIM115 (kept open)
         self._open[path] = entry
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)[1][0].close()
         return entry
 
     def read(self, path: str, key: str) -> dict[str, bytes]:
-        """Returns ``{"__key__": key, ext: bytes, ...}``; KeyError if the shard lacks ``key``."""
-        handle, index = self._get(path)
+        """Returns ``{"__key__": key, ext: bytes, ...}``; KeyError if an intact shard lacks
+        ``key``; :class:`ShardError` for a sample that damage to the shard cut or lost, or a
+        member that reads short (the file changed since it was indexed). The streams skip
+        and count a sample whose read fails, like one that does not decode."""
+        handle, index, found = self._get(path)
         if key not in index:
-            raise KeyError(f"{path}: no sample {key!r}")
+            if found.problem is None:
+                raise KeyError(f"{path}: no sample {key!r}")
+            what = "cut by" if key == found.damaged else "not found in"
+            raise ShardError(f"{path}: sample {key!r} {what} a damaged shard ({found.problem})")
         sample: dict = {"__key__": key}
         for ext, (offset, size) in index[key].items():
             handle.seek(offset)
-            sample[ext] = handle.read(size)
+            data = handle.read(size)
+            if len(data) != size:
+                raise ShardError(
+                    f"{path}: member {key}.{ext} truncated ({len(data)} of {size} bytes)"
+                )
+            sample[ext] = data
         return sample
 
     def close(self) -> None:
