@@ -121,17 +121,24 @@ def test_a_gap_in_the_audio_timestamps_stays_silent(tmp_path):
     assert np.abs(wave[int(3.05 * 16000) : int(3.5 * 16000)]).max() > 0.1
 
 
-def test_rotated_video_is_stored_upright(tmp_path):
-    """A phone's portrait clip: a 90 degree display matrix on 340x256 coded frames is shown
-    256 wide and stored so (it was stored sideways)."""
-    if not KINETICS.is_file():
-        pytest.skip(f"real clip not found: {KINETICS}")
+def _portrait(tmp_path: Path) -> Path:
+    """The Kinetics clip with a -90 degree display matrix in its track header, as a phone
+    writes for portrait video (players show it 256 wide, 340 high)."""
     data = KINETICS.read_bytes()
     ident = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
     turned = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
     at = data.index(ident, data.index(b"tkhd"))
     src = tmp_path / "portrait.mp4"
     src.write_bytes(data[:at] + turned + data[at + len(ident) :])
+    return src
+
+
+def test_rotated_video_is_stored_upright(tmp_path):
+    """A phone's portrait clip: a 90 degree display matrix on 340x256 coded frames is shown
+    256 wide and stored so (it was stored sideways)."""
+    if not KINETICS.is_file():
+        pytest.skip(f"real clip not found: {KINETICS}")
+    src = _portrait(tmp_path)
     with av.open(str(src)) as c:
         first = next(c.decode(video=0))
         assert first.rotation == -90 and (first.width, first.height) == (340, 256)
@@ -258,3 +265,19 @@ def test_a_channel_layout_change_mid_stream_is_converted(tmp_path):
     src.write_bytes(b"".join(parts))
     meta = convert(src, EncodeSettings(), require_video=False).meta
     assert meta["duration"] == pytest.approx(4.0, abs=0.1)
+
+
+def test_the_raw_file_decoder_turns_rotated_frames_upright(tmp_path):
+    """``avssl.embed`` decodes raw files with :func:`avssl.data.decode.to_rgb`: a portrait
+    clip's frames come out upright as in the shards (they came out sideways)."""
+    from avssl.data.decode import to_rgb
+
+    if not KINETICS.is_file():
+        pytest.skip(f"real clip not found: {KINETICS}")
+    src = _portrait(tmp_path)
+    with av.open(str(KINETICS)) as c:
+        plain = to_rgb(next(c.decode(video=0)))
+    with av.open(str(src)) as c:
+        upright = to_rgb(next(c.decode(video=0)))
+    assert plain.shape == (256, 340, 3) and upright.shape == (340, 256, 3)
+    assert np.array_equal(upright, np.rot90(plain, 3))  # a quarter turn clockwise

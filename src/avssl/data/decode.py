@@ -50,12 +50,17 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     against 0.06-0.24 ms per 340x256 frame here). This converts on one thread through one
     context per thread and process, kept while the frame size and format stay the same (a
     DataLoader worker forked from a process that converted frames builds its own).
+
+    A frame with a display-matrix rotation (a phone's portrait clip, a raw file given to
+    ``avssl.embed``) is turned upright, as the shard writer stores it; shard frames have none.
     """
     pid = os.getpid()
     held = getattr(_THREAD, "reformatter", None)
     if held is None or held[0] != pid:
         held = _THREAD.reformatter = (pid, VideoReformatter())
-    return held[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
+    rgb = held[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
+    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
