@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from avssl.data.batch import AVBatch
+from avssl.data.batch import MODALITIES_COMPLETE, AVBatch
 from avssl.data.datamodule import GPU_WORKER_NICE, AVDataModule, EpochLoader, make_eval_loader
 from avssl.data.decode import open_media
 from avssl.data.shards import ShardReader, resolve, split_table
@@ -31,6 +31,7 @@ def test_train_batch_shapes_and_dtypes(synth, small_args):
     assert b.video_mask.dtype == torch.bool and b.video_mask.all()
     assert b.audio_mismatched is None
     assert b.clip_start.shape == (2,) and b.extra["skipped"] == 0
+    assert b.extra[MODALITIES_COMPLETE] is True  # every sample has both: MAViL fuses unmasked
     assert set(b.key) <= set(split_keys(synth, "train1"))
     assert b.video.abs().sum() > 0 and b.audio[b.audio_mask].abs().sum() > 0
 
@@ -205,6 +206,7 @@ def test_missing_audio_gives_zeros_and_mask(noaudio_data, small_args):
     dm = AVDataModule(str(noaudio_data), **small_args(batches_per_epoch=2))
     for b in dm.train_dataloader():
         assert not b.audio_mask.any() and b.video_mask.all()
+        assert b.extra[MODALITIES_COMPLETE] is False
         assert torch.count_nonzero(b.audio) == 0 and b.video.abs().sum() > 0
 
 

@@ -54,6 +54,37 @@ def test_masked_step_has_no_graph_breaks() -> None:
     torch._dynamo.reset()
 
 
+def test_fusion_with_missing_modality_masks_has_no_graph_breaks() -> None:
+    """The key mask of a batch with a missing modality is built from its flags with static
+    shapes: still one graph, and the flags' values do not recompile it."""
+    torch.manual_seed(0)
+    audio_enc, video_enc, fusion, dec_a, dec_v = _build()
+
+    def step(audio, video, a_ok, v_ok):
+        B = audio.shape[0]
+        grid_a, grid_v = audio_enc.grid_size(audio.shape), video_enc.grid_size(video.shape)
+        ka, ma, ra = random_masking(B, audio_enc.num_tokens(audio.shape), 0.75, audio.device)
+        kv, mv, rv = tube_masking(B, grid_v, 0.5, video.device)
+        za = audio_enc.forward_features(audio, ka)  # [B, Na_keep, D]
+        zv = video_enc.forward_features(video, kv)  # [B, Nv_keep, D]
+        fa, fv = fusion(za, zv, a_ok, v_ok)
+        loss_a = masked_mse(dec_a(fa, ra, grid_a), audio_enc.patchify(audio), ma * a_ok[:, None])
+        return loss_a + masked_mse(dec_v(fv, rv, grid_v), video_enc.patchify(video), mv)
+
+    torch._dynamo.reset()
+    args = (torch.randn(2, 1, 32, 32), torch.randn(2, 3, 2, 32, 32))
+    explanation = torch._dynamo.explain(step)(*args, torch.tensor([1.0, 0.0]), torch.ones(2))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    compiled(*args, torch.tensor([1.0, 0.0]), torch.ones(2))
+    compiled(*args, torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0]))
+    assert counts["stats"]["unique_graphs"] == 1  # other flags, same graph
+    torch._dynamo.reset()
+
+
 def test_compile_blocks_compiles_each_block_in_place() -> None:
     torch.manual_seed(0)
     audio = AudioViT("tiny", depth=2, input_size=(32, 32))

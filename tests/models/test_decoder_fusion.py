@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
 from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
+from avssl.models.layers import set_fused_attention
 from avssl.models.masking import random_masking, tube_masking
 
 
@@ -103,3 +105,70 @@ def test_encoder_decoder_reconstruction_learns() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.95 * losses[0]  # 1.02 -> 0.91 when written
+
+
+def test_fusion_key_mask_hides_a_missing_modality() -> None:
+    """A clip without audio: its video outputs are those of the video tokens alone, whatever
+    its audio placeholders hold; the other clips are untouched (the same values as unmasked)."""
+    torch.manual_seed(0)
+    fusion = JointFusion(32, depth=2, num_heads=4)
+    a, v = torch.randn(3, 5, 32), torch.randn(3, 4, 32)
+    audio_ok = torch.tensor([True, False, True])
+    fa, fv = fusion(a, v, audio_ok=audio_ok, video_ok=torch.ones(3, dtype=torch.bool))
+    alone = fusion.forward_single(v[1:2], "video")  # single_norms off: the joint norm
+    torch.testing.assert_close(fv[1:2], alone)
+    a2 = a.clone()
+    a2[1] = torch.randn(5, 32) * 10
+    fa2, fv2 = fusion(a2, v, audio_ok=audio_ok.float())  # 0/1 floats as flatten_inputs gives
+    torch.testing.assert_close(fv2, fv)
+    ra, rv = fusion(a, v)  # clips with both modalities: as without a mask
+    torch.testing.assert_close(fa[[0, 2]], ra[[0, 2]])
+    torch.testing.assert_close(fv[[0, 2]], rv[[0, 2]])
+    assert not torch.allclose(rv[1], fv[1])  # unmasked, the placeholders did count
+
+
+def test_fusion_missing_modality_sends_its_tokens_no_gradient() -> None:
+    torch.manual_seed(0)
+    fusion = JointFusion(32, depth=1, num_heads=4)
+    a = torch.randn(2, 5, 32, requires_grad=True)
+    v = torch.randn(2, 4, 32, requires_grad=True)
+    fa, fv = fusion(a, v, audio_ok=torch.tensor([True, False]))
+    (fa.square().sum() + fv.square().sum()).backward()  # even a loss that uses every output
+    assert a.grad is not None and v.grad is not None
+    assert float(a.grad[1].abs().max()) == 0.0 and float(a.grad[0].abs().max()) > 0
+    assert float(v.grad.abs().sum()) > 0
+
+
+def test_fusion_clip_with_neither_modality_stays_finite_and_paths_agree() -> None:
+    torch.manual_seed(0)
+    fusion = JointFusion(32, depth=1, num_heads=4)
+    a, v = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    oks = (torch.tensor([True, False]), torch.tensor([False, False]))
+    fa, fv = fusion(a, v, *oks)
+    assert torch.isfinite(fa).all() and torch.isfinite(fv).all()
+    set_fused_attention(fusion, False)  # the naive softmax path masks the same keys
+    na, nv = fusion(a, v, *oks)
+    torch.testing.assert_close(na, fa)
+    torch.testing.assert_close(nv, fv)
+
+
+def test_fusion_without_masks_passes_no_attention_mask(monkeypatch) -> None:
+    """None masks (every clip has both modalities): SDPA gets ``attn_mask=None`` (its flash
+    kernel on a GPU) and the values are those of the maskless call."""
+    torch.manual_seed(0)
+    fusion = JointFusion(32, depth=2, num_heads=4)
+    a, v = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    ref = fusion(a, v)
+    out = fusion(a, v, None, None)
+    assert len(seen) == 4 and all(m is None for m in seen)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    fusion(a, v, torch.ones(2, dtype=torch.bool), None)
+    assert seen[-1] is not None and seen[-1].shape == (2, 1, 1, 9)

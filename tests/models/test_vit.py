@@ -172,6 +172,46 @@ def test_pos_embed_adapts_to_other_input_lengths() -> None:
     assert "pos_embed.table" not in enc.state_dict()  # fixed, never saved
 
 
+def _resize(table: torch.Tensor, base: tuple[int, ...], grid: tuple[int, ...], mode: str):
+    """Reference: ``F.interpolate`` of a ``[1, N, D]`` table (XKD / DINO)."""
+    D = table.shape[-1]
+    x = table[0].double().T.reshape(1, D, *base)  # [1, D, *base]
+    x = torch.nn.functional.interpolate(x, size=grid, mode=mode, align_corners=False)
+    return x.reshape(D, -1).T[None].float()  # [1, N, D]
+
+
+def test_interpolated_positions_for_a_smaller_grid() -> None:
+    """XKD's local views (32 frames 112 px -> 8 frames 96 px; 4 s -> 1 s of audio): with
+    ``pos_for_smaller_grid="interpolate"`` the global table resized to the local grid (XKD's
+    trilinear video / bicubic audio); the global grid and larger grids are unchanged."""
+    video = VideoViT("tiny", depth=1, tubelet_size=4, num_frames=32, img_size=112,
+                     pos_for_smaller_grid="interpolate")  # fmt: skip
+    prefix = VideoViT("tiny", depth=1, tubelet_size=4, num_frames=32, img_size=112)
+    glob, local = (8, 7, 7), (2, 6, 6)
+    assert video.pos_embed_for(glob) is video.pos_embed.table
+    torch.testing.assert_close(video.pos_embed_for(glob), sincos_pos_embed(glob, 192))
+    want = _resize(sincos_pos_embed(glob, 192), glob, local, "trilinear")
+    torch.testing.assert_close(video.pos_embed_for(local), want, rtol=0, atol=1e-6)
+    first = sincos_pos_embed(glob, 192)[0].view(*glob, -1)[:2, :6, :6].reshape(1, -1, 192)
+    torch.testing.assert_close(prefix.pos_embed_for(local), first)  # default: unchanged
+    assert not torch.allclose(video.pos_embed_for(local), first, atol=1e-3)
+    # the local view's positions span the clip: its last frame pair sits near the clip's end
+    t_part = video.pos_embed_for(local)[0].view(*local, -1)[:, 0, 0, :64]  # time channels
+    near = sincos_pos_embed(glob, 192)[0].view(*glob, -1)[:, 0, 0, :64]
+    assert int((near - t_part[-1]).norm(dim=-1).argmin()) >= 5
+    bigger = (8, 8, 8)  # not smaller on every axis: its own table
+    torch.testing.assert_close(video.pos_embed_for(bigger), sincos_pos_embed(bigger, 192))
+    audio = AudioViT("tiny", depth=1, input_size=(400, 128), pos_for_smaller_grid="interpolate")
+    want = _resize(sincos_pos_embed((25, 8), 192), (25, 8), (6, 8), "bicubic")
+    torch.testing.assert_close(audio.pos_embed_for((6, 8)), want, rtol=0, atol=1e-6)
+    x = torch.randn(1, 3, 8, 96, 96)
+    prefix.load_state_dict(video.state_dict())
+    assert not torch.allclose(video.forward_features(x), prefix.forward_features(x))
+    assert build_encoder(video.config()).pos_for_smaller_grid == "interpolate"
+    with pytest.raises(ValueError, match="pos_for_smaller_grid must be one of"):
+        AudioViT("tiny", depth=1, pos_for_smaller_grid="nearest")
+
+
 @pytest.mark.parametrize("cls", [AudioViT, VideoViT])
 def test_config_round_trip(cls) -> None:
     torch.manual_seed(0)

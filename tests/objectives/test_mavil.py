@@ -89,7 +89,107 @@ def test_missing_audio_is_excluded_from_audio_losses(tiny_mavil, batch):
     out = model.compute_losses(batch)
     for term in ("recon_audio", "inter", "intra_audio"):
         assert float(out[term]) == pytest.approx(float(ref[term]), rel=1e-5), term
-    # recon_video still sees sample 1 (through the fusion layers), so it may change
+
+
+def test_missing_audio_placeholders_move_no_loss_and_no_gradient(tiny_mavil, batch):
+    """Sample 1 has no audio: its placeholder tokens are no keys of the fusion, so no loss
+    (recon_video included) and no gradient depends on what they hold."""
+    model = tiny_mavil(inter_weight=1.0, intra_weight=1.0)
+    batch.audio_mask = torch.tensor([True, False, True, True])
+
+    def run():
+        model.zero_grad()
+        torch.manual_seed(5)
+        out = model.compute_losses(batch)
+        out["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in out.items()}, grads
+
+    ref, ref_grads = run()
+    batch.audio[1] = torch.randn_like(batch.audio[1]) * 10  # only the missing sample changes
+    out, grads = run()
+    for term in ref:
+        torch.testing.assert_close(out[term], ref[term], rtol=1e-5, atol=1e-7, msg=term)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("missing", ["audio", "video"])
+def test_a_batch_without_a_modality_leaves_its_encoder_untouched(tiny_mavil, batch, missing):
+    """No clip has audio (or video): that encoder gets no gradient, and the other
+    modality's reconstruction does not depend on its weights."""
+    model = tiny_mavil(inter_weight=1.0, intra_weight=1.0)
+    setattr(batch, missing, torch.zeros_like(getattr(batch, missing)))
+    setattr(batch, f"{missing}_mask", torch.zeros(len(batch), dtype=torch.bool))
+    enc = model.audio_encoder if missing == "audio" else model.video_encoder
+    other = "recon_video" if missing == "audio" else "recon_audio"
+    torch.manual_seed(1)
+    out = model.compute_losses(batch)
+    out["loss"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in enc.parameters() if p.grad is not None) == 0
+    with torch.no_grad():
+        for p in enc.patch_embed.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
+    assert float(model.compute_losses(batch)[other]) == float(out[other])
+
+
+def test_complete_batches_use_the_unmasked_fusion(tiny_mavil, batch, monkeypatch):
+    """Every clip with both modalities: no attention mask anywhere (SDPA's fast kernels) and
+    bit-identical losses and gradients whether the batch carries all-True masks or none."""
+    import torch.nn.functional as F
+
+    model = tiny_mavil(inter_weight=1.0, intra_weight=1.0)
+    masks = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        masks.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+
+    def run(b):
+        model.zero_grad()
+        torch.manual_seed(5)
+        out = model.compute_losses(b)
+        out["loss"].backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    with_masks, g1 = run(batch)  # all-True masks, as the loader gives
+    assert masks and all(m is None for m in masks)
+    batch.audio_mask = batch.video_mask = None
+    without, g2 = run(batch)
+    for term in with_masks:
+        assert torch.equal(with_masks[term], without[term]), term
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_the_loaders_flag_picks_the_fusion_path(tiny_mavil, batch, monkeypatch):
+    """The host-side flag the loader's collate sets decides; without it, host masks are read
+    and masks on an accelerator go to the fusion."""
+    model = tiny_mavil()
+    a_ok, v_ok = torch.ones(4), torch.tensor([1.0, 1.0, 0.0, 1.0])
+    batch.extra[parts.COMPLETE] = False
+    assert parts.fusion_masks(batch, a_ok, v_ok) == (a_ok, v_ok)
+    batch.extra[parts.COMPLETE] = True
+    assert parts.fusion_masks(batch, a_ok, v_ok) == (None, None)
+    batch.extra.pop(parts.COMPLETE)
+    batch.video_mask = torch.tensor([True, True, False, True])
+    assert parts.fusion_masks(batch, a_ok, v_ok) == (a_ok, v_ok)  # host masks, one missing
+    batch.video_mask = torch.ones(4, dtype=torch.bool)
+    assert parts.fusion_masks(batch, a_ok, v_ok) == (None, None)  # host masks, all True
+    monkeypatch.setattr(parts, "modalities_complete", lambda b: None)  # device masks
+    oks = parts.fusion_masks(batch, a_ok, v_ok)
+    assert oks[0] is a_ok and oks[1] is v_ok
+    torch.manual_seed(5)
+    masked = model.compute_losses(batch)
+    monkeypatch.setattr(parts, "modalities_complete", lambda b: True)
+    torch.manual_seed(5)
+    plain = model.compute_losses(batch)
+    for term in plain:  # an all-True mask: the same values (another kernel)
+        torch.testing.assert_close(masked[term], plain[term], rtol=1e-5, atol=1e-6)
 
 
 def test_k_clips_per_sample_are_flattened(tiny_mavil):
@@ -154,6 +254,14 @@ def test_stage2_targets_are_the_teachers_fusion_outputs(tiny_mavil, batch, tmp_p
     )
     assert torch.allclose(ta, ra) and torch.allclose(tv, rv)
     assert ta.shape == (4, 4 * 2, 192)  # Na = (64/16) x (32/16) tokens, D = 192 (tiny)
+    batch.audio[1] = torch.randn_like(batch.audio[1]) * 10  # sample 1 has no audio
+    oks = (torch.tensor([1.0, 0.0, 1.0, 1.0]), None)
+    _, tv2 = model.teacher_targets(batch.audio, batch.video, oks)
+    alone = stage1.fusion.forward_single(
+        stage1.video_encoder.forward_features(batch.video), "video"
+    )
+    torch.testing.assert_close(tv2[1], alone[1])  # its video targets ignore the placeholders
+    torch.testing.assert_close(tv2[[0, 2, 3]], tv[[0, 2, 3]])
 
 
 def test_stage2_errors(tiny_mavil, tmp_path):

@@ -453,3 +453,66 @@ def test_checkpoint_resumes_teachers_and_centres(tmp_path):
     _trainer(tmp_path, 2).fit(fresh, datamodule=_Data(), ckpt_path=str(ckpt))  # no new step
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+def test_local_views_take_the_global_position_table_resized():
+    """XKD's interpolate_pos_encoding: a local view's tokens (8 of 32 frames at 96 of 112 px,
+    1 s of 4 s of audio) get the global grid's table resized to theirs, in the students and
+    the teachers; the global view keeps its own. Other objectives keep the prefix positions."""
+    import torch.nn.functional as F
+
+    from avssl.models.pos_embed import sincos_pos_embed
+    from avssl.objectives.mavil import MAViL
+
+    model = _model(tubelet_size=4, num_frames=32, img_size=112, audio_frames=400,
+                   num_mel_bins=128)  # fmt: skip
+    glob, local = (8, 7, 7), (2, 6, 6)
+    table = sincos_pos_embed(glob, 192)[0].double().T.reshape(1, 192, *glob)  # [1, D, 8, 7, 7]
+    want = F.interpolate(table, size=local, mode="trilinear", align_corners=False)
+    want = want.reshape(192, -1).T[None].float()  # [1, 72, D]
+    for enc in (model.video_encoder, model.teacher["video"]):
+        torch.testing.assert_close(enc.pos_embed_for(local), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(enc.pos_embed_for(glob), sincos_pos_embed(glob, 192))
+    a_table = sincos_pos_embed((25, 8), 192)[0].double().T.reshape(1, 192, 25, 8)
+    a_want = F.interpolate(a_table, size=(6, 8), mode="bicubic", align_corners=False)
+    a_want = a_want.reshape(192, -1).T[None].float()
+    for enc in (model.audio_encoder, model.teacher["audio"]):
+        torch.testing.assert_close(enc.pos_embed_for((6, 8)), a_want, rtol=0, atol=1e-6)
+    assert model.export_encoders()["video"].config()["pos_for_smaller_grid"] == "interpolate"
+    prefix = _model(tubelet_size=4, num_frames=32, img_size=112, pos_for_smaller_grid="prefix")
+    first = sincos_pos_embed(glob, 192)[0].view(*glob, 192)[:2, :6, :6].reshape(1, -1, 192)
+    torch.testing.assert_close(prefix.video_encoder.pos_embed_for(local), first)
+    mavil = MAViL(size="tiny", depth=1, decoder_depth=1, fusion_depth=1, tubelet_size=4,
+                  num_frames=32, img_size=112)  # fmt: skip
+    torch.testing.assert_close(mavil.video_encoder.pos_embed_for(local), first)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_per_tensor_clipping_leaves_the_decoders_alone(batch, shared):
+    """``clip_grad_per_param`` clips the students' encoders and heads (XKD_Net.clip_gradients),
+    not the decoders: their gradients stay as the backward pass left them."""
+    model = _model(clip_grad_per_param=0.3, shared_backbone=shared).train()
+    (model.compute_losses(batch)["loss"] * 100.0).backward()  # gradients large enough to clip
+    before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    decoders = [n for n in before if n.startswith(("audio_decoder.", "video_decoder."))]
+    assert any(float(before[n].norm()) > 0.3 for n in decoders)
+    students = {id(p) for p in model.student().parameters()}
+    assert not any(id(p) in students for n, p in model.named_parameters() if n in decoders)
+    model._micro_batches = model._finite_micro_batches = 1
+    model.on_before_optimizer_step(torch.optim.SGD(model.parameters(), lr=0.0))
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        if name in decoders:
+            assert torch.equal(p.grad, before[name]), name
+        else:
+            assert float(p.grad.norm()) <= 0.3 * (1 + 1e-4), name
+            if float(before[name].norm()) <= 0.3:
+                assert torch.equal(p.grad, before[name]), name
+    assert any(float(before[n].norm()) > 0.3 for n, p in model.named_parameters()
+               if id(p) in students and n in before)  # fmt: skip
+
+
+def test_default_clip_params_are_all_parameters(tiny_mavil):
+    model = tiny_mavil()
+    assert [id(p) for p in model.clip_params()] == [id(p) for p in model.parameters()]

@@ -7,6 +7,11 @@ from typing import Any
 
 import torch
 
+#: ``AVBatch.extra`` key set by the loader's collate: True when every sample of the batch has
+#: both audio and video, known on the host before the transfer, so that a step can choose a
+#: path without reading device masks (a host sync): MAViL's fusion then runs unmasked.
+MODALITIES_COMPLETE = "modalities_complete"
+
 
 @dataclass
 class AVBatch:
@@ -38,6 +43,7 @@ class AVBatch:
             channel that turn ``video_u8`` into normalised, colour-jittered ``video``.
         local: the samples' local views (:mod:`avssl.data.local_view`), an ``AVBatch`` with
             the same keys, labels and masks; None unless the objective asked for them.
+        extra: host-side notes of the loader (``skipped``, :data:`MODALITIES_COMPLETE`, ...).
     """
 
     video: torch.Tensor

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from avssl.data.batch import AVBatch
+from avssl.data.batch import MODALITIES_COMPLETE, AVBatch
 from avssl.data.fbank import FbankConfig, compute_fbank_batch
 from avssl.data.local_view import LocalViews, local_items
 from avssl.data.sampling import SampleProcessor
@@ -75,13 +75,16 @@ def collate(
     local = None
     if proc.local is not None:
         local = collate(local_items(items), proc.local, num_classes, multilabel)
+    video_mask = torch.tensor([it["video"] is not None for it in items])
+    audio_mask = torch.tensor([it["audio"] is not None for it in items])
+    complete = bool(video_mask.all()) and bool(audio_mask.all())
     return AVBatch(
         video=squeeze(video),
         audio=squeeze(audio),
         key=[it["key"] for it in items],
         label=label,
-        video_mask=torch.tensor([it["video"] is not None for it in items]),
-        audio_mask=torch.tensor([it["audio"] is not None for it in items]),
+        video_mask=video_mask,
+        audio_mask=audio_mask,
         clip_start=squeeze(clip_start),
         audio_start=squeeze(audio_start),
         audio_wave=squeeze(waves[0]) if waves else None,
@@ -90,6 +93,7 @@ def collate(
         video_u8=squeeze(clips[0]) if clips else None,
         video_affine=squeeze(clips[1]) if clips else None,
         local=local,
+        extra={MODALITIES_COMPLETE: complete},
     )
 
 

@@ -79,7 +79,7 @@ class _Stream(IterableDataset):
             self._prev = items[-1]
         batch = collate(items, self.proc, self.num_classes, self.multilabel)
         batch.audio_mismatched = torch.tensor(flags) if flags is not None else None
-        batch.extra = {"skipped": len(skipped), "skipped_keys": skipped}
+        batch.extra.update(skipped=len(skipped), skipped_keys=skipped)
         return batch
 
 

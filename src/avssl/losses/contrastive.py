@@ -88,8 +88,9 @@ def _check_pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"{name}: a {tuple(a.shape)} and b {tuple(b.shape)} must both be [B, D]")
 
 
-def _targets(a: torch.Tensor, b: torch.Tensor, gather: bool, need_a: bool = True,
-             need_b: bool = True):
+def _targets(
+    a: torch.Tensor, b: torch.Tensor, gather: bool, need_a: bool = True, need_b: bool = True
+):
     """Gathered candidates and the labels of the local rows among them. A one-way loss uses
     one side's candidates only: the other (``need_a`` / ``need_b`` False) comes back local, not
     gathered (it is not used)."""

@@ -61,26 +61,47 @@ class JointFusion(nn.Module):
         for p in self.modality_embed.values():
             trunc_normal_(p, std=0.02)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x) if key_mask is None else blk(x, key_mask)  # the maskless call unchanged
         return x
 
     def forward(
-        self, audio: torch.Tensor, video: torch.Tensor
+        self,
+        audio: torch.Tensor,
+        video: torch.Tensor,
+        audio_ok: torch.Tensor | None = None,
+        video_ok: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint attention over both sequences.
+
+        A clip without audio (``audio_ok`` False) or without video has placeholder tokens for
+        that modality: they are no keys of any query, so the other modality's outputs do not
+        depend on them (the placeholders still run as queries, over the present modality's
+        tokens; their outputs belong to the missing modality, whose losses exclude the clip).
+        A clip with neither modality attends over everything (no loss uses it). The missing
+        modality's input tokens are detached, so a clip sends its encoder no gradient through
+        these layers for a modality it lacks, whatever the losses do. With both
+        masks None there is no attention mask at all (SDPA's flash kernel on a GPU): the
+        caller passes None when every clip of the batch has both modalities.
 
         Args:
             audio: ``[B, Na, D]`` audio tokens (visible ones when masked).
             video: ``[B, Nv, D]`` video tokens.
+            audio_ok, video_ok: optional bool or 0/1 float ``[B]``, False where the clip has
+                no audio / no video (``AVBatch.audio_mask`` / ``video_mask``); None: present.
 
         Returns:
             ``(audio [B, Na, D], video [B, Nv, D])`` after the joint layers and norm.
         """
+        mask = fusion_key_mask(audio.shape[1], video.shape[1], audio_ok, video_ok, audio.device)
+        if audio_ok is not None:  # a missing modality's placeholders pass no gradient back
+            audio = torch.where(_present(audio_ok, audio), audio, audio.detach())
+        if video_ok is not None:
+            video = torch.where(_present(video_ok, video), video, video.detach())
         a = audio + self.modality_embed["audio"]
         v = video + self.modality_embed["video"]
-        x = self._run(torch.cat([a, v], dim=1))  # [B, Na + Nv, D]
+        x = self._run(torch.cat([a, v], dim=1), mask)  # [B, Na + Nv, D]
         x = self.norm(x)
         return x[:, : a.shape[1]], x[:, a.shape[1] :]
 
@@ -90,3 +111,30 @@ class JointFusion(nn.Module):
             raise ValueError(f"JointFusion: unknown modality {modality!r}")
         x = self._run(x + self.modality_embed[modality])
         return self.norm_single[modality](x) if self.norm_single is not None else self.norm(x)
+
+
+def fusion_key_mask(
+    n_audio: int,
+    n_video: int,
+    audio_ok: torch.Tensor | None,
+    video_ok: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Bool ``[B, Na + Nv]`` key mask of :meth:`JointFusion.forward` (True: may be attended),
+    or None when both ``*_ok`` are None. Shapes depend only on the token counts (static)."""
+    if audio_ok is None and video_ok is None:
+        return None
+    ref = audio_ok if audio_ok is not None else video_ok
+    assert ref is not None
+    ones = torch.ones(ref.shape[0], dtype=torch.bool, device=device)
+    a_ok = ones if audio_ok is None else audio_ok.to(device) > 0.5  # [B]
+    v_ok = ones if video_ok is None else video_ok.to(device) > 0.5
+    neither = ~(a_ok | v_ok)  # [B] such a clip keeps every key (a row must have one)
+    keys_a = (a_ok | neither)[:, None].expand(-1, n_audio)  # [B, Na]
+    keys_v = (v_ok | neither)[:, None].expand(-1, n_video)  # [B, Nv]
+    return torch.cat([keys_a, keys_v], dim=1)  # [B, Na + Nv]
+
+
+def _present(ok: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, 1, 1]`` from a bool or 0/1 float ``[B]`` flag, on the tokens' device."""
+    return (ok.to(tokens.device) > 0.5)[:, None, None]

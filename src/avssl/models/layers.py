@@ -181,16 +181,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over ``x [B, N, D]``.
+
+        Args:
+            x: tokens.
+            key_mask: optional bool ``[B, N]``, False for tokens that no query may attend to
+                (every row needs at least one True). None: no mask, so that SDPA may pick its
+                fastest (flash) kernel; FlexAttention is not used with a mask (SDPA is).
+        """
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, h, N, Dh]
-        if self.fused and self.flex is not None:
+        allowed = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, N]
+        if self.fused and self.flex is not None and allowed is None:
             out = self.flex(q, k, v)
         elif self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
+            if allowed is not None:
+                attn = attn.masked_fill(~allowed, float("-inf"))
             out = attn.softmax(dim=-1) @ v  # [B, h, N, Dh]
         out = out.transpose(1, 2).reshape(B, N, D)  # [B, N, D]
         return self.proj(out)
@@ -251,6 +262,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, N, D]`` -> ``[B, N, D]``; ``key_mask``: see :meth:`Attention.forward`."""
+        x = x + self.drop_path(self.attn(self.norm1(x), key_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -18,7 +18,7 @@ from torch import nn
 
 from avssl.models.layers import LN_EPS, Block, PatchEmbed2d, PatchEmbed3d
 from avssl.models.masking import gather_tokens
-from avssl.models.pos_embed import SinCosPosEmbed
+from avssl.models.pos_embed import SMALLER_GRID, SinCosPosEmbed
 from avssl.models.utils import init_weights
 
 # size -> (embed_dim D, depth, num_heads), as ViT / DeiT
@@ -59,8 +59,14 @@ class ViTEncoder(nn.Module):
         mlp_ratio: float,
         qkv_bias: bool,
         drop_path_rate: float,
+        pos_for_smaller_grid: str = "prefix",
     ) -> None:
         super().__init__()
+        if pos_for_smaller_grid not in SMALLER_GRID:
+            raise ValueError(
+                f"pos_for_smaller_grid must be one of {SMALLER_GRID}, got {pos_for_smaller_grid!r}"
+            )
+        self.pos_for_smaller_grid = pos_for_smaller_grid
         self.size = size
         self.embed_dim, self.depth, self.num_heads = resolve_size(size, embed_dim, depth, num_heads)
         self.mlp_ratio, self.qkv_bias, self.drop_path_rate = mlp_ratio, qkv_bias, drop_path_rate
@@ -72,7 +78,9 @@ class ViTEncoder(nn.Module):
 
     def _finish_init(self, default_grid: tuple[int, ...]) -> None:
         self.default_grid = default_grid
-        self.pos_embed = SinCosPosEmbed(self.embed_dim, default_grid)  # fixed, not saved
+        self.pos_embed = SinCosPosEmbed(  # fixed, not saved
+            self.embed_dim, default_grid, smaller_grid=self.pos_for_smaller_grid
+        )
         self.apply(init_weights)
 
     def grid_size(self, x_shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
@@ -83,7 +91,8 @@ class ViTEncoder(nn.Module):
         return math.prod(self.grid_size(x_shape))
 
     def pos_embed_for(self, grid: tuple[int, ...]) -> torch.Tensor:
-        """``[1, N, D]`` fixed sin-cos position table for a token grid."""
+        """``[1, N, D]`` fixed sin-cos position table for a token grid (a grid smaller than
+        :attr:`default_grid`: see ``pos_for_smaller_grid``)."""
         return self.pos_embed(grid)
 
     def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,6 +127,7 @@ class ViTEncoder(nn.Module):
             "mlp_ratio": self.mlp_ratio,
             "qkv_bias": self.qkv_bias,
             "drop_path_rate": self.drop_path_rate,
+            "pos_for_smaller_grid": self.pos_for_smaller_grid,
         }
 
 
@@ -140,6 +150,10 @@ class AudioViT(ViTEncoder):
         input_size: default ``(Ta, F)``; only sets the cached position table.
         depth, embed_dim, num_heads: optional overrides of the named size.
         mlp_ratio, qkv_bias, drop_path_rate: block settings.
+        pos_for_smaller_grid: positions of an input with a smaller token grid than the
+            default one: ``"prefix"`` (the default grid's first positions) or
+            ``"interpolate"`` (the default grid's table resized to it, as DINO / XKD for local
+            views; :class:`~avssl.models.pos_embed.SinCosPosEmbed`).
     """
 
     modality = "audio"
@@ -156,8 +170,12 @@ class AudioViT(ViTEncoder):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        pos_for_smaller_grid: str = "prefix",
     ) -> None:
-        super().__init__(size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate)
+        super().__init__(
+            size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate,
+            pos_for_smaller_grid,
+        )  # fmt: skip
         self.patch_size, self.in_chans = patch_size, in_chans
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.patch_embed = PatchEmbed2d(patch_size, in_chans, self.embed_dim)
@@ -215,6 +233,10 @@ class VideoViT(ViTEncoder):
         num_frames, img_size: default input; only set the cached position table.
         depth, embed_dim, num_heads: optional overrides of the named size.
         mlp_ratio, qkv_bias, drop_path_rate: block settings.
+        pos_for_smaller_grid: positions of an input with a smaller token grid than the
+            default one: ``"prefix"`` (the default grid's first positions) or
+            ``"interpolate"`` (the default grid's table resized to it, as DINO / XKD for local
+            views; :class:`~avssl.models.pos_embed.SinCosPosEmbed`).
     """
 
     modality = "video"
@@ -233,8 +255,12 @@ class VideoViT(ViTEncoder):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        pos_for_smaller_grid: str = "prefix",
     ) -> None:
-        super().__init__(size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate)
+        super().__init__(
+            size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate,
+            pos_for_smaller_grid,
+        )  # fmt: skip
         self.patch_size, self.tubelet_size, self.in_chans = patch_size, tubelet_size, in_chans
         self.num_frames, self.img_size = num_frames, img_size
         self.patch_embed = PatchEmbed3d(patch_size, tubelet_size, in_chans, self.embed_dim)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avssl.data.batch import AVBatch
+from avssl.data.batch import MODALITIES_COMPLETE, AVBatch
 from avssl.losses._precision import float32_loss
 from avssl.losses.contrastive import gather_plain, gather_with_grad, rank_and_world, twins
 from avssl.models.fusion import JointFusion
@@ -28,12 +28,15 @@ DECODER_DIM = {"tiny": 192, "small": 256, "base": 512, "large": 512}  # MAE/CAV-
 
 
 def build_encoders(hp: dict[str, Any]) -> tuple[AudioViT, VideoViT]:
-    """Audio and video ViTs from the shared hyper-parameters of the objectives in this package."""
+    """Audio and video ViTs from the shared hyper-parameters of the objectives in this package
+    (``pos_for_smaller_grid`` when the objective has it, else the encoders' ``"prefix"``)."""
+    pos = hp.get("pos_for_smaller_grid", "prefix")
     audio = AudioViT(
         size=hp["size"],
         depth=hp["depth"],
         patch_size=hp["patch_size"],
         input_size=(hp["audio_frames"], hp["num_mel_bins"]),
+        pos_for_smaller_grid=pos,
     )
     video = VideoViT(
         size=hp["size"],
@@ -42,6 +45,7 @@ def build_encoders(hp: dict[str, Any]) -> tuple[AudioViT, VideoViT]:
         tubelet_size=hp["tubelet_size"],
         num_frames=hp["num_frames"],
         img_size=hp["img_size"],
+        pos_for_smaller_grid=pos,
     )
     return audio, video
 
@@ -59,11 +63,49 @@ class Backbone(nn.Module):
             self.audio.embed_dim, depth=hp["fusion_depth"], num_heads=heads, single_norms=False
         )
 
-    def forward(self, audio: torch.Tensor, video: torch.Tensor):
-        """Unmasked inputs -> fusion outputs ``([B, Na, D], [B, Nv, D])``."""
+    def forward(
+        self,
+        audio: torch.Tensor,
+        video: torch.Tensor,
+        audio_ok: torch.Tensor | None = None,
+        video_ok: torch.Tensor | None = None,
+    ):
+        """Unmasked inputs -> fusion outputs ``([B, Na, D], [B, Nv, D])``; ``*_ok``: the
+        clips' present modalities for the fusion's key mask (None: all present)."""
         za = self.audio.forward_features(audio)  # [B, Na, D]
         zv = self.video.forward_features(video)  # [B, Nv, D]
-        return self.fusion(za, zv)
+        return self.fusion(za, zv, audio_ok, video_ok)
+
+
+# AVBatch.extra key: True when every clip of the batch has audio and video, set on the host by
+# the loader's collate (avssl.data.batching.collate)
+COMPLETE = MODALITIES_COMPLETE
+
+
+def modalities_complete(batch: AVBatch) -> bool | None:
+    """Whether every clip of ``batch`` has both modalities, when known without waiting for
+    the device: True with no masks, the masks' value when they are host tensors (or the
+    :data:`COMPLETE` flag set before the transfer says it), None for masks on an accelerator."""
+    flag = batch.extra.get(COMPLETE)
+    if flag is not None:
+        return bool(flag)
+    masks = [m for m in (batch.audio_mask, batch.video_mask) if m is not None]
+    if any(m.device.type != "cpu" for m in masks):
+        return None  # reading it would be a host sync
+    return all(bool(m.all()) for m in masks)
+
+
+Oks = tuple[torch.Tensor | None, torch.Tensor | None]  # (audio_ok, video_ok) of the fusion
+
+
+def fusion_masks(batch: AVBatch, a_ok: torch.Tensor, v_ok: torch.Tensor) -> Oks:
+    """The ``(audio_ok, video_ok)`` of :meth:`JointFusion.forward`: ``(None, None)`` when
+    every clip has both modalities (no attention mask: SDPA's fastest kernels, the values of
+    an unmasked fusion), else the ``[B']`` flags of :func:`flatten_inputs` (a mask whose
+    shape depends only on the batch's: no graph break, no host sync)."""
+    if modalities_complete(batch):
+        return None, None
+    return a_ok, v_ok
 
 
 def decoder_dims(hp: dict[str, Any]) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ attributes the base constructor sets); it is not meant to be used on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -142,6 +142,12 @@ class OptimMixin(pl.LightningModule):
         ]
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
+    def clip_params(self) -> Iterable[nn.Parameter]:
+        """The parameters whose gradients ``clip_grad_per_param`` clips (default: all of this
+        module's). A subclass may narrow them (XKD: the students' encoders and heads, as XKD's
+        ``clip_gradients``; its decoders stay unclipped)."""
+        return self.parameters()
+
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """The optimizer's parameter groups at peak rate ``lr`` (default: :func:`param_groups`
         of this module, all at ``lr``); a subclass may give a group its own ``"lr"`` and mark
@@ -161,8 +167,9 @@ class OptimMixin(pl.LightningModule):
         rank: the finiteness flag is all-reduced). When every one was skipped (non-finite), the
         gradients (zeros under DDP) become None, so the optimizer changes no weight, moment or
         step count. When some were, the others' gradients are scaled up to their mean
-        (:func:`rescale_partial_window`). Then ``clip_grad_per_param`` applies; Lightning's
-        ``gradient_clip_val`` comes after this hook."""
+        (:func:`rescale_partial_window`). Then ``clip_grad_per_param`` applies to the
+        gradients of :meth:`clip_params`; Lightning's ``gradient_clip_val`` comes after this
+        hook."""
         seen, finite = self._micro_batches, self._finite_micro_batches
         self._micro_batches = self._finite_micro_batches = 0
         self.last_step_skipped = finite == 0
@@ -171,4 +178,4 @@ class OptimMixin(pl.LightningModule):
             return
         rescale_partial_window(self.parameters(), seen, finite)
         if self.clip_grad_per_param > 0:
-            clip_per_param(self.parameters(), self.clip_grad_per_param)
+            clip_per_param(self.clip_params(), self.clip_grad_per_param)

@@ -2,7 +2,11 @@
 
 Model (paper Sec. 3): an audio ViT on the fbank (16x16 patches) and a video ViT (2x16x16
 tubelets) encode the *visible* tokens; joint fusion layers attend over the concatenated audio and
-video tokens; one light decoder per modality predicts the masked tokens.
+video tokens; one light decoder per modality predicts the masked tokens. A clip missing a
+modality (``AVBatch.audio_mask`` / ``video_mask``) is excluded from that modality's losses, and
+its placeholder tokens are no keys of the fusion layers and send no gradient to their encoder
+(:class:`~avssl.models.fusion.JointFusion`); a batch whose clips all have both modalities runs
+the fusion without any attention mask.
 
 Stage 1 (Sec. 3.1-3.2):
 - masked reconstruction of the raw inputs: MSE on the masked patches with per-patch normalised
@@ -172,11 +176,14 @@ class MAViL(AVObjective):
         return self
 
     @torch.no_grad()
-    def teacher_targets(self, audio: torch.Tensor, video: torch.Tensor):
-        """Teacher's fusion outputs on the unmasked inputs: ``([B, Na, D], [B, Nv, D])``."""
+    def teacher_targets(
+        self, audio: torch.Tensor, video: torch.Tensor, oks: parts.Oks = (None, None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's fusion outputs on the unmasked inputs: ``([B, Na, D], [B, Nv, D])``;
+        ``oks``: ``(audio_ok, video_ok)`` of the fusion's key mask (:func:`parts.fusion_masks`)."""
         if self.teacher is None:
             raise RuntimeError("MAViL stage 1 has no teacher")
-        return self.teacher(audio, video)
+        return self.teacher(audio, video, *oks)
 
     # ----------------------------------------------------------------- forward
     def _mask(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, Any]:
@@ -190,25 +197,27 @@ class MAViL(AVObjective):
             "grid_v": gv, "keep_v": keep_v, "mask_v": mask_v, "restore_v": restore_v,
         }  # fmt: skip
 
-    def _forward(self, audio: torch.Tensor, video: torch.Tensor, m: dict[str, Any]):
-        """Encoders on the visible tokens, joint fusion, decoders over all positions."""
+    def _forward(self, audio: torch.Tensor, video: torch.Tensor, m: dict[str, Any], oks: parts.Oks):
+        """Encoders on the visible tokens, joint fusion (a missing modality's tokens are no
+        keys: ``oks`` = ``(audio_ok, video_ok)`` or Nones), decoders over all positions."""
         za = self.audio_encoder.forward_features(audio, m["keep_a"])  # [B, Na_keep, D]
         zv = self.video_encoder.forward_features(video, m["keep_v"])  # [B, Nv_keep, D]
-        fa, fv = self.fusion(za, zv)
+        fa, fv = self.fusion(za, zv, *oks)
         pred_a = self.audio_decoder(fa, m["restore_a"], m["grid_a"])  # [B, Na, P or D]
         pred_v = self.video_decoder(fv, m["restore_v"], m["grid_v"])  # [B, Nv, P or D]
         return za, zv, pred_a, pred_v
 
     def compute_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         audio, video, a_ok, v_ok = parts.flatten_inputs(batch)
+        oks = parts.fusion_masks(batch, a_ok, v_ok)  # (None, None): every clip has both
         m = self._mask(audio, video)
-        za, zv, pred_a, pred_v = self._forward(audio, video, m)
+        za, zv, pred_a, pred_v = self._forward(audio, video, m, oks)
         if self.stage == 1:
             target_a = self.audio_encoder.patchify(audio)  # [B, Na, P]
             target_v = self.video_encoder.patchify(video)  # [B, Nv, P]
             norm = self.norm_pix_loss
         else:
-            target_a, target_v = self.teacher_targets(audio, video)  # [B, N, D]
+            target_a, target_v = self.teacher_targets(audio, video, oks)  # [B, N, D]
             norm = True  # per-token normalised teacher features
         losses = {
             "recon_audio": masked_mse(pred_a, target_a, m["mask_a"] * a_ok[:, None], norm),
@@ -276,14 +285,16 @@ class MAViL(AVObjective):
     @torch.no_grad()
     def visualize(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         """Input | masked | reconstruction of the first sample (stage 2: per-token error)."""
-        audio, video, _, _ = parts.flatten_inputs(batch)
+        audio, video, a_ok, v_ok = parts.flatten_inputs(batch)
         audio, video = audio[:1], video[:1]
+        oa, ov = parts.fusion_masks(batch, a_ok, v_ok)
+        oks = (None if oa is None else oa[:1], None if ov is None else ov[:1])
         m = self._mask(audio, video)
-        _, _, pred_a, pred_v = self._forward(audio, video, m)
+        _, _, pred_a, pred_v = self._forward(audio, video, m, oks)
         if self.stage == 1:
             rec_a, rec_v = pred_a[0], pred_v[0]
         else:
-            ta, tv = self.teacher_targets(audio, video)
+            ta, tv = self.teacher_targets(audio, video, oks)
             rec_a = masked_mse_per_token(pred_a, ta)[0]
             rec_v = masked_mse_per_token(pred_v, tv)[0]
         pixel = self.stage == 1

@@ -14,14 +14,18 @@ weight 1/2) (CORAL by option). Loss ``(5 recon + 1 kd + 1 align) / 7``.
 The modality-agnostic variant (``shared_backbone: true``) shares the transformer blocks and final
 norm of the audio and video students (patch embeddings, decoders and heads stay per modality).
 
-The recipes clip every gradient tensor to norm 0.3 as the reference does (DINO's per-parameter
-clipping; ``clip_grad_per_param`` of :class:`~avssl.objectives.base.AVObjective`).
+The recipes clip each gradient tensor of the students' encoders and heads to norm 0.3 as the
+reference does (DINO's per-parameter clipping, ``clip_grad_per_param`` of
+:class:`~avssl.objectives.base.AVObjective`, over :meth:`XKD.clip_params`; the decoders are
+not clipped, as in XKD's ``clip_gradients``).
 Local views (``local_views: true``, the recipes): as the reference code, the teachers see a
 *local* view of each clip (a quarter of its duration, a small crop of the frame with its own
 colour and volume jitter, made by the loader; see :mod:`avssl.objectives._xkd_views`), the
 students both the masked global view and the unmasked local view; each student view is
 distilled towards the other modality's teacher (the two cross-entropies averaged) and the
-students' alignment term takes both views.
+students' alignment term takes both views. A local view's tokens take the encoder's
+position table resized to their smaller grid (``pos_for_smaller_grid: interpolate``, as XKD's
+``interpolate_pos_encoding`` and DINO's local crops), not the first positions of the clip's.
 Teacher pooling (``teacher_pooling: attention``, the recipes): the teacher's tokens are weighted
 by the attention they receive in its last block before the mean, as the reference code.
 ``align: coral`` is Deep CORAL (covariances only); ``align: mean_coral`` is the CORAL of XKD's
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -139,6 +144,11 @@ class XKD(AVObjective):
         local_audio_resize: the local audio view also takes XKD's random time/frequency
             rescaling (BYOL-A's random resize crop; ``_xkd_views.audio_resize_crop``).
         teacher_pooling: "mean" of the teacher's tokens, or "attention"-weighted (XKD's code).
+        pos_for_smaller_grid: position table of an input with a smaller token grid than the
+            encoders' default (``num_frames``/``img_size``/``audio_frames``), e.g. the local
+            views: "interpolate" (XKD's ``interpolate_pos_encoding``: the default grid's table
+            resized trilinearly, so a local view spans the whole clip's positions) or "prefix"
+            (the first positions of the default grid; see :class:`~avssl.models.vit.ViTEncoder`).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
 
@@ -191,6 +201,7 @@ class XKD(AVObjective):
         local_gain_db: float = 1.9,
         local_source: str = "loader",
         teacher_pooling: str = "mean",
+        pos_for_smaller_grid: str = "interpolate",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -240,6 +251,13 @@ class XKD(AVObjective):
                 "video_head": self.video_head,
             }
         )
+
+    def clip_params(self) -> Iterator[nn.Parameter]:
+        """``clip_grad_per_param`` clips the students' encoders and DINO heads only, as XKD's
+        ``XKD_Net.clip_gradients`` (its ``vid_student`` / ``aud_student``: backbone + head);
+        the decoders (mask token, decoder blocks, projections) are not clipped. A shared
+        backbone's trunk is listed once."""
+        return self.student().parameters()
 
     # ----------------------------------------------------------------- losses
     def _student_branch(self, x: torch.Tensor, modality: str, ok: torch.Tensor):
