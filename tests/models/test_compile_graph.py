@@ -23,24 +23,34 @@ def _build():
     return audio, video, fusion, dec_a, dec_v
 
 
+def _encode_and_fuse(parts, audio, video, oks=(None, None)):
+    """Masked encoders and the joint layers of the MAViL step: (fused audio, fused video,
+    encoded audio, encoded video, the decoders' inputs and targets)."""
+    audio_enc, video_enc, fusion, dec_a, dec_v = parts
+    B = audio.shape[0]
+    grid_a, grid_v = audio_enc.grid_size(audio.shape), video_enc.grid_size(video.shape)
+    ka, ma, ra = random_masking(B, audio_enc.num_tokens(audio.shape), 0.75, audio.device)
+    kv, mv, rv = tube_masking(B, grid_v, 0.5, video.device)
+    za = audio_enc.forward_features(audio, ka)  # [B, Na_keep, D]
+    zv = video_enc.forward_features(video, kv)  # [B, Nv_keep, D]
+    fa, fv = fusion(za, zv, *oks)
+    pred_a, pred_v = dec_a(fa, ra, grid_a), dec_v(fv, rv, grid_v)
+    return za, zv, pred_a, pred_v, ma, mv, grid_a
+
+
 def test_masked_step_has_no_graph_breaks() -> None:
     torch.manual_seed(0)
-    audio_enc, video_enc, fusion, dec_a, dec_v = _build()
+    parts = _build()
+    audio_enc, video_enc, fusion = parts[:3]
 
     def step(audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-        B = audio.shape[0]
-        grid_a, grid_v = audio_enc.grid_size(audio.shape), video_enc.grid_size(video.shape)
-        ka, ma, ra = random_masking(B, audio_enc.num_tokens(audio.shape), 0.75, audio.device)
-        kv, mv, rv = tube_masking(B, grid_v, 0.5, video.device)
-        za = audio_enc.forward_features(audio, ka)  # [B, Na_keep, D]
-        zv = video_enc.forward_features(video, kv)  # [B, Nv_keep, D]
-        fa, fv = fusion(za, zv)
-        loss_a = masked_mse(dec_a(fa, ra, grid_a), audio_enc.patchify(audio), ma)
-        loss_v = masked_mse(dec_v(fv, rv, grid_v), video_enc.patchify(video), mv)
+        za, zv, pred_a, pred_v, ma, mv, grid_a = _encode_and_fuse(parts, audio, video)
+        loss_a = masked_mse(pred_a, audio_enc.patchify(audio), ma)
+        loss_v = masked_mse(pred_v, video_enc.patchify(video), mv)
         nce = info_nce(
             fusion.forward_single(za, "audio").mean(1), fusion.forward_single(zv, "video").mean(1)
         )
-        _, m2, _ = time_freq_masking(B, grid_a, 0.5, 0.5, audio.device)
+        _, m2, _ = time_freq_masking(audio.shape[0], grid_a, 0.5, 0.5, audio.device)
         return loss_a + loss_v + 0.01 * nce + 0.0 * m2.sum()
 
     # the default grid (cached buffers) and another input length (tables computed on the fly)
@@ -58,18 +68,13 @@ def test_fusion_with_missing_modality_masks_has_no_graph_breaks() -> None:
     """The key mask of a batch with a missing modality is built from its flags with static
     shapes: still one graph, and the flags' values do not recompile it."""
     torch.manual_seed(0)
-    audio_enc, video_enc, fusion, dec_a, dec_v = _build()
+    parts = _build()
+    audio_enc, video_enc = parts[:2]
 
     def step(audio, video, a_ok, v_ok):
-        B = audio.shape[0]
-        grid_a, grid_v = audio_enc.grid_size(audio.shape), video_enc.grid_size(video.shape)
-        ka, ma, ra = random_masking(B, audio_enc.num_tokens(audio.shape), 0.75, audio.device)
-        kv, mv, rv = tube_masking(B, grid_v, 0.5, video.device)
-        za = audio_enc.forward_features(audio, ka)  # [B, Na_keep, D]
-        zv = video_enc.forward_features(video, kv)  # [B, Nv_keep, D]
-        fa, fv = fusion(za, zv, a_ok, v_ok)
-        loss_a = masked_mse(dec_a(fa, ra, grid_a), audio_enc.patchify(audio), ma * a_ok[:, None])
-        return loss_a + masked_mse(dec_v(fv, rv, grid_v), video_enc.patchify(video), mv)
+        _, _, pred_a, pred_v, ma, mv, _ = _encode_and_fuse(parts, audio, video, (a_ok, v_ok))
+        loss_a = masked_mse(pred_a, audio_enc.patchify(audio), ma * a_ok[:, None])
+        return loss_a + masked_mse(pred_v, video_enc.patchify(video), mv)
 
     torch._dynamo.reset()
     args = (torch.randn(2, 1, 32, 32), torch.randn(2, 3, 2, 32, 32))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
@@ -11,6 +10,7 @@ from avssl.models.decoder import JointDecoder, TransformerDecoder
 from avssl.models.fusion import JointFusion
 from avssl.models.layers import set_fused_attention
 from avssl.models.masking import random_masking, tube_masking
+from tests.attention_spy import record_attention_masks
 
 
 def test_decoder_shapes_and_mask_token_positions() -> None:
@@ -158,14 +158,7 @@ def test_fusion_without_masks_passes_no_attention_mask(monkeypatch) -> None:
     torch.manual_seed(0)
     fusion = JointFusion(32, depth=2, num_heads=4)
     a, v = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
-    seen = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kw):
-        seen.append(attn_mask)
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    seen = record_attention_masks(monkeypatch)
     ref = fusion(a, v)
     out = fusion(a, v, None, None)
     assert len(seen) == 4 and all(m is None for m in seen)

@@ -8,6 +8,7 @@ import torch
 from avssl.losses.contrastive import info_nce
 from avssl.objectives import _mavil_parts as parts
 from avssl.objectives.base import param_groups
+from tests.attention_spy import record_attention_masks
 from tests.objectives.batches import make_batch
 
 TERMS = ("recon_audio", "recon_video", "inter", "intra_audio", "intra_video")
@@ -138,17 +139,8 @@ def test_a_batch_without_a_modality_leaves_its_encoder_untouched(tiny_mavil, bat
 def test_complete_batches_use_the_unmasked_fusion(tiny_mavil, batch, monkeypatch):
     """Every clip with both modalities: no attention mask anywhere (SDPA's fast kernels) and
     bit-identical losses and gradients whether the batch carries all-True masks or none."""
-    import torch.nn.functional as F
-
     model = tiny_mavil(inter_weight=1.0, intra_weight=1.0)
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kw):
-        masks.append(attn_mask)
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    masks = record_attention_masks(monkeypatch)
 
     def run(b):
         model.zero_grad()
