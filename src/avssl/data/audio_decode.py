@@ -1,10 +1,10 @@
 """Audio decoding for the loader and ``avssl.embed`` (DESIGN section 7).
 
-Decode once, downmix by averaging channels, resample to the requested rate
-(:func:`load_audio`). Shard audio takes shortcuts: FLAC through libsndfile, window by window
-where that is less (:class:`FlacWindows`), and 16-bit PCM WAV read in place without decoding
-(:class:`PcmWave`). Sources are what :mod:`avssl.data.decode` opens: a path, bytes or a binary
-file object of any container PyAV can read.
+Decode once, downmix (stereo averaged, more channels by FFmpeg's mono downmix), resample to
+the requested rate (:func:`load_audio`). Shard audio takes shortcuts: FLAC through
+libsndfile, window by window where that is less (:class:`FlacWindows`), and 16-bit PCM WAV
+read in place without decoding (:class:`PcmWave`). Sources are what :mod:`avssl.data.decode`
+opens: a path, bytes or a binary file object of any container PyAV can read.
 """
 
 from __future__ import annotations
@@ -224,11 +224,25 @@ class PcmWave:
         return torch.from_numpy(self._s[a:b].astype(np.float32) / np.float32(32768))
 
 
+def _resampler(frame: av.AudioFrame, sample_rate: int) -> av.AudioResampler | None:
+    """FFmpeg's resampler for a stream whose first frame is ``frame``, or None when its samples
+    can be kept as they are. Mono and stereo at ``sample_rate`` need none (averaging stereo is
+    FFmpeg's mono downmix, both channels at 0.5). More channels are downmixed by FFmpeg as the
+    shard writer does (5.1: centre 0.29, front 0.21, surround 0.15, LFE 0), not averaged."""
+    surround = len(frame.layout.channels) > 2
+    if frame.sample_rate == sample_rate and not surround:
+        return None
+    if surround:  # the writer's call; integer output is what makes FFmpeg normalise the mix
+        return av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    return av.AudioResampler("fltp", rate=sample_rate)
+
+
 def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, bool]:
     """Decodes the first audio stream to a mono float waveform at ``sample_rate``.
 
-    Channels are averaged; samples are in [-1, 1]. Audio already at ``sample_rate`` (shard
-    FLAC) is converted directly, other rates go through FFmpeg's resampler. Returns
+    Mono and stereo are averaged; more channels take FFmpeg's mono downmix, as in the shard
+    writer. Samples are in [-1, 1]. Audio already at ``sample_rate`` (shard FLAC) is converted
+    directly, other rates go through FFmpeg's resampler. Returns
     ``(wave [S], True)``, or ``(empty tensor, False)`` when the file has no audio stream.
 
     Shard audio (FLAC bytes, mono, 16-bit, at ``sample_rate``) is read with libsndfile when
@@ -248,19 +262,19 @@ def load_audio(src: Source, sample_rate: int = 16000) -> tuple[torch.Tensor, boo
             return torch.zeros(0), False
         stream = container.streams.audio[0]
         stream.codec_context.thread_count = 1
-        resample = stream.rate != sample_rate
-        resampler = av.AudioResampler("fltp", rate=sample_rate) if resample else None
+        resampler: av.AudioResampler | None = None
         raw = _RawSamples(src)
         first_setup = None
         try:
             for frame in container.decode(stream):
-                if resampler is None:  # same rate: keep the raw samples, convert once below
-                    raw.add(frame)
-                    continue
                 setup = (frame.format.name, frame.layout.name, frame.sample_rate)
                 if first_setup is None:
                     first_setup = setup
-                elif setup != first_setup:  # the resampler would raise a bare ValueError
+                    resampler = _resampler(frame, sample_rate)
+                if resampler is None:  # mono/stereo at the rate: raw samples, converted below
+                    raw.add(frame)
+                    continue
+                if setup != first_setup:  # the resampler would raise a bare ValueError
                     raise MediaError(
                         f"{_name(src)}: audio format changes mid-stream ({first_setup} -> {setup})"
                     )
