@@ -15,7 +15,16 @@ import csv
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, csv_rows, index_media, need_file, numbered_lines, rel_to
+from data_prep.common import (
+    Context,
+    Plan,
+    best_pattern,
+    csv_rows,
+    index_media,
+    need_file,
+    numbered_lines,
+    rel_to,
+)
 from data_prep.vggsound import format_name
 
 OPTIONS = ("pattern", "csv", "labels")
@@ -127,12 +136,9 @@ def detect_pattern(rows: list[dict], index: dict[str, Path], root: Path) -> str:
     """
     if not rows:
         return KNOWN_PATTERNS[0]
-    step = max(1, len(rows) // 5000)
-    for sample in (rows[::step], rows) if step > 1 else (rows,):
-        scores = [sum(p.format(**_fields(r)) in index for r in sample) for p in KNOWN_PATTERNS]
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        if scores[best]:
-            return KNOWN_PATTERNS[best]
+    pattern = best_pattern(rows, _fields, KNOWN_PATTERNS, index)
+    if pattern is not None:
+        return pattern
     found = next(iter(index.values()), None)
     example = f"e.g. {found.name}" if found is not None else "no media files there"
     raise UserError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,3 +383,22 @@ def rel_to(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.name
+
+
+def best_pattern(
+    rows: Sequence[Any],
+    fields: Callable[[Any], dict],
+    known: Sequence[str],
+    index: dict[str, Path],
+    limit: int = 5000,
+) -> str | None:
+    """The file-name pattern of ``known`` that names the most files of ``index`` (ties: the
+    first), None when none names any. Scores up to ``limit`` rows spread evenly over ``rows``,
+    then all of them when those match nothing (a user may hold the clips of one list only)."""
+    step = max(1, len(rows) // limit)
+    for sample in (rows[::step], rows) if step > 1 else (rows,):
+        scores = [sum(p.format(**fields(r)) in index for r in sample) for p in known]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        if scores[best]:
+            return known[best]
+    return None

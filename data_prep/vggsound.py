@@ -4,6 +4,11 @@
 contain commas (quoted), so it is read with a CSV reader. Clips are ``<ytid>_<start:06d>.mp4``
 anywhere below ROOT (``--pattern`` changes the name). Classes are the labels present in the
 CSV, sorted. Splits ``train`` and ``test``.
+
+Mirrors name clips differently: ``--pattern`` takes the fields ``ytid start end`` (``end`` =
+start + 10, VGGSound's clip length), e.g. ``{ytid}_{start}_{end}``. Without it the pattern of
+:data:`KNOWN_PATTERNS` that names the most files is used (printed in the notes), and the
+default when none names any (the missing files are then counted as such).
 """
 
 from __future__ import annotations
@@ -13,10 +18,27 @@ import io
 from pathlib import Path
 
 from avssl.cli import UserError
-from data_prep.common import Context, Plan, index_media, need_file, read_text, rel_to
+from data_prep.common import (
+    Context,
+    Plan,
+    best_pattern,
+    index_media,
+    need_file,
+    read_text,
+    rel_to,
+)
 
 OPTIONS = ("pattern", "csv")
 DEFAULT_PATTERN = "{ytid}_{start:06d}"
+#: file names of VGGSound mirrors: the dataset's own (``<ytid>_<start:06d>``), unpadded, and
+#: with the end second
+KNOWN_PATTERNS = (
+    DEFAULT_PATTERN,
+    "{ytid}_{start}",
+    "{ytid}_{start:06d}_{end:06d}",
+    "{ytid}_{start}_{end}",
+)
+CLIP_SECONDS = 10
 
 
 def find_csv(ctx: Context, root: Path, name: str) -> Path:
@@ -37,6 +59,11 @@ def format_name(pattern: str, path: Path, n: int, **fields: object) -> str:
         return pattern.format(**fields)
     except (KeyError, ValueError, IndexError) as err:
         raise UserError(f"--pattern {pattern!r} does not fit {path}:{n} ({err})") from None
+
+
+def _fields(row: tuple[str, int, str, str]) -> dict:
+    """The ``--pattern`` fields of a CSV row."""
+    return {"ytid": row[0], "start": row[1], "end": row[1] + CLIP_SECONDS}
 
 
 def parse_rows(path: Path) -> list[tuple[str, int, str, str]]:
@@ -65,17 +92,21 @@ def parse_rows(path: Path) -> list[tuple[str, int, str, str]]:
 def collect(ctx: Context) -> Plan:
     root = ctx.need_root()
     path = find_csv(ctx, root, "vggsound.csv")
-    pattern = ctx.options.get("pattern") or DEFAULT_PATTERN
     rows = parse_rows(path)
+    index = index_media(root)
+    pattern = ctx.options.get("pattern")
+    if not pattern:
+        pattern = best_pattern(rows, _fields, KNOWN_PATTERNS, index) or DEFAULT_PATTERN
     classes = sorted({label for _, _, label, _ in rows})
     class_ids = {name: i for i, name in enumerate(classes)}
     plan = Plan(dataset=ctx.dataset, classes=classes, splits={"train": [], "test": []})
     plan.looked_for = f"the clips listed in {path} (files named {pattern}.*)"
+    plan.notes.append(f"file name pattern: {pattern}")
     if len(classes) != 309:
         plan.notes.append(f"{path.name} lists {len(classes)} classes (full VGGSound: 309)")
-    index = index_media(root)
-    for n, (ytid, start, label, split) in enumerate(rows, 1):
-        name = format_name(pattern, path, n, ytid=ytid, start=start)
+    for n, row in enumerate(rows, 1):
+        ytid, start, label, split = row
+        name = format_name(pattern, path, n, **_fields(row))
         found = index.get(name)
         rel = rel_to(found, root) if found else name
         plan.add(

@@ -173,3 +173,35 @@ def test_kinetics_sounds_folders_and_lists(tmp_path, media):
     plan = collect_ks(Context("kinetics_sounds", root, lists, tmp_path / "out"))
     assert len(plan.items) == 2 and len(plan.splits["val"]) == 1
     assert plan.failures[0]["key"] == "kinetics_sounds/train/tap_dancing/zzz_000001_000011"
+
+
+@pytest.mark.parametrize(
+    "name, pattern",
+    [
+        ("-0jeONf82dE_21.mp4", "{ytid}_{start}"),
+        ("-0jeONf82dE_000021_000031.mp4", "{ytid}_{start:06d}_{end:06d}"),
+        ("-0jeONf82dE_21_31.mp4", "{ytid}_{start}_{end}"),
+    ],
+)
+def test_vggsound_mirror_file_names_are_detected(tmp_path, media, name, pattern):
+    root = tmp_path / "vgg"
+    place(media["av"], root / "clips" / name)
+    write_text(root / "vggsound.csv", VGG_CSV)
+    plan = collect_vgg(Context("vggsound", root, None, tmp_path / "out"))
+    assert f"file name pattern: {pattern}" in plan.notes
+    assert [it.key for it in plan.items] == [f"vggsound/clips/{Path(name).stem}"]
+    assert len(plan.failures) == 3  # the other rows' files are missing, and counted
+
+
+def test_vggsound_explicit_pattern_with_end(tmp_path, media):
+    root = tmp_path / "vgg"
+    place(media["av"], root / "v" / "clip--0BIyqJj9ZU-30-40.mp4")
+    write_text(root / "vggsound.csv", VGG_CSV)
+    ctx = Context(
+        "vggsound", root, None, tmp_path / "out", options={"pattern": "clip-{ytid}-{start}-{end}"}
+    )
+    plan = collect_vgg(ctx)
+    assert [it.key for it in plan.items] == ["vggsound/v/clip--0BIyqJj9ZU-30-40"]
+    ctx = Context("vggsound", root, None, tmp_path / "out", options={"pattern": "{ytid}_{stop}"})
+    with pytest.raises(UserError, match="does not fit"):
+        collect_vgg(ctx)
