@@ -76,10 +76,17 @@ def _previous_dataset(manifest: Path) -> Any:
     return data.get("dataset") if isinstance(data, dict) else None
 
 
-def _stats_keys(items: list[Item], limit: int) -> set[str]:
-    """Up to ``limit`` keys chosen by a hash of the key: random-looking, deterministic."""
-    order = sorted(items, key=lambda it: hashlib.sha1(it.key.encode()).hexdigest())
-    return {it.key for it in order[: max(0, limit)]}
+def fbank_stats(sidecars: list[dict], limit: int) -> FbankStats:
+    """The log-mel sums of up to ``limit`` clips with audio, chosen by a hash of the key:
+    random-looking, deterministic, and ``limit`` clips whenever that many have audio (clips
+    without audio or that failed are not drawn)."""
+    clips = {k: v for side in sidecars for k, v in side["clip_stats"].items()}
+    order = sorted(clips, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+    stats = FbankStats()
+    for key in order[: max(0, limit)]:
+        total, total_sq, count = clips[key]
+        stats.merge({"total": total, "total_sq": total_sq, "count": count, "clips": 1})
+    return stats
 
 
 def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> dict:
@@ -95,9 +102,7 @@ def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> d
         kept = [k for k in keys if k in converted]
         (split_dir / f"{name}.txt").write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         counts[name] = len(kept)
-    stats = FbankStats()
-    for side in sidecars:
-        stats.merge(side["stats"])
+    stats = fbank_stats(sidecars, prep["stats_clips"])
     mean, std = stats.mean_std() if stats.count else DEFAULT_FBANK
     write_json(
         out / "stats.json",
@@ -226,7 +231,6 @@ def prepare_dataset(
         **settings.to_dict(),
         "dataset": dataset,
         "want_video": plan.want_video,
-        "stats_clips": int(stats_clips),
     }
     sidecars = _convert(plan, out, settings, check, int(workers), int(shard_size), progress, log)
     prep = {
@@ -234,6 +238,7 @@ def prepare_dataset(
         "video_codec": "mjpeg" if float(jpeg_fps) > 0 else "h264",
         "shard_size": shard_size,
         "max_failures": max_failures,
+        "stats_clips": int(stats_clips),
         "root": str(root_p) if root_p else None,
         "splits": str(splits_p) if splits_p else None,
         "options": given,
@@ -254,7 +259,6 @@ def _convert(
     """Groups the plan's items into shards and converts the unfinished ones."""
     items = plan.items
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    stats_keys = _stats_keys(items, check["stats_clips"])
     base = {
         "settings": {**settings.to_dict(), "threads": settings.threads},
         "dataset": plan.dataset,
@@ -264,6 +268,6 @@ def _convert(
     log(f"{len(items)} clips in {len(shards)} shards of up to {shard_size} -> {out}")
 
     def make_task(item: Item) -> dict:
-        return {**base, "item": item, "stats": item.key in stats_keys}
+        return {**base, "item": item}
 
     return run_shards(shards, out / "shards", check, workers, make_task, progress, log)

@@ -36,7 +36,11 @@ SHARD_NAME = "shard-{:06d}"
 
 
 def convert_item(task: dict[str, Any]) -> dict[str, Any]:
-    """Worker: one item -> {"key", "members" | None, "failure" | None, "stats" | None}."""
+    """Worker: one item -> {"key", "members" | None, "failure" | None, "stats" | None}.
+
+    ``stats``: ``[sum, sum of squares, count]`` of the clip's raw log-mel values, for every
+    clip with audio (a few ms against the seconds of encoding); ``stats.json`` is reduced from
+    the hash-chosen ones (:func:`data_prep.build.fbank_stats`)."""
     item: Item = task["item"]
     result: dict[str, Any] = {"key": item.key, "members": None, "failure": None, "stats": None}
     result["file_state"] = file_state(item.path)  # before reading: later changes show
@@ -69,12 +73,12 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
         members[conv.audio_codec] = conv.audio
     members["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
     result["members"] = members
-    if task["stats"] and conv.wave is not None:
+    if conv.wave is not None:  # every clip with audio: stats.json picks among them
         from avssl.data.fbank import FbankConfig
 
         acc = FbankStats()
         acc.add_wave(conv.wave, FbankConfig(sample_rate=settings.sample_rate))
-        result["stats"] = acc.to_dict()
+        result["stats"] = [acc.total, acc.total_sq, acc.count]
     return result
 
 
@@ -177,7 +181,7 @@ def _write_shard(
 ) -> dict:
     name = SHARD_NAME.format(index)
     writer = ShardWriter(shard_dir / f"{name}.tar")
-    keys, failures, stats = [], [], FbankStats()
+    keys, failures, clip_stats = [], [], {}
     failed_files, streams = {}, {"video": 0, "audio": 0}
     try:
         for _ in items:
@@ -191,7 +195,7 @@ def _write_shard(
                 failures.append(res["failure"])
                 failed_files[res["key"]] = res["file_state"]
             if res["stats"] is not None:
-                stats.merge(res["stats"])
+                clip_stats[res["key"]] = res["stats"]
             bar.update(1)
     except BaseException:
         writer.abort()
@@ -212,7 +216,7 @@ def _write_shard(
         "planned": [it.key for it in items],
         "planned_digest": planned_digest(items),
         "prep": prep,
-        "stats": stats.to_dict(),
+        "clip_stats": clip_stats,
     }
     write_json(shard_dir / f"{name}.json", side)
     return side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -13,6 +14,9 @@ import pytest
 from prep_helpers import REAL_MEDIA, place, read_shards, sample_json, write_text
 
 from avssl.cli import UserError
+from avssl.data.audio_decode import load_audio
+from avssl.data.fbank import FbankConfig
+from avssl.data.writer import FbankStats
 from data_prep import prepare_dataset
 from data_prep.__main__ import main
 
@@ -258,3 +262,33 @@ def test_synthetic_bad_visual_nuisance_is_a_user_error(tmp_path):
         prepare_dataset(
             "synthetic", None, None, tmp_path / "out", progress=False, visual_nuisance="dim"
         )
+
+
+def test_stats_clips_are_drawn_among_clips_with_audio(tmp_path, media):
+    """The hash order's first clips here have no audio: ``--stats-clips 2`` still takes two
+    clips, the first two with audio in that order."""
+    names = sorted(
+        (f"c{i}" for i in range(6)), key=lambda n: hashlib.sha1(f"folder/{n}".encode()).hexdigest()
+    )
+    root = tmp_path / "root"
+    for i, name in enumerate(names):
+        src = media["noaudio"] if i < 2 else media["av" if i % 2 else "mono"]
+        place(src, root / f"{name}.mp4")
+    out = tmp_path / "out"
+    prepare_dataset("folder", root, None, out, stats_clips=2, progress=False)
+    stats = json.loads((out / "stats.json").read_text())
+    samples = read_shards(out)
+    expected = FbankStats()
+    for name in names[2:4]:
+        wave, _ = load_audio(samples[f"folder/{name}"]["flac"], 16000)
+        expected.add_wave(wave.numpy(), FbankConfig())
+    mean, std = expected.mean_std()
+    assert stats["num_clips"] == 2
+    assert stats["fbank_mean"] == pytest.approx(mean, rel=1e-4)
+    assert stats["fbank_std"] == pytest.approx(std, rel=1e-4)
+    assert json.loads((out / "manifest.json").read_text())["prep"]["stats_clips"] == 2
+    # another --stats-clips reuses the shards: the choice is made from the sidecars
+    log: list[str] = []
+    prepare_dataset("folder", root, None, out, stats_clips=3, progress=False, log=log.append)
+    assert any("skipping 1 of 1 shards" in line for line in log), log
+    assert json.loads((out / "stats.json").read_text())["num_clips"] == 3
