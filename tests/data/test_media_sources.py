@@ -30,14 +30,16 @@ def _frame(i: int, w: int = 64, h: int = 48) -> av.VideoFrame:
 
 def _write(path: Path, fmt: str, n: int, fps: int = 25, vcodec: str | None = "libx264",
            audio: list[tuple[float, float]] | None = None, video_start: int = 0,
-           sar: Fraction | None = None, no_pts: bool = False) -> Path:  # fmt: skip
+           sar: Fraction | None = None, no_pts: bool = False,
+           acodec: str | None = None) -> Path:  # fmt: skip
     """``n`` frames at ``fps`` and, per ``audio`` entry (start s, seconds), a 440 Hz tone of
     16 kHz PCM / AAC at that timestamp (a gap between entries is a gap in the timestamps)."""
     with av.open(str(path), "w", format=fmt) as out:
         v = out.add_stream(vcodec, rate=fps) if vcodec else None
         a = None
         if audio is not None:
-            a = out.add_stream("aac" if fmt == "mp4" else "pcm_s16le", rate=16000, layout="mono")
+            acodec = acodec or ("aac" if fmt == "mp4" else "pcm_s16le")
+            a = out.add_stream(acodec, rate=16000, layout="mono")
         if v is not None:
             v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
             if sar is not None:
@@ -225,6 +227,37 @@ def test_a_cut_matroska_file_is_a_truncation_failure(tmp_path):
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(MediaError, match="truncated: frames span"):
         convert(cut, EncodeSettings())
+
+
+@pytest.mark.parametrize("fmt", ["matroska", "webm"])
+def test_matroska_video_shorter_than_its_audio_is_whole(tmp_path, fmt):
+    """2 s of video beside 5 s of audio: checked against the container's duration (the longest
+    stream) the video looked cut; each track's ``DURATION`` tag is its own end. Cut in the
+    audio, the file is a truncation failure by the audio's tag."""
+    vcodec = "libx264" if fmt == "matroska" else "libvpx"
+    acodec = "pcm_s16le" if fmt == "matroska" else "libopus"
+    src = _write(
+        tmp_path / f"short.{fmt}", fmt, 50, vcodec=vcodec, audio=[(0.0, 5.0)], acodec=acodec
+    )
+    with av.open(str(src)) as c:
+        tags = [s.metadata.get("DURATION") for s in c.streams]
+        assert c.streams.video[0].duration is None and all(tags), tags
+    conv = convert(src, EncodeSettings())
+    assert conv.meta["num_frames"] == 50 and conv.meta["duration"] == pytest.approx(2.0)
+    assert conv.meta["audio_num_samples"] == pytest.approx(5 * 16000, rel=0.01)
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size * 7 // 10])
+    with av.open(str(cut)) as c:  # every frame of video is still there
+        assert sum(1 for _ in c.decode(video=0)) == 50
+    with pytest.raises(MediaError, match="truncated: decoded .* of 5.0. s of audio"):
+        convert(cut, EncodeSettings())
+
+
+def test_tag_seconds_reads_matroska_durations():
+    assert media_encode._tag_seconds("00:00:02.000000000") == pytest.approx(2.0)
+    assert media_encode._tag_seconds("01:02:03.5") == pytest.approx(3723.5)
+    for bad in (None, "", "2.0", "aa:bb:cc", "00:00:00.000"):
+        assert media_encode._tag_seconds(bad) is None
 
 
 def test_a_cut_wav_file_is_a_truncation_failure(tmp_path):

@@ -161,12 +161,36 @@ def _check_decoded(kept: int, decoded: int, declared: int) -> None:
         raise MediaError(f"truncated: decoded {decoded} of {declared} frames")
 
 
+def _tag_seconds(value: Any) -> float | None:
+    """``HH:MM:SS.fraction`` (a Matroska track's ``DURATION`` tag) in seconds, else None."""
+    parts = str(value or "").strip().split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        hours, minutes, seconds = int(parts[0]), int(parts[1]), float(parts[2])
+    except ValueError:
+        return None
+    total = hours * 3600 + minutes * 60 + seconds
+    return total if total > 0 and math.isfinite(total) else None
+
+
+def tagged_end(stream: Any) -> float | None:
+    """A WebM / Matroska track's end in seconds from its ``DURATION`` tag (those headers hold
+    no per-stream duration; FFmpeg writes the tag as the end time of the track's last packet,
+    near the file's start, so a cut file keeps it); None without one."""
+    return _tag_seconds((getattr(stream, "metadata", None) or {}).get("DURATION"))
+
+
 def _stream_end(stream: Any) -> float | None:
-    """Where the header says the stream ends, in seconds: its start + duration, else (WebM,
-    Matroska: no per-stream duration) the container's; None when unknown."""
+    """Where the header says the stream ends, in seconds: its start + duration, else its
+    :func:`tagged_end`, else the container's duration (its longest stream: a video
+    legitimately shorter than the audio then looks cut); None when unknown."""
     if stream.duration and stream.time_base:
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         return start + float(stream.duration * stream.time_base)
+    tagged = tagged_end(stream)
+    if tagged is not None:
+        return tagged
     container = getattr(stream, "container", None)
     total = container_seconds(container)
     if total is None:
@@ -353,8 +377,9 @@ class _AudioCollector:
     samples so far is filled with silence up to ``MAX_GAP_SECONDS`` (longer jumps are closed,
     as the video's are), so that the audio after a gap stays at its time. A change of sample
     format, channel layout or rate in the middle of the stream starts a new resampler. The
-    source samples decoded are counted (``decoded_s``) against ``duration`` (seconds, None:
-    not checked) for the truncation check. ``follow_gaps`` False (AVI, whose timestamps are
+    source samples decoded (``decoded_s``; with timestamps, the span from the first to the end
+    of the last, gaps included) are checked against ``duration`` (seconds, None: not checked)
+    for truncation. ``follow_gaps`` False (AVI, whose timestamps are
     not trusted) keeps the samples back to back."""
 
     def __init__(
@@ -401,10 +426,13 @@ class _AudioCollector:
 
     def finish(self) -> np.ndarray:
         self._flush()
+        covered = self.decoded_s  # with timestamps, a gap (filled with silence) counts too
+        if self.t0 is not None and self.end is not None:
+            covered = max(covered, self.end - self.t0)
         if self.duration and self.duration >= 1.0 and self.decoded_s:
-            if self.decoded_s < MIN_FRAME_FRACTION * self.duration:
+            if covered < MIN_FRAME_FRACTION * self.duration:
                 raise MediaError(
-                    f"truncated: decoded {self.decoded_s:.2f} s of {self.duration:.2f} s of audio"
+                    f"truncated: decoded {covered:.2f} s of {self.duration:.2f} s of audio"
                 )
         if not self.chunks:
             return np.zeros(0, np.int16)

@@ -37,6 +37,7 @@ from avssl.data.media_encode import (
     encode_flac,
     encode_wav,
     output_size,
+    tagged_end,
 )
 
 __all__ = [
@@ -181,13 +182,18 @@ def _finish_audio(acol: _AudioCollector, counts: dict[str, Any]) -> np.ndarray |
 
 def _audio_seconds(audio: Any, video: Any, count: bool) -> float | None:
     """What the decoded audio is checked against for truncation: the audio stream's own
-    duration, or for a file without video the container's; None (not checked) otherwise (the
-    container's duration of a video file may be the video's) and in AVI (its audio headers
-    count in their own units: 3.6 s declared for 3.0 s of MP3 written with an offset)."""
+    duration (its header's, or Matroska's ``DURATION`` tag), or for a file without video the
+    container's; None (not checked) otherwise (the container's duration of a video file may be
+    the video's) and in AVI (its audio headers count in their own units: 3.6 s declared for
+    3.0 s of MP3 written with an offset)."""
     if count:
         return None
     if audio.duration and audio.time_base:
         return float(audio.duration * audio.time_base)
+    tagged = tagged_end(audio)
+    if tagged is not None:
+        start = float(audio.start_time * audio.time_base) if audio.start_time else 0.0
+        return tagged - start
     total = container_seconds(audio.container)
     return total if video is None else None
 
