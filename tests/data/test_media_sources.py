@@ -314,3 +314,27 @@ def test_the_raw_file_decoder_turns_rotated_frames_upright(tmp_path):
         upright = to_rgb(next(c.decode(video=0)))
     assert plain.shape == (256, 340, 3) and upright.shape == (340, 256, 3)
     assert np.array_equal(upright, np.rot90(plain, 3))  # a quarter turn clockwise
+
+
+@pytest.mark.parametrize("fmt, codec", [("mpegts", "mpeg2video"), ("mpegts", "libx264")])
+def test_interlaced_video_keeps_its_frame_rate(tmp_path, fmt, codec):
+    """25i sources (broadcast MPEG-2, camcorder H.264) are stored at 25 fps, not at the field
+    rate, and every frame once."""
+    path = tmp_path / f"interlaced_{codec}.ts"
+    with av.open(str(path), "w", format=fmt) as out:
+        v = out.add_stream(codec, rate=25)
+        v.width, v.height, v.pix_fmt = 128, 96, "yuv420p"
+        if codec == "libx264":
+            v.options = {"x264-params": "interlaced=1:tff=1", "flags": "+ildct+ilme"}
+        else:
+            v.options = {"flags": "+ildct+ilme", "top": "1"}
+        for i in range(50):
+            for packet in v.encode(_frame(i, 128, 96)):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).interlaced_frame
+    conv = convert(path, EncodeSettings(), require_video=True)
+    assert conv.meta["fps"] == 25.0 and conv.meta["num_frames"] == 50
+    assert _stored_indices(conv.mp4)[:7] == list(range(7))
