@@ -14,30 +14,30 @@ seed and the training loader's position (``AVDataModule.state_dict``) for a resu
 With ``features_on="device"`` (the default ``"auto"`` picks it when training runs on a GPU) the
 workers ship waveform windows and uint8 clips, and the fbank, colour jitter and
 normalisation are computed after the transfer, on the GPU (see :mod:`avssl.data.batching`).
+The loaders are in :mod:`avssl.data.datamodule_loaders`, the checkpoint state and the
+batch-transfer hook in :mod:`avssl.data.datamodule_state`; their names are importable here.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import IterableDataset
 
-from avssl.data.batch import AVBatch
-from avssl.data.batching import collate, features_on_device
+from avssl.data.batching import collate
+from avssl.data.datamodule_loaders import GPU_WORKER_NICE as GPU_WORKER_NICE
+from avssl.data.datamodule_loaders import DataLoadersMixin, make_eval_loader
+from avssl.data.datamodule_loaders import default_batches_per_epoch as default_batches_per_epoch
+from avssl.data.datamodule_state import DataStateMixin
 from avssl.data.decode import ClipSpec
 from avssl.data.fbank import REFERENCE_STATS, FbankConfig
 from avssl.data.loaders import EpochLoader, TrainLoader, tune_worker_process
 from avssl.data.local_view import LocalViewSpec
 from avssl.data.sampling import AUDIO_MODES, MODALITIES, build_processor, check_modalities
-from avssl.data.shards import SplitTable, dist_info, resolve, split_table
-from avssl.data.streams import EvalStream, TrainStream
+from avssl.data.shards import SplitTable, resolve, split_table
 from avssl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,42 +56,9 @@ __all__ = [
     "tune_worker_process",
 ]
 FEATURES_ON = ("auto", "loader", "device")
-GPU_WORKER_NICE = 10  # AVDataModule's worker_nice default when training on a GPU
 # Each worker of our streams yields its own share (see streams.TrainStream), so Lightning's
 # generic caution about ``__len__`` on an IterableDataset does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-
-
-def make_eval_loader(
-    data: str,
-    split: str | None,
-    preprocessing: dict,
-    num_clips: int = 1,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    rank: int | None = None,
-    world_size: int | None = None,
-    preset: str = "eval",
-) -> EpochLoader:
-    """Loader over every sample of ``split`` exactly once, in (shard, position) order, with
-    ``num_clips`` uniformly spaced, centre-cropped clips per sample (``[B, K, ...]`` when
-    ``num_clips > 1``), labels and keys. ``preprocessing`` is the bundle's dict (see
-    ``AVDataModule.preprocessing``); rank/world default to torch.distributed or env."""
-    source = resolve(data)
-    rank, world_size = dist_info(rank, world_size)
-    proc = build_processor(preprocessing, preset, num_clips, "aligned", train=False)
-    stream = EvalStream(
-        split_table(source, split),
-        proc,
-        batch_size,
-        rank,
-        world_size,
-        len(source.classes),
-        source.multilabel,
-        0.0,
-        0,
-    )
-    return EpochLoader(stream, num_workers=num_workers)
 
 
 def data_seed(seed: int | None) -> int:
@@ -102,11 +69,7 @@ def data_seed(seed: int | None) -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def default_batches_per_epoch(num_samples: int, batch_size: int, world: int) -> int:
-    return max(1, math.ceil(num_samples / (batch_size * world)))
-
-
-class AVDataModule(pl.LightningDataModule):
+class AVDataModule(DataLoadersMixin, DataStateMixin, pl.LightningDataModule):
     """Audio-visual shards -> AVBatch for training and validation (LightningCLI friendly).
 
     Args:
@@ -327,172 +290,3 @@ class AVDataModule(pl.LightningDataModule):
             self.table(self.hp.train_split)
         if self.hp.val_split is not None and stage in (None, "fit", "validate"):
             self.table(self.hp.val_split)
-
-    def _epoch(self) -> int | None:
-        trainer = getattr(self, "trainer", None)
-        return trainer.current_epoch if trainer is not None else None
-
-    def _global_step(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return trainer.global_step if trainer is not None else 0
-
-    def _stream_args(self, split: str | None, rank: int, world: int) -> tuple:
-        src = self.source
-        return (
-            self.table(split),
-            self.hp.batch_size,
-            rank,
-            world,
-            len(src.classes),
-            src.multilabel,
-            self.hp.mismatch_prob,
-            self.hp.seed,
-        )
-
-    def _loader(self, stream: IterableDataset, cls: type = EpochLoader, **kwargs) -> EpochLoader:
-        """A ``cls`` loader of ``stream`` with the module's worker settings (+ ``kwargs``)."""
-        workers = self.hp.num_workers
-        return cls(
-            stream,
-            num_workers=workers,
-            worker_nice=self.worker_nice(),
-            pin_memory=self._on_gpu() if self.hp.pin_memory is None else self.hp.pin_memory,
-            prefetch_factor=2 if workers > 0 else None,
-            **kwargs,
-        )
-
-    def worker_nice(self) -> int:
-        """The workers' niceness (``worker_nice``; None: ``GPU_WORKER_NICE`` on a GPU, else 0)."""
-        if self.hp.worker_nice is not None:
-            return self.hp.worker_nice
-        return GPU_WORKER_NICE if self._on_gpu() else 0
-
-    def on_device(self) -> bool:
-        """Whether the workers leave the last steps to the training device (``features_on``)."""
-        mode = self.hp.features_on
-        return self._on_gpu() if mode == "auto" else mode == "device"
-
-    def _on_gpu(self) -> bool:
-        trainer = getattr(self, "trainer", None)
-        return trainer is not None and trainer.strategy.root_device.type == "cuda"
-
-    def train_dataloader(self, rank: int | None = None, world_size: int | None = None):
-        """Training loader; ``rank``/``world_size`` override torch.distributed/env (tests)."""
-        rank, world = dist_info(rank, world_size)
-        proc = build_processor(
-            self.preprocessing(),
-            self.hp.train_preset,
-            self.hp.clips_per_video,
-            self.hp.audio_mode,
-            True,
-            self.hp.augment,
-            on_device=self.on_device(),
-            keyframe_starts=self.hp.keyframe_starts,
-            modalities=self.modalities,
-            local=self.local_view,
-        )
-        table, *rest = self._stream_args(self.hp.train_split, rank, world)
-        bpe = self.hp.batches_per_epoch or default_batches_per_epoch(
-            table.num_samples, self.hp.batch_size, world
-        )
-        stream = TrainStream(
-            table, proc, *rest, batches_per_epoch=bpe, repeats=self.hp.repeated_sampling
-        )
-        loader = self._loader(stream, TrainLoader, epoch_fn=self._epoch, step_fn=self._global_step)
-        assert isinstance(loader, TrainLoader)
-        loader.restored, self._restored = self._restored, None
-        self._train_loader = loader
-        return loader
-
-    def val_dataloader(self, rank: int | None = None, world_size: int | None = None):
-        """Validation loader over ``val_split`` (each sample once); [] when not configured."""
-        if self.hp.val_split is None:
-            return []
-        rank, world = dist_info(rank, world_size)
-        mode = self.hp.audio_mode
-        proc = build_processor(
-            self.preprocessing(),
-            self.hp.eval_preset,
-            self.hp.clips_per_video if self.hp.val_clips is None else self.hp.val_clips,
-            mode,
-            False,
-            None,  # ``augment`` overrides the training preset only
-            on_device=self.on_device(),
-            modalities=self.modalities,
-            local=self.local_view,  # the same local views, drawn per batch as its clips are
-        )
-        table, *rest = self._stream_args(self.hp.val_split, rank, world)
-        return self._loader(EvalStream(table, proc, *rest))
-
-    def eval_loader(self, split: str, num_clips: int = 1, batch_size: int | None = None):
-        """Every sample of ``split`` once, K uniformly spaced centre-cropped clips (evaluators)."""
-        return make_eval_loader(
-            self.hp.data,
-            split,
-            self.preprocessing(),
-            num_clips,
-            batch_size or self.hp.batch_size,
-            self.hp.num_workers,
-        )
-
-    def state_dict(self) -> dict[str, int]:
-        """What a checkpoint keeps of the data (Lightning saves it under the class name): the
-        streams' seed, the corrupt training samples skipped so far by all ranks (``skipped``:
-        Lightning asks every rank for this state, so one all-reduce sums them) and, once
-        training has started, the training loader's position: the epoch of its pass, the
-        batches of it trained and the batches that epoch has."""
-        state = {"seed": int(self.hp.seed), "skipped": self._skipped_all_ranks()}
-        loader = self._train_loader
-        if loader is not None and loader.position is not None:
-            trainer = getattr(self, "trainer", None)
-            length = getattr(trainer, "num_training_batches", None)
-            length = len(loader) if length is None or math.isinf(length) else int(length)
-            epoch, done = loader.position
-            state.update(epoch=epoch, batches=done, epoch_batches=length)
-        return state
-
-    def _skipped_all_ranks(self) -> int:
-        """``skipped_total`` summed over the ranks (an all-reduce when there are several)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.world_size <= 1:
-            return int(self.skipped_total)
-        total = torch.tensor(float(self.skipped_total), device=trainer.strategy.root_device)
-        return int(round(float(trainer.strategy.reduce(total, reduce_op="sum"))))
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restores a checkpoint's :meth:`state_dict` before the loaders are made (a resumed
-        run): its seed, unless ``seed`` was given, the skipped-sample count (on rank 0, so that
-        the logged sum over the ranks goes on from the run's) and the position the next
-        training loader resumes from (``TrainLoader``)."""
-        seed = state.get("seed")
-        if seed is not None and int(seed) != self.hp.seed:
-            if self._seed_given:
-                rank_zero_info(f"[data] seed {self.hp.seed} as given, not the checkpoint's {seed}")
-            else:
-                rank_zero_info(f"[data] seed {seed}: the resumed checkpoint's")
-                self.hp.seed = int(seed)
-        # rank 0 carries the run's count on, the others start at 0: their sum is the run's
-        rank = getattr(getattr(self, "trainer", None), "global_rank", 0)
-        self.skipped_total = int(state.get("skipped", 0)) if rank == 0 else 0
-        if "batches" in state:
-            keys = ("epoch", "batches", "epoch_batches")
-            self._restored = (int(state[keys[0]]), int(state[keys[1]]), int(state[keys[2]]))
-            if self._train_loader is not None:  # made already: it takes the position too
-                self._train_loader.restored, self._restored = self._restored, None
-
-    def on_after_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
-        """Finishes a batch the workers left to the device (``features_on``), adds
-        ``extra["skipped_total"]`` (corrupt training samples skipped so far on this rank) and
-        counts a training batch in the training loader's position."""
-        if isinstance(batch, AVBatch):
-            batch = features_on_device(batch, self.fbank)
-            if batch.local is not None and self.local_view is not None:
-                local_fbank = replace(self.fbank, target_frames=self.local_view.audio_frames)
-                batch.local = features_on_device(batch.local, local_fbank)
-            trainer = getattr(self, "trainer", None)
-            if trainer is None or trainer.training:
-                self.skipped_total += int(batch.extra.get("skipped", 0))
-                if self._train_loader is not None:
-                    self._train_loader.batch_trained()
-            batch.extra["skipped_total"] = self.skipped_total
-        return batch
