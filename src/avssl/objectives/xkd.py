@@ -36,25 +36,19 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
-from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.data.local_view import LocalViewSpec
-from avssl.losses.distillation import coral, dino_distill, mean_coral, mmd, update_center
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
 from avssl.models.masking import random_masking
-from avssl.models.utils import cosine_schedule, ema_update
-from avssl.models.vit import ViTEncoder
 from avssl.objectives._mavil_parts import build_encoders, decoder_dims, flatten_inputs
+from avssl.objectives._xkd_teacher import ALIGNS, DINOHead, XKDTeacherMixin
 from avssl.objectives._xkd_views import (
-    attention_pool,
     audio_resize_boxes,
     audio_resize_crop,
     blur_views,
@@ -62,51 +56,12 @@ from avssl.objectives._xkd_views import (
     loader_spec,
     local_audio_view,
     local_video_view,
-    tokens_and_attention,
     whole_units,
 )
 from avssl.objectives.base import AVObjective
 
-ALIGNS = {"mmd": mmd, "coral": coral, "mean_coral": mean_coral}  # align option -> loss
 
-
-class DINOHead(nn.Module):
-    """DINO projection head: 3-layer MLP, L2-normalised bottleneck, cosine prototypes.
-
-    The last layer is DINO's weight-normalised linear layer with its norm fixed to 1, written
-    as a product with L2-normalised prototype rows. Paper: https://arxiv.org/abs/2104.14294.
-    ``hidden_norm`` puts a LayerNorm after each hidden linear layer (before its GELU) and
-    ``out_norm`` a LayerNorm without affine parameters on the ``out`` cosines, which rescales
-    each clip's logits to zero mean and unit variance before the temperatures (XKD's projector
-    ``2048-gelu-3-256-8192-norm3`` has both).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        hidden: int,
-        bottleneck: int,
-        out: int,
-        hidden_norm: bool = False,
-        out_norm: bool = False,
-    ) -> None:
-        super().__init__()
-
-        def layer(fan_in: int) -> list[nn.Module]:
-            norm: list[nn.Module] = [nn.LayerNorm(hidden)] if hidden_norm else []
-            return [nn.Linear(fan_in, hidden), *norm, nn.GELU()]
-
-        self.mlp = nn.Sequential(*layer(dim), *layer(hidden), nn.Linear(hidden, bottleneck))
-        self.prototypes = nn.Parameter(torch.randn(out, bottleneck) * 0.02)
-        self.out_norm = nn.LayerNorm(out, elementwise_affine=False) if out_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.normalize(self.mlp(x), dim=-1)  # [B, bottleneck]
-        cos = h @ F.normalize(self.prototypes, dim=-1).T  # [B, out], cosines in [-1, 1]
-        return self.out_norm(cos)
-
-
-class XKD(AVObjective):
+class XKD(XKDTeacherMixin, AVObjective):
     """XKD objective (paper: https://arxiv.org/abs/2211.13929).
 
     Args:
@@ -151,9 +106,6 @@ class XKD(AVObjective):
             (the first positions of the default grid; see :class:`~avssl.models.vit.ViTEncoder`).
         **kwargs: optimisation settings of :class:`~avssl.objectives.base.AVObjective`.
     """
-
-    center_audio: torch.Tensor
-    center_video: torch.Tensor
 
     def __init__(
         self,
@@ -241,24 +193,6 @@ class XKD(AVObjective):
         self.weights = (recon_weight / total, kd_weight / total, align_weight / total)
         self.cfg = hp
 
-    def student(self) -> nn.ModuleDict:
-        """The student modules that the teacher mirrors (a view, not a registered child)."""
-        return nn.ModuleDict(
-            {
-                "audio": self.audio_encoder,
-                "video": self.video_encoder,
-                "audio_head": self.audio_head,
-                "video_head": self.video_head,
-            }
-        )
-
-    def clip_params(self) -> Iterator[nn.Parameter]:
-        """``clip_grad_per_param`` clips the students' encoders and DINO heads only, as XKD's
-        ``XKD_Net.clip_gradients`` (its ``vid_student`` / ``aud_student``: backbone + head);
-        the decoders (mask token, decoder blocks, projections) are not clipped. A shared
-        backbone's trunk is listed once."""
-        return self.student().parameters()
-
     # ----------------------------------------------------------------- losses
     def _student_branch(self, x: torch.Tensor, modality: str, ok: torch.Tensor):
         """Masked reconstruction loss and head logits ``[B, K]`` of the masked encoding."""
@@ -272,15 +206,6 @@ class XKD(AVObjective):
         recon = masked_mse(pred, enc.patchify(x), mask * ok[:, None], self.cfg["norm_pix_loss"])
         head = self.audio_head if modality == "audio" else self.video_head
         return recon, head(z.mean(dim=1))
-
-    @torch.no_grad()
-    def _teacher_logits(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        enc: ViTEncoder = self.teacher[modality]  # type: ignore[assignment]
-        if self.cfg["teacher_pooling"] == "attention":
-            pooled = attention_pool(*tokens_and_attention(enc, x))
-        else:
-            pooled = enc(x)  # mean of the tokens
-        return self.teacher[f"{modality}_head"](pooled).float()  # [B, K]
 
     def local_view_spec(
         self, num_frames: int, crop_size: int, audio_frames: int
@@ -337,36 +262,8 @@ class XKD(AVObjective):
         t_a = self._teacher_logits(audio, "audio")
         t_v = self._teacher_logits(video, "video")
         both = (a_ok * v_ok) > 0.5  # distil and align only where both modalities exist
-        c = self.cfg
-        if bool(both.any()):  # video teacher -> audio student views, and the reverse
-            t_temp_v, t_temp_a, s_temp = (
-                c["teacher_temp_video"], c["teacher_temp_audio"], c["student_temp"])  # fmt: skip
-            kd_a = sum(
-                dino_distill(s[both], t_v[both], self.center_video, s_temp, t_temp_v)
-                for s in students_a
-            ) / len(students_a)
-            kd_v = sum(
-                dino_distill(s[both], t_a[both], self.center_audio, s_temp, t_temp_a)
-                for s in students_v
-            ) / len(students_v)
-        else:
-            kd_a = kd_v = (s_a.sum() + s_v.sum()) * 0.0
-        align_fn = ALIGNS[c["align"]]
-        if int(both.sum()) >= 2:  # students' (all views) and no-gradient teachers' gaps
-            align_s = align_fn(
-                torch.cat([s[both] for s in students_v]).float(),
-                torch.cat([s[both] for s in students_a]).float(),
-            )
-            align = 0.5 * (align_s + align_fn(t_v[both], t_a[both]))
-        else:
-            align = (s_a.sum() + s_v.sum()) * 0.0
-        self._staged_centres = None
-        if self.training:  # centres of the clips distilled (a missing input's logits are not)
-            m = c["center_momentum"]  # committed only when the loss is finite (commit_state)
-            self._staged_centres = (
-                update_center(self.center_video, t_v[both], m),
-                update_center(self.center_audio, t_a[both], m),
-            )
+        kd_a, kd_v, align = self._cross_modal_terms(students_a, students_v, t_a, t_v, both)
+        self._stage_centres(t_a, t_v, both)
         recon, kd = 0.5 * (recon_a + recon_v), 0.5 * (kd_a + kd_v)
         w_r, w_k, w_a = self.weights
         return {
@@ -375,36 +272,6 @@ class XKD(AVObjective):
             "align": align, "ema_momentum": torch.tensor(self.ema_momentum),
             "loss": w_r * recon + w_k * kd + w_a * align,
         }  # fmt: skip
-
-    @torch.no_grad()
-    def commit_state(self) -> None:
-        """The teacher centres staged by the last training batch (its loss was finite)."""
-        if self._staged_centres is not None:
-            self.center_video.copy_(self._staged_centres[0])
-            self.center_audio.copy_(self._staged_centres[1])
-            self._staged_centres = None
-
-    # ----------------------------------------------------------------- EMA teacher
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the teacher EMA at the momentum of the step just taken:
-        once per optimiser step (not after the micro-batches of an accumulation window that
-        take none), and not after a step that changed nothing because all its micro-batches
-        were skipped for non-finite losses (``last_step_skipped``; the students did not move).
-        Done here, not in ``on_train_batch_end``: Lightning runs the callbacks' batch-end
-        hooks first, so ModelCheckpoint saved every checkpoint with the teacher one update
-        behind, and a run resumed from it never made that update."""
-        step = self.trainer.global_step  # this step's index (counted once it is taken)
-        super().optimizer_step(*args, **kwargs)
-        if not self.last_step_skipped:
-            self.update_teacher(step, int(self.trainer.estimated_stepping_batches))
-
-    @torch.no_grad()
-    def update_teacher(self, step: int, total_steps: int) -> float:
-        """EMA of the students into the teachers, momentum cosine ``ema_start -> ema_end``."""
-        start, end = self.cfg["ema_start"], self.cfg["ema_end"]
-        self.ema_momentum = cosine_schedule(step, max(total_steps, 1), start, end)
-        ema_update(self.teacher, self.student(), self.ema_momentum)
-        return self.ema_momentum
 
     # ----------------------------------------------------------------- export
     def export_encoders(self) -> dict[str, Any]:
