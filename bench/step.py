@@ -29,6 +29,10 @@ waveforms and uint8 clips and the fed step includes finishing each batch on the 
 ``--repeats R`` feeds it with repeated sampling and ``--keyframe-starts`` with clips that start
 on keyframes (for the one-frame CAV-MAE shape: one of the shards' keyframes, at least one per
 second, as CAV-MAE's frames extracted at 1 fps).
+
+``--without-audio N`` gives N clips of each random ``mavil`` batch no audio, as the loader
+marks them, so that MAViL's joint layers run with their key mask (batches whose clips all have
+both modalities run without one).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avssl.data.batch import AVBatch
+from avssl.data.batch import MODALITIES_COMPLETE, AVBatch
 from avssl.losses.contrastive import info_nce
 from avssl.losses.reconstruction import masked_mse
 from avssl.models import AudioViT, VideoViT
@@ -198,11 +202,20 @@ def build(name: str, size: str, shape: Shape) -> nn.Module | str:
     raise SystemExit(f"bench/step.py: unknown config {name!r} (cavmae, videomae, mavil)")
 
 
-def random_batch(shape: Shape, batch: int, device: torch.device) -> AVBatch:
+def random_batch(shape: Shape, batch: int, device: torch.device, without_audio: int = 0) -> AVBatch:
+    """Random inputs; ``without_audio`` clips have no audio (zeros, ``audio_mask`` False, the
+    collate's ``modalities_complete`` note False), as the loader gives them."""
     g = torch.Generator(device="cpu").manual_seed(0)
     audio = torch.randn(batch, 1, *shape.audio, generator=g)  # [B, 1, Ta, F]
     video = torch.randn(batch, 3, shape.frames, shape.img, shape.img, generator=g)
-    return AVBatch(video=video, audio=audio, key=[str(i) for i in range(batch)]).to(device)
+    out = AVBatch(video=video, audio=audio, key=[str(i) for i in range(batch)])
+    n = min(without_audio, batch)
+    if n:
+        out.audio[:n] = 0
+        out.audio_mask = torch.arange(batch) >= n  # the first n clips are silent
+        out.video_mask = torch.ones(batch, dtype=torch.bool)
+        out.extra[MODALITIES_COMPLETE] = False
+    return out.to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -374,7 +387,7 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    fixed = random_batch(shape, B, device)
+    fixed = random_batch(shape, B, device, args.without_audio if name == "mavil" else 0)
     source = data_batches(args, shape, B, device) if (args.data and fast) else None
     for _ in range(args.warmup):
         step(next(source) if source else fixed)
@@ -517,6 +530,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --data: clips start on the keyframe at or before each random start "
         "(AVDataModule's keyframe_starts; for one frame: CAV-MAE's one of the 1-fps frames)",
     )
+    p.add_argument(
+        "--without-audio",
+        type=int,
+        default=0,
+        help="mavil config: clips of each random batch without audio, which run MAViL's joint "
+        "layers with a key mask (0: every clip has both modalities, no mask)",
+    )
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -547,6 +567,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.data and "://" not in args.data and "{" not in args.data:
         if not os.path.exists(args.data):
             raise SystemExit(f"bench/step.py: --data {args.data}: no such prepared dataset folder")
+    if args.without_audio < 0:
+        raise SystemExit(f"bench/step.py: --without-audio must be >= 0, got {args.without_audio}")
+    if args.without_audio and "mavil" not in configs:
+        raise SystemExit("bench/step.py: --without-audio applies to the mavil config only")
     if args.repeats < 1:
         raise SystemExit(f"bench/step.py: --repeats must be >= 1, got {args.repeats}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -570,6 +594,10 @@ def print_header(args: argparse.Namespace, device: torch.device, peak: float | N
     for cfg, s in shapes(args.size).items():
         print(f"#   {cfg}: audio {s.audio}, video {s.frames}x{s.img}x{s.img} {s.extra}")
     print("#   cavmae: one frame -> 1x16x16 tubelet (CAV-MAE's 2-D patches); mavil: MAViL defaults")
+    if args.without_audio:
+        print(
+            f"#   mavil: {args.without_audio} clips per batch without audio (masked joint layers)"
+        )
     print(
         f"{'config':9s} {'variant':9s} {'batch':>5s} {'samples/s':>10s} {'GFLOP/smp':>9s} "
         f"{'TFLOP/s':>8s} {'MFU':>6s} {'mem GiB':>7s} {'ms/step':>7s}"

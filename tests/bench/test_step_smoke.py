@@ -81,6 +81,35 @@ def test_step_bench_rejects_bad_options(tmp_path: Path) -> None:
         step.main(["--device", "cpu", "--size", "tiny", "--data", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="--sdpa flex needs --device cuda and --compile"):
         step.main(["--device", "cpu", "--size", "tiny", "--sdpa", "flex", "--compile", "blocks"])
+    with pytest.raises(SystemExit, match="--without-audio must be >= 0"):
+        step.main(["--device", "cpu", "--configs", "mavil", "--without-audio", "-1"])
+    with pytest.raises(SystemExit, match="applies to the mavil config only"):
+        step.main(["--device", "cpu", "--configs", "cavmae", "--without-audio", "1"])
+
+
+def test_step_bench_runs_mavils_masked_fusion(monkeypatch) -> None:
+    """``--without-audio 1``: the timed MAViL batches hold a clip without audio, so the joint
+    layers get the clips' flags (a key mask); without it they get none."""
+    from avssl.models.fusion import JointFusion
+
+    seen: list[bool] = []
+    forward = JointFusion.forward
+
+    def spy(self, audio, video, audio_ok=None, video_ok=None):
+        seen.append(audio_ok is not None and not bool(audio_ok.all()))
+        return forward(self, audio, video, audio_ok, video_ok)
+
+    monkeypatch.setattr(JointFusion, "forward", spy)
+    step = _load_step_module()
+    batch = step.random_batch(step.shapes("tiny")["mavil"], 3, torch.device("cpu"), 1)
+    assert batch.audio_mask.tolist() == [False, True, True] and not batch.audio[0].any()
+    base = ["--device", "cpu", "--size", "tiny", "--configs", "mavil", "--variants", "fast"]
+    base += ["--steps", "1", "--warmup", "1", "--batch", "3", "--threads", "1"]
+    assert step.main([*base, "--without-audio", "1"]) == 0
+    assert sum(seen) >= 2  # warm-up and timed step (the FLOP count's batch has every clip)
+    seen.clear()
+    assert step.main(base) == 0
+    assert seen and not any(seen)
 
 
 def test_default_size_is_the_reference_on_a_gpu_and_tiny_on_a_cpu() -> None:
