@@ -7,18 +7,16 @@ the keys that were converted (files that failed or were missing are in ``failure
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from avssl.cli import UserError
-from avssl.data.writer import EncodeSettings, FbankStats, write_json
+from avssl.data.writer import EncodeSettings
 from data_prep.checks import (
     check_encoding,
     check_numbers,
@@ -26,7 +24,10 @@ from data_prep.checks import (
     consistency_notes,
 )
 from data_prep.common import Context, Item, Plan
+from data_prep.outputs import DEFAULT_FBANK, FORMAT, VERSION, fbank_stats, write_outputs
 from data_prep.shards import run_shards
+
+__all__ = ["DATASETS", "DEFAULT_FBANK", "FORMAT", "VERSION", "fbank_stats", "prepare_dataset"]
 
 DATASETS = (
     "ucf101",
@@ -38,9 +39,6 @@ DATASETS = (
     "folder",
     "synthetic",
 )
-FORMAT, VERSION = "avssl-shards", 1
-# AudioSet statistics (AudioMAE), used only when a dataset has no audio at all.
-DEFAULT_FBANK = (-4.2677, 4.5690)
 
 
 def _log(msg: str) -> None:
@@ -74,76 +72,6 @@ def _previous_dataset(manifest: Path) -> Any:
     except (OSError, ValueError):
         return None
     return data.get("dataset") if isinstance(data, dict) else None
-
-
-def fbank_stats(sidecars: list[dict], limit: int) -> FbankStats:
-    """The log-mel sums of up to ``limit`` clips with audio, chosen by a hash of the key:
-    random-looking, deterministic, and ``limit`` clips whenever that many have audio (clips
-    without audio or that failed are not drawn)."""
-    clips = {k: v for side in sidecars for k, v in side["clip_stats"].items()}
-    order = sorted(clips, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
-    stats = FbankStats()
-    for key in order[: max(0, limit)]:
-        total, total_sq, count = clips[key]
-        stats.merge({"total": total, "total_sq": total_sq, "count": count, "clips": 1})
-    return stats
-
-
-def _write_outputs(out: Path, plan: Plan, sidecars: list[dict], prep: dict) -> dict:
-    converted = {k for s in sidecars for k in s["keys"]}
-    failures = plan.failures + [f for s in sidecars for f in s["failures"]]
-    split_dir = out / "splits"
-    split_dir.mkdir(exist_ok=True)
-    for stale in split_dir.glob("*.txt"):
-        if stale.stem not in plan.splits:
-            stale.unlink()
-    counts = {}
-    for name, keys in plan.splits.items():
-        kept = [k for k in keys if k in converted]
-        (split_dir / f"{name}.txt").write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        counts[name] = len(kept)
-    stats = fbank_stats(sidecars, prep["stats_clips"])
-    mean, std = stats.mean_std() if stats.count else DEFAULT_FBANK
-    write_json(
-        out / "stats.json",
-        {
-            "fbank_mean": mean,
-            "fbank_std": std,
-            "num_clips": stats.clips,
-            "num_mel_bins": 128,
-            "sample_rate": prep["sample_rate"],
-            "frame_shift_ms": 10.0,
-            **({} if stats.count else {"note": "no audio: AudioSet statistics as placeholder"}),
-        },
-    )
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "dataset": plan.dataset,
-        "num_samples": len(converted),
-        "num_failed": len(failures),
-        **{f"num_with_{m}": _count_with(sidecars, m) for m in ("video", "audio")},
-        "shards": [
-            {"file": s["file"], "num_samples": s["num_samples"]}
-            for s in sidecars
-            if s["num_samples"] > 0
-        ],
-        "classes": plan.classes,
-        "multilabel": plan.multilabel,
-        "splits": counts,
-        "prep": prep,
-        "failures": failures,
-        "notes": plan.notes,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
-
-
-def _count_with(sidecars: list[dict], modality: str) -> int | None:
-    """Converted samples with ``modality``; None when a shard of an older version lacks it."""
-    counts = [s.get(f"num_with_{modality}") for s in sidecars if s["num_samples"] > 0]
-    return None if None in counts else sum(counts)  # type: ignore[arg-type]
 
 
 def _load_adapter(dataset: str) -> Any:
@@ -212,8 +140,7 @@ def prepare_dataset(
         raise UserError("OUT (--out) is required")
     out = Path(out)
     given = _check_options(adapter, dataset, options)
-    root_p = Path(root) if root not in (None, "") else None
-    splits_p = Path(splits) if splits not in (None, "") else None
+    root_p, splits_p = _optional_path(root), _optional_path(splits)
     if splits_p is not None and not splits_p.exists():
         raise UserError(f"SPLITS {splits_p} does not exist")
     _check_out(out, dataset)
@@ -222,10 +149,7 @@ def prepare_dataset(
     plan.notes += consistency_notes(plan, getattr(adapter, "OFFICIAL_SPLITS", None))
     for note in plan.notes:
         log(note)
-    settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
-    settings.tune = tune or "none"
-    settings.audio_codec = audio_codec
-    settings.jpeg_fps = float(jpeg_fps)
+    settings = _settings(short_side, max_fps, sample_rate, crf, preset, tune, audio_codec, jpeg_fps)
     settings.threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers > 1 else 0
     check = {
         **settings.to_dict(),
@@ -239,11 +163,37 @@ def prepare_dataset(
         "shard_size": shard_size,
         "max_failures": max_failures,
         "stats_clips": int(stats_clips),
-        "root": str(root_p) if root_p else None,
-        "splits": str(splits_p) if splits_p else None,
+        **_paths(root_p, splits_p),
         "options": given,
     }
-    return _write_outputs(out, plan, sidecars, prep)
+    return write_outputs(out, plan, sidecars, prep)
+
+
+def _optional_path(value: str | os.PathLike | None) -> Path | None:
+    return Path(value) if value not in (None, "") else None
+
+
+def _paths(root: Path | None, splits: Path | None) -> dict[str, str | None]:
+    """The manifest's ``root`` and ``splits`` entries (None where not given)."""
+    return {"root": str(root) if root else None, "splits": str(splits) if splits else None}
+
+
+def _settings(
+    short_side: int,
+    max_fps: float,
+    sample_rate: int,
+    crf: int,
+    preset: str,
+    tune: str | None,
+    audio_codec: str,
+    jpeg_fps: float,
+) -> EncodeSettings:
+    """The writer's encoding settings (``tune`` None: libx264's "none")."""
+    settings = EncodeSettings(int(short_side), float(max_fps), int(sample_rate), int(crf), preset)
+    settings.tune = tune or "none"
+    settings.audio_codec = audio_codec
+    settings.jpeg_fps = float(jpeg_fps)
+    return settings
 
 
 def _convert(

@@ -7,6 +7,9 @@ written (``has_video`` false).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from avssl.cli import UserError
 from data_prep.common import Context, Plan, csv_rows, need_file, resolve
 
@@ -29,19 +32,7 @@ def collect(ctx: Context) -> Plan:
     if not numbered:
         raise UserError(f"{meta}: expected columns {','.join(COLUMNS)} and a row per clip")
     rows = [row for _, row in numbered]
-    names: dict[int, str] = {}
-    for n, row in numbered:
-        try:
-            target, fold = int(row["target"]), int(row["fold"])
-        except ValueError:
-            raise UserError(f"{meta}:{n}: target and fold must be integers") from None
-        if not 1 <= fold <= 5:
-            raise UserError(f"{meta}:{n}: fold must be 1..5 (ESC-50's five folds), got {fold}")
-        if names.setdefault(target, row["category"]) != row["category"]:
-            raise UserError(f"{meta}:{n}: target {target} has two categories")
-        row["_target"], row["_fold"] = target, fold
-    if sorted(names) != list(range(len(names))):
-        raise UserError(f"{meta}: targets must be 0..{len(names) - 1} without gaps")
+    names = _check_rows(meta, numbered)
     classes = [names[i] for i in range(len(names))]
     plan = Plan(dataset=ctx.dataset, classes=classes, want_video=False, require_video=False)
     plan.looked_for = f"the clips listed in {meta}, under ROOT/audio"
@@ -65,3 +56,22 @@ def collect(ctx: Context) -> Plan:
             extra=extra,
         )
     return plan
+
+
+def _check_rows(meta: Path, numbered: list[tuple[int, dict[str, Any]]]) -> dict[int, str]:
+    """Checks each row's target and fold (storing them as ``_target``/``_fold``) and returns
+    the class names by target, which must number 0..C-1."""
+    names: dict[int, str] = {}
+    for n, row in numbered:
+        try:
+            target, fold = int(row["target"]), int(row["fold"])
+        except ValueError:
+            raise UserError(f"{meta}:{n}: target and fold must be integers") from None
+        if not 1 <= fold <= 5:
+            raise UserError(f"{meta}:{n}: fold must be 1..5 (ESC-50's five folds), got {fold}")
+        if names.setdefault(target, row["category"]) != row["category"]:
+            raise UserError(f"{meta}:{n}: target {target} has two categories")
+        row["_target"], row["_fold"] = target, fold
+    if sorted(names) != list(range(len(names))):
+        raise UserError(f"{meta}: targets must be 0..{len(names) - 1} without gaps")
+    return names

@@ -40,7 +40,7 @@ def convert_item(task: dict[str, Any]) -> dict[str, Any]:
 
     ``stats``: ``[sum, sum of squares, count]`` of the clip's raw log-mel values, for every
     clip with audio (a few ms against the seconds of encoding); ``stats.json`` is reduced from
-    the hash-chosen ones (:func:`data_prep.build.fbank_stats`)."""
+    the hash-chosen ones (:func:`data_prep.outputs.fbank_stats`)."""
     item: Item = task["item"]
     result: dict[str, Any] = {"key": item.key, "members": None, "failure": None, "stats": None}
     result["file_state"] = file_state(item.path)  # before reading: later changes show
