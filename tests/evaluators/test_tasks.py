@@ -196,6 +196,8 @@ def test_samples_without_the_modality_are_left_out_and_counted():
     fs_te.masks["audio"][:] = False
     with pytest.raises(UserError, match="audio/s: no test sample has audio \\(all 12 lack it\\)"):
         run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
+    with pytest.raises(UserError, match=r"--set modality=\[video\]"):  # the way out is named
+        run_round(p, fs_tr, fs_te, "audio", PAIR, 4, "cpu")
 
 
 def test_knn_mean_scores_average_vote_shares():

@@ -78,9 +78,7 @@ def run_encoders(
     ``on_device`` (default: on a GPU) finishes the inputs on ``device`` (module docstring)."""
     from tqdm import tqdm
 
-    from avssl.data.batching import features_on_device
     from avssl.data.fbank import FbankConfig
-    from avssl.evaluators.features import autocast
 
     device = torch.device(device)
     on_device = device.type == "cuda" if on_device is None else on_device
@@ -91,34 +89,73 @@ def run_encoders(
     encs = {m: bundle.encoders()[m].to(device).eval() for m in modalities}
     feats: dict[str, list] = {m: [] for m in modalities}
     masks: dict[str, list] = {m: [] for m in modalities}
-    out_keys, labels, failed = [], [], {}
+    out_keys: list[str] = []
+    labels: list[torch.Tensor] = []
+    failed: dict[str, str] = {}
     bar = tqdm(total=len(keys), desc="features", unit="video", disable=not progress)
     for batch in loader:
         if on_device:  # inputs finished on the device; masks and labels stay on the host
-            done = features_on_device(batch.to(device, non_blocking=True), fbank)
-            batch.audio, batch.video = done.audio, done.video
-        for m in modalities:
-            x, mask = (
-                (batch.audio, batch.audio_mask) if m == "audio" else (batch.video, batch.video_mask)
-            )
-            what = f"the {m} encoder of bundle {bundle.path}"
-            amp = autocast(device, precision)
-            feats[m].append(_encode(encs[m], x, mask, num_clips, device, amp, what))
-            masks[m].append(mask)
-        out_keys += batch.key
-        labels.append(batch.label)
-        skipped = batch.extra.get("skipped_keys", [])
-        failed.update({key: "could not be decoded (see the loader's warning)" for key in skipped})
-        bar.update(len(batch.key) + len(skipped))
+            _finish_on_device(batch, device, fbank)
+        _encode_batch(bundle, encs, batch, modalities, num_clips, device, precision, feats, masks)
+        bar.update(_note_batch(batch, out_keys, labels, failed))
     bar.close()
+    return _collect_all(keys, out_keys, feats, masks, labels, failed, encs)
+
+
+def _finish_on_device(batch, device: torch.device, fbank) -> None:
+    """Replaces the batch's audio and video by their fbank / normalised frames made on
+    ``device`` (:func:`avssl.data.batching.features_on_device`)."""
+    from avssl.data.batching import features_on_device
+
+    done = features_on_device(batch.to(device, non_blocking=True), fbank)
+    batch.audio, batch.video = done.audio, done.video
+
+
+def _encode_batch(
+    bundle,
+    encs: dict,
+    batch,
+    modalities,
+    num_clips: int,
+    device: torch.device,
+    precision,
+    feats: dict[str, list],
+    masks: dict[str, list],
+) -> None:
+    """Appends each modality's per-clip features of the batch (:func:`_encode`) to ``feats``
+    and its mask to ``masks``."""
+    from avssl.evaluators.features import autocast
+
+    for m in modalities:
+        x, mask = (
+            (batch.audio, batch.audio_mask) if m == "audio" else (batch.video, batch.video_mask)
+        )
+        what = f"the {m} encoder of bundle {bundle.path}"
+        amp = autocast(device, precision)
+        feats[m].append(_encode(encs[m], x, mask, num_clips, device, amp, what))
+        masks[m].append(mask)
+
+
+def _note_batch(batch, out_keys: list[str], labels: list, failed: dict[str, str]) -> int:
+    """Appends the batch's keys and labels, records the keys the loader could not decode in
+    ``failed``; returns how many requested keys the batch settled (for the progress bar)."""
+    out_keys += batch.key
+    labels.append(batch.label)
+    skipped = batch.extra.get("skipped_keys", [])
+    failed.update({key: "could not be decoded (see the loader's warning)" for key in skipped})
+    return len(batch.key) + len(skipped)
+
+
+def _collect_all(keys, out_keys, feats, masks, labels, failed, encs) -> dict[str, CachedFeatures]:
+    """Per-modality ``CachedFeatures`` of the gathered batches; the requested keys the loader
+    never yielded are added to ``failed``."""
     seen = set(out_keys)
     failed.update(
         {k: "not yielded by the loader" for k in keys if k not in seen and k not in failed}
     )
     lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     return {
-        m: _collect(out_keys, feats[m], masks[m], lab, failed, encs[m].embed_dim)
-        for m in modalities
+        m: _collect(out_keys, feats[m], masks[m], lab, failed, encs[m].embed_dim) for m in feats
     }
 
 

@@ -31,8 +31,36 @@ def evaluate(
         opts: ``batch_size``, ``num_workers``, ``device``, ``cache_dir``, ``no_cache``,
             ``no_progress`` (the ``avssl eval`` arguments).
     """
-    union = list(dict.fromkeys(k for ks in keys.values() for k in ks))
     device = opts.device or None
+    feats, t_feat = _features(p, bundle, data, keys, modalities, device, opts)
+    space = None
+    if p.type == "cross_modal":
+        feats, space = in_shared_space(feats, bundle)
+    y = feats.labels
+    num_classes = len(source.classes) or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    rounds = _rounds(p, feats, keys, num_classes, device, space)
+    results = _header(p, bundle, data, source, name, num_classes)
+    results["features"].update(
+        modalities=list(modalities), num_samples=len(feats), seconds=round(t_feat, 1)
+    )
+    results.update(rounds=rounds, summary=summarise(rounds), skipped=feats.skipped)
+    results["notes"] = _notes(p, rounds, feats, source)
+    results["notes"] += seen_in_pretraining(p, bundle, source, keys)
+    return results
+
+
+def _features(
+    p: Protocol,
+    bundle,
+    data: str,
+    keys: dict[str, list[str]],
+    modalities: tuple[str, ...],
+    device,
+    opts,
+) -> tuple[FeatureSet, float]:
+    """The features of every sample the splits name (:func:`extract_features`) and the seconds
+    they took; a one-line error when the data has none of a modality the protocol needs."""
+    union = list(dict.fromkeys(k for ks in keys.values() for k in ks))
     t0 = time.time()
     feats = extract_features(
         bundle,
@@ -53,11 +81,19 @@ def evaluate(
                 f"{data} has no {m} in the splits of protocol {p.name}, but the "
                 f"protocol evaluates {', '.join(p.kinds)} features"
             )
-    space = None
-    if p.type == "cross_modal":
-        feats, space = in_shared_space(feats, bundle)
-    y = feats.labels
-    num_classes = len(source.classes) or (y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    return feats, t_feat
+
+
+def _rounds(
+    p: Protocol,
+    feats: FeatureSet,
+    keys: dict[str, list[str]],
+    num_classes: int,
+    device,
+    space: str | None,
+) -> list[dict]:
+    """:func:`run_round` for each feature kind and split pair, in that order; ``space``: the
+    cross-modal rounds' embedding space (recorded in each round), or None."""
     rounds = []
     for kind in p.kinds:
         for pair in p.splits:
@@ -66,14 +102,7 @@ def evaluate(
             rounds.append(run_round(p, fs_tr, fs_te, kind, pair, num_classes, device))
             if space is not None:
                 rounds[-1]["space"] = space
-    results = _header(p, bundle, data, source, name, num_classes)
-    results["features"].update(
-        modalities=list(modalities), num_samples=len(feats), seconds=round(t_feat, 1)
-    )
-    results.update(rounds=rounds, summary=summarise(rounds), skipped=feats.skipped)
-    results["notes"] = _notes(p, rounds, feats, source)
-    results["notes"] += seen_in_pretraining(p, bundle, source, keys)
-    return results
+    return rounds
 
 
 def in_shared_space(feats: FeatureSet, bundle) -> tuple[FeatureSet, str]:
@@ -202,36 +231,46 @@ def _notes(p: Protocol, rounds: list[dict], feats, source) -> list[str]:
             f"{first}{' ...' if len(feats.skipped) > 10 else ''}"
         )
     for r in rounds:
-        miss = r.get("n_missing_modality", {})
-        if any(miss.values()):
-            need = "audio or video" if r["kind"] == "joint" else f"the {r['kind']} modality"
-            notes.append(
-                f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
-                f"test sample(s) lack {need} and are left out (the table's counts exclude them)"
-            )
-        if r.get("n_in_both") and r["kind"] == rounds[0]["kind"]:  # the same for every kind
-            notes.append(
-                f"{r['split']}: {r['n_in_both']} test sample(s) are also in the train split "
-                f"({'+'.join(r['train'])}): kNN and retrieval find each among the training "
-                "items, and the linear probe has fitted it"
-            )
-        if r.get("n_skipped_ap") or r.get("n_skipped_auc"):  # the same for every kind
-            note = (
-                f"{r['split']}: {r['n_skipped_ap']} of {r['n_classes']} classes have no "
-                f"positive in {r['test']} and are left out of mAP; {r['n_skipped_auc']} (no "
-                "positive or no negative) are left out of mAUC"
-            )
-            notes += [] if note in notes else [note]
-        if r.get("n_without_both"):
-            notes.append(
-                f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "
-                "video and are left out of cross-modal retrieval"
-            )
+        notes += _round_notes(r, rounds[0]["kind"], notes)
     notes += _fit_notes(rounds) + _knn_notes(rounds)
     failed = source.manifest.get("num_failed", 0)
     if failed:
         notes.append(
             f"{failed} source file(s) failed at prep and are absent from the splits "
             "(see manifest.json)"
+        )
+    return notes
+
+
+def _round_notes(r: dict, first_kind: str, before: list[str]) -> list[str]:
+    """The notes of one round: its samples left out for a missing modality, its test samples
+    also in the train split (said once, for the rounds of ``first_kind``), the classes left
+    out of mAP / mAUC (unless a note in ``before`` says the same) and the samples left out of
+    cross-modal retrieval."""
+    notes = []
+    miss = r.get("n_missing_modality", {})
+    if any(miss.values()):
+        need = "audio or video" if r["kind"] == "joint" else f"the {r['kind']} modality"
+        notes.append(
+            f"{r['kind']}/{r['split']}: {miss['train']} train and {miss['test']} "
+            f"test sample(s) lack {need} and are left out (the table's counts exclude them)"
+        )
+    if r.get("n_in_both") and r["kind"] == first_kind:  # the same for every kind
+        notes.append(
+            f"{r['split']}: {r['n_in_both']} test sample(s) are also in the train split "
+            f"({'+'.join(r['train'])}): kNN and retrieval find each among the training "
+            "items, and the linear probe has fitted it"
+        )
+    if r.get("n_skipped_ap") or r.get("n_skipped_auc"):  # the same for every kind
+        note = (
+            f"{r['split']}: {r['n_skipped_ap']} of {r['n_classes']} classes have no "
+            f"positive in {r['test']} and are left out of mAP; {r['n_skipped_auc']} (no "
+            "positive or no negative) are left out of mAUC"
+        )
+        notes += [] if note in before or note in notes else [note]
+    if r.get("n_without_both"):
+        notes.append(
+            f"{r['split']}: {r['n_without_both']} test sample(s) lack audio or "
+            "video and are left out of cross-modal retrieval"
         )
     return notes

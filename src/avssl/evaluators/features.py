@@ -161,12 +161,7 @@ def extract_features(
             raise UserError(f"encoder bundle {bundle.path} has no {m} encoder")
     settings = {m: settings_for(bundle, m, data, num_clips, precision) for m in modalities}
     hashes = {m: cache.cache_key(s) for m, s in settings.items()}
-    empty = cache.CachedFeatures(
-        [], torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0)
-    )
-    have = {
-        m: (cache.load(cache_dir, hashes[m]) if cache_dir else None) or empty for m in modalities
-    }
+    have = _cached(cache_dir, hashes, modalities)
     todo_by_m = {m: _missing(have[m], keys) for m in modalities}
     todo = sorted({k for t in todo_by_m.values() for k in t})
     if todo:
@@ -181,6 +176,19 @@ def extract_features(
             if cache_dir:
                 cache.save(cache_dir, hashes[m], have[m], settings[m])
     return _assemble(have, keys, modalities)
+
+
+def _cached(
+    cache_dir: str | os.PathLike | None, hashes: dict[str, str], modalities: tuple[str, ...]
+) -> dict[str, cache.CachedFeatures]:
+    """Each modality's features in the cache under its hash; empty ones where the cache has
+    none or ``cache_dir`` is None (no cache)."""
+    empty = cache.CachedFeatures(
+        [], torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+    )
+    return {
+        m: (cache.load(cache_dir, hashes[m]) if cache_dir else None) or empty for m in modalities
+    }
 
 
 def _missing(feats: cache.CachedFeatures, keys: list[str]) -> list[str]:

@@ -10,7 +10,8 @@ https://arxiv.org/abs/2002.05709, and the audio-visual papers that follow it):
    largest gradient entry is below ``tol``.
 3. ``lambda`` is chosen from a log-spaced sweep by top-1 accuracy on a held-out, stratified,
    seeded part of the *training* split; ties go to the stronger regularisation. The probe is
-   then refit on the whole training split. The test split is never used to choose anything.
+   then refit on the whole training split (:mod:`._lambda_choice`). The test split is never
+   used to choose anything.
    Where the training clips come in groups cut from one long video (UCF101's ``_gNN_cNN``
    names; its official splits hold out whole groups for the same reason, Soomro et al. 2012,
    https://arxiv.org/abs/1212.0402), whole groups are held out (:func:`.holdout.video_groups`), so
@@ -38,6 +39,14 @@ import warnings
 import numpy as np
 import torch
 
+from avssl.evaluators._lambda_choice import (  # noqa: F401  (re-exported: moved there)
+    _choose_and_refit,
+    _map,
+    _random_held_out,
+    _stratified_held_out,
+    _sweep,
+    _top1,
+)
 from avssl.evaluators._lbfgs import LossGrad, bce_loss_grad, loss_grad, minimize
 from avssl.evaluators._tensors import (
     ArrayLike,
@@ -47,14 +56,7 @@ from avssl.evaluators._tensors import (
     num_classes_for,
     pick_device,
 )
-from avssl.evaluators.holdout import (
-    kept_together,
-    per_sample,
-    random_split,
-    row_ids,
-    stratified_split,
-)
-from avssl.evaluators.multilabel import mean_average_precision
+from avssl.evaluators.holdout import per_sample, row_ids
 
 # 1e-7 ... 1e0: one value per decade.
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-7, 1))
@@ -163,29 +165,14 @@ def fit_predict(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    fit = SOLVERS[solver]
-    dev = pick_device(device)
-    xtr, xte = standardize(*as_feature_pair(train_x, test_x))
-    ytr = as_labels(train_y, len(xtr), "train_y")
-    c = num_classes_for(ytr, num_classes, "train_y")
-    xtr, ytr = xtr.to(dev), ytr.to(dev)
-    grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
+    xtr, ytr, xte, c = _single_label_inputs(train_x, train_y, test_x, num_classes, device)
+    grid = _grid(lambdas)
     info: dict = {"solver": solver, "lambdas": grid, "val_fraction": val_fraction, "seed": seed}
-    groups = row_ids(groups, len(ytr), "groups")
-    samples = row_ids(samples, len(ytr), "samples")
-    if groups is not None:
-        info["val_groups"] = int(len(np.unique(groups)))
-    if samples is not None:
-        info["val_on"] = "samples"
-
-    def held_out():
-        return stratified_split(
-            ytr.cpu().numpy(), val_fraction, seed, kept_together(groups, samples)
-        )
-
+    groups, samples = _held_out_ids(groups, samples, len(ytr), info, count_groups=True)
+    held_out = functools.partial(_stratified_held_out, ytr, val_fraction, seed, groups, samples)
     score = _top1 if samples is None else per_sample(_top1, samples, "softmax")
     logits = _choose_and_refit(
-        fit, xtr, ytr, xte, c, grid, held_out, score, "val_top1", info, max_iter, tol
+        SOLVERS[solver], xtr, ytr, xte, c, grid, held_out, score, "val_top1", info, max_iter, tol
     )
     return (logits, info) if return_info else logits
 
@@ -239,6 +226,46 @@ def fit_predict_multilabel(
     Raises:
         ValueError: bad shapes or targets, or no class has a positive in the held-out part.
     """
+    xtr, ytr, xte = _multi_hot_inputs(train_x, train_y, test_x, device)
+    grid = _grid(lambdas)
+    info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
+    fit = functools.partial(_fit_torch, loss=bce_loss_grad)
+    groups, samples = _held_out_ids(groups, samples, len(ytr), info)
+    held_out = functools.partial(_random_held_out, ytr, val_fraction, seed, groups, samples)
+    score = _map if samples is None else per_sample(_map, samples, "sigmoid")
+    logits = _choose_and_refit(
+        fit, xtr, ytr, xte, ytr.shape[1], grid, held_out, score, "val_mAP", info, max_iter, tol
+    )
+    return (logits, info) if return_info else logits
+
+
+def _grid(lambdas: tuple[float, ...] | list[float] | None) -> list[float]:
+    """The distinct L2 strengths to sweep, strongest first (default :data:`DEFAULT_LAMBDAS`)."""
+    return sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
+
+
+def _single_label_inputs(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    num_classes: int | None,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(train features, class ids, test features, C) of :func:`fit_predict`: the features
+    standardised (:func:`standardize`), the training rows on the device."""
+    dev = pick_device(device)
+    xtr, xte = standardize(*as_feature_pair(train_x, test_x))
+    ytr = as_labels(train_y, len(xtr), "train_y")
+    c = num_classes_for(ytr, num_classes, "train_y")
+    return xtr.to(dev), ytr.to(dev), xte, c
+
+
+def _multi_hot_inputs(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, device: str | torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train features, multi-hot targets in their dtype, test features) of
+    :func:`fit_predict_multilabel`, the training rows on the device; a ValueError for targets
+    that are not ``[N, C]`` 0/1."""
     dev = pick_device(device)
     xtr, xte = standardize(*as_feature_pair(train_x, test_x))
     ytr = torch.as_tensor(np.asarray(train_y) if not torch.is_tensor(train_y) else train_y)
@@ -246,76 +273,23 @@ def fit_predict_multilabel(
         raise ValueError(f"train_y must be multi-hot [{len(xtr)}, C], got {tuple(ytr.shape)}")
     if not bool(((ytr == 0) | (ytr == 1)).all()):
         raise ValueError("train_y must be 0/1 (multi-hot)")
-    c = ytr.shape[1]
-    xtr, ytr = xtr.to(dev), ytr.to(dev, xtr.dtype)
-    grid = sorted({float(v) for v in (lambdas or DEFAULT_LAMBDAS)}, reverse=True)
-    info: dict = {"lambdas": grid, "val_fraction": val_fraction, "seed": seed}
-    fit = functools.partial(_fit_torch, loss=bce_loss_grad)
-    groups = row_ids(groups, len(ytr), "groups")
-    samples = row_ids(samples, len(ytr), "samples")
+    return xtr.to(dev), ytr.to(dev, xtr.dtype), xte
+
+
+def _held_out_ids(
+    groups: np.ndarray | None,
+    samples: np.ndarray | None,
+    n: int,
+    info: dict,
+    count_groups: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``groups`` and ``samples`` as ``[n]`` arrays (or None, :func:`.holdout.row_ids`); notes in
+    ``info`` how the held-out part is drawn (``val_groups`` when ``count_groups``, and
+    ``val_on``)."""
+    groups = row_ids(groups, n, "groups")
+    samples = row_ids(samples, n, "samples")
+    if count_groups and groups is not None:
+        info["val_groups"] = int(len(np.unique(groups)))
     if samples is not None:
         info["val_on"] = "samples"
-
-    def held_out():
-        held = random_split(len(ytr), val_fraction, seed, kept_together(groups, samples))
-        if not bool(ytr[torch.from_numpy(held[1]).to(dev)].any()):
-            raise ValueError(
-                f"no class has a positive in the held-out {val_fraction:.0%} of the "
-                f"{len(ytr)} training samples: too few to choose lambda"
-            )
-        return held
-
-    score = _map if samples is None else per_sample(_map, samples, "sigmoid")
-    logits = _choose_and_refit(
-        fit, xtr, ytr, xte, c, grid, held_out, score, "val_mAP", info, max_iter, tol
-    )
-    return (logits, info) if return_info else logits
-
-
-def _choose_and_refit(fit, xtr, ytr, xte, c, grid, held_out, score, key, info, max_iter, tol):
-    """Lambda by ``score`` on the rows ``held_out()`` gives (when the grid has several; the
-    held-out scores go to ``info[key]``), refit on the whole training split, test logits
-    ``[M, C]`` on the CPU; ``info["lambda"]`` is the choice."""
-    best, init = grid[0], None
-    if len(grid) > 1:
-        best, init, info[key], info["val_fits"] = _sweep(
-            fit, xtr, ytr, c, grid, held_out(), max_iter, tol, score
-        )
-    info["refit"] = {}
-    w, b = fit(xtr, ytr, c, best, init=init, max_iter=max_iter, tol=tol, report=info["refit"])
-    info["lambda"] = best
-    return torch.addmm(b, xte.to(xtr.device, w.dtype), w).cpu()
-
-
-def _top1(scores: torch.Tensor, y: torch.Tensor, rows: np.ndarray | None = None) -> float:
-    return 100.0 * (scores.argmax(1) == y).double().mean().item()
-
-
-def _map(scores: torch.Tensor, y: torch.Tensor, rows: np.ndarray | None = None) -> float:
-    return mean_average_precision(scores.cpu(), y.cpu())
-
-
-def _sweep(fit, x, y, c, grid, held, max_iter, tol, score):
-    """Held-out ``score`` per lambda (strong -> weak, warm-started) on the rows ``held`` =
-    (fit, held out): (best lambda, its weights, scores, each fit's ``iterations`` and
-    ``converged``). A warm start whose gradient is already below ``tol`` does no iteration:
-    that lambda gives the previous one's probe (and, ties going to the stronger, is never
-    chosen)."""
-    fit_idx, val_idx = held
-    if len(val_idx) == 0:
-        raise ValueError(
-            f"the training split ({len(y)} clips) is too small to hold out a validation part "
-            "for choosing lambda (none of its classes has enough clips); give the protocol one "
-            'lambda (make eval ARGS="--set classifier.lambdas=[<value>]", or classifier: '
-            "lambdas: [<value>] in its file) or more training clips"
-        )
-    fi, vi = torch.from_numpy(fit_idx).to(x.device), torch.from_numpy(val_idx).to(x.device)
-    accs, best, best_acc, best_wb, wb, fits = {}, grid[0], -1.0, None, None, {}
-    for lam in grid:
-        fits[lam] = {}
-        wb = fit(x[fi], y[fi], c, lam, init=wb, max_iter=max_iter, tol=tol, report=fits[lam])
-        acc = score(torch.addmm(wb[1], x[vi].to(wb[0].dtype), wb[0]), y[vi], val_idx)
-        accs[lam] = acc
-        if acc > best_acc:  # strict: ties keep the stronger regularisation
-            best, best_acc, best_wb = lam, acc, wb
-    return best, best_wb, accs, fits
+    return groups, samples

@@ -238,20 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = load_encoder(args.encoder)
     name = encoder_name(args.encoder)
-    plans = []
-    for p in protocols:  # every check first: a bad second protocol stops before any work
-        data = args.data or (p.data or "")
-        source = open_data(p, data)
-        keys = split_keys(source, p)
-        mods = check_bundle(bundle, p)
-        filed = p.name + ("-set" if p.overrides else "")  # the plain protocol's results stay
-        if args.out:
-            out = Path(args.out) / filed if len(protocols) > 1 else Path(args.out)
-        else:
-            out = Path("eval_out") / filed / name
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: exists and is not a folder")
-        plans.append((p, data, source, keys, mods, out))
+    # every check first: a bad second protocol stops before any work
+    plans = [_plan(p, args, bundle, name, len(protocols) > 1) for p in protocols]
     from avssl.evaluators.report import to_markdown, write_report
 
     start = time.time()
@@ -268,3 +256,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[eval] {len(plans)} protocols on {name} in {time.time() - start:.0f} s: "
               f"{', '.join(str(plan[-1]) for plan in plans)}")  # fmt: skip
     return 0
+
+
+def _plan(p: Protocol, args: argparse.Namespace, bundle, name: str, several: bool) -> tuple:
+    """(protocol, data folder, data source, split keys, modalities, output folder) of one
+    protocol, every check of it against the data and the encoder done; ``several``: one of
+    several protocols, which report into ``<--out>/<protocol>``."""
+    data = args.data or (p.data or "")
+    source = open_data(p, data)
+    keys = split_keys(source, p)
+    mods = check_bundle(bundle, p)
+    filed = p.name + ("-set" if p.overrides else "")  # the plain protocol's results stay
+    if args.out:
+        out = Path(args.out) / filed if several else Path(args.out)
+    else:
+        out = Path("eval_out") / filed / name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    return p, data, source, keys, mods, out

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avssl.cli import UserError
-from avssl.evaluators._tensors import confusion_matrix, non_finite_rows, topk_accuracy
+from avssl.evaluators._round_inputs import (  # noqa: F401  (the _names: re-exported, moved)
+    _check_features,
+    _finite,
+    _labels,
+    _multi_hot,
+    _non_empty,
+    _present,
+    _with_modality,
+    checked_rows,
+    targets,
+)
+from avssl.evaluators._tensors import confusion_matrix, topk_accuracy
 from avssl.evaluators.features import MODALITIES, FeatureSet
 from avssl.evaluators.holdout import video_groups
 from avssl.evaluators.knn import knn_predict
@@ -15,31 +25,6 @@ from avssl.evaluators.linear_probe import fit_predict, fit_predict_multilabel
 from avssl.evaluators.multilabel import multilabel_metrics
 from avssl.evaluators.protocols import Protocol, SplitPair
 from avssl.evaluators.retrieval import cross_modal, recall_at_k
-
-
-def _labels(fs: FeatureSet, split: str) -> torch.Tensor:
-    y = fs.labels
-    if y.ndim != 1:
-        raise UserError(
-            f"split {split!r} is multi-label: linear/kNN/retrieval need one class "
-            "(classifier type linear_multilabel evaluates multi-label data)"
-        )
-    if len(y) and int(y.min()) < 0:
-        raise UserError(f"split {split!r} has {int((y < 0).sum())} samples without a label")
-    return y
-
-
-def _multi_hot(fs: FeatureSet, split: str, num_classes: int) -> torch.Tensor:
-    """Float ``[N, C]`` 0/1 targets; single-label data becomes one-hot."""
-    y = fs.labels
-    if y.ndim == 1:
-        y = _labels(fs, split)
-        if len(y) and int(y.max()) >= num_classes:
-            raise UserError(f"split {split!r} has class ids >= the {num_classes} classes")
-        return F.one_hot(y, num_classes).float()
-    if y.shape[1] != num_classes:
-        raise UserError(f"split {split!r} has {y.shape[1]} label columns for {num_classes} classes")
-    return y.float()
 
 
 def _mean_class_acc(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -61,49 +46,6 @@ def _scores(fn, fs_te: FeatureSet, kind: str, aggregate: str, norm: str = "softm
     else:
         prob = s.sigmoid() if norm == "sigmoid" else s.softmax(dim=1)
     return prob.reshape(m, k, -1).mean(dim=1)  # [M, C]
-
-
-def _present(fs: FeatureSet, kind: str) -> torch.Tensor:
-    """``[N]`` bool: the sample has the feature kind's modality (both for "joint")."""
-    return fs.mask("audio") & fs.mask("video") if kind == "joint" else fs.mask(kind)
-
-
-def _with_modality(fs: FeatureSet, kind: str, split: str, what: str) -> FeatureSet:
-    """The rows of ``fs`` that have ``kind``'s modality; a one-line error when none has."""
-    keep = _present(fs, kind)
-    if len(fs) and not bool(keep.any()):
-        need = "both audio and video" if kind == "joint" else kind
-        raise UserError(f"{kind}/{split}: no {what} sample has {need} (all {len(fs)} lack it)")
-    return fs if bool(keep.all()) else fs.select([k for k, ok in zip(fs.keys, keep) if ok])
-
-
-def _non_empty(fs: FeatureSet, where: str, split: str, what: str) -> None:
-    """A one-line error when the ``what`` ("train" or "test") split has no sample: its
-    metrics would be NaN (and so the mean over the splits) or its classifier would fail."""
-    if len(fs):
-        return
-    failed = f"; {len(fs.skipped)} listed sample(s) could not be decoded" if fs.skipped else ""
-    verb = "fit" if what == "train" else "score"
-    raise UserError(f"{where}: the {what} split {split!r} has no sample to {verb}{failed}")
-
-
-def _finite(x: torch.Tensor, keys: list[str], where: str, what: str, modality: str) -> None:
-    """A one-line error naming the samples whose features ``x`` (``[N, ...]``) have a NaN or
-    infinite entry (a diverged encoder, an overflow): a NaN similarity compares false with
-    every other, so retrieval would count it a hit at rank 1 and kNN would vote at random."""
-    bad = non_finite_rows(x).tolist()
-    if bad:
-        names = ", ".join(keys[i] for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise UserError(
-            f"{where}: {len(bad)} {what} sample(s) have NaN or infinite {modality} features "
-            f"({names}): the encoder's outputs are not finite"
-        )
-
-
-def _check_features(fs: FeatureSet, kind: str, where: str, what: str) -> None:
-    """:func:`_finite` for every clip of each modality that ``kind`` uses."""
-    for m in MODALITIES if kind == "joint" else (kind,):
-        _finite(fs.clips[m], fs.keys, where, what, m)
 
 
 def _train_rows(p: Protocol, fs_tr: FeatureSet, kind: str, y_tr: torch.Tensor, groups):
@@ -138,39 +80,14 @@ def run_round(
     device,
 ) -> dict:
     """Metrics of one round plus what the report needs (predictions, chosen settings)."""
-    clf = p.classifier
-    info: dict = {
-        "kind": kind,
-        "split": pair.name,
-        "train": pair.train,
-        "test": pair.test,
-        "n_train": len(fs_tr),
-        "n_test": len(fs_te),
-    }
+    info = _round_info(fs_tr, fs_te, kind, pair)
     if p.type == "cross_modal":
         return {**info, **_cross_modal(p, fs_te)}
-    info["n_missing_modality"] = {  # left out: no features to score them on
-        "train": int((~_present(fs_tr, kind)).sum()),
-        "test": int((~_present(fs_te, kind)).sum()),
-    }
-    info["n_in_both"] = len(set(fs_tr.keys) & set(fs_te.keys))
-    where = f"{kind}/{pair.name}"
-    _non_empty(fs_tr, where, "+".join(pair.train), "train")
-    _non_empty(fs_te, where, pair.test, "test")
-    fs_tr = _with_modality(fs_tr, kind, pair.name, "train")
-    fs_te = _with_modality(fs_te, kind, pair.name, "test")
-    _check_features(fs_tr, kind, where, "train")
-    _check_features(fs_te, kind, where, "test")
-    info["n_train"], info["n_test"] = len(fs_tr), len(fs_te)
-    if p.type == "linear_multilabel":
-        y_te = _multi_hot(fs_te, pair.test, num_classes)
-        y_tr = _multi_hot(fs_tr, "+".join(pair.train), num_classes)
-    else:
-        y_te = _labels(fs_te, pair.test)
-        y_tr = _labels(fs_tr, "+".join(pair.train))
+    fs_tr, fs_te = checked_rows(fs_tr, fs_te, kind, pair, info)
+    y_tr, y_te = targets(p, fs_tr, fs_te, pair, num_classes)
     if p.type == "retrieval":
         x_tr = fs_tr.get(kind)
-        info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, clf["ks"], device)
+        info["metrics"] = recall_at_k(fs_te.get(kind), y_te, x_tr, y_tr, p.classifier["ks"], device)
         return info
     if p.type == "linear_multilabel":
         x_tr, y_tr, _, samples = _train_rows(p, fs_tr, kind, y_tr, None)
@@ -180,20 +97,44 @@ def run_round(
             raise UserError(f"{kind}/{pair.name}: {err}") from None
         return info
     try:
-        if p.type == "linear":
-            x_tr, y_fit, groups, samples = _train_rows(
-                p, fs_tr, kind, y_tr, video_groups(fs_tr.keys)
-            )
-            out = _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups, samples)
-        else:
-            x_bank, y_bank, _, _ = _train_rows(p, fs_tr, kind, y_tr, None)  # clips: mean_scores
-            out = _knn(p, x_bank, y_bank, fs_te, y_te, kind, num_classes, device)
+        out = _single_label(p, fs_tr, y_tr, fs_te, y_te, kind, num_classes, device)
     except ValueError as err:
         raise UserError(f"{kind}/{pair.name}: {err}") from None
     info.update(out.get("extra", {}))
     info["metrics"] = out["metrics"]
     info["confusion"] = confusion_matrix(out["pred"].numpy(), y_te.numpy(), num_classes)
     return info
+
+
+def _round_info(fs_tr: FeatureSet, fs_te: FeatureSet, kind: str, pair: SplitPair) -> dict:
+    """What every round records first: its feature kind, splits and sample counts."""
+    return {
+        "kind": kind,
+        "split": pair.name,
+        "train": pair.train,
+        "test": pair.test,
+        "n_train": len(fs_tr),
+        "n_test": len(fs_te),
+    }
+
+
+def _single_label(
+    p: Protocol,
+    fs_tr: FeatureSet,
+    y_tr: torch.Tensor,
+    fs_te: FeatureSet,
+    y_te: torch.Tensor,
+    kind: str,
+    num_classes: int,
+    device,
+) -> dict:
+    """The linear probe's or kNN's metrics and predictions (:func:`_linear`, :func:`_knn`) on the
+    rows of :func:`_train_rows`; the probe holds out whole video groups to choose lambda."""
+    if p.type == "linear":
+        x_tr, y_fit, groups, samples = _train_rows(p, fs_tr, kind, y_tr, video_groups(fs_tr.keys))
+        return _linear(p, x_tr, y_fit, fs_te, y_te, kind, num_classes, device, groups, samples)
+    x_bank, y_bank, _, _ = _train_rows(p, fs_tr, kind, y_tr, None)  # clips: mean_scores
+    return _knn(p, x_bank, y_bank, fs_te, y_te, kind, num_classes, device)
 
 
 def _probe_settings(clf: dict, device) -> dict:
