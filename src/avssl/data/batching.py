@@ -48,33 +48,21 @@ def collate(
 ) -> AVBatch:
     """Stacks processed samples into an AVBatch (K axis dropped when ``num_clips == 1``);
     their local views, when ``proc`` makes them, into its ``local`` batch."""
-    k, t, s, f = proc.k, proc.spec.num_frames, proc.crop_size, proc.fbank.num_mel_bins
+    k = proc.k
     has_audio, has_video = "audio" in proc.modalities, "video" in proc.modalities
     waves = _stack_waves(items, proc) if proc.on_device and has_audio else None
     clips = _stack_clips(items, proc) if proc.on_device and has_video else None
-    # 0: placeholders, filled after the transfer (features_on_device), or a modality not loaded
-    side = 0 if clips or not has_video else s
-    video = torch.zeros(len(items), k, 3, t, side, side)  # [B, K, C, T, H, W]
-    frames = 0 if waves or not has_audio else proc.fbank.target_frames
-    audio = torch.zeros(len(items), k, 1, frames, f)
-    for i, it in enumerate(items):
-        if it["video"] is not None and not clips:
-            video[i] = it["video"]
-        if it["audio"] is not None and not waves:
-            audio[i] = it["audio"]  # [B, K, 1, Ta, F]
-    if multilabel:
-        label = torch.zeros(len(items), num_classes)
-        for i, it in enumerate(items):
-            ids = it["label"] if isinstance(it["label"], list) else [it["label"]]
-            label[i, [c for c in ids if c >= 0]] = 1.0
-    else:
-        label = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
+    video, audio = _stack_features(items, proc, stack_video=has_video and not clips,
+                                   stack_audio=has_audio and not waves)  # fmt: skip
+    label = _labels(items, num_classes, multilabel)
     clip_start = torch.tensor([it["clip_start"] for it in items], dtype=torch.float)  # [B, K]
     audio_start = torch.tensor([it["audio_start"] for it in items], dtype=torch.float)
     squeeze = (lambda x: x[:, 0]) if k == 1 else (lambda x: x)
-    local = None
-    if proc.local is not None:
-        local = collate(local_items(items), proc.local, num_classes, multilabel)
+    local = (
+        None
+        if proc.local is None
+        else collate(local_items(items), proc.local, num_classes, multilabel)
+    )
     video_mask = torch.tensor([it["video"] is not None for it in items])
     audio_mask = torch.tensor([it["audio"] is not None for it in items])
     complete = bool(video_mask.all()) and bool(audio_mask.all())
@@ -95,6 +83,36 @@ def collate(
         local=local,
         extra={MODALITIES_COMPLETE: complete},
     )
+
+
+def _stack_features(
+    items: list[dict], proc, stack_video: bool, stack_audio: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video ``[B, K, C, T, H, W]`` and fbank ``[B, K, 1, Ta, F]`` of the processed items (zeros
+    for items without one). A modality not stacked here (not loaded, or computed after the
+    transfer by features_on_device) is a placeholder with a 0-sized axis."""
+    k, t, f = proc.k, proc.spec.num_frames, proc.fbank.num_mel_bins
+    side = proc.crop_size if stack_video else 0
+    video = torch.zeros(len(items), k, 3, t, side, side)  # [B, K, C, T, H, W]
+    frames = proc.fbank.target_frames if stack_audio else 0
+    audio = torch.zeros(len(items), k, 1, frames, f)  # [B, K, 1, Ta, F]
+    for i, it in enumerate(items):
+        if it["video"] is not None and stack_video:
+            video[i] = it["video"]
+        if it["audio"] is not None and stack_audio:
+            audio[i] = it["audio"]
+    return video, audio
+
+
+def _labels(items: list[dict], num_classes: int, multilabel: bool) -> torch.Tensor:
+    """``[B]`` class ids, or ``[B, C]`` multi-hot targets (negative ids: no label)."""
+    if not multilabel:
+        return torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
+    label = torch.zeros(len(items), num_classes)
+    for i, it in enumerate(items):
+        ids = it["label"] if isinstance(it["label"], list) else [it["label"]]
+        label[i, [c for c in ids if c >= 0]] = 1.0
+    return label
 
 
 def _stack_clips(items: list[dict], proc) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,19 +3,15 @@
 :func:`convert` opens a media file, decodes its video and audio streams in one pass into the
 encoders of :mod:`avssl.data.media_encode` (where the transcoding rules are stated) and checks
 what came out (decode errors, truncation, missing streams: :class:`MediaError` with the reason
-the manifest records). :class:`ShardWriter` writes WebDataset tars atomically,
-:class:`FbankStats` accumulates the dataset's fbank statistics, :func:`write_json` writes the
-manifest files atomically. The encoders' names used by data_prep are importable from here.
+the manifest records). :mod:`avssl.data.shard_write` holds :class:`ShardWriter` (WebDataset
+tars written atomically), :class:`FbankStats` (the dataset's fbank statistics) and
+:func:`write_json` (manifest files written atomically). Those and the encoders' names used by
+data_prep are importable from here.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import math
-import os
 import struct
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +35,7 @@ from avssl.data.media_encode import (
     output_size,
     tagged_end,
 )
+from avssl.data.shard_write import FbankStats, ShardWriter, write_json
 
 __all__ = [
     "AUDIO_CODECS",
@@ -231,21 +228,8 @@ def convert(
     frames = None
     if isinstance(venc, JpegFrames):
         mp4, frames = None, mp4
-    samples = None
-    if acol is not None:
-        samples = _finish_audio(acol, counts)
-        if samples is not None and venc is not None and venc.t0 is not None:
-            if acol.t0 is not None:
-                samples = _align(samples, acol.t0 - float(venc.t0), settings.sample_rate)
-            if samples.size == 0:  # all of it before the first video frame: no sound in the clip
-                samples = None
-    n = int(samples.size) if samples is not None else 0
-    meta: dict[str, Any] = {"fps": None, "width": None, "height": None, "num_frames": 0}
-    meta.update(info, has_video=venc is not None, has_audio=samples is not None)
-    meta["audio_sample_rate"] = settings.sample_rate if samples is not None else None
-    meta["audio_num_samples"] = n
-    if venc is None:
-        meta["duration"] = round(n / settings.sample_rate, 4)
+    samples = _aligned_audio(acol, counts, venc, settings.sample_rate)
+    meta = _meta(info, venc is not None, samples, settings.sample_rate)
     audio = None
     if samples is not None:
         encode = encode_wav if settings.audio_codec == "wav" else encode_flac
@@ -254,78 +238,32 @@ def convert(
     return Converted(mp4, audio, meta, wave, settings.audio_codec, frames)
 
 
-class ShardWriter:
-    """Writes one WebDataset tar to ``<path>.tmp`` and renames it into place on close."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.tar = tarfile.open(self.tmp, "w")
-        self.count = 0
-
-    def add(self, key: str, members: dict[str, bytes]) -> None:
-        """Adds ``<key>.<ext>`` members of one sample, consecutively."""
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0
-            self.tar.addfile(info, io.BytesIO(data))
-        self.count += 1
-
-    def close(self) -> None:
-        self.tar.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.tar.close()
-        self.tmp.unlink(missing_ok=True)
+def _aligned_audio(
+    acol: _AudioCollector | None, counts: dict[str, Any], venc: Any, sample_rate: int
+) -> np.ndarray | None:
+    """The collected int16 samples, moved to start with the first video frame (None: no
+    audio, or all of it before the first frame, so no sound in the clip)."""
+    if acol is None:
+        return None
+    samples = _finish_audio(acol, counts)
+    if samples is not None and venc is not None and venc.t0 is not None:
+        if acol.t0 is not None:
+            samples = _align(samples, acol.t0 - float(venc.t0), sample_rate)
+        if samples.size == 0:
+            samples = None
+    return samples
 
 
-class FbankStats:
-    """Accumulates sum, sum of squares and count of raw log-mel values (avssl.data.fbank).
-
-    Over each clip's own frames only, not padded to the loader's ``target_frames``: AST's
-    AudioSet statistics (-4.2677 / 4.5690, which AudioMAE reuses) came from its train loader,
-    features zero-padded to 1024 frames (about 2.5 % zeros for 10 s clips) with its SpecAugment
-    and mixup on (``get_norm_stats.py``), so on clips much shorter than the target the two
-    differ. The loader pads the raw log-mel with 0 before normalising, as AST does."""
-
-    def __init__(self, total: float = 0.0, total_sq: float = 0.0, count: int = 0, clips: int = 0):
-        self.total, self.total_sq, self.count, self.clips = total, total_sq, count, clips
-
-    def add_wave(self, wave: np.ndarray, cfg: Any) -> None:
-        import torch
-
-        from avssl.data.fbank import log_mel
-
-        mel = log_mel(torch.from_numpy(wave), cfg).double()  # [T_frames, F]
-        self.total += float(mel.sum())
-        self.total_sq += float((mel * mel).sum())
-        self.count += mel.numel()
-        self.clips += 1
-
-    def merge(self, other: dict) -> None:
-        self.total += other["total"]
-        self.total_sq += other["total_sq"]
-        self.count += other["count"]
-        self.clips += other["clips"]
-
-    def to_dict(self) -> dict:
-        return {
-            "total": self.total,
-            "total_sq": self.total_sq,
-            "count": self.count,
-            "clips": self.clips,
-        }
-
-    def mean_std(self) -> tuple[float, float]:
-        mean = self.total / self.count
-        var = max(self.total_sq / self.count - mean * mean, 0.0)
-        return mean, math.sqrt(var)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Writes JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _meta(
+    info: dict, has_video: bool, samples: np.ndarray | None, sample_rate: int
+) -> dict[str, Any]:
+    """The sample's ``.json`` fields (the video's from ``info``; duration from the audio when
+    there is no video)."""
+    n = int(samples.size) if samples is not None else 0
+    meta: dict[str, Any] = {"fps": None, "width": None, "height": None, "num_frames": 0}
+    meta.update(info, has_video=has_video, has_audio=samples is not None)
+    meta["audio_sample_rate"] = sample_rate if samples is not None else None
+    meta["audio_num_samples"] = n
+    if not has_video:
+        meta["duration"] = round(n / sample_rate, 4)
+    return meta
