@@ -1,5 +1,4 @@
-"""Turns an avssl training checkpoint into bundle config + encoder weights, and writes the
-bundle folder.
+"""Turns an avssl training checkpoint into bundle config + encoder (and projection head) weights.
 
 The checkpoint is read by :func:`avssl.checkpoint_read.read_checkpoint` (``weights_only=True``
 only: a file that would need pickle to load is refused, never executed). The objective named in
@@ -7,18 +6,17 @@ only: a file that would need pickle to load is refused, never executed). The obj
 checkpoint's ``hyper_parameters``, its weights are loaded and its ``export_encoders()`` says
 which encoders (student/teacher) to export.
 Rebuilding the objective imports Lightning; loading a finished bundle does not.
+The config's ``provenance`` entry is made by :mod:`avssl.export_provenance`; the bundle folder
+is written by :func:`avssl.export_write.write_bundle`, which this module re-exports.
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import importlib
 import inspect
 import json
-import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,13 @@ from torch import nn
 
 from avssl.checkpoint_read import first_line
 from avssl.cli import UserError
-from avssl.export import (
-    CONFIG_FILE,
-    FORMAT,
-    FORMAT_VERSION,
-    FORMAT_VERSION_PLAIN,
-    MODALITIES,
-    head_file,
-    weights_file,
-)
+from avssl.export import FORMAT, FORMAT_VERSION_PLAIN, MODALITIES
 from avssl.export_preproc import preprocessing_from_data
-from avssl.heads import DIRECTIONS, head_entry, head_key, share_head_weights, stored_in
+from avssl.export_provenance import _provenance
+from avssl.export_provenance import _sha256 as _sha256
+from avssl.export_write import _umask as _umask
+from avssl.export_write import write_bundle as write_bundle
+from avssl.heads import head_key
 
 _OBJECTIVE_NAME = re.compile(r"avssl\.objectives(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -187,42 +181,6 @@ def _encoder_config(enc: Any, modality: str, src: Path) -> dict:
     return cfg
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _provenance(ckpt: dict, exported: dict, shared: bool, src: Path) -> dict:
-    import avssl
-
-    meta = ckpt["avssl"]
-    hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k[:1] != "_"}
-    try:
-        json.dumps(hparams)
-    except TypeError:
-        hparams = {k: repr(v) for k, v in hparams.items()}
-    return {
-        "objective": meta["objective"],
-        "recipe": meta.get("recipe"),
-        "step": ckpt.get("global_step"),
-        "epoch": ckpt.get("epoch"),
-        "avssl_version": meta.get("version"),
-        "exported_with": avssl.__version__,
-        "format_version": FORMAT_VERSION_PLAIN,
-        "encoder": {"which": exported.get("which"), "note": exported.get("note", "")},
-        "train_data": meta.get("train_data"),
-        "shared_backbone": shared,
-        "checkpoint": src.name,
-        "checkpoint_sha256": _sha256(src),
-        "lightning_version": ckpt.get("pytorch-lightning_version"),
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hyper_parameters": hparams,
-    }
-
-
 def bundle_from_checkpoint(
     ckpt: dict, src: Path, random_init: bool = False
 ) -> tuple[dict, dict[str, dict]]:
@@ -297,53 +255,3 @@ def _heads(
     entry["dim"] = head_dims(entry["audio"])[1]
     entry["input"] = "the encoder's clip embedding (mean-pooled tokens)"
     return entry, weights
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_bundle(out: Path, config: dict, state_dicts: dict[str, dict]) -> list[Path]:
-    """Writes ``config.json`` and one safetensors file per encoder; removes stale files."""
-    from safetensors.torch import save_file
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if (out / "manifest.json").is_file() or any(out.glob("*.ckpt")):
-        what = "a prepared dataset" if (out / "manifest.json").is_file() else "checkpoints"
-        raise UserError(f"{out}: holds {what}; export the bundle into a folder of its own")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    files = {}
-    for modality in MODALITIES:
-        for stale in (f"{modality}_encoder.onnx", f"{modality}_encoder.onnx.data",
-                      f"{modality}_head.onnx", f"{modality}_head_v2a.onnx"):  # fmt: skip
-            (out / stale).unlink(missing_ok=True)  # rewritten only by --onnx
-        files[modality] = (out / weights_file(modality), config.get(modality) is not None)
-    if share_head_weights(config, state_dicts):  # a head stored as another's first layers
-        config["format_version"] = FORMAT_VERSION
-        if isinstance(config.get("provenance"), dict):
-            config["provenance"]["format_version"] = FORMAT_VERSION
-    for modality in MODALITIES:
-        for direction in DIRECTIONS:
-            wanted = head_entry(config, direction) is not None
-            wanted = wanted and stored_in(config, modality, direction) is None
-            files[head_key(modality, direction)] = (out / head_file(modality, direction), wanted)
-    for name, (target, wanted) in files.items():
-        if not wanted:
-            target.unlink(missing_ok=True)
-            continue
-        # clone: safetensors refuses tensors sharing memory (tied weights)
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dicts[name].items()}
-        tmp = target.with_suffix(".tmp")
-        meta = {"format": "pt", "avssl_format": FORMAT, "modality": name.split("_")[0]}
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(target)
-        target.chmod(0o666 & ~_umask())  # safetensors writes 0600: others could not load it
-        written.append(target)
-    cfg_path = out / CONFIG_FILE
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
-    written.append(cfg_path)
-    return written

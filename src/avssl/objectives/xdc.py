@@ -17,7 +17,10 @@ compares it with XDC, its choice, and with single-modality deep clustering).
 Cluster state (key table, assignments, centroids, epoch of the clustering) is saved in
 ``checkpoint["xdc"]`` and restored on resume; a resumed run re-clusters only when the interval
 says so, counted from the saved clustering. Under DDP every rank embeds its share of the subset,
-rank 0 runs k-means on everything, and the result is broadcast.
+rank 0 runs k-means on everything, and the result is broadcast. The embedding pass, the k-means,
+the cluster state, its target lookup and its checkpoint entry are in
+:mod:`avssl.objectives._xdc_clusters`; this module holds the objective, when and how it
+re-clusters (gathering, broadcasting, fresh heads) and its loss.
 
 Validation clips (``data.init_args.val_split``) are not in the clustering, so their targets are
 the clusters of the nearest centroids of their current features (:meth:`XDC.nearest_clusters`,
@@ -32,22 +35,20 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses.clustering import cluster_cross_entropy
-from avssl.models.kmeans import assign, kmeans
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
+from avssl.objectives._xdc_clusters import MODALITIES, XDCClusterMixin
+from avssl.objectives._xdc_clusters import _num_clusters as _num_clusters
 from avssl.objectives.base import AVObjective
 from avssl.objectives.contrastive import projection_head
 
-MODALITIES = ("audio", "video")
 OTHER = {"audio": "video", "video": "audio"}
 
 
-class XDC(AVObjective):
+class XDC(XDCClusterMixin, AVObjective):
     """Cross-modal deep clustering objective (paper: https://arxiv.org/abs/1911.12667).
 
     Args:
@@ -104,67 +105,7 @@ class XDC(AVObjective):
         self.centroids: dict[str, torch.Tensor] = {}  # modality -> [K, D]
         self.cluster_epoch = -1
 
-    def _encoder(self, modality: str) -> nn.Module:
-        return self.audio_encoder if modality == "audio" else self.video_encoder
-
-    # ----------------------------------------------------------------- clustering
-    @torch.no_grad()
-    def embed_batches(self, batches: Iterable[AVBatch], limit: int | None = None) -> dict[str, Any]:
-        """Pooled features of each sample (first clip), first occurrence of each key only."""
-        was_training = self.training
-        self.eval()
-        keys: list[str] = []
-        seen: set[str] = set()
-        feats: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
-        ok: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
-        for batch in batches:
-            self.mark_graph_step()  # each batch's features are copied out before the next
-            batch = batch.to(self.device)
-            audio, video, a_ok, v_ok = flatten_inputs(batch)
-            k = len(audio) // len(batch)
-            rows = []
-            for i, key in enumerate(batch.key):
-                if key not in seen and (limit is None or len(keys) < limit):
-                    seen.add(key)
-                    keys.append(key)
-                    rows.append(i * k)  # first clip of sample i
-            if rows:
-                idx = torch.tensor(rows, device=self.device)
-                for m, x, good in (("audio", audio, a_ok), ("video", video, v_ok)):
-                    feats[m].append(self._encoder(m)(x[idx]).float().cpu())  # [b, D]
-                    ok[m].append(good[idx].bool().cpu())
-            if limit is not None and len(keys) >= limit:
-                break
-        self.train(was_training)
-        dim = self.audio_encoder.embed_dim
-        return {
-            "keys": keys,
-            "feats": {m: torch.cat(feats[m] or [torch.zeros(0, dim)]) for m in MODALITIES},
-            "ok": {m: torch.cat(ok[m] or [torch.zeros(0, dtype=torch.bool)]) for m in MODALITIES},
-        }
-
-    def cluster(self, emb: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-        """k-means per modality over the embedded subset; returns the new cluster state."""
-        state: dict[str, Any] = {"keys": list(emb["keys"]), "assign": {}, "centroids": {}}
-        for m in MODALITIES:
-            x, good = emb["feats"][m], emb["ok"][m]
-            k = _num_clusters(self.cfg["num_clusters"], int(good.sum()), m)
-            if self.cfg["normalize_features"]:
-                x = F.normalize(x, dim=-1)
-            res = kmeans(x[good], k, self.cfg["kmeans_iters"], seed, self.cfg["kmeans_backend"])
-            assign = torch.full((len(x),), -1, dtype=torch.long)
-            assign[good] = res.assignments.cpu()
-            state["assign"][m], state["centroids"][m] = assign, res.centroids.cpu()
-        return state
-
-    def set_cluster_state(self, state: dict[str, Any], epoch: int) -> None:
-        """Installs a clustering (key table, assignments, centroids) made at ``epoch``."""
-        self.cluster_keys = list(state["keys"])
-        self.key_row = {key: i for i, key in enumerate(self.cluster_keys)}
-        self.assignments = {m: t.long().cpu() for m, t in state["assign"].items()}
-        self.centroids = {m: t.float().cpu() for m, t in state["centroids"].items()}
-        self.cluster_epoch = int(epoch)
-
+    # ----------------------------------------------------------------- re-clustering
     def recluster(self, batches: Iterable[AVBatch], epoch: int = 0) -> None:
         """Embeds, clusters (rank 0), broadcasts, installs, and re-initialises the heads."""
         emb = self.embed_batches(batches, _per_rank_limit(self.cfg["cluster_samples"]))
@@ -193,14 +134,6 @@ class XDC(AVObjective):
                     if id(p) in heads:
                         opt.state.pop(p, None)
 
-    def targets(self, keys: list[str], modality: str) -> torch.Tensor:
-        """Cluster ids ``[B]`` of ``modality`` for sample keys (-1 when not clustered)."""
-        assign = self.assignments.get(modality)
-        if assign is None:
-            return torch.full((len(keys),), -1, dtype=torch.long)
-        rows = [self.key_row.get(k, -1) for k in keys]
-        return torch.tensor([int(assign[r]) if r >= 0 else -1 for r in rows], dtype=torch.long)
-
     def _cluster_source(self) -> Iterable[AVBatch]:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "eval_loader"):
@@ -217,18 +150,6 @@ class XDC(AVObjective):
             self.recluster(self._cluster_source(), epoch)
 
     # ----------------------------------------------------------------- loss
-    def nearest_clusters(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Cluster ids ``[N]`` of features ``x`` ``[N, D]``: the nearest centroid of the
-        current clustering of ``modality`` (features L2-normalised first when the clustering's
-        were); -1 for every row before the first clustering."""
-        centroids = self.centroids.get(modality)
-        if centroids is None:
-            return torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-        x = x.detach().float()
-        if self.cfg["normalize_features"]:
-            x = F.normalize(x, dim=-1)
-        return assign(x, centroids.to(x.device))
-
     def validation_losses(self, batch: AVBatch) -> dict[str, torch.Tensor]:
         """The training loss with nearest-centroid targets (validation clips have no key in
         the clustering; module docstring)."""
@@ -269,22 +190,7 @@ class XDC(AVObjective):
         losses["loss"] = 0.5 * total
         return losses
 
-    # ----------------------------------------------------------------- checkpoints, export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["xdc"] = {
-            "keys": list(self.cluster_keys),
-            "assign": dict(self.assignments),
-            "centroids": dict(self.centroids),
-            "epoch": self.cluster_epoch,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("xdc")
-        if state and state["keys"]:
-            self.set_cluster_state(state, state["epoch"])
-
+    # ----------------------------------------------------------------- export
     def export_encoders(self) -> dict[str, Any]:
         note = "XDC audio/video encoders (cluster-prediction heads not exported)"
         return {
@@ -293,22 +199,6 @@ class XDC(AVObjective):
             "which": "online",
             "note": note,
         }
-
-
-def _num_clusters(wanted: int, available: int, modality: str) -> int:
-    """``wanted``, or fewer (with a warning) when fewer samples have the modality."""
-    if available < 2:
-        raise ValueError(
-            f"XDC: only {available} clustering samples have {modality}; k-means needs >= 2 "
-            "(check model.init_args.cluster_samples and the training split)"
-        )
-    if available < wanted:
-        rank_zero_warn(
-            f"XDC: {available} clustering samples have {modality}, fewer than "
-            f"num_clusters={wanted}: using {available} clusters this time"
-        )
-        return available
-    return wanted
 
 
 def _reset(module: nn.Module) -> None:
