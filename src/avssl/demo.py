@@ -31,6 +31,9 @@ last checkpoint, for the demo's budget each; the options after ``--`` go to the 
 
 Every step is the user-facing command (``avssl pretrain|export|eval``) run as a subprocess, so
 the demo exercises exactly what a researcher types.
+
+The recipes and config files are in :mod:`avssl.demo_configs`, the result tables in
+:mod:`avssl.demo_tables`; their names are importable here.
 """
 
 from __future__ import annotations
@@ -40,18 +43,19 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from avssl.demo_configs import CONTINUES, demo_recipes, overlays
+from avssl.demo_configs import _merge as _merge
+from avssl.demo_configs import demo_config as demo_config
+from avssl.demo_tables import _seeds_table, _table
+
 SHARDS = Path("shards/synthetic")
 RUN_ID = os.environ.get("AVSSL_DEMO_RUN", "demo")
 PROTOCOL = "synthetic_linear"
-# recipes that start from another recipe's run: recipe -> (that recipe, the model setting that
-# names its checkpoint); make demo runs the two in turn
-CONTINUES = {"avid_cma": ("avid", "avid_ckpt"), "mavil_stage2": ("mavil", "teacher_ckpt")}
 
 
 def _avssl(*args: str, env: dict | None = None, tag: str = "[demo]") -> None:
@@ -110,69 +114,6 @@ def _results(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
-def _table(random: dict, trained: dict, recipe: str) -> str:
-    """Markdown table: mean top-1 over the splits per feature kind, random init vs trained."""
-    lines = [
-        f"| features | random init top-1 (%) | {recipe}-pretrained top-1 (%) | gain (points) "
-        "| pretrained, per split |",
-        "|---|---|---|---|---|",
-    ]
-    for kind, mean in trained["summary"].items():
-        base = random["summary"][kind]["top1"]
-        per = ", ".join(
-            f"{r['metrics']['top1']:.1f}" for r in trained["rounds"] if r["kind"] == kind
-        )
-        lines.append(
-            f"| {kind} | {base:.1f} | {mean['top1']:.1f} | {mean['top1'] - base:+.1f} | {per} |"
-        )
-    return "\n".join(lines)
-
-
-def demo_recipes() -> list[str]:
-    """Recipes ``make demo RECIPE=...`` accepts: every recipe whose ``*_ckpt`` settings (another
-    run's checkpoint) are set, or are the one :data:`CONTINUES` fills in (``mavil_stage2``'s
-    teacher, ``avid_cma``'s Cross-AVID run)."""
-    import yaml
-
-    from avssl.train import NOT_RECIPES
-
-    usable = []
-    for path in Path("recipes").glob("*.yaml"):
-        if path.stem in NOT_RECIPES:
-            continue
-        init = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_args") or {}
-        unset = {k for k, v in init.items() if k.endswith("_ckpt") and not v}
-        if unset <= {CONTINUES.get(path.stem, ("", ""))[1]}:
-            usable.append(path.stem)
-    return sorted(usable)
-
-
-def overlays(recipe: str) -> list[str]:
-    """Config files added after ``recipes/<recipe>.yaml``: the common demo budget, then the
-    recipe's own demo settings where it has some."""
-    own = Path("recipes/demo") / f"{recipe}.yaml"
-    return ["recipes/demo.yaml"] + ([str(own)] if own.is_file() else [])
-
-
-def _merge(into: dict, new: dict) -> dict:
-    for k, v in new.items():
-        into[k] = _merge(dict(into.get(k) or {}), v) if isinstance(v, dict) else v
-    return into
-
-
-def demo_config(recipe: str, extra: list[str] | None = None) -> dict:
-    """The demo's pretraining config as one dict: ``recipes/_base.yaml`` + the recipe + the
-    demo overlays (+ ``extra`` files), merged key by key as LightningCLI does (for the
-    analysis scripts in ``bench/`` that rebuild the demo's model and loader)."""
-    import yaml
-
-    cfg: dict = {}
-    paths = ["recipes/_base.yaml", f"recipes/{recipe}.yaml", *overlays(recipe), *(extra or [])]
-    for path in paths:
-        _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return cfg
-
-
 def _pretrain(recipe: str, data: Path, run_id: str, extra: list[str]) -> Path:
     """Pretrains into ``runs/<recipe>/<run_id>/`` (replacing a previous demo run of that id);
     returns its last checkpoint."""
@@ -196,33 +137,8 @@ def _evaluate(enc: str, data: Path) -> dict:
     return _results(out)
 
 
-def _seeds_table(random: dict, trained: list[dict], recipe: str) -> str:
-    """Markdown table for several seeds: per feature kind the random-init top-1, each seed's
-    pretrained top-1, and the gains' mean, sample standard deviation, minimum and values."""
-    n = len(trained)
-    lines = [
-        f"| features | random init top-1 (%) | {recipe}-pretrained top-1 (%), seeds 0-{n - 1} "
-        "| gain, mean +- sd (points) | gain, lowest | gains per seed |",
-        "|---|---|---|---|---|---|",
-    ]
-    for kind in trained[0]["summary"]:
-        base = random["summary"][kind]["top1"]
-        tops = [t["summary"][kind]["top1"] for t in trained]
-        gains = [t - base for t in tops]
-        mean = statistics.fmean(gains)
-        sd = statistics.stdev(gains)
-        lines.append(
-            f"| {kind} | {base:.1f} | {', '.join(f'{t:.1f}' for t in tops)} | {mean:+.1f} +- "
-            f"{sd:.1f} | {min(gains):+.1f} | {', '.join(f'{g:+.1f}' for g in gains)} |"
-        )
-    return "\n".join(lines)
-
-
-def _parse(argv: list[str]) -> tuple[str, Path, int, list[str], list[str]]:
-    """(recipe, shards, number of seeds, pretraining options after ``--``, options of the run
-    it continues); SystemExit with a one-line message for an unknown recipe, a bad seed count
-    or ``--parent-args`` for a recipe that continues no run."""
-    cut = argv.index("--") if "--" in argv else len(argv)
+def _parser() -> argparse.ArgumentParser:
+    """The demo's options before ``--`` (``make demo RECIPE= DATA= SEEDS= PARENT_ARGS=``)."""
     ap = argparse.ArgumentParser(
         description="make demo: pretrain, export, evaluate (synthetic)",
         epilog="options after -- are added to the pretraining command (ablations)",
@@ -243,7 +159,15 @@ def _parse(argv: list[str]) -> tuple[str, Path, int, list[str], list[str]]:
         help="pretraining options of the run a recipe continues (avid_cma: its avid run; "
         "mavil_stage2: its stage-1 mavil run), as one string",
     )
-    args = ap.parse_args(argv[:cut])
+    return ap
+
+
+def _parse(argv: list[str]) -> tuple[str, Path, int, list[str], list[str]]:
+    """(recipe, shards, number of seeds, pretraining options after ``--``, options of the run
+    it continues); SystemExit with a one-line message for an unknown recipe, a bad seed count
+    or ``--parent-args`` for a recipe that continues no run."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = _parser().parse_args(argv[:cut])
     recipe, data = args.recipe, Path(args.data) if args.data.strip() else SHARDS
     usable = demo_recipes()
     if recipe not in usable:

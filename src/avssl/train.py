@@ -12,16 +12,17 @@ fully resolved config), ``checkpoints/`` (the 3 newest periodic ``step*.ckpt`` +
 and the TensorBoard event files. ``--resume auto`` continues the newest run of the recipe: its
 latest readable checkpoint (``last.ckpt``, or a ``step*.ckpt`` of a later step or where
 ``last.ckpt`` is unreadable).
+
+The recipe lookup, the run environment, the choice of the checkpoint to resume and the closing
+summary are in :mod:`avssl.train_runs`; their names are importable here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from avssl.callbacks import ImageLogger, ThroughputMonitor
-from avssl.checkpoint_io import (
-    RunCheckpoint,
-    install_atomic_io,
-    newest_checkpoint_folder,
-    resumable_checkpoint,
-)
+from avssl.checkpoint_io import RunCheckpoint, install_atomic_io
 from avssl.cli import UserError
 from avssl.objectives.base import AVObjective
 from avssl.train_checks import (
@@ -47,53 +43,21 @@ from avssl.train_checks import (
     check_validation,
     link_local_view,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOT_RECIPES = ("_base", "debug", "demo")  # overlays, not recipes
-
-
-# ----------------------------------------------------------------------------- recipes, runs
-def recipe_dirs() -> list[Path]:
-    """Where recipes are looked up: ``./recipes`` first, then the checkout's ``recipes/``."""
-    dirs = [Path.cwd() / "recipes", REPO_ROOT / "recipes"]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in dirs[:i]]
-
-
-def available_recipes() -> list[str]:
-    names = {p.stem for d in recipe_dirs() for p in d.glob("*.yaml")}
-    return sorted(n for n in names if n not in NOT_RECIPES)
+from avssl.train_runs import NOT_RECIPES as NOT_RECIPES
+from avssl.train_runs import REPO_ROOT as REPO_ROOT
+from avssl.train_runs import (
+    _print_summary,
+    _resolve_resume,
+    _run_env,
+    find_recipe,
+    recipe_from_args,
+    recipes_from_args,
+)
+from avssl.train_runs import available_recipes as available_recipes
+from avssl.train_runs import recipe_dirs as recipe_dirs
 
 
-def find_recipe(name: str) -> Path:
-    """``recipes/<name>.yaml`` (or a path to a YAML file); UserError when it does not exist."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return Path(name)
-    for d in recipe_dirs():
-        if (d / f"{name}.yaml").is_file():
-            return d / f"{name}.yaml"
-    raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
-
-
-def recipes_from_args(argv: list[str]) -> list[str]:
-    """Stems of the ``--config`` files that are not overlays (``_base``, ``debug``, ``demo``)."""
-    names = []
-    for i, arg in enumerate(argv):
-        path = None
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        if path and Path(path).stem not in NOT_RECIPES:
-            names.append(Path(path).stem)
-    return names
-
-
-def recipe_from_args(argv: list[str]) -> str | None:
-    """The recipe name: stem of the last ``--config`` file that is not ``_base``/``debug``."""
-    names = recipes_from_args(argv)
-    return names[-1] if names else None
-
-
+# ----------------------------------------------------------------------------- runs
 def run_id() -> str:
     """Run folder name shared by all processes of one run.
 
@@ -108,21 +72,6 @@ def run_id() -> str:
     if not rid and os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
         rid = f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
     return rid or time.strftime("%Y%m%d-%H%M%S")
-
-
-@contextlib.contextmanager
-def _run_env(rid: str | None = None) -> Iterator[None]:
-    """Sets ``AVSSL_RUN_ID`` for the duration of one run, then restores the previous value."""
-    old = os.environ.get("AVSSL_RUN_ID")
-    if rid:
-        os.environ["AVSSL_RUN_ID"] = rid
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("AVSSL_RUN_ID", None)
-        else:
-            os.environ["AVSSL_RUN_ID"] = old
 
 
 # ----------------------------------------------------------------------------- LightningCLI
@@ -230,7 +179,8 @@ class AVSSLCLI(LightningCLI):
         last = Path(ckpt.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
         saved_step = getattr(ckpt, "_last_global_step_saved", -1)
         if saved_step != self.trainer.global_step or not last.exists():
-            self.trainer.save_checkpoint(last)
+            # a full checkpoint (optimizer, loops, callbacks), as the periodic ones
+            self.trainer.save_checkpoint(last, weights_only=False)
 
 
 def _run_cli(args: list[str], recipe: str | None = None) -> AVSSLCLI:
@@ -314,25 +264,6 @@ def _wait_for(path: Path, timeout_s: float = 3600.0) -> None:
         time.sleep(2.0)
 
 
-def _resolve_resume(resume: str, runs: Path, recipe: str) -> Path | None:
-    if not resume:
-        return None
-    if resume == "auto":
-        folder = newest_checkpoint_folder(runs, recipe)
-        if folder is None:
-            print("[pretrain] --resume auto: no last.ckpt yet, starting fresh")
-            return None
-        found, skipped = resumable_checkpoint(folder)
-        if skipped:
-            note = f"{found.name}, the latest readable one; passed over {skipped}"
-            print(f"[pretrain] --resume auto: {note}")
-        print(f"[pretrain] --resume auto: {found}")
-        return found
-    if not Path(resume).is_file():
-        raise UserError(f"--resume {resume}: checkpoint file not found")
-    return Path(resume)
-
-
 def pretrain_main(argv: list[str]) -> int:
     """``avssl pretrain --recipe NAME --data DIR --resume CKPT -- <extra LightningCLI args>``."""
     argv = list(argv)
@@ -365,15 +296,3 @@ def pretrain_main(argv: list[str]) -> int:
     if cli.trainer.is_global_zero:
         _print_summary(cli, recipe)
     return 0
-
-
-def _print_summary(cli: AVSSLCLI, recipe: str) -> None:
-    log_dir = cli.trainer.log_dir or cli.trainer.default_root_dir
-    ckpt = cli.trainer.checkpoint_callback
-    ckpt_dir = getattr(ckpt, "dirpath", None) or "(no checkpoint callback)"
-    last = Path(ckpt_dir) / "last.ckpt"
-    print(f"[pretrain] {recipe}: {cli.trainer.global_step} steps done")
-    print(f"[pretrain] run folder:  {log_dir}  (config.yaml, TensorBoard events)")
-    print(f"[pretrain] checkpoints: {ckpt_dir}")
-    print(f"[pretrain] TensorBoard: tensorboard --logdir {Path(log_dir).parent}")
-    print(f"[pretrain] next:        make export CKPT={last} OUT=encoders/{recipe}")
