@@ -122,7 +122,8 @@ def load_clips(media_file: str | Path, prep: dict, num_clips: int = 1, want=("au
             sample["flac"] = path
         item = _processor(prep, num_clips)(sample, torch.Generator().manual_seed(0))
     except MediaError as err:
-        raise UserError(f"{path}: cannot decode ({err})") from None
+        reason = str(err).removeprefix(f"{path}: ")  # the path once, at the start
+        raise UserError(f"{path}: cannot decode ({reason})") from None
     return {"video": item["video"], "audio": item["audio"]}
 
 

@@ -120,7 +120,9 @@ def test_embed_bad_media(bundle, tmp_path):
         avssl.embed(bundle, tmp_path / "missing.mp4")
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video" * 100)
-    with pytest.raises(UserError, match="junk.mp4"):
+    with pytest.raises(UserError, match="junk.mp4") as err:
         avssl.embed(bundle, junk)
+    assert str(err.value).count("junk.mp4") == 1  # one line, the path named once
+    assert "cannot open media (Invalid data" in str(err.value)
     with pytest.raises(UserError, match="num_clips must be >= 1, got 0"):
         avssl.embed(bundle, CLIPS["audioset"], num_clips=0)

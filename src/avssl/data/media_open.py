@@ -40,7 +40,8 @@ def open_media(src: Source) -> av.container.InputContainer:
     try:
         return av.open(target, mode="r")
     except av.error.FFmpegError as err:
-        raise MediaError(f"{_name(src)}: cannot open media ({err})") from err
+        reason = getattr(err, "strerror", None) or str(err)  # without FFmpeg's copy of the path
+        raise MediaError(f"{_name(src)}: cannot open media ({reason})") from err
 
 
 def default_threads() -> int:
