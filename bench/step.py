@@ -39,225 +39,60 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import itertools
 import json
-import os
+import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from avssl.data.batch import MODALITIES_COMPLETE, AVBatch
-from avssl.losses.contrastive import info_nce
-from avssl.losses.reconstruction import masked_mse
-from avssl.models import AudioViT, VideoViT
-from avssl.models.decoder import JointDecoder, TransformerDecoder
-from avssl.models.fusion import JointFusion
+from avssl.data.batch import AVBatch
 from avssl.models.layers import compile_blocks, set_flex_attention, set_fused_attention
-from avssl.models.masking import random_masking, tube_masking, videomae_keep
-from avssl.models.vit import ViTEncoder
 
-# dense bf16 FLOP/s from the datasheets, by a part of the device's name; the first match wins,
-# so the PCIe and NVL parts (lower clocks and power) come before their SXM names
-PEAK_BF16 = {
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H200 NVL": 835e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-}
-REFERENCE = {  # DESIGN section 7, one H200: (samples/s best, GFLOP/sample)
-    "cavmae": (917.0, 238.0),
-    "videomae": (371.0, 205.0),
-}
+_BENCH = str(Path(__file__).resolve().parent)  # bench/ is no package: its modules import
+if _BENCH not in sys.path:  # one another by name, however the first of them was loaded
+    sys.path.append(_BENCH)
 
+from step_data import data_batches, features_on, worker_nice  # noqa: E402
+from step_models import (  # noqa: E402
+    CavMaeStep,
+    ObjectiveStep,
+    Shape,
+    VideoMaeStep,
+    build,
+    compile_stacks,
+    count_flops,
+    random_batch,
+    shapes,
+)
+from step_report import (  # noqa: E402
+    COMPILE_MODES,
+    GRAPH_MODES,
+    PEAK_BF16,
+    REFERENCE,
+    SDPA_BACKENDS,
+    check_args,
+    peak_flops,
+    print_header,
+    report,
+)
+from step_report import parse_args as _parse_args  # noqa: E402
 
-@dataclass
-class Shape:
-    """Inputs of one configuration; ``fast_batch``/``base_batch`` are the GPU defaults."""
-
-    audio: tuple[int, int] = (1024, 128)
-    frames: int = 16
-    img: int = 224
-    fast_batch: int = 128
-    base_batch: int = 48
-    extra: dict[str, Any] = field(default_factory=dict)
-    modalities: tuple[str, ...] = ("audio", "video")  # what --data loads for the step
-
-
-def shapes(size: str) -> dict[str, Shape]:
-    """Reference inputs, or small ones at ``--size tiny`` (CPU smoke runs)."""
-    if size == "tiny":
-        return {
-            "cavmae": Shape((64, 128), 1, 32, 2, 2, {"dec_dim": 64}),
-            "videomae": Shape((64, 128), 4, 64, 2, 2, {"dec_dim": 64}, ("video",)),
-            "mavil": Shape((64, 128), 4, 64, 2, 2),
-        }
-    return {
-        "cavmae": Shape((1024, 128), 1, 224, 128, 48, {"dec_dim": 512}),
-        "videomae": Shape((1024, 128), 16, 224, 64, 32, {"dec_dim": 384}, ("video",)),
-        "mavil": Shape((1024, 128), 8, 224, 64, 32),
-    }
-
-
-class CavMaeStep(nn.Module):
-    """The CAV-MAE step: 11 + 1 layers, joint decoder, mask 0.75, MSE + 0.01 InfoNCE."""
-
-    def __init__(self, size: str, shape: Shape) -> None:
-        super().__init__()
-        self.audio = AudioViT(size, depth=11, input_size=shape.audio)
-        self.video = VideoViT(size, depth=11, tubelet_size=1, num_frames=1, img_size=shape.img)
-        d = self.audio.embed_dim
-        self.fusion = JointFusion(d, depth=1, num_heads=self.audio.num_heads, single_norms=True)
-        dims = {"audio": d, "video": d}
-        patch = {"audio": self.audio.patch_dim, "video": self.video.patch_dim}
-        grids = {"audio": self.audio.default_grid, "video": self.video.default_grid}
-        dec = shape.extra["dec_dim"]
-        self.decoder = JointDecoder(dims, patch, dec, 8, dec // 32, grids=grids)
-
-    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
-        audio, video = batch.audio, batch.video
-        B, dev = audio.shape[0], audio.device
-        ga, gv = self.audio.grid_size(audio.shape), self.video.grid_size(video.shape)
-        ka, ma, ra = random_masking(B, self.audio.num_tokens(audio.shape), 0.75, dev)
-        kv, mv, rv = random_masking(B, self.video.num_tokens(video.shape), 0.75, dev)
-        za = self.audio.forward_features(audio, ka)  # [B, Na_keep, D]
-        zv = self.video.forward_features(video, kv)  # [B, Nv_keep, D]
-        fa, fv = self.fusion(za, zv)
-        pred = self.decoder({"audio": (fa, ra, ga), "video": (fv, rv, gv)})
-        rec_a = masked_mse(pred["audio"], self.audio.patchify(audio), ma)
-        rec_v = masked_mse(pred["video"], self.video.patchify(video), mv)
-        ca = self.fusion.forward_single(za, "audio").mean(dim=1)  # [B, D]
-        cv = self.fusion.forward_single(zv, "video").mean(dim=1)
-        nce = info_nce(ca, cv, temperature=0.05, symmetric=False)
-        return {"loss": rec_a + rec_v + 0.01 * nce, "nce": nce}
-
-
-class VideoMaeStep(nn.Module):
-    """The VideoMAE step: tube mask 0.9, decoder 4 x 384, norm-pix MSE on masked tubelets."""
-
-    def __init__(self, size: str, shape: Shape) -> None:
-        super().__init__()
-        self.video = VideoViT(size, num_frames=shape.frames, img_size=shape.img)
-        dec = shape.extra["dec_dim"]
-        self.decoder = TransformerDecoder(
-            self.video.embed_dim,
-            self.video.patch_dim,
-            dec,
-            4,
-            dec // 64,
-            grid=self.video.default_grid,
-        )
-
-    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
-        video = batch.video
-        grid = self.video.grid_size(video.shape)
-        # VideoMAE's count: 20 of 196 positions visible per slice (MAE's would keep 19)
-        s_keep = videomae_keep(grid[1] * grid[2], 0.9)
-        keep, mask, restore = tube_masking(video.shape[0], grid, 0.9, video.device, s_keep=s_keep)
-        pred = self.decoder(self.video.forward_features(video, keep), restore, grid)
-        return {"loss": masked_mse(pred, self.video.patchify(video), mask)}
-
-
-class ObjectiveStep(nn.Module):
-    """Wraps an objective so that ``forward(batch)`` is its ``compute_losses``."""
-
-    def __init__(self, objective: nn.Module) -> None:
-        super().__init__()
-        self.objective = objective
-
-    def forward(self, batch: AVBatch) -> dict[str, torch.Tensor]:
-        return self.objective.compute_losses(batch)
-
-
-def build(name: str, size: str, shape: Shape) -> nn.Module | str:
-    """The step module of a configuration, or a string saying why it is skipped."""
-    if name == "cavmae":
-        return CavMaeStep(size, shape)
-    if name == "videomae":
-        return VideoMaeStep(size, shape)
-    if name == "mavil":
-        if importlib.util.find_spec("avssl.objectives.mavil") is None:
-            return "avssl.objectives.mavil does not exist yet"
-        try:
-            from avssl.objectives.mavil import MAViL
-        except ImportError as err:
-            return f"cannot import avssl.objectives.mavil ({err})"
-        obj = MAViL(
-            size=size,
-            audio_frames=shape.audio[0],
-            num_mel_bins=shape.audio[1],
-            num_frames=shape.frames,
-            img_size=shape.img,
-            gather_negatives=False,
-        )
-        return ObjectiveStep(obj)
-    raise SystemExit(f"bench/step.py: unknown config {name!r} (cavmae, videomae, mavil)")
-
-
-def random_batch(shape: Shape, batch: int, device: torch.device, without_audio: int = 0) -> AVBatch:
-    """Random inputs; ``without_audio`` clips have no audio (zeros, ``audio_mask`` False, the
-    collate's ``modalities_complete`` note False), as the loader gives them."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    audio = torch.randn(batch, 1, *shape.audio, generator=g)  # [B, 1, Ta, F]
-    video = torch.randn(batch, 3, shape.frames, shape.img, shape.img, generator=g)
-    out = AVBatch(video=video, audio=audio, key=[str(i) for i in range(batch)])
-    n = min(without_audio, batch)
-    if n:
-        out.audio[:n] = 0
-        out.audio_mask = torch.arange(batch) >= n  # the first n clips are silent
-        out.video_mask = torch.ones(batch, dtype=torch.bool)
-        out.extra[MODALITIES_COMPLETE] = False
-    return out.to(device)
+__all__ = [  # what bench/profile_step.py and the tests use, wherever it is defined
+    "COMPILE_MODES", "GRAPH_MODES", "PEAK_BF16", "REFERENCE", "SDPA_BACKENDS", "CavMaeStep",
+    "ObjectiveStep", "Shape", "VideoMaeStep", "batch_size", "build", "check_args",
+    "compile_blocks", "compile_stacks", "count_flops", "data_batches", "features_on", "main",
+    "make_step", "parse_args", "peak_flops", "print_header", "random_batch", "report",
+    "run_variant", "set_sdpa_backend", "shapes", "sync", "time_steps", "worker_nice",
+]  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def count_flops(model: nn.Module, batch: AVBatch) -> float:
-    """Model FLOPs per sample of forward + backward (naive attention so that every backend's
-    attention matmuls are counted; fp32, no optimizer). Leaves the model on naive attention."""
-    set_fused_attention(model, False)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(batch)["loss"].backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(batch)
-
-
-def compile_stacks(model: nn.Module, **options) -> int:
-    """Compiles whole encoders (``forward_features``), fusion layers and decoders: fewer, larger
-    graphs than ``compile_blocks`` (inductor can fuse across block boundaries), while masking,
-    targets and losses stay eager. Returns the number of modules compiled."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, ViTEncoder):
-            m.forward_features = torch.compile(m.forward_features, dynamic=False, **options)  # type: ignore[method-assign]
-            count += 1
-        elif isinstance(m, JointFusion):  # its blocks, which forward_single runs too
-            m._run = torch.compile(m._run, dynamic=False, **options)  # type: ignore[method-assign]
-            count += 1
-        elif isinstance(m, (JointDecoder, TransformerDecoder)):
-            m.compile(dynamic=False, **options)
-            count += 1
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return count
-
-
-SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "flex")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
-# modes that replay CUDA graphs: each step must be marked as a new one (the last step's graph
-# outputs are then free to be overwritten)
-GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def set_sdpa_backend(name: str) -> None:
@@ -320,52 +155,6 @@ def time_steps(step, batches, n: int, device: torch.device) -> tuple[float, floa
     return time.perf_counter() - t0, wait
 
 
-def data_batches(args: argparse.Namespace, shape: Shape, batch: int, device: torch.device):
-    """Endless batches from the real loader (only imported with --data)."""
-    from avssl.data.batching import features_on_device
-    from avssl.data.datamodule import AVDataModule
-
-    dm = AVDataModule(
-        data=args.data,
-        train_split=args.split,
-        batch_size=batch,
-        num_workers=args.workers,
-        worker_nice=worker_nice(args, device),
-        num_frames=shape.frames,
-        crop_size=shape.img,
-        audio_frames=shape.audio[0],
-        num_mel_bins=shape.audio[1],
-        # One long epoch: a small split would otherwise end the epoch after a batch or two and
-        # every epoch would restart the worker processes, which is not what training sees.
-        batches_per_epoch=10**6,
-        pin_memory=device.type == "cuda",
-        features_on=features_on(args, device),
-        repeated_sampling=args.repeats,
-        keyframe_starts=args.keyframe_starts,
-        modalities=list(shape.modalities),  # VideoMAE's step: no audio decoded or shipped
-    )
-    dm.setup("fit")
-    while True:
-        for b in dm.train_dataloader():
-            yield features_on_device(b.to(device, non_blocking=True), dm.fbank)
-
-
-def worker_nice(args: argparse.Namespace, device: torch.device) -> int:
-    """The workers' niceness (``--worker-nice``; default: AVDataModule's, 10 on a GPU)."""
-    if args.worker_nice is not None:
-        return args.worker_nice
-    from avssl.data.datamodule import GPU_WORKER_NICE  # only with --data (imports PyAV)
-
-    return GPU_WORKER_NICE if device.type == "cuda" else 0
-
-
-def features_on(args: argparse.Namespace, device: torch.device) -> str:
-    """Where the fed step's batches are finished (``--features``; auto: the device if a GPU)."""
-    if args.features != "auto":
-        return args.features
-    return "device" if device.type == "cuda" else "loader"
-
-
 def batch_size(shape: Shape, fast: bool, args: argparse.Namespace) -> int:
     given = args.batch if fast else args.baseline_batch
     return given or (shape.fast_batch if fast else shape.base_batch)
@@ -424,184 +213,10 @@ def run_variant(name: str, variant: str, args: argparse.Namespace, device: torch
     return out
 
 
-def peak_flops(args: argparse.Namespace, device: torch.device) -> float | None:
-    if args.peak or device.type != "cuda":
-        return args.peak
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-def report(name: str, results: dict[str, dict], peak: float | None, size: str = "base") -> None:
-    for variant, r in results.items():
-        if "skip" in r:
-            print(f"{name:9s} {variant:9s} skipped: {r['skip']}")
-            continue
-        flops = r["flops"]
-        tflops = flops * r["sps"] / 1e12 if flops else float("nan")
-        mfu = f"{100 * flops * r['sps'] / peak:5.1f}%" if (peak and flops) else "  n/a"
-        mem = f"{r['mem']:7.1f}" if "mem" in r else "    n/a"
-        mem += f" {r['ms']:7.1f}"
-        gf = f"{flops / 1e9:9.2f}" if flops else "      n/a"
-        line = f"{name:9s} {variant:9s} {r['batch']:5d} {r['sps']:10.1f} {gf} {tflops:8.1f} "
-        print(line + f"{mfu:>6s} {mem}")
-        if "data_sps" in r:
-            print(
-                f"{'':9s} {'+data':9s} {r['batch']:5d} {r['data_sps']:10.1f}  GPU waits for data "
-                f"{100 * r['wait']:.0f}% of the time (host blocked in next(): "
-                f"{100 * r['host_wait']:.0f}%); loader alone {r['loader_sps']:.1f} samples/s; "
-                f"{r['workers']} workers" + (f" at nice {r['nice']}" if r["nice"] else "") + "; "
-                f"features {'in the loader' if r['features'] == 'loader' else 'on the device'}"
-                + (f"; {r['repeats']} entries per decoded sample" if r["repeats"] > 1 else "")
-                + ("; clips start on keyframes" if r["keyframes"] else "")
-                + ("" if len(r["modalities"]) == 2 else f"; {r['modalities'][0]} only")
-                + (
-                    "; WAV audio"
-                    if r["audio_codec"] == "wav" and "audio" in r["modalities"]
-                    else ""
-                )
-                + (f"; JPEG frames at {r['jpeg_fps']:g} fps" if r["jpeg_fps"] > 0 else "")
-            )
-    if "fast" in results and "baseline" in results and "sps" in results["baseline"]:
-        ratio = results["fast"]["sps"] / results["baseline"]["sps"]
-        ref = REFERENCE.get(name) if size == "base" else None  # the reference shapes only
-        note = f"; reference best {ref[0]:.0f} samples/s, {ref[1]:.0f} GFLOP" if ref else ""
-        print(f"{name:9s} fast / baseline = {ratio:.2f}x{note}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--size",
-        default=None,
-        choices=["tiny", "small", "base", "large"],
-        help="encoder size and inputs (default: base, the reference shapes, on a GPU; tiny on "
-        "a CPU, where the base shapes take hours and more memory than a laptop has)",
-    )
-    p.add_argument("--configs", default="cavmae,videomae,mavil")
-    p.add_argument("--variants", default="baseline,fast")
-    p.add_argument("--batch", type=int, default=None, help="fast-variant batch")
-    p.add_argument("--baseline-batch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=None, help="default 5 on GPU, 1 on CPU")
-    p.add_argument(
-        "--compile",
-        default="none",
-        choices=["none", "blocks", "stacks", "full"],
-        help="torch.compile the fast step: every transformer block, every encoder/decoder, "
-        "or the whole forward",
-    )
-    p.add_argument(
-        "--sdpa",
-        default="auto",
-        choices=SDPA_BACKENDS,
-        help="fused-attention kernels of the fast step (auto: PyTorch's choice; flex: "
-        "FlexAttention, CUDA and --compile only)",
-    )
-    p.add_argument(
-        "--compile-mode",
-        default="default",
-        choices=COMPILE_MODES,
-        help="torch.compile mode (reduce-overhead: each compiled graph replayed as a CUDA "
-        "graph, fewer kernel launches from the host; max-autotune*: inductor benchmarks its own "
-        "Triton matrix products with fused epilogues against cuBLAS; compiling takes minutes)",
-    )
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
-    p.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU")
-    p.add_argument("--data", default=None, help="prepared shards: feed the fast step from them")
-    p.add_argument("--split", default="train1")
-    p.add_argument(
-        "--features",
-        default="auto",
-        choices=["auto", "loader", "device"],
-        help="with --data: fbank, colour jitter and normalisation in the loader workers or on "
-        "the device after the transfer (auto: the device if it is a GPU)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="with --data: repeated sampling, entries per decoded sample (AVDataModule's "
-        "repeated_sampling)",
-    )
-    p.add_argument(
-        "--keyframe-starts",
-        action="store_true",
-        help="with --data: clips start on the keyframe at or before each random start "
-        "(AVDataModule's keyframe_starts; for one frame: CAV-MAE's one of the 1-fps frames)",
-    )
-    p.add_argument(
-        "--without-audio",
-        type=int,
-        default=0,
-        help="mavil config: clips of each random batch without audio, which run MAViL's joint "
-        "layers with a key mask (0: every clip has both modalities, no mask)",
-    )
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument(
-        "--worker-nice",
-        type=int,
-        default=None,
-        help="loader workers' niceness above the training process's (AVDataModule.worker_nice;"
-        " default: as in training, 10 on a GPU, else 0)",
-    )
-    args = p.parse_args(argv)
-    if args.size is None:
-        args.size = "base" if args.device.startswith("cuda") else "tiny"
-    if args.warmup is None:
-        args.warmup = 5 if args.device.startswith("cuda") else 1
-    if args.workers is None:
-        args.workers = os.cpu_count() or 1
-    return args
-
-
-def check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Validates the options; returns (configs, variants)."""
-    variants = [v for v in args.variants.split(",") if v]
-    configs = [c for c in args.configs.split(",") if c]
-    for bad in set(variants) - {"baseline", "fast"}:
-        raise SystemExit(f"bench/step.py: unknown variant {bad!r} (baseline, fast)")
-    for bad in set(configs) - set(shapes(args.size)):
-        raise SystemExit(f"bench/step.py: unknown config {bad!r} ({', '.join(shapes(args.size))})")
-    if args.data and "://" not in args.data and "{" not in args.data:
-        if not os.path.exists(args.data):
-            raise SystemExit(f"bench/step.py: --data {args.data}: no such prepared dataset folder")
-    if args.without_audio < 0:
-        raise SystemExit(f"bench/step.py: --without-audio must be >= 0, got {args.without_audio}")
-    if args.without_audio and "mavil" not in configs:
-        raise SystemExit("bench/step.py: --without-audio applies to the mavil config only")
-    if args.repeats < 1:
-        raise SystemExit(f"bench/step.py: --repeats must be >= 1, got {args.repeats}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("bench/step.py: --device cuda but no CUDA GPU is visible")
-    if args.sdpa == "flex" and (args.compile == "none" or not args.device.startswith("cuda")):
-        raise SystemExit(
-            "bench/step.py: --sdpa flex needs --device cuda and --compile blocks|stacks|full "
-            "(FlexAttention has no backward on CPU and is only fused when compiled)"
-        )
-    return configs, variants
-
-
-def print_header(args: argparse.Namespace, device: torch.device, peak: float | None) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(
-        f"# step benchmark: {name}, torch {torch.__version__}, size {args.size}, "
-        f"steps {args.steps} (+{args.warmup} warm-up), compile {args.compile} "
-        f"({args.compile_mode}), sdpa {args.sdpa}, "
-        f"peak {peak / 1e12 if peak else 'n/a'} TFLOP/s"
-    )
-    for cfg, s in shapes(args.size).items():
-        print(f"#   {cfg}: audio {s.audio}, video {s.frames}x{s.img}x{s.img} {s.extra}")
-    print("#   cavmae: one frame -> 1x16x16 tubelet (CAV-MAE's 2-D patches); mavil: MAViL defaults")
-    if args.without_audio:
-        print(
-            f"#   mavil: {args.without_audio} clips per batch without audio (masked joint layers)"
-        )
-    print(
-        f"{'config':9s} {'variant':9s} {'batch':>5s} {'samples/s':>10s} {'GFLOP/smp':>9s} "
-        f"{'TFLOP/s':>8s} {'MFU':>6s} {'mem GiB':>7s} {'ms/step':>7s}"
-    )
+    """The options (``step_report.parse_args``), with this script's first line as ``--help``'s
+    description."""
+    return _parse_args(argv, __doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
