@@ -4,6 +4,7 @@ waiting for rank 0's synthetic set, and ``trainer.precision: null`` resolution."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,21 @@ def test_null_precision_is_bf16_mixed_on_a_cuda_gpu_with_bf16(parsed_precision, 
 def test_null_precision_is_32_true_on_a_cuda_gpu_without_bf16(parsed_precision, monkeypatch):
     _cuda(monkeypatch, available=True, bf16=False)
     assert parsed_precision("--trainer.accelerator=auto") == "32-true"
+
+
+def test_bad_option_stops_before_the_synthetic_set_is_built(tmp_path, capsys, no_build):
+    synthetic, runs = tmp_path / "synthetic", tmp_path / "runs"
+    args = ["pretrain", "--recipe", "mavil", "--synthetic", str(synthetic), "--runs", str(runs)]
+    assert cli.main(args + ["--", "--trainer.max_stepz=3"]) == 2
+    assert "unrecognized arguments: --trainer.max_stepz=3" in capsys.readouterr().err
+    assert no_build == [] and not synthetic.exists()  # the options are checked first
+
+
+def test_synthetic_set_is_built_once_the_options_parse(tmp_path, capsys, monkeypatch, no_build):
+    monkeypatch.setenv("RANK", "0")
+    synthetic, runs = tmp_path / "synthetic", tmp_path / "runs"
+    args = ["pretrain", "--recipe", "mavil", "--synthetic", str(synthetic), "--runs", str(runs)]
+    debug = Path(__file__).resolve().parents[1] / "recipes" / "debug.yaml"
+    assert cli.main(args + ["--", "--config", str(debug)]) == 2  # the stub built no manifest
+    assert len(no_build) == 1 and no_build[0][1]["out"] == str(synthetic)
+    assert f"building the synthetic dataset into {synthetic}" in capsys.readouterr().out

@@ -80,8 +80,11 @@ class AVSSLCLI(LightningCLI):
     image / checkpoint callbacks as config groups, automatic precision, run-folder naming,
     checkpoints written atomically (:mod:`avssl.checkpoint_io`)."""
 
-    def __init__(self, args: list[str], recipe: str | None = None) -> None:
+    def __init__(
+        self, args: list[str], recipe: str | None = None, synthetic: str | None = None
+    ) -> None:
         self.recipe = recipe or recipe_from_args(args) or "fit"
+        self.synthetic = synthetic  # built (first use) once the configuration has parsed
         super().__init__(
             model_class=AVObjective,
             datamodule_class=pl.LightningDataModule,
@@ -114,6 +117,8 @@ class AVSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.synthetic and str(cfg.data.init_args.get("data")) == self.synthetic:
+            _resolve_data("", self.synthetic)  # after the options' check: a typo costs no build
         trainer = cfg.trainer
         if trainer.precision is None:  # "auto": bf16 mixed precision on CUDA GPUs that have it
             gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
@@ -183,13 +188,13 @@ class AVSSLCLI(LightningCLI):
             self.trainer.save_checkpoint(last, weights_only=False)
 
 
-def _run_cli(args: list[str], recipe: str | None = None) -> AVSSLCLI:
+def _run_cli(args: list[str], recipe: str | None = None, synthetic: str | None = None) -> AVSSLCLI:
     from jsonargparse import ArgumentError
 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            return AVSSLCLI(args, recipe=recipe)
+            return AVSSLCLI(args, recipe=recipe, synthetic=synthetic)
     except ArgumentError as err:
         raise UserError(f"bad configuration: {config_error(err)}") from None
 
@@ -283,7 +288,7 @@ def pretrain_main(argv: list[str]) -> int:
     rid = run_id()
     if resume is not None and resume.parent.name == "checkpoints":
         rid = resume.parent.parent.name  # continue in the resumed run's folder
-    data = _resolve_data(opts.data, opts.synthetic)
+    data = _resolve_data(opts.data, opts.synthetic) if opts.data else str(Path(opts.synthetic))
     args = ["fit", "--config", str(base), "--config", str(recipe_path)]
     args += ["--data.init_args.data", data]
     args += ["--trainer.logger.init_args.save_dir", str(runs)]
@@ -292,7 +297,7 @@ def pretrain_main(argv: list[str]) -> int:
     if resume is not None:
         args += ["--ckpt_path", str(resume)]
     with _run_env(rid):
-        cli = _run_cli(args, recipe=recipe)
+        cli = _run_cli(args, recipe=recipe, synthetic=None if opts.data else data)
     if cli.trainer.is_global_zero:
         _print_summary(cli, recipe)
     return 0
