@@ -292,3 +292,17 @@ def test_k_larger_than_the_train_split_is_recorded_and_noted():
     ]
     r = run_round(p, _features(240, 0), _features(12, 1), "audio", PAIR, 4, "cpu")
     assert r["k_capped"] == {} and _knn_notes([r]) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_non_finite_rows_matches_the_elementwise_mask(dtype):
+    from avssl.evaluators._tensors import non_finite_rows
+
+    x = torch.randn(50, 3, 4).to(dtype)
+    assert non_finite_rows(x).tolist() == []
+    for row, value in ((7, float("nan")), (19, float("inf")), (42, float("-inf"))):
+        x[row, row % 3, 1] = value
+    want = (~torch.isfinite(x).flatten(1).all(1)).nonzero().flatten().tolist()
+    assert non_finite_rows(x).tolist() == want == [7, 19, 42]
+    assert non_finite_rows(x[:0]).tolist() == []  # no rows
+    assert non_finite_rows(torch.arange(6).reshape(3, 2)).tolist() == []  # integers are finite

@@ -43,6 +43,11 @@ def as_feature_pair(
 
 def non_finite_rows(x: torch.Tensor) -> torch.Tensor:
     """Indices of the rows of ``x`` (``[N, ...]``) with a NaN or infinite entry."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    low, high = torch.aminmax(x)  # NaN or +-inf show in these: one pass, no [N, D] mask
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     ok = torch.isfinite(x)
     ok = ok.flatten(1).all(dim=1) if x.ndim > 1 else ok  # [N]
     return (~ok).nonzero().flatten()
