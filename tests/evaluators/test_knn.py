@@ -121,11 +121,12 @@ def test_auto_backend_choice(monkeypatch):
     big = torch.zeros(1 << 12, 8), torch.zeros(1 << 12, 8)
     monkeypatch.setattr(knn, "cpu_has_bf16", lambda: True)
     assert knn._choose("auto", torch.device("cpu"), *big, 20) == "bf16"
-    assert knn._choose("auto", torch.device("cpu"), *big, 200) == "faiss"
+    assert knn._choose("auto", torch.device("cpu"), *big, 200) == "torch"
     assert knn._choose("auto", torch.device("cpu"), big[0].double(), big[1], 20) == "torch"
     assert knn._choose("auto", torch.device("cuda"), *big, 20) == "torch"
     monkeypatch.setattr(knn, "cpu_has_bf16", lambda: False)
-    assert knn._choose("auto", torch.device("cpu"), *big, 20) == "faiss"
+    assert knn._choose("auto", torch.device("cpu"), *big, 20) == "torch"
+    assert knn._choose("faiss", torch.device("cpu"), *big, 20) == "faiss"
     with pytest.raises(ValueError, match="backend"):
         knn._choose("gpu", torch.device("cpu"), *big, 20)
 

@@ -9,7 +9,10 @@ Nocedal & Wright, *Numerical Optimization* (2006), algorithm 7.4 (two-loop recur
 backtracking Armijo line search: the objective is strictly convex for ``lam > 0``, so every
 accepted step keeps ``s^T y > 0`` and no curvature test is needed. The loss and its gradient are
 computed by hand (two matmuls per evaluation, no autograd) so that each iteration costs one
-function evaluation once unit steps are accepted.
+function evaluation once unit steps are accepted. Both matmuls keep the long N axis of ``x`` as
+the rows of the product's big operand (:func:`_logits`, :func:`_weight_grad`): on 2 CPU cores
+with MKL the forward with a column-major ``W`` and the gradient as ``(G^T x)^T`` run ~1.2-1.4x
+faster at 100k x 768 x 100 than with ``W`` row-major and ``x^T G``.
 """
 
 from __future__ import annotations
@@ -36,16 +39,13 @@ def loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float)
     """
     n, d = x.shape
     w, b = theta[:d], theta[d]
-    log_p = torch.log_softmax(torch.addmm(b, x, w), dim=1)  # [N, C]
+    log_p = torch.log_softmax(_logits(w, b, x), dim=1)  # [N, C]
     cols = y[:, None]  # [N, 1]
     loss = -log_p.gather(1, cols).mean() + 0.5 * lam * (w * w).sum()
     p = log_p.exp_()  # [N, C] softmax, in place
     p.scatter_add_(1, cols, torch.full((n, 1), -1.0, dtype=p.dtype, device=p.device))
     p.div_(n)  # d(mean CE)/d logits
-    grad = torch.empty_like(theta)
-    torch.addmm(w, x.T, p, beta=lam, out=grad[:d])  # [D, C]
-    grad[d] = p.sum(0)
-    return loss, grad
+    return loss, _weight_grad(theta, x, p, lam)
 
 
 def bce_loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
@@ -66,14 +66,26 @@ def bce_loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: fl
     """
     n, d = x.shape
     w, b = theta[:d], theta[d]
-    z = torch.addmm(b, x, w)  # [N, C] logits
+    z = _logits(w, b, x)  # [N, C]
     # BCE with logits: log(1 + e^z) - y z; softplus is exact to ~e^-20 beyond its threshold
     loss = (F.softplus(z) - y * z).sum() / n + 0.5 * lam * (w * w).sum()
     g = torch.sigmoid(z).sub_(y).div_(n)  # d(loss)/d logits, [N, C]
+    return loss, _weight_grad(theta, x, g, lam)
+
+
+def _logits(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x W + b`` (``[N, C]``) with ``W`` (``[D, C]``, small) copied column-major first."""
+    return torch.addmm(b, x, w.T.contiguous().T)
+
+
+def _weight_grad(theta: torch.Tensor, x: torch.Tensor, g: torch.Tensor, lam: float):
+    """Gradient ``[D + 1, C]`` from ``g`` = d(loss)/d(logits) ``[N, C]``: ``x^T g + lam W``
+    over the bias row's ``sum_n g``; ``x^T g`` computed as ``(g^T x)^T``."""
+    d = x.shape[1]
     grad = torch.empty_like(theta)
-    torch.addmm(w, x.T, g, beta=lam, out=grad[:d])  # [D, C]
+    grad[:d] = torch.mm(g.T, x).T.add_(theta[:d], alpha=lam)  # [D, C]
     grad[d] = g.sum(0)
-    return loss, grad
+    return grad
 
 
 def minimize(

@@ -26,12 +26,13 @@ from avssl.evaluators._tensors import (
     row_chunk,
 )
 
-try:  # faiss-cpu: BLAS blocks + a heap per query, faster than matmul + topk on CPU
+try:  # faiss-cpu: an explicit backend only (slower than the torch path on 2 CPU cores)
     import faiss
 except ImportError:  # pragma: no cover - faiss is an install requirement
     faiss = None  # type: ignore[assignment]
 
-# Use faiss / bf16 candidates when the similarity matrix has at least this many entries.
+# Use bf16 candidates (on CPUs with bf16 units) when the similarity matrix has at least this
+# many entries.
 FAISS_MIN_PAIRS = 1 << 24
 BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 
@@ -69,9 +70,10 @@ def knn_predict(
         device: torch device for the torch backend; None -> CUDA when available.
         backend: "torch" (chunked float matmul + topk), "faiss" (``IndexFlatIP``, float32,
             CPU), "bf16" (bf16 matmul on CPU picks candidates, float32 decides, see
-            :func:`_neighbours_bf16`) or "auto": for large float32 problems on CPU, "bf16" when
-            the CPU has bf16 instructions and k <= 64, else "faiss"; "torch" otherwise. Every
-            backend returns the float32 top-k (ties -> lower index).
+            :func:`_neighbours_bf16`) or "auto": "bf16" for large float32 problems on a CPU
+            with bf16 instructions and k <= 64; "torch" otherwise (at 100k x 768 train, 10k
+            test features on 2 AVX-512 cores without bf16: torch 8.8 s, faiss 1.15 45 s).
+            Every backend returns the float32 top-k (ties -> lower index).
 
     Returns:
         float ``[M, C]`` scores on the CPU (float64 when the inputs are float64).
@@ -101,21 +103,29 @@ def _choose(backend: str, dev: torch.device, xtr: torch.Tensor, xte: torch.Tenso
     if backend != "auto":
         if backend not in ("torch", "faiss", "bf16"):
             raise ValueError(f"backend must be auto, torch, faiss or bf16, got {backend!r}")
+        if backend == "faiss" and faiss is None:
+            raise ValueError("backend='faiss' needs the faiss-cpu package, which is not installed")
         return backend
     big = len(xtr) * len(xte) >= FAISS_MIN_PAIRS and xtr.dtype == torch.float32
     if dev.type != "cpu" or not big:
         return "torch"
     if k <= 64 and 8 * k < len(xtr) and cpu_has_bf16():
         return "bf16"
-    return "faiss" if faiss is not None else "torch"
+    return "torch"
 
 
 def _neighbours_torch(xtr: torch.Tensor, xte: torch.Tensor, k: int) -> tuple:
-    """Top-k (similarity, index) per test row, chunked over test rows; ties -> lower index."""
+    """Top-k (similarity, index) per test row, chunked over test rows; ties -> lower index.
+
+    Every chunk's similarities go into one buffer allocated once: a fresh ``[b, N]`` block per
+    chunk is fresh memory the kernel must fault in, which cost a third of the matmul's time at
+    100k x 768 on 2 CPU cores (330 -> 214 ms per 335-row chunk)."""
     out_s, out_i = [], []
-    for start in range(0, len(xte), row_chunk(len(xtr))):
-        q = xte[start : start + row_chunk(len(xtr))].to(xtr.device)
-        sim = q @ xtr.T  # [b, N]
+    step = max(1, min(row_chunk(len(xtr)), len(xte)))
+    buf = torch.empty(step, len(xtr), dtype=xtr.dtype, device=xtr.device)
+    for start in range(0, len(xte), step):
+        q = xte[start : start + step].to(xtr.device)
+        sim = torch.mm(q, xtr.T, out=buf[: len(q)])  # [b, N]
         s, i = _topk_lowest_index(sim, k)
         out_s.append(s.cpu())
         out_i.append(i.cpu())
@@ -168,12 +178,13 @@ def _neighbours_bf16(xtr: torch.Tensor, xte: torch.Tensor, k: int) -> tuple:
     xb = xtr.bfloat16()
     x_err = (xb.float() - xtr).norm(dim=1).max().item()
     accum = 2 * xtr.shape[1] * 2.0**-24
-    step = max(1, min(row_chunk(len(xtr)), (1 << 25) // (m * xtr.shape[1])))
+    step = max(1, min(row_chunk(len(xtr)), (1 << 25) // (m * xtr.shape[1]), max(1, len(xte))))
+    buf = torch.empty(step, len(xtr), dtype=torch.bfloat16)
     out_s, out_i = [], []
     for start in range(0, len(xte), step):
         q = xte[start : start + step]
         qb = q.bfloat16()
-        vb, ib = (qb @ xb.T).topk(m, dim=1)  # [b, m] candidates
+        vb, ib = torch.mm(qb, xb.T, out=buf[: len(q)]).topk(m, dim=1)  # [b, m] candidates
         ib = ib.sort(dim=1).values  # ascending train index: ties -> lower index below
         sim = torch.bmm(xtr[ib], q[:, :, None])[:, :, 0]  # [b, m] float32
         s, j = _topk_lowest_index(sim, k)
