@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - faiss is an install requirement
 
 # Use bf16 candidates (on CPUs with bf16 units) when the similarity matrix has at least this
 # many entries.
-FAISS_MIN_PAIRS = 1 << 24
+BF16_MIN_PAIRS = 1 << 24
 BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 
 
@@ -106,7 +106,7 @@ def _choose(backend: str, dev: torch.device, xtr: torch.Tensor, xte: torch.Tenso
         if backend == "faiss" and faiss is None:
             raise ValueError("backend='faiss' needs the faiss-cpu package, which is not installed")
         return backend
-    big = len(xtr) * len(xte) >= FAISS_MIN_PAIRS and xtr.dtype == torch.float32
+    big = len(xtr) * len(xte) >= BF16_MIN_PAIRS and xtr.dtype == torch.float32
     if dev.type != "cpu" or not big:
         return "torch"
     if k <= 64 and 8 * k < len(xtr) and cpu_has_bf16():
@@ -178,7 +178,7 @@ def _neighbours_bf16(xtr: torch.Tensor, xte: torch.Tensor, k: int) -> tuple:
     xb = xtr.bfloat16()
     x_err = (xb.float() - xtr).norm(dim=1).max().item()
     accum = 2 * xtr.shape[1] * 2.0**-24
-    step = max(1, min(row_chunk(len(xtr)), (1 << 25) // (m * xtr.shape[1]), max(1, len(xte))))
+    step = max(1, min(row_chunk(len(xtr)), (1 << 25) // (m * xtr.shape[1]), len(xte)))
     buf = torch.empty(step, len(xtr), dtype=torch.bfloat16)
     out_s, out_i = [], []
     for start in range(0, len(xte), step):
