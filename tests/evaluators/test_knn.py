@@ -131,6 +131,16 @@ def test_auto_backend_choice(monkeypatch):
         knn._choose("gpu", torch.device("cpu"), *big, 20)
 
 
+def test_faiss_backend_without_faiss_is_an_error(monkeypatch):
+    """Asking for faiss where it is not installed names the package, not an AttributeError."""
+    monkeypatch.setattr(knn, "faiss", None)
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="faiss-cpu package, which is not installed"):
+        knn_predict(x, np.arange(4), x, k=1, backend="faiss")
+    auto = knn_predict(x, np.arange(4), x, k=1, backend="auto", device="cpu")
+    assert auto.argmax(1).tolist() == [0, 1, 2, 3]
+
+
 def test_non_finite_features_are_errors():
     """A NaN training row used to vote with NaN weight; a NaN query got arbitrary top-1."""
     x = np.eye(4)

@@ -22,10 +22,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LossGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple]
+# (theta, x, y, lam, work) -> (loss, grad); ``work`` is a reusable [N, C] buffer or None
+LossGrad = Callable[..., tuple]
 
 
-def loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
+def loss_grad(
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float,
+    work: torch.Tensor | None = None,
+) -> tuple:
     """Objective ``mean CE + lam/2 ||W||^2`` and its gradient.
 
     Args:
@@ -33,22 +40,33 @@ def loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float)
         x: ``[N, D]`` features.
         y: ``[N]`` class ids.
         lam: L2 strength.
+        work: optional ``[N, C]`` buffer of x's dtype for the logits, overwritten. Every step
+            below works in place in it: without it each evaluation allocates fresh ``[N, C]``
+            blocks (40 MB at 100k x 100), which the kernel must fault in on every call.
 
     Returns:
         (loss as a 0-d tensor, gradient ``[D + 1, C]``).
     """
     n, d = x.shape
     w, b = theta[:d], theta[d]
-    log_p = torch.log_softmax(_logits(w, b, x), dim=1)  # [N, C]
+    z = _logits(w, b, x, work)  # [N, C]
     cols = y[:, None]  # [N, 1]
-    loss = -log_p.gather(1, cols).mean() + 0.5 * lam * (w * w).sum()
-    p = log_p.exp_()  # [N, C] softmax, in place
+    z.sub_(z.amax(1, keepdim=True))  # log-sum-exp shift
+    z_y = z.gather(1, cols)  # [N, 1]
+    total = z.exp_().sum(1, keepdim=True)  # [N, 1]
+    loss = (total.log() - z_y).mean() + 0.5 * lam * (w * w).sum()
+    p = z.div_(total)  # [N, C] softmax
     p.scatter_add_(1, cols, torch.full((n, 1), -1.0, dtype=p.dtype, device=p.device))
-    p.div_(n)  # d(mean CE)/d logits
-    return loss, _weight_grad(theta, x, p, lam)
+    return loss, _weight_grad(theta, x, p, lam, scale=1.0 / n)  # d(mean CE)/d logits = p / n
 
 
-def bce_loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
+def bce_loss_grad(
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float,
+    work: torch.Tensor | None = None,
+) -> tuple:
     """Objective ``mean_n sum_c BCE(sigmoid(z_nc), y_nc) + lam/2 ||W||^2`` and its gradient.
 
     The objective is the sum over classes c of ``mean_n BCE_nc + lam/2 ||w_c||^2``: C independent
@@ -60,31 +78,41 @@ def bce_loss_grad(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: fl
         x: ``[N, D]`` features.
         y: ``[N, C]`` multi-hot targets in {0, 1} (x's dtype).
         lam: L2 strength.
+        work: optional ``[N, C]`` buffer of x's dtype for the logits, overwritten (as in
+            :func:`loss_grad`).
 
     Returns:
         (loss as a 0-d tensor, gradient ``[D + 1, C]``).
     """
     n, d = x.shape
     w, b = theta[:d], theta[d]
-    z = _logits(w, b, x)  # [N, C]
+    z = _logits(w, b, x, work)  # [N, C]
     # BCE with logits: log(1 + e^z) - y z; softplus is exact to ~e^-20 beyond its threshold
-    loss = (F.softplus(z) - y * z).sum() / n + 0.5 * lam * (w * w).sum()
-    g = torch.sigmoid(z).sub_(y).div_(n)  # d(loss)/d logits, [N, C]
-    return loss, _weight_grad(theta, x, g, lam)
+    y_z = torch.dot(y.reshape(-1), z.reshape(-1))
+    loss = (F.softplus(z).sum() - y_z) / n + 0.5 * lam * (w * w).sum()
+    g = z.sigmoid_().sub_(y)  # n * d(loss)/d logits, [N, C], in place
+    return loss, _weight_grad(theta, x, g, lam, scale=1.0 / n)
 
 
-def _logits(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x W + b`` (``[N, C]``) with ``W`` (``[D, C]``, small) copied column-major first."""
-    return torch.addmm(b, x, w.T.contiguous().T)
+def _logits(
+    w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x W + b`` (``[N, C]``, into ``out`` when given) with ``W`` (``[D, C]``, small) copied
+    column-major first."""
+    wc = w.T.contiguous().T
+    return torch.addmm(b, x, wc) if out is None else torch.addmm(b, x, wc, out=out)
 
 
-def _weight_grad(theta: torch.Tensor, x: torch.Tensor, g: torch.Tensor, lam: float):
-    """Gradient ``[D + 1, C]`` from ``g`` = d(loss)/d(logits) ``[N, C]``: ``x^T g + lam W``
-    over the bias row's ``sum_n g``; ``x^T g`` computed as ``(g^T x)^T``."""
+def _weight_grad(
+    theta: torch.Tensor, x: torch.Tensor, g: torch.Tensor, lam: float, scale: float = 1.0
+) -> torch.Tensor:
+    """Gradient ``[D + 1, C]`` from ``scale * g`` = d(loss)/d(logits) ``[N, C]``:
+    ``x^T g + lam W`` over the bias row's ``sum_n g``; ``x^T g`` computed as ``(g^T x)^T``, and
+    ``scale`` applied to the small products rather than to ``g``."""
     d = x.shape[1]
     grad = torch.empty_like(theta)
-    grad[:d] = torch.mm(g.T, x).T.add_(theta[:d], alpha=lam)  # [D, C]
-    grad[d] = g.sum(0)
+    grad[:d] = torch.mm(g.T, x).T.mul_(scale).add_(theta[:d], alpha=lam)  # [D, C]
+    grad[d] = g.sum(0).mul_(scale)
     return grad
 
 
@@ -102,7 +130,8 @@ def minimize(
 
     ``loss`` is the objective: :func:`loss_grad` (``y`` class ids ``[N]``, the default) or
     :func:`bce_loss_grad` (``y`` multi-hot ``[N, C]``); any convex
-    ``(theta, x, y, lam) -> (loss, grad)`` works.
+    ``(theta, x, y, lam, work=buf) -> (loss, grad)`` works, where ``buf`` is an ``[N, C]``
+    buffer allocated once per fit that the objective may overwrite.
 
     "No progress": an iteration lowers the loss by at most ``ftol * max(|f|, 1)`` with
     ``ftol = max(2.2e-9, 4 * eps(dtype))`` (L-BFGS-B's default ``factr = 1e7`` criterion, floored
@@ -123,7 +152,8 @@ def minimize(
 
 
 def _run(theta, x, y, lam, max_iter, tol, history, ftol, loss) -> tuple[torch.Tensor, dict]:
-    f, g = loss(theta, x, y, lam)
+    work = torch.empty(len(x), theta.shape[1], dtype=x.dtype, device=x.device)  # [N, C], reused
+    f, g = loss(theta, x, y, lam, work=work)
     s_hist: list[torch.Tensor] = []
     y_hist: list[torch.Tensor] = []
     evals, it, stop = 1, 0, "max_iter"
@@ -136,7 +166,7 @@ def _run(theta, x, y, lam, max_iter, tol, history, ftol, loss) -> tuple[torch.Te
         slope, f0 = (g * d).sum().item(), f.item()
         for _ in range(30):  # backtracking Armijo, c1 = 1e-4
             new = theta + t * d
-            f_new, g_new = loss(new, x, y, lam)
+            f_new, g_new = loss(new, x, y, lam, work=work)
             evals += 1
             if f_new.item() <= f0 + 1e-4 * t * slope:
                 break

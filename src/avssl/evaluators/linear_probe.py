@@ -67,7 +67,11 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
     train = l2_normalize(train)  # a new tensor: the in-place ops below are safe
     mean = train.mean(0)
     train.sub_(mean)
-    std = train.square().mean(0).sqrt_().clamp_min_(eps)  # population std (torch.std(0) is slow)
+    # population std (torch.std(0) is slow), its sum of squares taken block by block: a whole
+    # train.square() is a fresh [N, D] temporary the kernel must fault in (95 -> 40 ms at
+    # 100k x 768 on 2 CPU cores; a column-wise vector_norm takes 250 ms)
+    sq = sum((blk.square().sum(0) for blk in train.split(4096)), torch.zeros_like(mean))
+    std = (sq / max(len(train), 1)).sqrt_().clamp_min_(eps)
     return [train.div_(std)] + [(l2_normalize(o) - mean).div_(std) for o in others]
 
 
