@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes import RECIPES, debug_args
+from test_recipes import NAMES, RECIPES, _parent_option, debug_args
 
 from avssl import cli, train
 from avssl.cli import UserError
@@ -145,6 +145,51 @@ def test_given_data_without_manifest_is_a_user_error(tmp_path, monkeypatch, no_b
     with pytest.raises(UserError, match="no manifest.json there"):
         train._resolve_data(str(tmp_path), str(tmp_path / "synthetic"))
     assert no_build == []
+
+
+@pytest.mark.parametrize(
+    ("recipe", "option", "says"),
+    [
+        (
+            "mavil",
+            "mask_ratio_audio=1.0",
+            "mask_ratio_audio: mask ratio must be in [0, 1), got 1.0",
+        ),
+        ("xkd", "mask_ratio_video=0.999", "mask_ratio_video: mask ratio 0.999 leaves no visible"),
+        ("mavil_stage2", "stage=3", "MAViL stage must be 1 or 2, got 3"),
+    ],
+)
+def test_a_bad_objective_option_costs_no_build(recipe, option, says, tmp_path, capsys, no_build):
+    """The objective is built once before the synthetic set is: its constructor's error comes
+    first, as one line, and nothing is built or written."""
+    synthetic, runs = tmp_path / "synthetic", tmp_path / "runs"
+    args = ["pretrain", "--recipe", recipe, "--synthetic", str(synthetic), "--runs", str(runs)]
+    args += ["--", "--config", str(RECIPES / "debug.yaml"), f"--model.init_args.{option}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avssl pretrain: error: bad configuration: ValueError: ")
+    assert says in err and "\n" not in err
+    assert no_build == [] and not synthetic.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize("recipe", NAMES)
+def test_check_builds_the_objective_and_nothing_else(recipe, tmp_path, capsys, no_build):
+    """``avssl pretrain --check``: the options parse and the objective builds (every recipe at
+    the debug sizes), exit 0; no data is read or built and no run folder is made."""
+    synthetic, runs = tmp_path / "synthetic", tmp_path / "runs"
+    args = ["pretrain", "--recipe", recipe, "--check", "--synthetic", str(synthetic)]
+    args += ["--runs", str(runs), "--", "--config", str(RECIPES / "debug.yaml")]
+    option = _parent_option(recipe)
+    if option:  # the run it continues: read when training starts, not by the constructor
+        args += [f"--model.init_args.{option}", str(tmp_path / "later" / "last.ckpt")]
+    assert cli.main(args) == 0
+    assert (
+        f"[pretrain] {recipe}: the options parse and the objective builds"
+        in capsys.readouterr().out
+    )
+    assert no_build == [] and not synthetic.exists() and not runs.exists()
+    assert cli.main(args + ["--model.init_args.no_such_option", "1"]) == 2
+    assert "no_such_option" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- precision

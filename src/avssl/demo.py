@@ -76,6 +76,34 @@ def _generator_version(shards: Path) -> int | None:
         return None
 
 
+def _configs(recipe: str) -> list[str]:
+    """``--config`` options of the files the demo adds after the recipe."""
+    return [arg for path in overlays(recipe) for arg in ("--config", path)]
+
+
+def _check_options(recipe: str, extra: list[str], parent_extra: list[str]) -> None:
+    """``avssl pretrain --check`` of every run the demo will pretrain, before the synthetic set
+    is built: a bad option then costs seconds, not the build (the continued run's checkpoint
+    is named by the path it will have; the objectives read it only when training starts)."""
+    runs = [(recipe, list(extra))]
+    if recipe in CONTINUES:
+        parent, key = CONTINUES[recipe]
+        later = str(Path("runs") / parent / "demo-check" / "checkpoints" / "last.ckpt")
+        runs = [(parent, list(parent_extra)), (recipe, [f"--model.init_args.{key}", later, *extra])]
+    for name, options in runs:
+        _avssl("pretrain", "--recipe", name, "--check", "--", *_configs(name), *options)
+
+
+def _needs_build(data: Path) -> bool:
+    """The demo will build (or rebuild) the synthetic set in :func:`_prep`."""
+    if data != SHARDS or not (SHARDS / "manifest.json").is_file():
+        return data == SHARDS
+    from avssl.data.synthetic import META_VERSION
+
+    version = _generator_version(SHARDS)
+    return version is not None and version != META_VERSION
+
+
 def _prep(data: Path) -> None:
     if data != SHARDS:  # the user's own synthetic shards: used as they are
         if not (data / "manifest.json").is_file():
@@ -117,7 +145,7 @@ def _results(folder: Path) -> dict:
 def _pretrain(recipe: str, data: Path, run_id: str, extra: list[str]) -> Path:
     """Pretrains into ``runs/<recipe>/<run_id>/`` (replacing a previous demo run of that id);
     returns its last checkpoint."""
-    configs = [arg for path in overlays(recipe) for arg in ("--config", path)]
+    configs = _configs(recipe)
     run_dir = Path("runs") / recipe / run_id
     if run_dir.exists():  # the demo owns this run id; pretraining refuses a used folder
         print(f"[demo]     removing the previous demo run {run_dir}/", flush=True)
@@ -237,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     tail = on + ("-args" if extra or parent_extra else "") + (f"-seeds{seeds}" if seeds > 1 else "")
     name, run_id = f"{recipe}{tail}", f"{RUN_ID}{tail}"
     t0 = time.time()
+    if _needs_build(data):
+        _check_options(recipe, extra, parent_extra)
     _prep(data)
     trained, random, firsts = _train_and_export(
         recipe, data, seeds, extra, name, run_id, parent_extra

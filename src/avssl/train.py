@@ -38,6 +38,7 @@ from avssl.objectives.base import AVObjective
 from avssl.train_checks import (
     check_checkpoint_folder,
     check_data_modalities,
+    check_model,
     check_objective,
     check_resume,
     check_validation,
@@ -75,16 +76,26 @@ def run_id() -> str:
 
 
 # ----------------------------------------------------------------------------- LightningCLI
+class ConfigChecked(Exception):
+    """Raised by :class:`AVSSLCLI` with ``check_only``: the options parse and the objective
+    builds; nothing was read, built or written."""
+
+
 class AVSSLCLI(LightningCLI):
     """LightningCLI with avssl defaults: subclass mode for objective and data, the throughput /
     image / checkpoint callbacks as config groups, automatic precision, run-folder naming,
     checkpoints written atomically (:mod:`avssl.checkpoint_io`)."""
 
     def __init__(
-        self, args: list[str], recipe: str | None = None, synthetic: str | None = None
+        self,
+        args: list[str],
+        recipe: str | None = None,
+        synthetic: str | None = None,
+        check_only: bool = False,
     ) -> None:
         self.recipe = recipe or recipe_from_args(args) or "fit"
         self.synthetic = synthetic  # built (first use) once the configuration has parsed
+        self.check_only = check_only  # parse, build the objective once, raise ConfigChecked
         super().__init__(
             model_class=AVObjective,
             datamodule_class=pl.LightningDataModule,
@@ -117,7 +128,12 @@ class AVSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if self.synthetic and str(cfg.data.init_args.get("data")) == self.synthetic:
+        build = self.synthetic and str(cfg.data.init_args.get("data")) == self.synthetic
+        if self.check_only or (build and not (Path(self.synthetic) / "manifest.json").is_file()):
+            check_model(cfg.model)  # a bad objective option costs no build either
+        if self.check_only:
+            raise ConfigChecked
+        if build:
             _resolve_data("", self.synthetic)  # after the options' check: a typo costs no build
         trainer = cfg.trainer
         if trainer.precision is None:  # "auto": bf16 mixed precision on CUDA GPUs that have it
@@ -188,13 +204,15 @@ class AVSSLCLI(LightningCLI):
             self.trainer.save_checkpoint(last, weights_only=False)
 
 
-def _run_cli(args: list[str], recipe: str | None = None, synthetic: str | None = None) -> AVSSLCLI:
+def _run_cli(
+    args: list[str], recipe: str | None = None, synthetic: str | None = None, check: bool = False
+) -> AVSSLCLI:
     from jsonargparse import ArgumentError
 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            return AVSSLCLI(args, recipe=recipe, synthetic=synthetic)
+            return AVSSLCLI(args, recipe=recipe, synthetic=synthetic, check_only=check)
     except ArgumentError as err:
         raise UserError(f"bad configuration: {config_error(err)}") from None
 
@@ -239,6 +257,11 @@ def _pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
     p.add_argument(
         "--synthetic", default="shards/synthetic", help="where the synthetic set is built"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only parse the options and build the objective once, then exit (no data, no run)",
     )
     return p
 
@@ -297,7 +320,13 @@ def pretrain_main(argv: list[str]) -> int:
     if resume is not None:
         args += ["--ckpt_path", str(resume)]
     with _run_env(rid):
-        cli = _run_cli(args, recipe=recipe, synthetic=None if opts.data else data)
+        try:
+            cli = _run_cli(
+                args, recipe=recipe, synthetic=None if opts.data else data, check=opts.check
+            )
+        except ConfigChecked:
+            print(f"[pretrain] {recipe}: the options parse and the objective builds", flush=True)
+            return 0
     if cli.trainer.is_global_zero:
         _print_summary(cli, recipe)
     return 0

@@ -229,3 +229,24 @@ def link_local_view(model: AVObjective, datamodule: Any) -> None:
         raise UserError(f"{type(model).__name__}: {' '.join(str(err).split())}") from None
     if spec is not None:
         rank_zero_info(f"[data] local views of the training clips: {spec.describe()}")
+
+
+def check_model(spec: Any) -> None:
+    """Builds the configured objective once (``spec``: the parsed ``model`` with ``class_path``
+    and ``init_args``) and drops it, so that its constructor's errors (a mask ratio out of range,
+    an unknown size, a stage-2 run without a teacher) come before anything slow: the build of
+    the synthetic set on first use, or not at all (``avssl pretrain --check``)."""
+    import importlib
+
+    module, _, name = str(spec.class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"bad configuration: model.class_path {spec.class_path}: {err}") from None
+    init = spec.get("init_args")
+    kwargs = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+    try:
+        cls(**kwargs)
+    except (ValueError, TypeError) as err:  # as AVSSLCLI.instantiate_classes words them
+        msg = " ".join(str(err).split())
+        raise UserError(f"bad configuration: {type(err).__name__}: {msg}") from None

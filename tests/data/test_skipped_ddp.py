@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,17 @@ def test_the_logged_counter_sums_the_ranks_skipped_samples(broken_data):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.start_processes(
-        _rank, args=(port, str(broken_data), out), nprocs=2, start_method="fork", join=True
+    # spawn, not fork: a fork of the test process, which holds torch's and the earlier tests'
+    # threads, can inherit a held lock and hang in a futex; and a deadline, never a hung suite
+    ctx = mp.start_processes(
+        _rank, args=(port, str(broken_data), out), nprocs=2, start_method="spawn", join=False
     )
+    deadline = time.monotonic() + 600
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the 2-rank DDP run did not finish in 600 s")
     own = [out[r]["own"] for r in range(2)]
     assert [len(o) for o in own] == [STEPS, STEPS]
     assert own[0][-1] > 0 and own[1][-1] > 0  # both ranks met corrupt samples

@@ -33,6 +33,14 @@ def num_keep(n: int, ratio: float) -> int:
     return keep
 
 
+def check_ratio(option: str, n: int, ratio: float) -> None:
+    """:func:`num_keep`'s check, its message naming the config option (``mask_ratio_audio``)."""
+    try:
+        num_keep(n, ratio)
+    except ValueError as err:
+        raise ValueError(f"model.init_args.{option}: {err}") from None
+
+
 def _random_subset(
     B: int,
     n: int,

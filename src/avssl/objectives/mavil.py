@@ -37,7 +37,7 @@ from avssl.data.batch import AVBatch
 from avssl.losses.contrastive import key_ids
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
-from avssl.models.masking import random_masking, tube_masking
+from avssl.models.masking import check_ratio, random_masking, tube_masking
 from avssl.objectives import _mavil_parts as parts
 from avssl.objectives.base import AVObjective
 
@@ -103,6 +103,10 @@ class MAViL(AVObjective):
         self.audio_encoder = backbone.audio
         self.video_encoder = backbone.video
         self.fusion = backbone.fusion
+        # the ratios leave visible tokens on the usual grids (raises here, not at the first step)
+        check_ratio("mask_ratio_audio", math.prod(backbone.audio.default_grid), mask_ratio_audio)
+        tubes = math.prod(backbone.video.default_grid[1:])  # spatial positions
+        check_ratio("mask_ratio_video", tubes, mask_ratio_video)
         self.audio_decoder, self.video_decoder = self._decoders(hp)
         self.proj = parts.projection_heads(
             self.audio_encoder.embed_dim, proj_dim, inter_weight, intra_weight

@@ -45,7 +45,7 @@ from avssl.data.batch import AVBatch
 from avssl.data.local_view import LocalViewSpec
 from avssl.losses.reconstruction import masked_mse
 from avssl.models.decoder import TransformerDecoder
-from avssl.models.masking import random_masking
+from avssl.models.masking import check_ratio, random_masking
 from avssl.objectives._mavil_parts import build_encoders, decoder_dims, flatten_inputs
 from avssl.objectives._xkd_teacher import ALIGNS, DINOHead, XKDTeacherMixin
 from avssl.objectives._xkd_views import (
@@ -170,6 +170,9 @@ class XKD(XKDTeacherMixin, AVObjective):
             )
         hp = dict(self.hparams)
         self.audio_encoder, self.video_encoder = build_encoders(hp)
+        for m, enc in (("audio", self.audio_encoder), ("video", self.video_encoder)):
+            ratio = mask_ratio_audio if m == "audio" else mask_ratio_video
+            check_ratio(f"mask_ratio_{m}", math.prod(enc.default_grid), ratio)  # not at step 1
         if shared_backbone:  # modality-agnostic: one transformer trunk
             self.video_encoder.blocks = self.audio_encoder.blocks
             self.video_encoder.norm = self.audio_encoder.norm
