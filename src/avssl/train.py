@@ -128,13 +128,14 @@ class AVSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        build = self.synthetic and str(cfg.data.init_args.get("data")) == self.synthetic
-        if self.check_only or (build and not (Path(self.synthetic) / "manifest.json").is_file()):
+        synthetic = self.synthetic or ""
+        build = bool(synthetic) and str(cfg.data.init_args.get("data")) == synthetic
+        if self.check_only or (build and not (Path(synthetic) / "manifest.json").is_file()):
             check_model(cfg.model)  # a bad objective option costs no build either
         if self.check_only:
             raise ConfigChecked
         if build:
-            _resolve_data("", self.synthetic)  # after the options' check: a typo costs no build
+            _resolve_data("", synthetic)  # after the options' check: a typo costs no build
         trainer = cfg.trainer
         if trainer.precision is None:  # "auto": bf16 mixed precision on CUDA GPUs that have it
             gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
