@@ -11,6 +11,36 @@ from avssl import demo
 from avssl.data.synthetic import META_NAME, META_VERSION
 
 
+@pytest.fixture(autouse=True)
+def _set_built(monkeypatch):
+    """The demo's set counts as built: its option check (before a build) is tested on its own."""
+    monkeypatch.setattr(demo, "_needs_build", lambda data: False)
+
+
+def test_options_are_checked_before_a_build(monkeypatch):
+    """Each run the demo will pretrain gets ``avssl pretrain --check`` first (the continued
+    run's checkpoint named by a path, read only when training starts); a failure stops it."""
+    calls: list = []
+    monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append(args))
+    demo._check_options("mavil_stage2", ["--x", "1"], ["--y", "2"])
+    assert [c[:4] for c in calls] == [("pretrain", "--recipe", "mavil", "--check")] + [
+        ("pretrain", "--recipe", "mavil_stage2", "--check")
+    ]
+    assert calls[0][-2:] == ("--y", "2") and calls[1][-2:] == ("--x", "1")
+    assert "--model.init_args.teacher_ckpt" in calls[1]
+
+    def fail(*args, env=None):
+        raise SystemExit("[demo] step failed (exit 2): avssl pretrain --check")
+
+    built: list = []
+    monkeypatch.setattr(demo, "_needs_build", lambda data: True)
+    monkeypatch.setattr(demo, "_avssl", fail)
+    monkeypatch.setattr(demo, "_prep", lambda data: built.append(data))
+    with pytest.raises(SystemExit, match="step failed"):
+        demo.main(["--recipe", "mavil", "--", "--model.init_args.mask_ratio_audio=1.0"])
+    assert built == []  # nothing was built
+
+
 def _fake_shards(root: Path, version: int | None) -> Path:
     shards = root / "shards" / "synthetic"
     (shards / "raw").mkdir(parents=True)
