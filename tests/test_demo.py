@@ -10,11 +10,13 @@ import pytest
 from avssl import demo
 from avssl.data.synthetic import META_NAME, META_VERSION
 
+CHECK_OPTIONS = demo._check_options
+
 
 @pytest.fixture(autouse=True)
-def _set_built(monkeypatch):
-    """The demo's set counts as built: its option check (before a build) is tested on its own."""
-    monkeypatch.setattr(demo, "_needs_build", lambda data: False)
+def _no_option_check(monkeypatch):
+    """The option check before a build (a subprocess per run) is tested on its own."""
+    monkeypatch.setattr(demo, "_check_options", lambda *args: None)
 
 
 def test_options_are_checked_before_a_build(monkeypatch):
@@ -22,7 +24,7 @@ def test_options_are_checked_before_a_build(monkeypatch):
     run's checkpoint named by a path, read only when training starts); a failure stops it."""
     calls: list = []
     monkeypatch.setattr(demo, "_avssl", lambda *args, env=None: calls.append(args))
-    demo._check_options("mavil_stage2", ["--x", "1"], ["--y", "2"])
+    CHECK_OPTIONS("mavil_stage2", ["--x", "1"], ["--y", "2"])
     assert [c[:4] for c in calls] == [("pretrain", "--recipe", "mavil", "--check")] + [
         ("pretrain", "--recipe", "mavil_stage2", "--check")
     ]
@@ -34,6 +36,7 @@ def test_options_are_checked_before_a_build(monkeypatch):
 
     built: list = []
     monkeypatch.setattr(demo, "_needs_build", lambda data: True)
+    monkeypatch.setattr(demo, "_check_options", CHECK_OPTIONS)
     monkeypatch.setattr(demo, "_avssl", fail)
     monkeypatch.setattr(demo, "_prep", lambda data: built.append(data))
     with pytest.raises(SystemExit, match="step failed"):

@@ -118,13 +118,13 @@ def _prep(data: Path) -> None:
             )
         print(f"[demo] 1/4 using the prepared shards in {data}", flush=True)
         return
-    if (SHARDS / "manifest.json").is_file():
+    if not _needs_build(data):
+        print(f"[demo] 1/4 synthetic shards already in {SHARDS}", flush=True)
+        return
+    if (SHARDS / "manifest.json").is_file():  # an older generator's clips
         from avssl.data.synthetic import META_VERSION
 
         version = _generator_version(SHARDS)
-        if version is None or version == META_VERSION:
-            print(f"[demo] 1/4 synthetic shards already in {SHARDS}", flush=True)
-            return
         print(
             f"[demo] 1/4 {SHARDS} holds clips of synthetic generator version {version} "
             f"(now {META_VERSION}): rebuilding it",

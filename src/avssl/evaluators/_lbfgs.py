@@ -99,8 +99,7 @@ def _logits(
 ) -> torch.Tensor:
     """``x W + b`` (``[N, C]``, into ``out`` when given) with ``W`` (``[D, C]``, small) copied
     column-major first."""
-    wc = w.T.contiguous().T
-    return torch.addmm(b, x, wc) if out is None else torch.addmm(b, x, wc, out=out)
+    return torch.addmm(b, x, w.T.contiguous().T, out=out)
 
 
 def _weight_grad(

@@ -170,9 +170,13 @@ class XKD(XKDTeacherMixin, AVObjective):
             )
         hp = dict(self.hparams)
         self.audio_encoder, self.video_encoder = build_encoders(hp)
-        for m, enc in (("audio", self.audio_encoder), ("video", self.video_encoder)):
-            ratio = mask_ratio_audio if m == "audio" else mask_ratio_video
-            check_ratio(f"mask_ratio_{m}", math.prod(enc.default_grid), ratio)  # not at step 1
+        # the ratios leave visible tokens on the usual grids (raises here, not at the first step)
+        check_ratio(
+            "mask_ratio_audio", math.prod(self.audio_encoder.default_grid), mask_ratio_audio
+        )
+        check_ratio(
+            "mask_ratio_video", math.prod(self.video_encoder.default_grid), mask_ratio_video
+        )
         if shared_backbone:  # modality-agnostic: one transformer trunk
             self.video_encoder.blocks = self.audio_encoder.blocks
             self.video_encoder.norm = self.audio_encoder.norm
