@@ -5,8 +5,6 @@ counted and logged), reduced only on the steps whose values Lightning writes."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import torch.multiprocessing as mp
 from avssl.callbacks import ThroughputMonitor
 from avssl.data.datamodule import AVDataModule
 from tests.data.conftest import rewrite
+from tests.ranks import free_port, run_ranks
 
 BROKEN = (1, 4, 6, 9, 11)  # samples with a garbage mp4 member
 STEPS, LOG_EVERY = 6, 2
@@ -83,21 +82,8 @@ def _rank(rank: int, port: int, data: str, out: dict) -> None:
 
 @pytest.mark.slow
 def test_the_logged_counter_sums_the_ranks_skipped_samples(broken_data):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.Manager().dict()
-    # spawn, not fork: a fork of the test process, which holds torch's and the earlier tests'
-    # threads, can inherit a held lock and hang in a futex; and a deadline, never a hung suite
-    ctx = mp.start_processes(
-        _rank, args=(port, str(broken_data), out), nprocs=2, start_method="spawn", join=False
-    )
-    deadline = time.monotonic() + 600
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("the 2-rank DDP run did not finish in 600 s")
+    run_ranks(_rank, (free_port(), str(broken_data), out))
     own = [out[r]["own"] for r in range(2)]
     assert [len(o) for o in own] == [STEPS, STEPS]
     assert own[0][-1] > 0 and own[1][-1] > 0  # both ranks met corrupt samples

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from avssl.losses.distillation import (
     mmd,
     update_center,
 )
+from tests.ranks import free_port, run_ranks
 
 LN3 = math.log(3.0)
 
@@ -145,11 +145,8 @@ def _center_worker(rank: int, port: int, out: dict) -> None:
 
 
 def test_update_center_uses_the_cross_rank_mean() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.start_processes(_center_worker, args=(port, out), nprocs=2, start_method="fork")
+    run_ranks(_center_worker, (free_port(), out))
     assert out[0] == pytest.approx([1.0, 0.0]) and out[1] == pytest.approx([1.0, 0.0])
 
 

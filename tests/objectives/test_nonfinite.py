@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -140,11 +139,10 @@ def test_two_process_ddp_skips_a_nonfinite_batch_on_every_rank(tmp_path):
     the skips, and end with the same weights."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.ranks import free_port, run_ranks
+
     out = mp.Manager().dict()
-    mp.start_processes(_ddp_worker, args=(port, str(tmp_path), out), nprocs=2, start_method="fork")
+    run_ranks(_ddp_worker, (free_port(), str(tmp_path), out))
     for rank in (0, 1):
         _check_windows(out[rank]["seen"], out[rank]["total"])
         assert out[rank]["seen"][3]["loss"] == 0.0  # the zero loss of a skipped batch

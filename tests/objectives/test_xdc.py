@@ -237,15 +237,12 @@ def _ddp_worker(rank: int, port: int, out: dict) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_share_one_clustering_of_all_their_samples():
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.ranks import free_port, run_ranks
+
     out = mp.Manager().dict()
-    mp.start_processes(_ddp_worker, args=(port, out), nprocs=2, start_method="fork")
+    run_ranks(_ddp_worker, (free_port(), out))
     single = _model()
     batches = _batches()
     single.recluster([batches[0], batches[2], batches[1]], epoch=0)  # rank order
