@@ -20,6 +20,7 @@ ARGS ?=
 SEEDS ?=
 PARENT_ARGS ?=
 RESUME ?=
+CHECK ?=
 CKPT ?=
 ONNX ?=
 EVAL ?=
@@ -56,7 +57,8 @@ prep: $(STAMP)
 	  --workers $(WORKERS) --max-failures $(MAX_FAILURES) $(PREP_ARGS)
 
 pretrain: $(STAMP)
-	$(PY) -m avssl.cli pretrain --recipe "$(RECIPE)" --data "$(DATA)" --resume "$(RESUME)" -- $(ARGS)
+	$(PY) -m avssl.cli pretrain --recipe "$(RECIPE)" --data "$(DATA)" --resume "$(RESUME)" \
+	  $(if $(filter 1 yes true,$(CHECK)),--check,) -- $(ARGS)
 
 export: $(STAMP)
 	$(PY) -m avssl.cli export --ckpt "$(CKPT)" --out "$(OUT)" $(if $(filter 1 yes true,$(ONNX)),--onnx,)
