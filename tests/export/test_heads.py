@@ -14,7 +14,7 @@ import avssl
 from avssl.cli import UserError
 from avssl.export import load_encoder
 from avssl.heads import build_head, describe_head
-from avssl.objectives.contrastive import avid_head, fac_video_head, projection_head
+from avssl.objectives._contrastive_heads import avid_head, fac_video_head, projection_head
 from avssl.objectives.crisscross import simsiam_projector
 from tests.evaluators.conftest import write_tiny_bundle
 from tests.media import MEDIA

@@ -41,6 +41,21 @@ def avid_head(dim: int, hidden: int, out: int) -> nn.Module:
     )
 
 
+def audio_video_heads(kind: str, dim: int, hidden: int, out: int) -> tuple[nn.Module, nn.Module]:
+    """The (audio, video) projection heads of ``kind`` (one of :data:`HEADS`): "mlp" two
+    :func:`projection_head`, "fac" a Linear for audio and MMV's :func:`fac_video_head`, "avid"
+    two :func:`avid_head`; a ValueError for another kind or "avid" without a hidden layer."""
+    if kind not in HEADS:
+        raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {kind!r}")
+    if kind == "fac":
+        return nn.Linear(dim, out), fac_video_head(dim, out)
+    if kind == "avid":
+        if hidden <= 0:
+            raise ValueError(f"heads: avid needs proj_hidden_dim > 0, got {hidden}")
+        return avid_head(dim, hidden, out), avid_head(dim, hidden, out)
+    return projection_head(dim, hidden, out), projection_head(dim, hidden, out)
+
+
 def fac_video_head(dim: int, out: int) -> nn.Module:
     """The video-to-audio-video head of MMV's fine-and-coarse (FAC) design, which VATT uses:
     Linear-BN-ReLU-Linear-BN, both linear layers ``out`` wide and without bias (Alayrac et al.

@@ -41,13 +41,7 @@ from torch import nn
 from avssl.data.batch import AVBatch
 from avssl.losses.contrastive import key_ids, mil_nce
 from avssl.objectives._avid_memory import MemoryBankMixin
-from avssl.objectives._contrastive_heads import (
-    HEADS,
-    avid_head,
-    fac_video_head,
-    pooled,
-    projection_head,
-)
+from avssl.objectives._contrastive_heads import audio_video_heads, pooled
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs, masked_info_nce
 from avssl.objectives.base import AVObjective
 
@@ -118,44 +112,16 @@ class AVContrastive(MemoryBankMixin, AVObjective):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if directions not in ("mean", "sum"):
-            raise ValueError(f"directions must be 'mean' or 'sum', got {directions!r}")
-        if directions == "sum" and memory_bank:
-            raise ValueError("directions: sum is a batch-mode option (memory_bank: false)")
+        _check_options(
+            directions, clip_positives, memory_bank, drop_token, cross_weight, within_weight
+        )
         self.direction_scale = 2.0 if directions == "sum" else 1.0
-        if clip_positives not in ("slot", "mil"):
-            raise ValueError(f"clip_positives must be 'slot' or 'mil', got {clip_positives!r}")
-        if clip_positives == "mil" and memory_bank:
-            raise ValueError("clip_positives: mil is a batch-mode option (memory_bank: false)")
         self.clip_positives = clip_positives
-        if not 0.0 <= drop_token < 1.0:
-            raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
-        if min(cross_weight, within_weight) < 0 or cross_weight + within_weight <= 0:
-            raise ValueError(
-                "cross_weight and within_weight must be >= 0 with a positive sum, got "
-                f"{cross_weight} and {within_weight}"
-            )
-        if not memory_bank and (cross_weight, within_weight) != (1.0, 0.0):
-            raise ValueError(
-                "cross_weight and within_weight weigh AVID's memory-bank terms (memory_bank: "
-                "true); batch mode has intra_weight for within-modal terms"
-            )
         self.audio_encoder, self.video_encoder = build_encoders(dict(self.hparams))
-        if heads not in HEADS:
-            raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
-        dim = self.audio_encoder.embed_dim
         self.heads = heads
-        if heads == "fac":
-            self.audio_proj: nn.Module = nn.Linear(dim, proj_dim)
-            self.video_proj: nn.Module = fac_video_head(dim, proj_dim)
-        elif heads == "avid":
-            if proj_hidden_dim <= 0:
-                raise ValueError(f"heads: avid needs proj_hidden_dim > 0, got {proj_hidden_dim}")
-            self.audio_proj = avid_head(dim, proj_hidden_dim, proj_dim)
-            self.video_proj = avid_head(dim, proj_hidden_dim, proj_dim)
-        else:
-            self.audio_proj = projection_head(dim, proj_hidden_dim, proj_dim)
-            self.video_proj = projection_head(dim, proj_hidden_dim, proj_dim)
+        self.audio_proj, self.video_proj = audio_video_heads(
+            heads, self.audio_encoder.embed_dim, proj_hidden_dim, proj_dim
+        )
         log_inv_t = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.log_inv_temp = nn.Parameter(log_inv_t)
@@ -199,34 +165,44 @@ class AVContrastive(MemoryBankMixin, AVObjective):
         ids = key_ids(batch.key, device=za.device) if batch_terms else None
         if self.memory_bank:
             losses = self._bank_losses(batch.key, za[:, 0], zv[:, 0], a_ok[:, 0], v_ok[:, 0], t)
-        elif self.clip_positives == "mil" and k > 1:
-            valid, g = a_ok[:, 0] * v_ok[:, 0], self.gather_negatives
-            av = [mil_nce(zv, za[:, i], t, False, g, valid, ids) for i in range(k)]  # audio
-            av += [mil_nce(za, zv[:, i], t, False, g, valid, ids) for i in range(k)]  # video
-            losses = {"nce_av": torch.stack(av).mean() * self.direction_scale}
         else:
-            av = [
-                masked_info_nce(
-                    za[:, i], zv[:, i], a_ok[:, i] * v_ok[:, i], t, self.gather_negatives, ids
-                )
-                for i in range(k)
-            ]  # one term per clip slot: clips of one sample are never each other's negatives
-            losses = {"nce_av": torch.stack(av).mean() * self.direction_scale}
+            losses = {"nce_av": self._batch_nce(za, zv, a_ok * v_ok, t, ids)}
         total = losses.pop("bank_loss", losses["nce_av"])
         if self.intra_weight > 0:
-            if k < 2:
-                raise ValueError(
-                    "AVContrastive: intra_weight > 0 needs 2 clips per sample "
-                    "(set data.init_args.clips_per_video: 2)"
-                )
-            g, d = self.gather_negatives, self.direction_scale
-            aa_ok, vv_ok = a_ok[:, 0] * a_ok[:, 1], v_ok[:, 0] * v_ok[:, 1]
-            losses["nce_aa"] = d * masked_info_nce(za[:, 0], za[:, 1], aa_ok, t, g, ids)
-            losses["nce_vv"] = d * masked_info_nce(zv[:, 0], zv[:, 1], vv_ok, t, g, ids)
+            losses.update(self._within_nce(za, zv, a_ok, v_ok, t, ids))
             total = total + self.intra_weight * (losses["nce_aa"] + losses["nce_vv"])
         losses["temperature"] = t.detach()
         losses["loss"] = total
         return losses
+
+    def _batch_nce(
+        self, za: torch.Tensor, zv: torch.Tensor, ok: torch.Tensor, t: Any, ids: Any
+    ) -> torch.Tensor:
+        """Batch-mode audio-video NCE of ``[B, K, P]`` features (``ok`` ``[B, K]``: both
+        modalities present): MIL-NCE over the K clips, or one term per clip slot, so that clips
+        of one sample are never each other's negatives."""
+        k, g = za.shape[1], self.gather_negatives
+        if self.clip_positives == "mil" and k > 1:
+            valid = ok[:, 0]
+            av = [mil_nce(zv, za[:, i], t, False, g, valid, ids) for i in range(k)]  # audio
+            av += [mil_nce(za, zv[:, i], t, False, g, valid, ids) for i in range(k)]  # video
+        else:
+            av = [masked_info_nce(za[:, i], zv[:, i], ok[:, i], t, g, ids) for i in range(k)]
+        return torch.stack(av).mean() * self.direction_scale
+
+    def _within_nce(self, za, zv, a_ok, v_ok, t: Any, ids: Any) -> dict[str, torch.Tensor]:
+        """Within-modal NCE between a sample's first two clips (``[B, K, P]`` features)."""
+        if za.shape[1] < 2:
+            raise ValueError(
+                "AVContrastive: intra_weight > 0 needs 2 clips per sample "
+                "(set data.init_args.clips_per_video: 2)"
+            )
+        g, d = self.gather_negatives, self.direction_scale
+        aa_ok, vv_ok = a_ok[:, 0] * a_ok[:, 1], v_ok[:, 0] * v_ok[:, 1]
+        return {
+            "nce_aa": d * masked_info_nce(za[:, 0], za[:, 1], aa_ok, t, g, ids),
+            "nce_vv": d * masked_info_nce(zv[:, 0], zv[:, 1], vv_ok, t, g, ids),
+        }
 
     def export_heads(self) -> dict[str, Any] | None:
         """The two projection heads, unless only within-modal terms trained them (Self-AVID)."""
@@ -244,3 +220,35 @@ class AVContrastive(MemoryBankMixin, AVObjective):
             "which": "online",
             "note": note,
         }
+
+
+def _check_options(
+    directions: str,
+    clip_positives: str,
+    memory_bank: bool,
+    drop_token: float,
+    cross_weight: float,
+    within_weight: float,
+) -> None:
+    """A ValueError naming the option for a value :class:`AVContrastive` cannot use, or a
+    batch-mode option with the memory bank (and AVID's bank weights without it)."""
+    if directions not in ("mean", "sum"):
+        raise ValueError(f"directions must be 'mean' or 'sum', got {directions!r}")
+    if directions == "sum" and memory_bank:
+        raise ValueError("directions: sum is a batch-mode option (memory_bank: false)")
+    if clip_positives not in ("slot", "mil"):
+        raise ValueError(f"clip_positives must be 'slot' or 'mil', got {clip_positives!r}")
+    if clip_positives == "mil" and memory_bank:
+        raise ValueError("clip_positives: mil is a batch-mode option (memory_bank: false)")
+    if not 0.0 <= drop_token < 1.0:
+        raise ValueError(f"drop_token must be in [0, 1), got {drop_token}")
+    if min(cross_weight, within_weight) < 0 or cross_weight + within_weight <= 0:
+        raise ValueError(
+            "cross_weight and within_weight must be >= 0 with a positive sum, got "
+            f"{cross_weight} and {within_weight}"
+        )
+    if not memory_bank and (cross_weight, within_weight) != (1.0, 0.0):
+        raise ValueError(
+            "cross_weight and within_weight weigh AVID's memory-bank terms (memory_bank: "
+            "true); batch mode has intra_weight for within-modal terms"
+        )

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.data.batch import AVBatch
+from avssl.objectives._contrastive_heads import projection_head
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives.base import AVObjective, param_groups
-from avssl.objectives.contrastive import projection_head
 
 
 def simsiam_projector(dim: int, hidden: int, out: int) -> nn.Module:

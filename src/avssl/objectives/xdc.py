@@ -39,11 +39,11 @@ from torch import nn
 
 from avssl.data.batch import AVBatch
 from avssl.losses.clustering import cluster_cross_entropy
+from avssl.objectives._contrastive_heads import projection_head
 from avssl.objectives._mavil_parts import build_encoders, flatten_inputs
 from avssl.objectives._xdc_clusters import MODALITIES, XDCClusterMixin
 from avssl.objectives._xdc_clusters import _num_clusters as _num_clusters
 from avssl.objectives.base import AVObjective
-from avssl.objectives.contrastive import projection_head
 
 OTHER = {"audio": "video", "video": "audio"}
 
